@@ -1,0 +1,216 @@
+//! Layouts and names shared by the eBPF programs (`enforcer-ebpf`) and user space (`enforcer`).
+//!
+//! Every type is `#[repr(C)]` with explicit padding and no `bool`, so that it is plain old data
+//! on both sides. Timestamps are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, nanoseconds); addresses
+//! are kept in network byte order exactly as the kernel hands them over; ports in host order.
+#![no_std]
+
+/// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
+/// another layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
+pub mod names {
+    pub const MAP_SOCKETS: &str = "SOCKETS";
+    pub const MAP_STATS: &str = "STATS";
+    pub const MAP_AGENT_INFO: &str = "AGENT_INFO";
+    pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
+
+    pub const PROG_SOCKOPS: &str = "enforcer_sockops";
+    pub const PROG_TCP_PROBE: &str = "enforcer_tcp_probe";
+    pub const PROG_TCP_DESTROY: &str = "enforcer_tcp_destroy";
+    pub const PROG_SNAPSHOT: &str = "enforcer_snapshot";
+
+    /// Kernel tracepoints the `tp_btf` programs attach to.
+    pub const TP_TCP_PROBE: &str = "tcp_probe";
+    pub const TP_TCP_DESTROY: &str = "tcp_destroy_sock";
+    /// `iter/<this>`.
+    pub const ITER_TCP: &str = "tcp";
+
+    pub const PIN_SOCKETS: &str = "sockets";
+    pub const PIN_STATS: &str = "stats";
+    pub const PIN_INFO: &str = "info";
+    /// The pinned `iter/tcp` link: reading this file runs the snapshot.
+    pub const PIN_SNAPSHOT: &str = "snapshot";
+}
+
+/// Default capacity of the socket map (`--max-sockets`).
+pub const DEFAULT_MAX_SOCKETS: u32 = 131_072;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// The tracker's record of one socket, the value of the `SOCKETS` map (key: socket cookie, `u64`).
+///
+/// Written by the sock_ops program at establishment, kept current by the `tcp_probe` tracepoint
+/// and reconciled with the exact kernel state by the snapshot iterator; removed when the kernel
+/// destroys the socket (`tcp_destroy_sock`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRecord {
+    /// IPv4 in `[0]`, IPv6 in all four words; network byte order.
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// `AF_INET` or `AF_INET6` (an IPv4 peer of a dual-stack socket is `::ffff:a.b.c.d`).
+    pub family: u16,
+    pub _pad0: u16,
+    /// When the connection was established (ns).
+    pub created_ns: u64,
+    /// Last time `snd_una` advanced (ns): forward progress of what we send.
+    pub tx_progress_ns: u64,
+    /// Last time new in-order data arrived from the peer (ns).
+    pub rx_progress_ns: u64,
+    /// Since when the peer has advertised a zero window (ns); 0 while it is open.
+    pub zero_window_since_ns: u64,
+    /// `snd_una` as of `tx_progress_ns`.
+    pub snd_una: u32,
+    /// `rcv_nxt` as of `rx_progress_ns`.
+    pub rcv_nxt: u32,
+}
+
+/// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub cookie: u64,
+    /// When this entry was read (ns, same clock as the record).
+    pub now_ns: u64,
+    /// The tracker's record, after reconciliation with the values below.
+    pub record: SockRecord,
+    /// Cgroup v2 id (inode number of the cgroup directory) of the socket's owner.
+    pub cgroup_id: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub write_seq: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    /// The peer's advertised window, scaled, in bytes.
+    pub snd_wnd: u32,
+    /// `sk_wmem_queued`: bytes of send-queue memory charged to the socket (with overhead).
+    pub wmem_queued: u32,
+    pub total_retrans: u32,
+    pub total_rto: u16,
+    /// `TCP_ESTABLISHED` = 1 … as in `include/net/tcp_states.h`.
+    pub state: u8,
+    pub _pad0: u8,
+    pub _pad1: u32,
+}
+
+impl SnapshotEntry {
+    /// Bytes the application queued that the peer has not acknowledged (what SIOCOUTQ says).
+    pub fn send_queue(&self) -> u32 {
+        self.write_seq.wrapping_sub(self.snd_una)
+    }
+    /// Bytes queued but not yet sent.
+    pub fn unsent(&self) -> u32 {
+        self.write_seq.wrapping_sub(self.snd_nxt)
+    }
+    /// Bytes received that the application has not read (what SIOCINQ says, FIN aside).
+    pub fn recv_queue(&self) -> u32 {
+        self.rcv_nxt.wrapping_sub(self.copied_seq)
+    }
+}
+
+/// Byte offsets of the kernel fields the programs read, from `/sys/kernel/btf/vmlinux` at load
+/// time (Rust eBPF has no CO-RE relocations). A frozen `.rodata` global, so the verifier sees
+/// each one as a constant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sock_common.skc_cookie` (also valid from a `sock` or `tcp_sock` pointer).
+    pub sk_cookie: u32,
+    pub sk_state: u32,
+    pub sk_wmem_queued: u32,
+    /// `sock.sk_cgrp_data.cgroup`.
+    pub sk_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    pub tp_snd_una: u32,
+    pub tp_snd_nxt: u32,
+    pub tp_write_seq: u32,
+    pub tp_rcv_nxt: u32,
+    pub tp_copied_seq: u32,
+    pub tp_snd_wnd: u32,
+    pub tp_total_retrans: u32,
+    pub tp_total_rto: u32,
+    pub tp_bytes_acked: u32,
+    pub tp_bytes_received: u32,
+    pub skb_data: u32,
+    pub skb_len: u32,
+}
+
+/// Counters in the per-CPU `STATS` array, one slot each.
+pub mod stats {
+    /// Sockets the sock_ops program started tracking.
+    pub const TRACKED: u32 = 0;
+    /// Sockets not tracked because the map was full (`--max-sockets`).
+    pub const MAP_FULL: u32 = 1;
+    /// Records removed when the kernel destroyed the socket.
+    pub const REMOVED: u32 = 2;
+    /// Errors in the sock_ops program (other than a full map).
+    pub const ERR_SOCKOPS: u32 = 3;
+    /// Errors in the `tcp_probe` program (unreadable segment header).
+    pub const ERR_TCP_PROBE: u32 = 4;
+    /// Errors in the snapshot iterator (a socket that could not be written out).
+    pub const ERR_SNAPSHOT: u32 = 5;
+    pub const COUNT: u32 = 6;
+
+    /// Names for display, indexed by slot.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "tracked",
+        "map_full",
+        "removed",
+        "err_sockops",
+        "err_tcp_probe",
+        "err_snapshot",
+    ];
+}
+
+/// Size of the JSON settings blob in [`AgentInfo`].
+pub const AGENT_SETTINGS_LEN: usize = 4056;
+pub const AGENT_INFO_MAGIC: u32 = 0x656e_6663; // "enfc"
+
+/// Written once by the agent into the single slot of `AGENT_INFO`: who pinned this directory and
+/// with what settings, so `enforcer status` can show them and detect a stale or foreign pin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AgentInfo {
+    pub magic: u32,
+    pub layout_version: u32,
+    pub pid: u32,
+    pub settings_len: u32,
+    /// Wall clock at start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    pub _pad: [u64; 2],
+    /// `settings_len` bytes of JSON.
+    pub settings: [u8; AGENT_SETTINGS_LEN],
+}
+
+// The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 160);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<AgentInfo>() == 4096);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all types are repr(C), with explicit padding fields and only integer members.
+    unsafe impl aya::Pod for SockRecord {}
+    unsafe impl aya::Pod for SnapshotEntry {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for AgentInfo {}
+    unsafe impl bytemuck::Zeroable for SockRecord {}
+    unsafe impl bytemuck::Pod for SockRecord {}
+    unsafe impl bytemuck::Zeroable for SnapshotEntry {}
+    unsafe impl bytemuck::Pod for SnapshotEntry {}
+    unsafe impl bytemuck::Zeroable for KernelOffsets {}
+    unsafe impl bytemuck::Pod for KernelOffsets {}
+    unsafe impl bytemuck::Zeroable for AgentInfo {}
+    unsafe impl bytemuck::Pod for AgentInfo {}
+}

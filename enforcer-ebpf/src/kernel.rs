@@ -1,0 +1,65 @@
+//! Reading kernel structures at offsets found in BTF at load time.
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use enforcer_common::KernelOffsets;
+
+/// Overridden by the loader with offsets from `/sys/kernel/btf/vmlinux`. In `.rodata`, frozen
+/// after load, so the verifier treats every field as a constant.
+#[unsafe(no_mangle)]
+pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    sk_cookie: 0,
+    sk_state: 0,
+    sk_wmem_queued: 0,
+    sk_cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    tp_snd_una: 0,
+    tp_snd_nxt: 0,
+    tp_write_seq: 0,
+    tp_rcv_nxt: 0,
+    tp_copied_seq: 0,
+    tp_snd_wnd: 0,
+    tp_total_retrans: 0,
+    tp_total_rto: 0,
+    tp_bytes_acked: 0,
+    tp_bytes_received: 0,
+    skb_data: 0,
+    skb_len: 0,
+};
+
+/// One offset, read volatile so the compiler cannot fold it to the zero above.
+macro_rules! off {
+    ($field:ident) => {
+        {
+            #[allow(unused_unsafe)]
+            // SAFETY: a plain read of a static.
+            let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::KERNEL_OFFSETS.$field) };
+            v
+        }
+    };
+}
+pub(crate) use off;
+
+/// Loads a `T` at `base + off` from a BTF pointer (the verifier turns it into a fault-safe load).
+#[inline(always)]
+pub unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: the caller passes a kernel object pointer the verifier knows the type of, and an
+    // offset of a field of type `T` in it.
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+}
+
+/// Copies `N` bytes from any kernel address; `None` if the address cannot be read.
+#[inline(always)]
+pub fn read_bytes<const N: usize>(src: *const u8) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: the helper checks the source address and writes at most N bytes into `buf`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(buf.as_mut_ptr().cast(), N as u32, src.cast())
+    };
+    (ret == 0).then_some(buf)
+}
+
+/// `a` is after `b` in sequence space.
+#[inline(always)]
+pub fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}

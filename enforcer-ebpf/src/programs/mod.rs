@@ -1,0 +1,4 @@
+mod snapshot;
+mod sockops;
+mod tcp_destroy;
+mod tcp_probe;

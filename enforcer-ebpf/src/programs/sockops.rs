@@ -1,0 +1,80 @@
+//! sock_ops on the watched cgroup: start tracking a socket when it becomes established.
+//!
+//! Nothing else runs here: no callback flags are enabled, so the program sees only the callbacks
+//! the kernel always makes. Progress comes from `tcp_probe`, removal from `tcp_destroy_sock`,
+//! exact queue state from the snapshot iterator.
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use enforcer_common::{AF_INET, AF_INET6, SockRecord, stats};
+
+use crate::maps::{SOCKETS, count};
+
+const E2BIG: i32 = 7;
+
+#[sock_ops]
+pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
+    match try_enforcer_sockops(&ctx) {
+        Ok(()) => {}
+        Err(E2BIG) => count(stats::MAP_FULL),
+        Err(_) => count(stats::ERR_SOCKOPS),
+    }
+    // Always "ok": enforcer never changes how TCP behaves.
+    1
+}
+
+fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        return Ok(());
+    }
+    // Every context field is read once, unconditionally and volatile: the verifier refuses a
+    // context pointer that the compiler offset in one branch and dereferenced after a merge.
+    let ops = ctx.ops;
+    // SAFETY: plain reads of context fields at constant offsets.
+    let (family, ip4, ip6, ports, seqs) = unsafe {
+        use core::ptr::read_volatile as rv;
+        (
+            rv(&raw const (*ops).family) as u16,
+            [rv(&raw const (*ops).local_ip4), rv(&raw const (*ops).remote_ip4)],
+            [
+                [rv(&raw const (*ops).local_ip6[0]), rv(&raw const (*ops).local_ip6[1]),
+                 rv(&raw const (*ops).local_ip6[2]), rv(&raw const (*ops).local_ip6[3])],
+                [rv(&raw const (*ops).remote_ip6[0]), rv(&raw const (*ops).remote_ip6[1]),
+                 rv(&raw const (*ops).remote_ip6[2]), rv(&raw const (*ops).remote_ip6[3])],
+            ],
+            [rv(&raw const (*ops).local_port), rv(&raw const (*ops).remote_port)],
+            [rv(&raw const (*ops).snd_una), rv(&raw const (*ops).rcv_nxt)],
+        )
+    };
+    let (local_addr, remote_addr) = match family {
+        AF_INET => ([ip4[0], 0, 0, 0], [ip4[1], 0, 0, 0]),
+        AF_INET6 => (ip6[0], ip6[1]),
+        _ => return Ok(()),
+    };
+    // SAFETY: the helpers take the sock_ops context the kernel passed in.
+    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx.ops.cast()), bpf_ktime_get_ns()) };
+    let record = SockRecord {
+        local_addr,
+        remote_addr,
+        local_port: ports[0] as u16,
+        // Network order in the upper 16 bits (`bpf_sock_ops.remote_port`).
+        remote_port: u32::from_be(ports[1]) as u16,
+        family,
+        _pad0: 0,
+        created_ns: now,
+        tx_progress_ns: now,
+        rx_progress_ns: now,
+        zero_window_since_ns: 0,
+        snd_una: seqs[0],
+        rcv_nxt: seqs[1],
+    };
+    SOCKETS.insert(cookie, record, 0).map_err(|e| -(e as i32))?;
+    count(stats::TRACKED);
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `enforcer status`: what the running agent does and how its programs fare.
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use enforcer_common::stats;
+use serde_json::{Value, json};
+
+use crate::{pins::PinDir, sys, view::human_bytes};
+
+pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
+    sys::require_root("enforcer status")?;
+    let pins = PinDir::open(&args.pins.pin_dir)?;
+    let info = pins.info()?;
+    let settings: Value = std::str::from_utf8(&info.settings[..info.settings_len as usize])
+        .ok()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    let snapshot = pins.snapshot()?;
+    let send_queue: u64 = snapshot.iter().map(|e| u64::from(e.send_queue())).sum();
+    let recv_queue: u64 = snapshot.iter().map(|e| u64::from(e.recv_queue())).sum();
+    let (records, capacity) = pins.occupancy()?;
+    let counters = pins.stats()?;
+    let counter_map: serde_json::Map<String, Value> =
+        stats::NAMES.iter().zip(counters).map(|(n, v)| ((*n).to_owned(), json!(v))).collect();
+
+    let status = json!({
+        "agent": { "pid": info.pid, "started_unix_ms": info.started_unix_ms },
+        "settings": settings,
+        "sockets": {
+            "tracked_in_namespace": snapshot.len(),
+            "map_records": records,
+            "map_capacity": capacity,
+            "map_full": counters[stats::MAP_FULL as usize],
+        },
+        "queued": { "send_queue_bytes": send_queue, "recv_queue_bytes": recv_queue },
+        "counters": counter_map,
+    });
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &status).context("writing JSON")?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let errors: Vec<String> = stats::NAMES
+        .iter()
+        .zip(counters)
+        .filter(|(n, _)| n.starts_with("err_"))
+        .map(|(n, v)| format!("{} {v}", &n[4..]))
+        .collect();
+    writeln!(out, "agent      pid {}, settings {}", info.pid, settings)?;
+    writeln!(out, "sockets    {} tracked in this network namespace", snapshot.len())?;
+    writeln!(out, "map        {records} / {capacity} records, {} sockets not tracked (map full)",
+        counters[stats::MAP_FULL as usize])?;
+    writeln!(out, "queued     {} send, {} receive", human_bytes(send_queue), human_bytes(recv_queue))?;
+    writeln!(out, "lifetime   {} tracked, {} removed", counters[stats::TRACKED as usize],
+        counters[stats::REMOVED as usize])?;
+    writeln!(out, "errors     {}", errors.join(", "))?;
+    Ok(())
+}

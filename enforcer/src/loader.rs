@@ -1,0 +1,184 @@
+//! Loads the eBPF object, attaches its programs and pins what the CLI reads. `Loaded` owns all
+//! of it: dropping it detaches every program and removes every pin it made, so an agent that
+//! exits (or fails half-way through start-up) leaves nothing behind.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Array,
+    programs::{BtfTracePoint, CgroupAttachMode, Iter, SockOps, links::{FdLink, PinnedLink}},
+};
+use enforcer_common::{AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, LAYOUT_VERSION, names};
+
+use crate::{btf, offsets, pins, sys};
+
+/// The object `cargo xtask build-ebpf` built, embedded by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
+
+pub struct LoadOptions<'a> {
+    pub cgroup: &'a Path,
+    pub pin_dir: &'a Path,
+    pub max_sockets: u32,
+    /// JSON of the agent's settings, shown by `enforcer status`.
+    pub settings: &'a str,
+}
+
+pub struct Loaded {
+    /// Declared before `ebpf` so the pinned link is released first.
+    snapshot_link: Option<PinnedLink>,
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    pinned: Vec<PathBuf>,
+    created_dir: bool,
+}
+
+impl Loaded {
+    pub fn load(opts: &LoadOptions<'_>) -> Result<Self> {
+        prepare_pin_dir(opts.pin_dir)?;
+        let kernel_btf = btf::Btf::from_file(Path::new(btf::VMLINUX)).context("reading kernel BTF")?;
+        let offsets = offsets::from_btf(&kernel_btf)?;
+        let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for program attach points")?;
+
+        let ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_OFFSETS, &offsets, true)
+            .map_max_entries(names::MAP_SOCKETS, opts.max_sockets)
+            .load(OBJECT)
+            .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
+        let created_dir = !opts.pin_dir.exists();
+        std::fs::create_dir_all(opts.pin_dir)
+            .with_context(|| format!("creating pin directory {}", opts.pin_dir.display()))?;
+        let mut loaded = Self {
+            snapshot_link: None,
+            ebpf,
+            pin_dir: opts.pin_dir.to_owned(),
+            pinned: Vec::new(),
+            created_dir,
+        };
+        // From here on, dropping `loaded` undoes whatever succeeded.
+        loaded.pin_maps()?;
+        loaded.write_info(opts.settings)?;
+        loaded.attach(opts.cgroup, &aya_btf)?;
+        Ok(loaded)
+    }
+
+    fn pin_maps(&mut self) -> Result<()> {
+        for (map, pin) in [
+            (names::MAP_SOCKETS, names::PIN_SOCKETS),
+            (names::MAP_STATS, names::PIN_STATS),
+            (names::MAP_AGENT_INFO, names::PIN_INFO),
+        ] {
+            let path = pins::PinDir::path(&self.pin_dir, pin);
+            self.ebpf
+                .map(map)
+                .with_context(|| format!("eBPF object has no map {map}"))?
+                .pin(&path)
+                .with_context(|| format!("pinning map {map} at {}", path.display()))?;
+            self.pinned.push(path);
+        }
+        Ok(())
+    }
+
+    fn write_info(&mut self, settings: &str) -> Result<()> {
+        let mut info = AgentInfo {
+            magic: AGENT_INFO_MAGIC,
+            layout_version: LAYOUT_VERSION,
+            pid: std::process::id(),
+            settings_len: 0,
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            _pad: [0; 2],
+            settings: [0; AGENT_SETTINGS_LEN],
+        };
+        let bytes = settings.as_bytes();
+        if bytes.len() > AGENT_SETTINGS_LEN {
+            bail!("agent settings are too long to record ({} bytes)", bytes.len());
+        }
+        info.settings[..bytes.len()].copy_from_slice(bytes);
+        info.settings_len = bytes.len() as u32;
+        let map = self.ebpf.map_mut(names::MAP_AGENT_INFO).context("eBPF object has no info map")?;
+        let mut array: Array<_, AgentInfo> = Array::try_from(map)?;
+        array.set(0, info, 0).context("writing agent info")?;
+        Ok(())
+    }
+
+    fn attach(&mut self, cgroup: &Path, btf: &aya::Btf) -> Result<()> {
+        let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let prog: &mut SockOps = program(&mut self.ebpf, names::PROG_SOCKOPS)?.try_into()?;
+        prog.load().context("loading the sock_ops program")?;
+        // Through a bpf_link (kernel 5.7+), which the kernel always attaches alongside other
+        // programs; `Single` only means "no flags", which is all link_create accepts.
+        prog.attach(&cgroup_fd, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
+
+        for (name, tracepoint) in [
+            (names::PROG_TCP_PROBE, names::TP_TCP_PROBE),
+            (names::PROG_TCP_DESTROY, names::TP_TCP_DESTROY),
+        ] {
+            let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?.try_into()?;
+            prog.load(tracepoint, btf)
+                .with_context(|| format!("loading the {tracepoint} tracepoint program"))?;
+            prog.attach().with_context(|| format!("attaching to tracepoint tcp:{tracepoint}"))?;
+        }
+
+        let prog: &mut Iter = program(&mut self.ebpf, names::PROG_SNAPSHOT)?.try_into()?;
+        prog.load(names::ITER_TCP, btf).context("loading the iter/tcp snapshot program")?;
+        let link_id = prog.attach().context("creating the snapshot iterator")?;
+        let link: FdLink = prog.take_link(link_id)?.try_into()?;
+        let path = pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT);
+        let pinned = link.pin(&path).with_context(|| format!("pinning the snapshot iterator at {}", path.display()))?;
+        self.snapshot_link = Some(pinned);
+        Ok(())
+    }
+
+    pub fn snapshot_path(&self) -> PathBuf {
+        pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT)
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| format!("eBPF object has no program {name}"))
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        if let Some(link) = self.snapshot_link.take()
+            && let Err(e) = link.unpin()
+        {
+            tracing::warn!(error = %e, "could not remove the snapshot pin");
+        }
+        for path in self.pinned.drain(..) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove pin");
+            }
+        }
+        if self.created_dir {
+            let _ = std::fs::remove_dir(&self.pin_dir);
+        }
+    }
+}
+
+/// Refuses a directory in use by a live agent; clears one left by an agent that died.
+fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    sys::ensure_bpffs(dir)?;
+    match pins::PinDir::open(dir) {
+        Ok(pins) => {
+            let pid = pins.info().map(|i| i.pid).unwrap_or(0);
+            bail!("another enforcer agent (pid {pid}) is running with pins in {}: stop it or choose another --pin-dir", dir.display())
+        }
+        Err(pins::PinError::NotRunning(_)) => Ok(()),
+        Err(e @ pins::PinError::Stale { .. }) => {
+            tracing::warn!(dir = %dir.display(), reason = %e, "removing stale pins");
+            for name in [names::PIN_SNAPSHOT, names::PIN_SOCKETS, names::PIN_STATS, names::PIN_INFO] {
+                let _ = std::fs::remove_file(pins::PinDir::path(dir, name));
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).context("checking the pin directory"),
+    }
+}

@@ -1,0 +1,48 @@
+mod btf;
+mod cli;
+mod commands;
+mod loader;
+mod offsets;
+mod pins;
+mod sys;
+mod view;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: cli::LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Run(args) => {
+            init_logging(cli.log_format, "info");
+            commands::run::run(args).await
+        }
+        cli::Command::Sockets(args) => {
+            init_logging(cli.log_format, "warn");
+            commands::sockets::run(args)
+        }
+        cli::Command::Status(args) => {
+            init_logging(cli.log_format, "warn");
+            commands::status::run(args)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The kernel field offsets the eBPF programs need, read from BTF at load time.
+use anyhow::{Context, Result, bail};
+use enforcer_common::KernelOffsets;
+
+use crate::btf::Btf;
+
+/// Finds every offset in `KernelOffsets`, checking each field's size so a kernel that changed a
+/// type is refused instead of misread.
+pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
+    let field = |structure: &str, path: &str, size: u32| -> Result<u32> {
+        let m = btf
+            .member(structure, path)
+            .with_context(|| format!("looking up {structure}.{path} in kernel BTF"))?;
+        if m.size != size {
+            bail!("{structure}.{path} is {} bytes in this kernel, enforcer expects {size}", m.size);
+        }
+        Ok(m.offset)
+    };
+    Ok(KernelOffsets {
+        sk_cookie: field("sock_common", "skc_cookie", 8)?,
+        sk_state: field("sock_common", "skc_state", 1)?,
+        sk_wmem_queued: field("sock", "sk_wmem_queued", 4)?,
+        sk_cgroup: field("sock", "sk_cgrp_data.cgroup", 8)?,
+        cgroup_kn: field("cgroup", "kn", 8)?,
+        kn_id: field("kernfs_node", "id", 8)?,
+        tp_snd_una: field("tcp_sock", "snd_una", 4)?,
+        tp_snd_nxt: field("tcp_sock", "snd_nxt", 4)?,
+        tp_write_seq: field("tcp_sock", "write_seq", 4)?,
+        tp_rcv_nxt: field("tcp_sock", "rcv_nxt", 4)?,
+        tp_copied_seq: field("tcp_sock", "copied_seq", 4)?,
+        tp_snd_wnd: field("tcp_sock", "snd_wnd", 4)?,
+        tp_total_retrans: field("tcp_sock", "total_retrans", 4)?,
+        tp_total_rto: field("tcp_sock", "total_rto", 2)?,
+        tp_bytes_acked: field("tcp_sock", "bytes_acked", 8)?,
+        tp_bytes_received: field("tcp_sock", "bytes_received", 8)?,
+        skb_data: field("sk_buff", "data", 8)?,
+        skb_len: field("sk_buff", "len", 4)?,
+    })
+}

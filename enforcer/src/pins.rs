@@ -1,0 +1,116 @@
+//! The pin directory: what the agent leaves in bpffs for the CLI (`sockets`, `status`) to read.
+use std::path::{Path, PathBuf};
+
+use enforcer_common::{AGENT_INFO_MAGIC, AgentInfo, LAYOUT_VERSION, SnapshotEntry, names, stats};
+use thiserror::Error;
+
+use crate::sys;
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
+
+#[derive(Debug, Error)]
+pub enum PinError {
+    #[error("no enforcer agent is running with pins in {0} (start one with `enforcer run`, or pass the agent's --pin-dir)")]
+    NotRunning(PathBuf),
+    #[error("the agent that pinned {dir} (pid {pid}) is no longer running; its pins are stale (a new `enforcer run` removes them)")]
+    Stale { dir: PathBuf, pid: u32 },
+    #[error("{0} was pinned by another program or another enforcer layout (version {1}, this binary reads {LAYOUT_VERSION}): use the same enforcer version as the agent")]
+    Foreign(PathBuf, u32),
+    #[error("reading pinned map {path}: {source}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("running the snapshot iterator {path}: {source}")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot {0} returned a partial record: agent and CLI versions differ")]
+    Torn(PathBuf),
+}
+
+/// A pin directory written by a running agent.
+pub struct PinDir {
+    dir: PathBuf,
+}
+
+fn open_map(path: &Path) -> Result<aya::maps::Map, PinError> {
+    let err = |source| PinError::Map { path: path.to_owned(), source };
+    let data = aya::maps::MapData::from_pin(path).map_err(err)?;
+    aya::maps::Map::from_map_data(data).map_err(err)
+}
+
+impl PinDir {
+    pub fn path(dir: &Path, name: &str) -> PathBuf {
+        dir.join(name)
+    }
+
+    /// Opens the pins of a live agent, or says why there is none.
+    pub fn open(dir: &Path) -> Result<Self, PinError> {
+        if !Self::path(dir, names::PIN_INFO).exists() {
+            return Err(PinError::NotRunning(dir.to_owned()));
+        }
+        let pins = Self { dir: dir.to_owned() };
+        let info = pins.info()?;
+        if !sys::pid_alive(info.pid) {
+            return Err(PinError::Stale { dir: dir.to_owned(), pid: info.pid });
+        }
+        Ok(pins)
+    }
+
+    /// The agent's info record, checked to be of this binary's layout.
+    pub fn info(&self) -> Result<AgentInfo, PinError> {
+        let path = Self::path(&self.dir, names::PIN_INFO);
+        let map = open_map(&path)?;
+        let err = |source| PinError::Map { path: path.clone(), source };
+        let array: aya::maps::Array<_, AgentInfo> = map.try_into().map_err(err)?;
+        let info = array.get(&0, 0).map_err(err)?;
+        if info.magic != AGENT_INFO_MAGIC || info.layout_version != LAYOUT_VERSION {
+            return Err(PinError::Foreign(self.dir.clone(), info.layout_version));
+        }
+        Ok(info)
+    }
+
+    /// Runs the snapshot iterator: one entry per tracked socket of the caller's network namespace.
+    pub fn snapshot(&self) -> Result<Vec<SnapshotEntry>, PinError> {
+        read_snapshot(&Self::path(&self.dir, names::PIN_SNAPSHOT))
+    }
+
+    /// The per-program counters, summed over CPUs.
+    pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], PinError> {
+        let path = Self::path(&self.dir, names::PIN_STATS);
+        let map = open_map(&path)?;
+        let err = |source| PinError::Map { path: path.clone(), source };
+        let array: aya::maps::PerCpuArray<_, u64> = map.try_into().map_err(err)?;
+        let mut out = [0u64; stats::COUNT as usize];
+        for (slot, total) in out.iter_mut().enumerate() {
+            *total = array.get(&(slot as u32), 0).map_err(err)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Records in the socket map (all namespaces) and its capacity.
+    pub fn occupancy(&self) -> Result<(u64, u32), PinError> {
+        let path = Self::path(&self.dir, names::PIN_SOCKETS);
+        let err = |source| PinError::Map { path: path.clone(), source };
+        let data = aya::maps::MapData::from_pin(&path).map_err(err)?;
+        let capacity = data.info().map_err(err)?.max_entries();
+        let map = aya::maps::Map::from_map_data(data).map_err(err)?;
+        let hash: aya::maps::HashMap<_, u64, enforcer_common::SockRecord> = map.try_into().map_err(err)?;
+        let used = hash.keys().filter(Result::is_ok).count() as u64;
+        Ok((used, capacity))
+    }
+}
+
+/// Reads a pinned `iter/tcp` link: each open runs the iterator afresh.
+pub fn read_snapshot(path: &Path) -> Result<Vec<SnapshotEntry>, PinError> {
+    let bytes = std::fs::read(path).map_err(|source| PinError::Snapshot { path: path.to_owned(), source })?;
+    let size = std::mem::size_of::<SnapshotEntry>();
+    if bytes.len() % size != 0 {
+        return Err(PinError::Torn(path.to_owned()));
+    }
+    Ok(bytes.chunks_exact(size).map(bytemuck::pod_read_unaligned).collect())
+}

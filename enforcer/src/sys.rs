@@ -1,0 +1,102 @@
+//! What the agent needs from the host: root, BTF, a cgroup v2 directory, a bpf filesystem.
+//! Each check fails with one line that says what to do.
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::btf::VMLINUX;
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where a bpf filesystem is mounted when none is.
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (it uses BPF maps and programs): run it with sudo");
+    }
+    Ok(())
+}
+
+pub fn require_btf() -> Result<()> {
+    if !Path::new(VMLINUX).exists() {
+        bail!("this kernel has no BTF ({VMLINUX} is missing): enforcer needs CONFIG_DEBUG_INFO_BTF=y");
+    }
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
+    // SAFETY: statfs writes into the zeroed struct we pass; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The first cgroup v2 mount in /proc/mounts (`/sys/fs/cgroup` on most systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .context("no cgroup v2 filesystem is mounted (see /proc/mounts): enforcer attaches to a cgroup v2 directory")
+}
+
+/// Checks that `path` is a cgroup v2 directory and returns its id (the directory's inode).
+pub fn cgroup2_dir(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cgroup {} does not exist", path.display()))?;
+    if !meta.is_dir() || fs_magic(path)? != CGROUP2_SUPER_MAGIC {
+        bail!("{} is not a cgroup v2 directory (the cgroup2 mount is {})", path.display(),
+            cgroup2_root().map(|p| p.display().to_string()).unwrap_or_else(|_| "missing".into()));
+    }
+    Ok(meta.ino())
+}
+
+/// Makes sure `dir`'s parent is on a bpf filesystem, mounting one at /sys/fs/bpf if that is
+/// where it should be and nothing is mounted there.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if fs_magic(parent).ok() == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    if parent == Path::new(BPFFS_MOUNT) {
+        let (src, fstype) = (c"bpf", c"bpf");
+        let target = CString::new(BPFFS_MOUNT).context("mount point")?;
+        // SAFETY: all pointers are valid C strings; no data argument.
+        if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mounting a bpf filesystem at {BPFFS_MOUNT}"));
+        }
+        tracing::info!(path = BPFFS_MOUNT, "mounted a bpf filesystem");
+        return Ok(());
+    }
+    bail!("{} is not on a bpf filesystem: choose a --pin-dir under a bpffs mount such as {BPFFS_MOUNT}", dir.display())
+}
+
+/// Whether a process with this pid exists.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the limit on locked memory for kernels that still charge BPF maps against it
+/// (before 5.11); harmless elsewhere.
+pub fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels that account BPF memory to cgroups");
+    }
+}
