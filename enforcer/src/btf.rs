@@ -245,7 +245,7 @@ mod tests {
         let mut push = |v: &[u32]| v.iter().for_each(|x| t.extend_from_slice(&x.to_le_bytes()));
         push(&[1, KIND_INT << 24, 4, 0x20]); // 1: int
         push(&[5, KIND_INT << 24, 8, 0x40]); // 2: long
-        push(&[0, (KIND_UNION << 24) | 1, 8, 15, 2, 0]); // 3: union { long b; }
+        push(&[0, (KIND_UNION << 24) | 1, 8, 14, 2, 0]); // 3: union { long b; }
         push(&[10, (KIND_STRUCT << 24) | 2, 16, 12, 1, 0, 0, 3, 64]); // 4: struct s
         let mut out = vec![0x9f, 0xeb, 1, 0];
         out.extend_from_slice(&24u32.to_le_bytes());
