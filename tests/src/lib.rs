@@ -1,1 +1,319 @@
+//! Guards and drivers for the integration tests. Every test makes its own network namespace,
+//! child cgroup and pin directory, and every guard removes what it made when dropped, also when
+//! the test panics. Nothing here touches the machine's own namespace or cgroups.
+#![allow(clippy::unwrap_used, reason = "test helpers panic with context on purpose")]
 
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The enforcer binary under test (`cargo xtask test` sets ENFORCER_BIN to the release build).
+pub fn enforcer_bin() -> PathBuf {
+    let bin = std::env::var_os("ENFORCER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/enforcer"));
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
+/// Polls `cond` until it returns `Some`, or panics with `what` after `limit`. For waiting on the
+/// kernel, not for asserting how fast it is.
+pub fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace with loopback up, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        let name = unique("enf-test");
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// `nsenter` into this namespace only: `ip netns exec` would also remount /sys and hide the
+    /// cgroup and bpf filesystems.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The cgroup v2 mount point, from /proc/mounts.
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// A child cgroup of the cgroup2 root; its processes are killed and it is removed on drop.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Self {
+        let path = cgroup2_root().join(unique("enforcer-test"));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).unwrap().ino()
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+/// A running `enforcer run` inside a test namespace, attached to a test cgroup.
+pub struct Agent {
+    child: Option<Child>,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+    netns: String,
+}
+
+impl Agent {
+    pub fn start(ns: &Netns, cg: &Cgroup, extra: &[&str]) -> Self {
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test"));
+        let log = std::env::temp_dir().join(format!("{}.log", unique("enforcer-agent")));
+        let logfile = std::fs::File::create(&log).unwrap();
+        let child = ns
+            .command(enforcer_bin())
+            .args(["run", "--interval", "200ms", "--cgroup"])
+            .arg(&cg.path)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(extra)
+            .stdout(logfile.try_clone().unwrap())
+            .stderr(logfile)
+            .spawn()
+            .unwrap();
+        let mut agent = Self { child: Some(child), pin_dir, log, netns: ns.name.clone() };
+        let info = agent.pin_dir.join("snapshot");
+        wait_for("the agent to pin its maps", Duration::from_secs(20), || {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(Child::try_wait) {
+                panic!("agent exited with {status} during start-up:\n{}", agent.log_text());
+            }
+            info.exists().then_some(())
+        });
+        agent
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs an enforcer CLI command in the agent's namespace against its pins.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(enforcer_bin())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output()
+            .unwrap()
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "enforcer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("enforcer {args:?} printed bad JSON ({e})"))
+    }
+
+    /// `enforcer sockets --json`.
+    pub fn sockets(&self) -> Vec<Value> {
+        match self.cli_json(&["sockets", "--json"]) {
+            Value::Array(v) => v,
+            other => panic!("sockets --json is not an array: {other}"),
+        }
+    }
+
+    /// The tracked socket whose local address is `local`.
+    pub fn socket(&self, local: &str) -> Value {
+        let all = self.sockets();
+        all.iter()
+            .find(|s| s["local"] == local)
+            .cloned()
+            .unwrap_or_else(|| panic!("no tracked socket with local address {local} in {all:?}"))
+    }
+
+    /// `enforcer status --json`.
+    pub fn status(&self) -> Value {
+        self.cli_json(&["status", "--json"])
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.pin_dir.exists() {
+            for name in ["snapshot", "sockets", "stats", "info"] {
+                let _ = std::fs::remove_file(self.pin_dir.join(name));
+            }
+            let _ = std::fs::remove_dir(&self.pin_dir);
+        }
+        if !thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("agent log:\n{}", self.log_text());
+        }
+    }
+}
+
+/// The `tcp-peer` binary cargo builds next to the test binaries (`target/<profile>/`).
+fn peer_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("tcp-peer");
+    assert!(bin.exists(), "{} is missing: cargo builds it for the integration tests", bin.display());
+    bin
+}
+
+/// A `tcp-peer` process in a test namespace (and optionally a test cgroup), driven by commands.
+pub struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    /// Starts a peer; its sockets belong to `cgroup` when given (the tracked side).
+    pub fn start(ns: &Netns, cgroup: Option<&Cgroup>) -> Self {
+        let peer = peer_bin();
+        let peer = peer.display();
+        let mut cmd = match cgroup {
+            // Join the cgroup before exec, so every socket the peer creates is in it.
+            Some(cg) => {
+                let mut c = ns.command("sh");
+                c.arg("-c")
+                    .arg(format!("echo $$ > {}/cgroup.procs && exec {peer}", cg.path.display()));
+                c
+            }
+            None => ns.command(peer.to_string()),
+        };
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self { child, stdin, stdout }
+    }
+
+    /// Sends one command and returns what follows `ok`; panics on `err`.
+    pub fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).unwrap();
+        let reply = reply.trim_end();
+        match reply.strip_prefix("ok") {
+            Some(rest) => rest.trim().to_owned(),
+            None => panic!("tcp-peer `{line}` answered `{reply}`"),
+        }
+    }
+
+    pub fn num(&mut self, line: &str) -> u64 {
+        let r = self.cmd(line);
+        r.parse().unwrap_or_else(|_| panic!("`{line}` answered `{r}`, not a number"))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Names of loaded BPF programs that enforcer made (the kernel truncates names to 15 bytes).
+pub fn enforcer_programs_loaded() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("enforcer_"))
+        .collect()
+}
+
+/// A JSON number field as u64, with context on failure.
+pub fn field(v: &Value, name: &str) -> u64 {
+    v[name].as_u64().unwrap_or_else(|| panic!("field {name} missing or not a number in {v}"))
+}

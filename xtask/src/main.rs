@@ -1,1 +1,75 @@
-fn main() {}
+//! Developer commands: `cargo xtask build-ebpf`, `cargo xtask test`, `cargo xtask bench`.
+mod bench;
+mod ebpf;
+mod setup;
+mod test;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "enforcer's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object, installing rust-src and bpf-linker first if they are missing.
+    BuildEbpf,
+    /// Run every test: unit tests, then the integration tests against the real kernel (root),
+    /// one at a time. Arguments after `--` go to the integration test binary (e.g. a filter).
+    Test {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure enforcer's cost (with and without the agent) and write BENCHMARKS.md data.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::BuildEbpf => ebpf::build().map(|_| ()),
+        Cmd::Test { args } => test::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// Runs a command, echoing it, and fails with the command line if it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", show(cmd));
+    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

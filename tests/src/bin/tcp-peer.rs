@@ -1,0 +1,209 @@
+//! A scriptable TCP endpoint for the integration tests: real sockets, driven line by line on
+//! stdin, one `ok …` or `err …` line per command on stdout.
+//!
+//! Commands (IDs number the connections, accepted and connected alike, from 0):
+//!   listen ADDR                  listen and accept in the background
+//!   wait-accepted N              block until N connections were accepted; `ok ID…`
+//!   connect ADDR [RCVBUF]        connect (optionally with a small SO_RCVBUF); `ok ID LOCAL`
+//!   connect-many ADDR N          N connections; `ok FIRST_ID`
+//!   write ID BYTES               non-blocking write of up to BYTES; `ok WRITTEN`
+//!   write-loop ID                write forever in the background (blocking)
+//!   read-loop ID BYTES MS        read up to BYTES every MS milliseconds in the background
+//!   outq ID                      bytes not yet acknowledged (SIOCOUTQ)
+//!   addr ID                      `ok LOCAL REMOTE`
+//!   close ID                     close the connection
+use std::{
+    io::{BufRead, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::Duration,
+};
+
+type Conns = Arc<(Mutex<Vec<Option<Arc<TcpStream>>>>, Condvar)>;
+
+fn main() {
+    let conns: Conns = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reply = match command(&conns, &words) {
+            Ok(s) => format!("ok {s}"),
+            Err(e) => format!("err {e}"),
+        };
+        if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+}
+
+fn arg<T: std::str::FromStr>(words: &[&str], i: usize) -> Result<T, String> {
+    words.get(i).ok_or(format!("missing argument {i}"))?.parse().map_err(|_| format!("bad argument {i}"))
+}
+
+fn add(conns: &Conns, s: TcpStream) -> usize {
+    let (lock, cv) = &**conns;
+    let mut v = lock.lock().unwrap_or_else(|e| e.into_inner());
+    v.push(Some(Arc::new(s)));
+    cv.notify_all();
+    v.len() - 1
+}
+
+fn get(conns: &Conns, id: usize) -> Result<Arc<TcpStream>, String> {
+    let v = conns.0.lock().unwrap_or_else(|e| e.into_inner());
+    v.get(id).cloned().flatten().ok_or(format!("no connection {id}"))
+}
+
+fn connect(addr: SocketAddr, rcvbuf: Option<i32>) -> Result<TcpStream, String> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on a descriptor we own; the stream takes ownership.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        if let Some(size) = rcvbuf {
+            // Before connect, so the advertised window is small from the start.
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const size).cast(), 4);
+        }
+        let (sa, len) = sockaddr(addr);
+        if libc::connect(fd, (&raw const sa).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        Ok(stream)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; we fill the variant we use.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
+            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
+            unsafe {
+                (*sin).sin_family = libc::AF_INET as u16;
+                (*sin).sin_port = a.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            }
+            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe {
+                (*sin6).sin6_family = libc::AF_INET6 as u16;
+                (*sin6).sin6_port = a.port().to_be();
+                (*sin6).sin6_addr.s6_addr = a.ip().octets();
+            }
+            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
+    let err = |e: std::io::Error| e.to_string();
+    match words.first().copied().unwrap_or("") {
+        "listen" => {
+            let l = TcpListener::bind(arg::<SocketAddr>(words, 1)?).map_err(err)?;
+            let local = l.local_addr().map_err(err)?;
+            let conns = conns.clone();
+            thread::spawn(move || {
+                for s in l.incoming().flatten() {
+                    add(&conns, s);
+                }
+            });
+            Ok(local.to_string())
+        }
+        "wait-accepted" => {
+            let n: usize = arg(words, 1)?;
+            let (lock, cv) = &**conns;
+            let mut v = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while v.len() < n {
+                v = cv.wait(v).unwrap_or_else(|e| e.into_inner());
+            }
+            Ok((0..v.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(" "))
+        }
+        "connect" => {
+            let s = connect(arg(words, 1)?, arg(words, 2).ok())?;
+            let local = s.local_addr().map_err(err)?;
+            Ok(format!("{} {local}", add(conns, s)))
+        }
+        "connect-many" => {
+            let (addr, n): (SocketAddr, usize) = (arg(words, 1)?, arg(words, 2)?);
+            let mut first = None;
+            for _ in 0..n {
+                let id = add(conns, connect(addr, None)?);
+                first.get_or_insert(id);
+            }
+            Ok(first.map(|f| f.to_string()).unwrap_or_default())
+        }
+        "write" => {
+            let s = get(conns, arg(words, 1)?)?;
+            let mut left: usize = arg(words, 2)?;
+            s.set_nonblocking(true).map_err(err)?;
+            let buf = vec![b'x'; 64 * 1024];
+            let mut written = 0;
+            while left > 0 {
+                match (&*s).write(&buf[..left.min(buf.len())]) {
+                    Ok(n) => {
+                        written += n;
+                        left -= n;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            s.set_nonblocking(false).map_err(err)?;
+            Ok(written.to_string())
+        }
+        "write-loop" => {
+            let s = get(conns, arg(words, 1)?)?;
+            thread::spawn(move || {
+                let buf = vec![b'x'; 64 * 1024];
+                while (&*s).write_all(&buf).is_ok() {}
+            });
+            Ok(String::new())
+        }
+        "read-loop" => {
+            let s = get(conns, arg(words, 1)?)?;
+            let (bytes, ms): (usize, u64) = (arg(words, 2)?, arg(words, 3)?);
+            thread::spawn(move || {
+                let mut buf = vec![0u8; bytes];
+                loop {
+                    match (&*s).read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => thread::sleep(Duration::from_millis(ms)),
+                    }
+                }
+            });
+            Ok(String::new())
+        }
+        "outq" => {
+            let s = get(conns, arg(words, 1)?)?;
+            let mut n: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ writes one int.
+            if unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) } != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(n.to_string())
+        }
+        "addr" => {
+            let s = get(conns, arg(words, 1)?)?;
+            Ok(format!("{} {}", s.local_addr().map_err(err)?, s.peer_addr().map_err(err)?))
+        }
+        "close" => {
+            let id: usize = arg(words, 1)?;
+            let mut v = conns.0.lock().unwrap_or_else(|e| e.into_inner());
+            let s = v.get_mut(id).and_then(Option::take).ok_or(format!("no connection {id}"))?;
+            // Shut down now even if a background thread still holds the stream.
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            Ok(String::new())
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}

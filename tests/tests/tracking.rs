@@ -1,0 +1,176 @@
+//! The tracker and snapshot against the real kernel: real sockets in a test namespace, a test
+//! cgroup, the real agent. Run as root, one at a time (`cargo xtask test`).
+#![allow(clippy::unwrap_used, reason = "tests panic with context")]
+
+use std::{thread, time::Duration};
+
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, enforcer_programs_loaded, field, wait_for};
+
+/// A server in the cgroup that a client outside it connects to with a tiny receive buffer and
+/// never reads: the server's queue grows, the window closes.
+struct ZeroWindow {
+    server: Peer,
+    _client: Peer,
+    local: String,
+}
+
+fn zero_window(ns: &Netns, cg: &Cgroup, listen: &str) -> ZeroWindow {
+    let mut server = Peer::start(ns, Some(cg));
+    let addr = server.cmd(&format!("listen {listen}"));
+    let mut client = Peer::start(ns, None);
+    client.cmd(&format!("connect {addr} 4096"));
+    server.cmd("wait-accepted 1");
+    let local = server.cmd("addr 0").split(' ').next().unwrap().to_owned();
+    ZeroWindow { server, _client: client, local }
+}
+
+#[test]
+fn zero_window_send_queue_matches_siocoutq() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    let mut zw = zero_window(&ns, &cg, "127.0.0.1:9000");
+
+    assert!(zw.server.num("write 0 65536") > 0);
+    // Wait until the window is closed, then queue more: sock_ops data alone would go stale here.
+    wait_for("the peer's window to close", Duration::from_secs(10), || {
+        (field(&agent.socket(&zw.local), "peer_window") == 0).then_some(())
+    });
+    let more = zw.server.num("write 0 262144");
+    assert!(more > 0, "nothing could be queued after the window closed");
+
+    let outq = zw.server.num("outq 0");
+    let first = agent.socket(&zw.local);
+    assert_eq!(field(&first, "send_queue"), outq, "send_queue differs from SIOCOUTQ: {first}");
+    assert!(outq >= 65536 + more - 4096, "queue {outq} smaller than what was written");
+    assert_eq!(field(&first, "peer_window"), 0, "{first}");
+    assert_eq!(first["state"], "ESTABLISHED");
+    assert_eq!(field(&first, "cgroup_id"), cg.id());
+
+    thread::sleep(Duration::from_millis(1200));
+    let later = agent.socket(&zw.local);
+    assert_eq!(field(&later, "send_queue"), zw.server.num("outq 0"));
+    assert!(
+        field(&later, "stalled_ms") >= field(&first, "stalled_ms") + 1000,
+        "stalled_ms did not grow: {first} then {later}"
+    );
+    assert!(field(&later, "zero_window_ms") >= 1000, "{later}");
+}
+
+#[test]
+fn flowing_connection_shows_progress() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    let mut server = Peer::start(&ns, Some(&cg));
+    let addr = server.cmd("listen 127.0.0.1:9000");
+    let mut client = Peer::start(&ns, None);
+    client.cmd(&format!("connect {addr}"));
+    server.cmd("wait-accepted 1");
+    server.cmd("write-loop 0");
+    client.cmd("read-loop 0 65536 0");
+    let local = server.cmd("addr 0").split(' ').next().unwrap().to_owned();
+
+    let first = agent.socket(&local);
+    thread::sleep(Duration::from_millis(1500));
+    let later = agent.socket(&local);
+    assert!(
+        field(&later, "bytes_acked") > field(&first, "bytes_acked") + 1_000_000,
+        "bytes acked did not grow: {first} then {later}"
+    );
+    // A reader that keeps up: snd_una moves all the time.
+    assert!(field(&later, "stalled_ms") < 1000, "a flowing connection looks stalled: {later}");
+    assert!(field(&later, "peer_window") > 0, "{later}");
+}
+
+#[test]
+fn only_the_cgroup_is_tracked_and_closed_sockets_leave() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    // Tracked: connections accepted by a server in the cgroup.
+    let mut inside = Peer::start(&ns, Some(&cg));
+    let in_addr = inside.cmd("listen 127.0.0.1:9000");
+    // Not tracked: a server and clients outside the cgroup, same namespace.
+    let mut outside = Peer::start(&ns, None);
+    let out_addr = outside.cmd("listen 127.0.0.1:9001");
+    let mut clients = Peer::start(&ns, None);
+    for _ in 0..3 {
+        clients.cmd(&format!("connect {in_addr}"));
+        clients.cmd(&format!("connect {out_addr}"));
+    }
+    inside.cmd("wait-accepted 3");
+    outside.cmd("wait-accepted 3");
+
+    let sockets = agent.sockets();
+    assert_eq!(sockets.len(), 3, "expected exactly the 3 accepted sockets in the cgroup: {sockets:?}");
+    assert!(sockets.iter().all(|s| s["local"] == "127.0.0.1:9000"), "{sockets:?}");
+    assert!(sockets.iter().all(|s| field(s, "cgroup_id") == cg.id()), "{sockets:?}");
+    assert_eq!(field(&agent.status()["sockets"], "map_records"), 3);
+
+    // Close every connection from both ends: the records leave the map.
+    for id in 0..3 {
+        inside.cmd(&format!("close {id}"));
+    }
+    for id in 0..6 {
+        clients.cmd(&format!("close {id}"));
+    }
+    wait_for("closed sockets to leave the map", Duration::from_secs(10), || {
+        let status = agent.status();
+        (field(&status["sockets"], "map_records") == 0).then_some(())
+    });
+    assert!(agent.sockets().is_empty());
+    let counters = &agent.status()["counters"];
+    assert_eq!(field(counters, "tracked"), 3, "{counters}");
+    assert_eq!(field(counters, "removed"), 3, "{counters}");
+}
+
+#[test]
+fn ipv6_zero_window() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    let mut zw = zero_window(&ns, &cg, "[::1]:9000");
+    assert!(zw.server.num("write 0 200000") > 0);
+    assert_eq!(zw.local, "[::1]:9000");
+    wait_for("the peer's window to close", Duration::from_secs(10), || {
+        (field(&agent.socket(&zw.local), "peer_window") == 0).then_some(())
+    });
+    let s = agent.socket(&zw.local);
+    assert_eq!(field(&s, "send_queue"), zw.server.num("outq 0"), "{s}");
+    assert!(s["remote"].as_str().unwrap().starts_with("[::1]:"), "{s}");
+}
+
+#[test]
+fn agent_exit_leaves_nothing_behind() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let mut agent = Agent::start(&ns, &cg, &[]);
+    let loaded = enforcer_programs_loaded();
+    assert!(loaded.len() >= 4, "expected the agent's programs to be loaded: {loaded:?}");
+    let pin_dir = agent.pin_dir.clone();
+    let status = agent.stop();
+    assert!(status.success(), "agent exited with {status}:\n{}", agent.log_text());
+    assert!(!pin_dir.exists(), "pin directory {} left behind", pin_dir.display());
+    // A program that is attached anywhere is loaded; none stays. The kernel frees tracepoint
+    // programs after an RCU grace period, so give it a moment.
+    wait_for("the agent's programs to be unloaded", Duration::from_secs(10), || {
+        enforcer_programs_loaded().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn cli_errors_are_one_clear_line() {
+    let ns = Netns::new();
+    let run = |args: &[&str]| {
+        ns.command(enforcer_tests::enforcer_bin()).args(args).output().unwrap()
+    };
+    let out = run(&["sockets", "--pin-dir", "/sys/fs/bpf/enforcer-test-none"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no enforcer agent is running"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let out = run(&["sockets", "--sort", "sideways"]);
+    assert_eq!(out.status.code(), Some(2), "a bad flag value exits 2");
+    let out = run(&["run", "--cgroup", "/nonexistent-cgroup", "--pin-dir", "/sys/fs/bpf/enforcer-test-none"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let out = run(&["run", "--cgroup", "/tmp", "--pin-dir", "/sys/fs/bpf/enforcer-test-none"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a cgroup v2 directory"));
+}

@@ -1,0 +1,123 @@
+//! Installs what building and testing need on a fresh machine, saying what it does, and stops
+//! with a clear message naming what it could not get.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run_cmd;
+
+/// bpf-linker known to build against the Rust toolchain's own LLVM (../shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn quiet_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {}", crate::show(cmd)))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", crate::show(cmd), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The toolchain that builds the eBPF object: nightly if installed, otherwise stable with
+/// RUSTC_BOOTSTRAP (both ship an LLVM that bpf-linker accepts).
+pub struct Toolchain {
+    pub name: String,
+    pub bootstrap: bool,
+}
+
+pub fn toolchain() -> Result<Toolchain> {
+    if !quiet_ok(Command::new("rustup").arg("--version")) {
+        bail!("rustup is not installed: enforcer's eBPF build needs rustup to add rust-src (https://rustup.rs)");
+    }
+    let tc = if quiet_ok(Command::new("rustc").args(["+nightly", "--version"])) {
+        Toolchain { name: "nightly".into(), bootstrap: false }
+    } else {
+        eprintln!("xtask: no nightly toolchain; building the eBPF object with stable and RUSTC_BOOTSTRAP=1");
+        Toolchain { name: "stable".into(), bootstrap: true }
+    };
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", &tc.name]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: installing rust-src for the {} toolchain (needed by -Z build-std; about a minute)", tc.name);
+        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &tc.name]))
+            .context("could not install rust-src: the eBPF object cannot be built without it")?;
+    }
+    Ok(tc)
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// Makes sure a working bpf-linker is on PATH (or in cargo's bin directory) and returns it.
+pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
+    let in_cargo = cargo_home().join("bin/bpf-linker");
+    for candidate in [PathBuf::from("bpf-linker"), in_cargo.clone()] {
+        if quiet_ok(Command::new(&candidate).arg("--version")) {
+            return Ok(candidate);
+        }
+    }
+    // No usable prebuilt binary can be fetched here: build it against the toolchain's LLVM.
+    let sysroot = PathBuf::from(output(Command::new("rustc").args([&format!("+{}", tc.name), "--print", "sysroot"]))?);
+    let lib = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("listing {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}: cannot build bpf-linker against the {} toolchain's LLVM", lib.display(), tc.name))?;
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    // bpf-linker keeps an rpath to this directory, so it lives next to cargo's own files.
+    let prefix = cargo_home().join("enforcer-llvm").join(&tc.name);
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&llvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against the {} toolchain's LLVM {major} (about a minute)", tc.name);
+    run_cmd(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("could not install bpf-linker (it links the eBPF object); see the cargo output above")?;
+    if !quiet_ok(Command::new(&in_cargo).arg("--version")) {
+        bail!("bpf-linker was installed at {} but does not run", in_cargo.display());
+    }
+    Ok(in_cargo)
+}
+
+/// Debian packages the integration tests use: `ip` (network namespaces) and `nsenter`.
+pub fn test_packages() -> Result<()> {
+    let missing: Vec<&str> = [("ip", "iproute2"), ("nsenter", "util-linux")]
+        .into_iter()
+        .filter(|(bin, _)| !quiet_ok(Command::new(bin).arg("-V")) && !Path::new(&format!("/usr/sbin/{bin}")).exists())
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!("the integration tests need these packages, and apt-get is not here to install them: {}", missing.join(" "));
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+        .with_context(|| format!("could not install {}", missing.join(" ")))
+}
