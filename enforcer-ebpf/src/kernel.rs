@@ -63,3 +63,11 @@ pub fn read_bytes<const N: usize>(src: *const u8) -> Option<[u8; N]> {
 pub fn seq_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
+
+/// CLOCK_MONOTONIC in ns, the clock of every timestamp in the maps. (The cheaper coarse clock
+/// is refused to tracing programs, and mixing clocks would skew durations.)
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no arguments, no preconditions.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
+}

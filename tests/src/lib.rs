@@ -145,9 +145,13 @@ impl Agent {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test"));
         let log = std::env::temp_dir().join(format!("{}.log", unique("enforcer-agent")));
         let logfile = std::fs::File::create(&log).unwrap();
+        // Snapshots every 200 ms unless the test sets its own interval.
+        let interval: &[&str] = if extra.contains(&"--interval") { &[] } else { &["--interval", "200ms"] };
         let child = ns
             .command(enforcer_bin())
-            .args(["run", "--interval", "200ms", "--cgroup"])
+            .arg("run")
+            .args(interval)
+            .arg("--cgroup")
             .arg(&cg.path)
             .arg("--pin-dir")
             .arg(&pin_dir)

@@ -7,7 +7,7 @@
 //! dated to now, so a draining socket is never reported as stalled for longer than one snapshot.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_seq_write, bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::generated::{bpf_seq_write, bpf_skc_to_tcp_sock};
 use enforcer_common::{SnapshotEntry, stats};
 
 use crate::{
@@ -46,7 +46,7 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
     };
     // SAFETY: a map value pointer from a successful lookup.
     let rec = unsafe { &mut *rec };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::kernel::now();
 
     // SAFETY (all loads): offsets of fields of the named type, found in BTF by the loader.
     let mut e = SnapshotEntry {

@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::generated::{bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -58,7 +58,7 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         _ => return Ok(()),
     };
     // SAFETY: the helpers take the sock_ops context the kernel passed in.
-    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx.ops.cast()), bpf_ktime_get_ns()) };
+    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx.ops.cast()), crate::kernel::now()) };
     let record = SockRecord {
         local_addr,
         remote_addr,

@@ -7,14 +7,14 @@
 //! segment itself says what it acknowledges and which window it advertises. Hot path for every
 //! socket of the machine: sockets we do not track cost one cookie read and one hash lookup.
 use aya_ebpf::{
-    helpers::generated::{bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    helpers::generated::{bpf_skc_to_tcp_sock},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use enforcer_common::stats;
 
 use crate::{
-    kernel::{load, off, read_bytes, seq_after},
+    kernel::{load, now, off, read_bytes, seq_after},
     maps::{SOCKETS, count},
 };
 
@@ -64,28 +64,27 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
     };
     // SAFETY: a map value pointer from a successful lookup; racing writers only store times.
     let rec = unsafe { &mut *rec };
-    let now = unsafe { bpf_ktime_get_ns() };
-
+    // Writes only when something changed: a dirty cache line costs more than the compare.
     if flags & TH_ACK != 0 {
         // Progress only for an ACK of data we really sent: a peer must not fake progress by
         // acknowledging beyond snd_nxt (the kernel drops such ACKs too).
         if seq_after(ack, snd_una) && !seq_after(ack, snd_nxt) {
             rec.snd_una = ack;
-            rec.tx_progress_ns = now;
+            rec.tx_progress_ns = now();
         }
         // Zero is zero whatever the window scale.
         if window == 0 {
             if rec.zero_window_since_ns == 0 {
-                rec.zero_window_since_ns = now;
+                rec.zero_window_since_ns = now();
             }
-        } else {
+        } else if rec.zero_window_since_ns != 0 {
             rec.zero_window_since_ns = 0;
         }
     }
     // New in-order bytes from the peer.
     if data_len > 0 && !seq_after(seq, rcv_nxt) && seq_after(seq.wrapping_add(data_len), rcv_nxt) {
         rec.rcv_nxt = seq.wrapping_add(data_len);
-        rec.rx_progress_ns = now;
+        rec.rx_progress_ns = now();
     }
     Ok(())
 }
