@@ -7,13 +7,15 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
     pub const MAP_SOCKETS: &str = "SOCKETS";
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_AGENT_INFO: &str = "AGENT_INFO";
+    pub const MAP_KILLS: &str = "KILLS";
+    pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
     pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
 
     pub const PROG_SOCKOPS: &str = "enforcer_sockops";
@@ -30,8 +32,13 @@ pub mod names {
     pub const PIN_SOCKETS: &str = "sockets";
     pub const PIN_STATS: &str = "stats";
     pub const PIN_INFO: &str = "info";
+    pub const PIN_KILLS: &str = "kills";
+    pub const PIN_KILL_COUNTERS: &str = "kill_counters";
     /// The pinned `iter/tcp` link: reading this file runs the snapshot.
     pub const PIN_SNAPSHOT: &str = "snapshot";
+    /// Every pin the agent makes, for cleaning up after an agent that died.
+    pub const ALL_PINS: [&str; 6] =
+        [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_KILLS, PIN_KILL_COUNTERS];
 }
 
 /// Default capacity of the socket map (`--max-sockets`).
@@ -191,10 +198,52 @@ pub struct AgentInfo {
     pub settings: [u8; AGENT_SETTINGS_LEN],
 }
 
+/// Slots in the `KILLS` ring: the most recent decisions, kept for `enforcer kills`.
+pub const KILL_RING: u32 = 1024;
+
+/// Slots of the `KILL_COUNTERS` array (written by the agent only).
+pub mod kill_counters {
+    pub const DESTROYED: u32 = 0;
+    pub const WOULD_DESTROY: u32 = 1;
+    pub const DESTROY_FAILED: u32 = 2;
+    /// Total decisions ever recorded; the next one goes to slot `NEXT % KILL_RING`.
+    pub const NEXT: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// One enforcement decision, as kept in the `KILLS` ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillRecord {
+    /// Wall clock, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub cookie: u64,
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    /// `KillEvent` as u8.
+    pub event: u8,
+    /// `KillReason` as u8.
+    pub reason: u8,
+    pub send_queue: u64,
+    pub fair_share: u64,
+    pub stalled_ms: u64,
+    /// `u64::MAX` when the socket made no measurable progress.
+    pub drain_estimate_ms: u64,
+    pub pressure: u64,
+    pub threshold: u64,
+    /// errno of a failed destroy, else 0.
+    pub error: i32,
+    pub _pad: u32,
+}
+
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
 const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 160);
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<AgentInfo>() == 4096);
+const _: () = assert!(core::mem::size_of::<KillRecord>() == 112);
 
 #[cfg(feature = "user")]
 mod user {
@@ -205,6 +254,9 @@ mod user {
     unsafe impl aya::Pod for SnapshotEntry {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for AgentInfo {}
+    unsafe impl aya::Pod for KillRecord {}
+    unsafe impl bytemuck::Zeroable for KillRecord {}
+    unsafe impl bytemuck::Pod for KillRecord {}
     unsafe impl bytemuck::Zeroable for SockRecord {}
     unsafe impl bytemuck::Pod for SockRecord {}
     unsafe impl bytemuck::Zeroable for SnapshotEntry {}

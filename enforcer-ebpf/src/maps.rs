@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use enforcer_common::{AgentInfo, DEFAULT_MAX_SOCKETS, SockRecord, stats};
+use enforcer_common::{
+    AgentInfo, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord, SockRecord, kill_counters, stats,
+};
 
 /// Tracked sockets by cookie. Not preallocated: kernel memory grows with the sockets tracked,
 /// not with the capacity.
@@ -18,6 +20,13 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 /// Written by user space only (who runs, with which settings); no program reads it.
 #[map]
 pub static AGENT_INFO: Array<AgentInfo> = Array::with_max_entries(1, 0);
+
+/// The agent's recent decisions (a ring) and their counters; written by user space only, kept
+/// here so they live and are pinned with the other maps.
+#[map]
+pub static KILLS: Array<KillRecord> = Array::with_max_entries(KILL_RING, 0);
+#[map]
+pub static KILL_COUNTERS: Array<u64> = Array::with_max_entries(kill_counters::COUNT, 0);
 
 /// Adds one to a `STATS` counter. Per-CPU, so no atomics on the hot path.
 #[inline(always)]

@@ -2,7 +2,6 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use enforcer_common::DEFAULT_MAX_SOCKETS;
 use ipnet::IpNet;
 
 use crate::pins::DEFAULT_PIN_DIR;
@@ -46,8 +45,11 @@ pub enum Command {
     /// queued but not yet sent, RECV-Q what the application has not read, PEER-WND the peer's
     /// advertised window, STALLED how long `snd_una` has not moved while data is outstanding.
     Sockets(SocketsArgs),
-    /// Show the agent's settings, tracked sockets, map occupancy and error counters.
+    /// Show the agent's settings, tracked sockets, map occupancy, kill and error counters.
     Status(StatusArgs),
+    /// List the agent's most recent decisions (destroyed, would_destroy, destroy_failed) with
+    /// their reasons, newest first.
+    Kills(KillsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,20 +59,106 @@ pub struct PinDirArg {
     pub pin_dir: PathBuf,
 }
 
+/// Flags of `enforcer run`. Policy flags are optional here so that `--config` can supply them:
+/// a flag given on the command line wins over the file, the file over the default.
 #[derive(Debug, Args)]
+#[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     /// cgroup v2 directory whose sockets are tracked [default: the cgroup2 root from /proc/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub pins: PinDirArg,
-    /// Most sockets tracked at once; beyond it new sockets are counted as `map_full`, not tracked.
-    #[arg(long, default_value_t = DEFAULT_MAX_SOCKETS, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
-    pub max_sockets: u32,
-    /// How often the agent takes a snapshot (e.g. 250ms, 1s).
-    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
-    pub interval: Duration,
+    /// TOML file with the same keys as these flags (e.g. `threshold = "64MiB"`,
+    /// `protect-port = [22]`); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Destroy nothing; log and record `would_destroy` for every decision.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Most sockets tracked at once; beyond it new sockets are counted as `map_full`, not tracked
+    /// [default: 131072].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_sockets: Option<u32>,
+    /// How often a snapshot is taken and the rule applied (e.g. 250ms, 1s) [default: 1s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
+    /// Enforce only while pressure is above this size (16MiB, 100MB, bytes) [default: the
+    /// kernel's TCP pressure level, tcp_mem[1] pages].
+    #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
+    pub threshold: Option<u64>,
+    /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in
+    /// /proc/net/sockstat), `cgroup` (socket memory in the cgroup's memory.stat) [default: tracked].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub pressure: Option<PressureArg>,
+    /// How to split the threshold into fair shares: `connection` (threshold / connections),
+    /// `remote-ip` (per remote address, then per connection), `remote-prefix:N[,M]` (per IPv4 /N
+    /// and IPv6 /M, default M 64) [default: connection].
+    #[arg(long, value_parser = crate::units::parse_fairness, value_name = "MODE")]
+    pub fairness: Option<crate::policy::Fairness>,
+    /// An offender made no forward progress (snd_una unchanged, data outstanding) for this long
+    /// [default: 1s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub stall: Option<Duration>,
+    /// ...or its queue would take longer than this to drain at its recent rate [default: 30s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_drain: Option<Duration>,
+    /// `budget`: destroy the worst offenders until the projected pressure is at the threshold;
+    /// `heffner`: destroy every offender, as the 2006 proposal did [default: budget].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub policy: Option<PolicyArg>,
+    /// Destroy at most N sockets per interval [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_kills: Option<usize>,
+    /// Never destroy a socket whose local or remote port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub protect_port: Vec<u16>,
+    /// Never destroy a socket whose remote address is in CIDR (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub protect_cidr: Vec<IpNet>,
+    /// Never destroy a socket owned by this cgroup directory or one below it (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub protect_cgroup: Vec<PathBuf>,
+    /// Keep at most N connections per remote address: beyond N, destroy that remote's
+    /// connections that moved no byte in either direction for --idle, oldest idle first. Applies
+    /// whatever the pressure.
+    #[arg(long, value_name = "N")]
+    pub max_per_remote: Option<usize>,
+    /// Idle time for --max-per-remote [default: 5m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub idle: Option<Duration>,
+}
+
+const RUN_HELP: &str = "\
+The rule, every --interval: if pressure > --threshold, an offender is a socket that holds more
+queued bytes than its fair share and either made no forward progress for --stall or would need
+more than --max-drain to drain. Offenders are destroyed worst first (most bytes over the share)
+until the projected pressure is back at the threshold, at most --max-kills per interval.
+Protected sockets are never destroyed. Every decision is logged as one event line and kept for
+`enforcer kills`.
+
+Sockets are destroyed with netlink SOCK_DESTROY (the application sees ECONNABORTED, the peer an
+RST), which reaches only sockets in the agent's own network namespace: run the agent in the
+namespace of the sockets it guards.
+
+Examples:
+  enforcer run --dry-run
+  enforcer run --cgroup /sys/fs/cgroup/system.slice/nginx.service --threshold 256MiB --protect-port 22
+  enforcer run --fairness remote-ip --max-per-remote 200 --idle 10m";
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PressureArg {
+    Tracked,
+    Kernel,
+    Cgroup,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyArg {
+    Budget,
+    Heffner,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -110,6 +198,18 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KillsArgs {
+    #[command(flatten)]
+    pub pins: PinDirArg,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+    /// Show at most N decisions.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -12,7 +12,11 @@ use aya::{
     maps::Array,
     programs::{BtfTracePoint, CgroupAttachMode, Iter, SockOps, links::{FdLink, PinnedLink}},
 };
-use enforcer_common::{AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, LAYOUT_VERSION, names};
+use enforcer_common::{
+    AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, kill_counters, names,
+};
+
+use crate::kills::KillEvent;
 
 use crate::{btf, offsets, pins, sys};
 
@@ -70,6 +74,8 @@ impl Loaded {
             (names::MAP_SOCKETS, names::PIN_SOCKETS),
             (names::MAP_STATS, names::PIN_STATS),
             (names::MAP_AGENT_INFO, names::PIN_INFO),
+            (names::MAP_KILLS, names::PIN_KILLS),
+            (names::MAP_KILL_COUNTERS, names::PIN_KILL_COUNTERS),
         ] {
             let path = pins::PinDir::path(&self.pin_dir, pin);
             self.ebpf
@@ -136,6 +142,25 @@ impl Loaded {
         Ok(())
     }
 
+    /// Keeps a decision in the pinned ring and counts it, for `enforcer kills` and `status`.
+    pub fn record_kill(&mut self, rec: KillRecord) -> Result<()> {
+        let counters = self.ebpf.map_mut(names::MAP_KILL_COUNTERS).context("no kill counters map")?;
+        let mut counters: Array<_, u64> = Array::try_from(counters)?;
+        let next = counters.get(&kill_counters::NEXT, 0)?;
+        let slot = match rec.event {
+            e if e == KillEvent::Destroyed as u8 => kill_counters::DESTROYED,
+            e if e == KillEvent::WouldDestroy as u8 => kill_counters::WOULD_DESTROY,
+            _ => kill_counters::DESTROY_FAILED,
+        };
+        let count = counters.get(&slot, 0)?;
+        counters.set(slot, count + 1, 0)?;
+        counters.set(kill_counters::NEXT, next + 1, 0)?;
+        let ring = self.ebpf.map_mut(names::MAP_KILLS).context("no kills map")?;
+        let mut ring: Array<_, KillRecord> = Array::try_from(ring)?;
+        ring.set((next % u64::from(KILL_RING)) as u32, rec, 0)?;
+        Ok(())
+    }
+
     pub fn snapshot_path(&self) -> PathBuf {
         pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT)
     }
@@ -174,7 +199,7 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
         Err(pins::PinError::NotRunning(_)) => Ok(()),
         Err(e @ pins::PinError::Stale { .. }) => {
             tracing::warn!(dir = %dir.display(), reason = %e, "removing stale pins");
-            for name in [names::PIN_SNAPSHOT, names::PIN_SOCKETS, names::PIN_STATS, names::PIN_INFO] {
+            for name in names::ALL_PINS {
                 let _ = std::fs::remove_file(pins::PinDir::path(dir, name));
             }
             Ok(())

@@ -1,10 +1,16 @@
 mod btf;
 mod cli;
 mod commands;
+mod destroy;
+mod kills;
 mod loader;
 mod offsets;
 mod pins;
+mod policy;
+mod pressure;
+mod settings;
 mod sys;
+mod units;
 mod view;
 
 use std::process::ExitCode;
@@ -37,12 +43,17 @@ async fn main() -> ExitCode {
             init_logging(cli.log_format, "warn");
             commands::status::run(args)
         }
+        cli::Command::Kills(args) => {
+            init_logging(cli.log_format, "warn");
+            commands::kills::run(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Bad values exit 2, as clap does for bad flags.
+            if e.downcast_ref::<settings::UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

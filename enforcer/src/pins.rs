@@ -1,7 +1,9 @@
 //! The pin directory: what the agent leaves in bpffs for the CLI (`sockets`, `status`) to read.
 use std::path::{Path, PathBuf};
 
-use enforcer_common::{AGENT_INFO_MAGIC, AgentInfo, LAYOUT_VERSION, SnapshotEntry, names, stats};
+use enforcer_common::{
+    AGENT_INFO_MAGIC, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, SnapshotEntry, kill_counters, names, stats,
+};
 use thiserror::Error;
 
 use crate::sys;
@@ -90,6 +92,32 @@ impl PinDir {
             *total = array.get(&(slot as u32), 0).map_err(err)?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// The kill counters: destroyed, would_destroy, destroy_failed, total recorded.
+    pub fn kill_counters(&self) -> Result<[u64; kill_counters::COUNT as usize], PinError> {
+        let path = Self::path(&self.dir, names::PIN_KILL_COUNTERS);
+        let map = open_map(&path)?;
+        let err = |source| PinError::Map { path: path.clone(), source };
+        let array: aya::maps::Array<_, u64> = map.try_into().map_err(err)?;
+        let mut out = [0u64; kill_counters::COUNT as usize];
+        for (slot, v) in out.iter_mut().enumerate() {
+            *v = array.get(&(slot as u32), 0).map_err(err)?;
+        }
+        Ok(out)
+    }
+
+    /// The kept decisions, newest first.
+    pub fn kills(&self) -> Result<Vec<KillRecord>, PinError> {
+        let total = self.kill_counters()?[kill_counters::NEXT as usize];
+        let path = Self::path(&self.dir, names::PIN_KILLS);
+        let map = open_map(&path)?;
+        let err = |source| PinError::Map { path: path.clone(), source };
+        let ring: aya::maps::Array<_, KillRecord> = map.try_into().map_err(err)?;
+        let kept = total.min(u64::from(KILL_RING));
+        (0..kept)
+            .map(|i| ring.get(&(((total - 1 - i) % u64::from(KILL_RING)) as u32), 0).map_err(err))
+            .collect()
     }
 
     /// Records in the socket map (all namespaces) and its capacity.

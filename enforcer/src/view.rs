@@ -47,7 +47,7 @@ fn ms_since(now_ns: u64, then_ns: u64) -> u64 {
     now_ns.saturating_sub(then_ns) / 1_000_000
 }
 
-fn addr(family: u16, words: [u32; 4], port: u16) -> SocketAddr {
+pub fn addr(family: u16, words: [u32; 4], port: u16) -> SocketAddr {
     let ip = if family == AF_INET {
         IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
     } else {

@@ -1,3 +1,4 @@
+pub mod kills;
 pub mod run;
 pub mod sockets;
 pub mod status;

@@ -1,67 +1,118 @@
-//! `enforcer run`: the agent. In this version it observes: it keeps the tracker current and
-//! logs what it sees; it destroys nothing.
+//! `enforcer run`: the agent. Every interval: snapshot, pressure, rule, destroy, account.
+use std::{collections::HashMap, time::Instant};
+
 use anyhow::{Context, Result};
-use serde_json::json;
+use enforcer_common::SnapshotEntry;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunArgs,
+    destroy::{Destroy, Netlink},
+    kills::{self, KillEvent},
     loader::{LoadOptions, Loaded},
-    pins, sys,
+    pins,
+    policy::{self, Seen},
+    settings::Settings,
+    sys,
+    view::Socket,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
     sys::require_root("enforcer run")?;
     sys::require_btf()?;
-    let cgroup = match args.cgroup {
-        Some(p) => p,
-        None => sys::cgroup2_root()?,
-    };
-    let cgroup_id = sys::cgroup2_dir(&cgroup)?;
+    let settings = Settings::resolve(args)?;
+    settings.source.check()?;
     sys::raise_memlock();
-    let pin_dir = &args.pins.pin_dir;
-    let settings = json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "cgroup": cgroup,
-        "cgroup_id": cgroup_id,
-        "pin_dir": pin_dir,
-        "max_sockets": args.max_sockets,
-        "interval_ms": args.interval.as_millis() as u64,
-    })
-    .to_string();
-
+    let mut destroyer = Netlink::open().context("opening a NETLINK_SOCK_DIAG socket (needed to destroy sockets)")?;
     let loaded = Loaded::load(&LoadOptions {
-        cgroup: &cgroup,
-        pin_dir,
-        max_sockets: args.max_sockets,
-        settings: &settings,
+        cgroup: &settings.cgroup,
+        pin_dir: &settings.pin_dir,
+        max_sockets: settings.max_sockets,
+        settings: &serde_json::to_string(&settings).context("serialising settings")?,
     })?;
-    tracing::info!(cgroup = %cgroup.display(), cgroup_id, pin_dir = %pin_dir.display(),
-        max_sockets = args.max_sockets, "enforcer attached; observing");
+    tracing::info!(
+        cgroup = %settings.cgroup.display(), cgroup_id = settings.cgroup_id, pin_dir = %settings.pin_dir.display(),
+        threshold = settings.threshold, pressure = settings.pressure, fairness = %settings.fairness,
+        policy = settings.policy, dry_run = settings.dry_run,
+        "enforcer attached{}", if settings.dry_run { " (dry run: nothing will be destroyed)" } else { "" }
+    );
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut ticker = tokio::time::interval(args.interval);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(settings.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut agent = Agent { settings, loaded, prev: HashMap::new(), prev_at: None };
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = ticker.tick() => observe(&loaded),
+            _ = ticker.tick() => agent.interval(&mut destroyer),
         }
     }
-    drop(loaded);
+    drop(agent);
     tracing::info!("enforcer detached; pins removed");
     Ok(())
 }
 
-/// One snapshot per interval: it reconciles every record with the kernel (so progress the
-/// tracepoint could not see is dated) and tells the operator what is queued.
-fn observe(loaded: &Loaded) {
-    match pins::read_snapshot(&loaded.snapshot_path()) {
-        Ok(entries) => {
-            let queued: u64 = entries.iter().map(|e| u64::from(e.send_queue())).sum();
-            tracing::debug!(sockets = entries.len(), send_queue_bytes = queued, "snapshot");
+struct Agent {
+    settings: Settings,
+    loaded: Loaded,
+    /// What the previous snapshot saw, for progress rates.
+    prev: HashMap<u64, Seen>,
+    prev_at: Option<Instant>,
+}
+
+impl Agent {
+    fn interval(&mut self, destroyer: &mut impl Destroy) {
+        let started = Instant::now();
+        let entries = match pins::read_snapshot(&self.loaded.snapshot_path()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot failed; nothing enforced this interval");
+                return;
+            }
+        };
+        let sockets: Vec<Socket> = entries.iter().map(Socket::from).collect();
+        let scanned = started.elapsed();
+        let pressure = match self.settings.source.read(&sockets) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading pressure failed; nothing enforced this interval");
+                return;
+            }
+        };
+        let elapsed_ms = self.prev_at.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+        let decisions = policy::decide(&self.settings.rule, &sockets, &self.prev, elapsed_ms, pressure);
+        let decided = started.elapsed();
+        if !decisions.is_empty() {
+            let by_cookie: HashMap<u64, &SnapshotEntry> = entries.iter().map(|e| (e.cookie, e)).collect();
+            for d in &decisions {
+                let Some(entry) = by_cookie.get(&d.socket.cookie) else { continue };
+                self.act(destroyer, d, entry, pressure);
+            }
         }
-        Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+        self.prev = sockets.iter().map(|s| (s.cookie, Seen { bytes_acked: s.bytes_acked })).collect();
+        self.prev_at = Some(started);
+        tracing::debug!(
+            sockets = sockets.len(), pressure, threshold = self.settings.threshold, decisions = decisions.len(),
+            scan_us = scanned.as_micros() as u64, policy_us = (decided - scanned).as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64, "interval"
+        );
+    }
+
+    fn act(&mut self, destroyer: &mut impl Destroy, d: &policy::Decision, entry: &SnapshotEntry, pressure: u64) {
+        let threshold = self.settings.threshold;
+        let (event, err) = if self.settings.dry_run {
+            (KillEvent::WouldDestroy, None)
+        } else {
+            match destroyer.destroy(entry.cookie, &entry.record) {
+                Ok(()) => (KillEvent::Destroyed, None),
+                Err(e) => (KillEvent::DestroyFailed, Some(e)),
+            }
+        };
+        kills::log(event, d, pressure, threshold, err.as_ref());
+        let errno = err.as_ref().and_then(std::io::Error::raw_os_error).unwrap_or(0);
+        if let Err(e) = self.loaded.record_kill(kills::record(event, d, &entry.record, pressure, threshold, errno)) {
+            tracing::warn!(error = %format!("{e:#}"), "could not record the decision in the pinned ring");
+        }
     }
 }

@@ -2,7 +2,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use enforcer_common::stats;
+use enforcer_common::{kill_counters, stats};
 use serde_json::{Value, json};
 
 use crate::{pins::PinDir, sys, view::human_bytes};
@@ -20,6 +20,7 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     let recv_queue: u64 = snapshot.iter().map(|e| u64::from(e.recv_queue())).sum();
     let (records, capacity) = pins.occupancy()?;
     let counters = pins.stats()?;
+    let kc = pins.kill_counters()?;
     let counter_map: serde_json::Map<String, Value> =
         stats::NAMES.iter().zip(counters).map(|(n, v)| ((*n).to_owned(), json!(v))).collect();
 
@@ -34,6 +35,11 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         },
         "queued": { "send_queue_bytes": send_queue, "recv_queue_bytes": recv_queue },
         "counters": counter_map,
+        "kills": {
+            "destroyed": kc[kill_counters::DESTROYED as usize],
+            "would_destroy": kc[kill_counters::WOULD_DESTROY as usize],
+            "destroy_failed": kc[kill_counters::DESTROY_FAILED as usize],
+        },
     });
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -54,6 +60,9 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     writeln!(out, "queued     {} send, {} receive", human_bytes(send_queue), human_bytes(recv_queue))?;
     writeln!(out, "lifetime   {} tracked, {} removed", counters[stats::TRACKED as usize],
         counters[stats::REMOVED as usize])?;
+    writeln!(out, "kills      {} destroyed, {} would destroy (dry run), {} failed",
+        kc[kill_counters::DESTROYED as usize], kc[kill_counters::WOULD_DESTROY as usize],
+        kc[kill_counters::DESTROY_FAILED as usize])?;
     writeln!(out, "errors     {}", errors.join(", "))?;
     Ok(())
 }

@@ -1,0 +1,103 @@
+//! Where "memory pressure" comes from (`--pressure`) and the default threshold.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::view::Socket;
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Sum of the send queues of tracked sockets (the 2006 script's measure).
+    Tracked,
+    /// The kernel's TCP memory (`/proc/net/sockstat`, `TCP: … mem PAGES`).
+    Kernel,
+    /// Socket memory of the attached cgroup (`memory.stat`, key `sock`).
+    Cgroup(PathBuf),
+}
+
+impl Source {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Tracked => "tracked",
+            Self::Kernel => "kernel",
+            Self::Cgroup(_) => "cgroup",
+        }
+    }
+
+    /// Checks once at start-up that the source can be read, so the agent fails early and clearly.
+    pub fn check(&self) -> Result<()> {
+        if let Self::Cgroup(dir) = self
+            && !dir.join("memory.stat").exists()
+        {
+            bail!(
+                "--pressure cgroup needs the memory controller on cgroup v2, and {} has no memory.stat \
+                 (enable it in the parent's cgroup.subtree_control, or use --pressure kernel)",
+                dir.display()
+            );
+        }
+        self.read(&[]).map(|_| ())
+    }
+
+    /// Current pressure in bytes.
+    pub fn read(&self, sockets: &[Socket]) -> Result<u64> {
+        match self {
+            Self::Tracked => Ok(sockets.iter().map(|s| s.send_queue).sum()),
+            Self::Kernel => {
+                let text = std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
+                Ok(sockstat_tcp_pages(&text).context("no `TCP: … mem N` line in /proc/net/sockstat")? * page_size())
+            }
+            Self::Cgroup(dir) => {
+                let path = dir.join("memory.stat");
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                memory_stat_sock(&text).with_context(|| format!("no `sock` key in {}", path.display()))
+            }
+        }
+    }
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u64 } else { 4096 }
+}
+
+fn sockstat_tcp_pages(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "mem" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn memory_stat_sock(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("sock ")?.trim().parse().ok())
+}
+
+/// The default threshold: the kernel's own TCP memory-pressure level (`tcp_mem`'s middle value,
+/// in pages), where the kernel itself starts to economise.
+pub fn default_threshold() -> Result<u64> {
+    let path = Path::new("/proc/sys/net/ipv4/tcp_mem");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pressure: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .with_context(|| format!("unexpected contents of {}: {text}", path.display()))?;
+    Ok(pressure * page_size())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_files() {
+        let sockstat = "sockets: used 160\nTCP: inuse 5 orphan 0 tw 2 alloc 9 mem 37\nUDP: inuse 1 mem 2\n";
+        assert_eq!(sockstat_tcp_pages(sockstat), Some(37));
+        assert_eq!(memory_stat_sock("anon 1\nsock 8192\nshmem 0\n"), Some(8192));
+        assert_eq!(memory_stat_sock("anon 1\n"), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! The agent's settings: command-line flags over `--config` TOML over defaults, validated once.
+use std::{collections::HashSet, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::{
+    cli::{PolicyArg, PressureArg, RunArgs, parse_cidr, parse_duration},
+    policy::{self, Fairness, Kind, Protect},
+    pressure, sys,
+    units::{parse_fairness, parse_size},
+};
+
+/// A bad value in the flags or the config file: the process exits 2, like clap does.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub const DEFAULT_MAX_KILLS: usize = 1000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    #[serde(skip)]
+    pub pin_dir: PathBuf,
+    pub dry_run: bool,
+    pub max_sockets: u32,
+    pub interval_ms: u64,
+    pub threshold: u64,
+    pub pressure: &'static str,
+    pub fairness: String,
+    pub stall_ms: u64,
+    pub max_drain_ms: u64,
+    pub policy: &'static str,
+    pub max_kills: usize,
+    pub protect_ports: Vec<u16>,
+    pub protect_cidrs: Vec<String>,
+    pub protect_cgroups: Vec<PathBuf>,
+    pub max_per_remote: Option<usize>,
+    pub idle_ms: u64,
+    #[serde(skip)]
+    pub source: pressure::Source,
+    #[serde(skip)]
+    pub rule: policy::Policy,
+}
+
+/// Values read from `--config`; each is checked with the flag's own parser.
+#[derive(Default)]
+struct File {
+    cgroup: Option<PathBuf>,
+    dry_run: Option<bool>,
+    max_sockets: Option<u32>,
+    interval: Option<Duration>,
+    threshold: Option<u64>,
+    pressure: Option<PressureArg>,
+    fairness: Option<Fairness>,
+    stall: Option<Duration>,
+    max_drain: Option<Duration>,
+    policy: Option<PolicyArg>,
+    max_kills: Option<usize>,
+    protect_port: Vec<u16>,
+    protect_cidr: Vec<IpNet>,
+    protect_cgroup: Vec<PathBuf>,
+    max_per_remote: Option<usize>,
+    idle: Option<Duration>,
+}
+
+fn read_file(path: &std::path::Path) -> Result<File, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read config {}: {e}", path.display())))?;
+    parse_file(&text).map_err(|e| UsageError(format!("config {}: {e}", path.display())))
+}
+
+fn parse_file(text: &str) -> Result<File, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let mut f = File::default();
+    for (key, value) in &table {
+        let bad = |what: &str| format!("key `{key}`: {what}");
+        let string = || value.as_str().ok_or_else(|| bad("expected a string"));
+        let int = || value.as_integer().filter(|&n| n >= 0).ok_or_else(|| bad("expected a non-negative integer"));
+        let duration = || string().and_then(|s| parse_duration(s).map_err(|e| bad(&e)));
+        let list = || value.as_array().ok_or_else(|| bad("expected a list"));
+        match key.as_str() {
+            "cgroup" => f.cgroup = Some(string()?.into()),
+            "dry-run" => f.dry_run = Some(value.as_bool().ok_or_else(|| bad("expected true or false"))?),
+            "max-sockets" => {
+                f.max_sockets = Some(u32::try_from(int()?).ok().filter(|&n| n >= 1).ok_or_else(|| bad("out of range"))?)
+            }
+            "interval" => f.interval = Some(duration()?),
+            "threshold" => {
+                f.threshold = Some(match value {
+                    toml::Value::Integer(_) => int()? as u64,
+                    _ => parse_size(string()?).map_err(|e| bad(&e))?,
+                })
+            }
+            "pressure" => {
+                f.pressure = Some(match string()? {
+                    "tracked" => PressureArg::Tracked,
+                    "kernel" => PressureArg::Kernel,
+                    "cgroup" => PressureArg::Cgroup,
+                    other => return Err(bad(&format!("`{other}` is not tracked, kernel or cgroup"))),
+                })
+            }
+            "fairness" => f.fairness = Some(parse_fairness(string()?).map_err(|e| bad(&e))?),
+            "stall" => f.stall = Some(duration()?),
+            "max-drain" => f.max_drain = Some(duration()?),
+            "policy" => {
+                f.policy = Some(match string()? {
+                    "budget" => PolicyArg::Budget,
+                    "heffner" => PolicyArg::Heffner,
+                    other => return Err(bad(&format!("`{other}` is not budget or heffner"))),
+                })
+            }
+            "max-kills" => f.max_kills = Some(int()? as usize),
+            "protect-port" => {
+                for v in list()? {
+                    let p = v.as_integer().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| bad("expected ports (0-65535)"))?;
+                    f.protect_port.push(p);
+                }
+            }
+            "protect-cidr" => {
+                for v in list()? {
+                    let s = v.as_str().ok_or_else(|| bad("expected strings"))?;
+                    f.protect_cidr.push(parse_cidr(s).map_err(|e| bad(&e))?);
+                }
+            }
+            "protect-cgroup" => {
+                for v in list()? {
+                    f.protect_cgroup.push(v.as_str().ok_or_else(|| bad("expected paths"))?.into());
+                }
+            }
+            "max-per-remote" => f.max_per_remote = Some(int()? as usize),
+            "idle" => f.idle = Some(duration()?),
+            _ => return Err(format!("unknown key `{key}`")),
+        }
+    }
+    Ok(f)
+}
+
+/// Cgroup ids of `dir` and every cgroup below it.
+fn cgroup_tree_ids(dir: &std::path::Path) -> anyhow::Result<Vec<u64>> {
+    let mut ids = vec![sys::cgroup2_dir(dir)?];
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            ids.extend(cgroup_tree_ids(&entry.path())?);
+        }
+    }
+    Ok(ids)
+}
+
+/// Repeatable flags replace the file's list rather than adding to it: flags win.
+fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() { file } else { flag }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Settings {
+    pub fn resolve(args: RunArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => File::default(),
+        };
+        let cgroup = match args.cgroup.or(file.cgroup) {
+            Some(p) => p,
+            None => sys::cgroup2_root()?,
+        };
+        let cgroup_id = sys::cgroup2_dir(&cgroup)?;
+        let threshold = match args.threshold.or(file.threshold) {
+            Some(t) => t,
+            None => pressure::default_threshold()?,
+        };
+        let source = match args.pressure.or(file.pressure).unwrap_or(PressureArg::Tracked) {
+            PressureArg::Tracked => pressure::Source::Tracked,
+            PressureArg::Kernel => pressure::Source::Kernel,
+            PressureArg::Cgroup => pressure::Source::Cgroup(cgroup.clone()),
+        };
+        let fairness = args.fairness.or(file.fairness).unwrap_or(Fairness::Connection);
+        let kind = match args.policy.or(file.policy).unwrap_or(PolicyArg::Budget) {
+            PolicyArg::Budget => Kind::Budget,
+            PolicyArg::Heffner => Kind::Heffner,
+        };
+        let stall = args.stall.or(file.stall).unwrap_or(Duration::from_secs(1));
+        let max_drain = args.max_drain.or(file.max_drain).unwrap_or(Duration::from_secs(30));
+        let idle = args.idle.or(file.idle).unwrap_or(Duration::from_secs(300));
+        let max_kills = args.max_kills.or(file.max_kills).unwrap_or(DEFAULT_MAX_KILLS);
+        let protect_ports: Vec<u16> = pick(args.protect_port, file.protect_port);
+        let protect_cidrs: Vec<IpNet> = pick(args.protect_cidr, file.protect_cidr);
+        let protect_cgroups: Vec<PathBuf> = pick(args.protect_cgroup, file.protect_cgroup);
+        let mut cgroup_ids = HashSet::new();
+        for dir in &protect_cgroups {
+            cgroup_ids.extend(cgroup_tree_ids(dir).map_err(|e| UsageError(format!("--protect-cgroup {}: {e:#}", dir.display())))?);
+        }
+        let max_per_remote = args.max_per_remote.or(file.max_per_remote);
+        let rule = policy::Policy {
+            threshold,
+            stall_ms: ms(stall),
+            max_drain_ms: ms(max_drain),
+            fairness,
+            kind,
+            max_kills,
+            protect: Protect { ports: protect_ports.clone(), cidrs: protect_cidrs.clone(), cgroups: cgroup_ids },
+            max_per_remote,
+            idle_ms: ms(idle),
+            frees_wmem: !matches!(source, pressure::Source::Tracked),
+        };
+        Ok(Self {
+            cgroup,
+            cgroup_id,
+            pin_dir: args.pins.pin_dir,
+            dry_run: args.dry_run || file.dry_run.unwrap_or(false),
+            max_sockets: args.max_sockets.or(file.max_sockets).unwrap_or(enforcer_common::DEFAULT_MAX_SOCKETS),
+            interval_ms: ms(args.interval.or(file.interval).unwrap_or(Duration::from_secs(1))),
+            threshold,
+            pressure: source.name(),
+            fairness: match fairness {
+                Fairness::Connection => "connection".into(),
+                Fairness::RemoteIp => "remote-ip".into(),
+                Fairness::RemotePrefix { v4, v6 } => format!("remote-prefix:{v4},{v6}"),
+            },
+            stall_ms: ms(stall),
+            max_drain_ms: ms(max_drain),
+            policy: match kind {
+                Kind::Budget => "budget",
+                Kind::Heffner => "heffner",
+            },
+            max_kills,
+            protect_ports,
+            protect_cidrs: protect_cidrs.iter().map(ToString::to_string).collect(),
+            protect_cgroups,
+            max_per_remote,
+            idle_ms: ms(idle),
+            source,
+            rule,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keys_parse_and_errors_name_the_key() {
+        let f = parse_file(
+            "threshold = \"64MiB\"\nstall = \"2s\"\nprotect-port = [22, 2024]\nprotect-cidr = [\"10.0.0.0/8\"]\n\
+             fairness = \"remote-prefix:24\"\npolicy = \"heffner\"\ndry-run = true\nmax-kills = 5\n",
+        )
+        .expect("valid config");
+        assert_eq!(f.threshold, Some(64 << 20));
+        assert_eq!(f.stall, Some(Duration::from_secs(2)));
+        assert_eq!(f.protect_port, [22, 2024]);
+        assert_eq!(f.policy, Some(PolicyArg::Heffner));
+        assert_eq!(parse_file("threshold = 1000").map(|f| f.threshold).ok(), Some(Some(1000)));
+        for (text, key) in [
+            ("threshold = \"lots\"", "threshold"),
+            ("stall = \"0s\"", "stall"),
+            ("protect-port = [70000]", "protect-port"),
+            ("max-kills = -1", "max-kills"),
+            ("fairness = \"per-user\"", "fairness"),
+            ("thresold = 5", "thresold"),
+        ] {
+            let err = parse_file(text).err().unwrap_or_else(|| panic!("{text} parsed"));
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+        assert!(parse_file("not toml [").is_err());
+    }
+}
