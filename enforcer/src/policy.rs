@@ -195,7 +195,9 @@ pub fn decide(
                 .into_iter()
                 .filter(|s| idle(s) >= p.idle_ms && !p.protect.covers(s) && !chosen.contains(&s.cookie))
                 .collect();
-            idle_ones.sort_by_key(|s| std::cmp::Reverse(idle(s)));
+            // Oldest idle first; among equals the older connection, then the lower cookie, so
+            // the choice never depends on the snapshot's order.
+            idle_ones.sort_by_key(|s| (std::cmp::Reverse(idle(s)), std::cmp::Reverse(s.age_ms), s.cookie));
             for s in idle_ones.into_iter().take(excess) {
                 if out.len() >= p.max_kills {
                     return out;

@@ -211,6 +211,25 @@ impl Agent {
             .unwrap_or_else(|| panic!("no tracked socket with local address {local} in {all:?}"))
     }
 
+    /// Decision events the agent logged (it must run with `--log-format json`).
+    pub fn events(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("event").is_some())
+            .collect()
+    }
+
+    /// Events of one kind (`destroyed`, `would_destroy`, `destroy_failed`).
+    pub fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["event"] == kind).collect()
+    }
+
+    /// Whether a tracked socket has this remote address (`ip:port`).
+    pub fn tracks_remote(&self, remote: &str) -> bool {
+        self.sockets().iter().any(|s| s["remote"] == remote)
+    }
+
     /// `enforcer status --json`.
     pub fn status(&self) -> Value {
         self.cli_json(&["status", "--json"])

@@ -4,7 +4,8 @@
 //! Commands (IDs number the connections, accepted and connected alike, from 0):
 //!   listen ADDR                  listen and accept in the background
 //!   wait-accepted N              block until N connections were accepted; `ok ID…`
-//!   connect ADDR [RCVBUF]        connect (optionally with a small SO_RCVBUF); `ok ID LOCAL`
+//!   connect ADDR [RCVBUF [SRC]]  connect, optionally with a small SO_RCVBUF (0: default) and
+//!                                from source address SRC; `ok ID LOCAL`
 //!   connect-many ADDR N          N connections; `ok FIRST_ID`
 //!   write ID BYTES               non-blocking write of up to BYTES; `ok WRITTEN`
 //!   write-loop ID                write forever in the background (blocking)
@@ -12,6 +13,7 @@
 //!   outq ID                      bytes not yet acknowledged (SIOCOUTQ)
 //!   addr ID                      `ok LOCAL REMOTE`
 //!   close ID                     close the connection
+//!   soerror ID                   the pending socket error (SO_ERROR): `ok ERRNO`, 0 if none
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -57,7 +59,7 @@ fn get(conns: &Conns, id: usize) -> Result<Arc<TcpStream>, String> {
     v.get(id).cloned().flatten().ok_or(format!("no connection {id}"))
 }
 
-fn connect(addr: SocketAddr, rcvbuf: Option<i32>) -> Result<TcpStream, String> {
+fn connect(addr: SocketAddr, rcvbuf: Option<i32>, src: Option<std::net::IpAddr>) -> Result<TcpStream, String> {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket syscalls on a descriptor we own; the stream takes ownership.
     unsafe {
@@ -66,9 +68,15 @@ fn connect(addr: SocketAddr, rcvbuf: Option<i32>) -> Result<TcpStream, String> {
             return Err(std::io::Error::last_os_error().to_string());
         }
         let stream = TcpStream::from_raw_fd(fd);
-        if let Some(size) = rcvbuf {
+        if let Some(size) = rcvbuf.filter(|&s| s > 0) {
             // Before connect, so the advertised window is small from the start.
             libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const size).cast(), 4);
+        }
+        if let Some(ip) = src {
+            let (sa, len) = sockaddr(SocketAddr::new(ip, 0));
+            if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
         }
         let (sa, len) = sockaddr(addr);
         if libc::connect(fd, (&raw const sa).cast(), len) != 0 {
@@ -129,7 +137,7 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             Ok((0..v.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(" "))
         }
         "connect" => {
-            let s = connect(arg(words, 1)?, arg(words, 2).ok())?;
+            let s = connect(arg(words, 1)?, arg(words, 2).ok(), arg(words, 3).ok())?;
             let local = s.local_addr().map_err(err)?;
             Ok(format!("{} {local}", add(conns, s)))
         }
@@ -137,7 +145,7 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             let (addr, n): (SocketAddr, usize) = (arg(words, 1)?, arg(words, 2)?);
             let mut first = None;
             for _ in 0..n {
-                let id = add(conns, connect(addr, None)?);
+                let id = add(conns, connect(addr, None, None)?);
                 first.get_or_insert(id);
             }
             Ok(first.map(|f| f.to_string()).unwrap_or_default())
@@ -203,6 +211,10 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             // Shut down now even if a background thread still holds the stream.
             let _ = s.shutdown(std::net::Shutdown::Both);
             Ok(String::new())
+        }
+        "soerror" => {
+            let s = get(conns, arg(words, 1)?)?;
+            Ok(s.take_error().map_err(err)?.and_then(|e| e.raw_os_error()).unwrap_or(0).to_string())
         }
         other => Err(format!("unknown command {other:?}")),
     }

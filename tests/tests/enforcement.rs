@@ -1,0 +1,221 @@
+//! Enforcement against real attackers: real sockets in a test namespace, the agent destroying
+//! with netlink SOCK_DESTROY. Run as root, one at a time (`cargo xtask test`).
+#![allow(clippy::unwrap_used, reason = "tests panic with context")]
+
+use std::{collections::HashSet, thread, time::Duration};
+
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, wait_for};
+use serde_json::Value;
+
+const ECONNABORTED: u64 = 103;
+const ECONNRESET: u64 = 104;
+
+/// One connection: its id on the server peer and on the client peer, and the client's address
+/// (the server socket's remote).
+struct Conn {
+    server_id: usize,
+    client_id: usize,
+    remote: String,
+}
+
+/// A server in the test cgroup and clients outside it, in one test namespace.
+struct Setup {
+    ns: Netns,
+    cg: Cgroup,
+    server: Peer,
+    clients: Peer,
+    accepted: usize,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let (ns, cg) = (Netns::new(), Cgroup::new());
+        let mut server = Peer::start(&ns, Some(&cg));
+        server.cmd("listen 127.0.0.1:9000");
+        server.cmd("listen 127.0.0.1:9001");
+        let clients = Peer::start(&ns, None);
+        Self { ns, cg, server, clients, accepted: 0 }
+    }
+
+    fn agent(&self, flags: &[&str]) -> Agent {
+        let mut all = vec!["--log-format", "json", "--interval", "250ms"];
+        all.extend_from_slice(flags);
+        Agent::start(&self.ns, &self.cg, &all)
+    }
+
+    /// Connects a client (receive buffer `rcvbuf`, 0 for default; source address `src`).
+    fn connect(&mut self, port: u16, rcvbuf: u32, src: &str) -> Conn {
+        let reply = self.clients.cmd(&format!("connect 127.0.0.1:{port} {rcvbuf} {src}"));
+        let mut words = reply.split(' ');
+        let client_id = words.next().unwrap().parse().unwrap();
+        let remote = words.next().unwrap().to_owned();
+        self.accepted += 1;
+        self.server.cmd(&format!("wait-accepted {}", self.accepted));
+        Conn { server_id: self.accepted - 1, client_id, remote }
+    }
+
+    /// A zero-window attacker: a tiny receive buffer, never read, `bytes` queued at the server.
+    fn zero_window(&mut self, port: u16, src: &str, bytes: u64) -> Conn {
+        let c = self.connect(port, 4096, src);
+        let wrote = self.server.num(&format!("write {} {bytes}", c.server_id));
+        assert_eq!(wrote, bytes, "the server could not queue {bytes} bytes");
+        c
+    }
+
+    /// A reader that keeps up with a server that writes as fast as it can.
+    fn steady_reader(&mut self) -> Conn {
+        let c = self.connect(9000, 0, "127.0.0.1");
+        self.server.cmd(&format!("write-loop {}", c.server_id));
+        self.clients.cmd(&format!("read-loop {} 65536 1", c.client_id));
+        c
+    }
+}
+
+fn remotes(events: &[Value]) -> HashSet<String> {
+    events.iter().map(|e| e["remote"].as_str().unwrap().to_owned()).collect()
+}
+
+fn wait_destroyed(agent: &Agent, conns: &[&Conn]) {
+    wait_for("the attackers to be destroyed", Duration::from_secs(20), || {
+        let gone = remotes(&agent.events_of("destroyed"));
+        conns.iter().all(|c| gone.contains(&c.remote)).then_some(())
+    });
+}
+
+#[test]
+fn zero_window_attackers_are_destroyed_readers_and_idle_are_not() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1MiB", "--stall", "1s"]);
+    let attackers: Vec<Conn> = (0..3).map(|_| s.zero_window(9000, "127.0.0.1", 2 << 20)).collect();
+    let steady = s.steady_reader();
+    let idle = s.connect(9000, 0, "127.0.0.1");
+
+    wait_destroyed(&agent, &attackers.iter().collect::<Vec<_>>());
+    // Two more intervals to be sure nothing else follows.
+    thread::sleep(Duration::from_millis(600));
+    let destroyed = agent.events_of("destroyed");
+    assert_eq!(remotes(&destroyed), attackers.iter().map(|c| c.remote.clone()).collect(), "{destroyed:?}");
+    for e in &destroyed {
+        assert_eq!(e["reason"], "stalled", "{e}");
+        assert!(field(e, "send_queue") > field(e, "fair_share"), "{e}");
+        assert!(field(e, "stalled_ms") >= 1000, "{e}");
+        assert!(field(e, "pressure") > field(e, "threshold"), "{e}");
+    }
+    // The application saw ECONNABORTED, the peer an RST.
+    for a in &attackers {
+        assert_eq!(s.server.num(&format!("soerror {}", a.server_id)), ECONNABORTED);
+        assert_eq!(s.clients.num(&format!("soerror {}", a.client_id)), ECONNRESET);
+        assert!(!agent.tracks_remote(&a.remote));
+    }
+    assert!(agent.tracks_remote(&steady.remote) && agent.tracks_remote(&idle.remote));
+    let kills: Value = serde_json::from_slice(&agent.cli(&["kills", "--json"]).stdout).unwrap();
+    assert_eq!(kills.as_array().map(Vec::len), Some(3), "{kills}");
+    assert_eq!(field(&agent.status()["kills"], "destroyed"), 3);
+}
+
+#[test]
+fn slow_readers_are_destroyed_steady_readers_are_not() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1MiB"]);
+    // Reads 1 KiB every 200 ms while the server queues megabytes: ACKs a trickle, forever.
+    let slow = s.connect(9000, 0, "127.0.0.1");
+    s.server.cmd(&format!("write-loop {}", slow.server_id));
+    s.clients.cmd(&format!("read-loop {} 1024 200", slow.client_id));
+    let steady = s.steady_reader();
+
+    wait_destroyed(&agent, &[&slow]);
+    thread::sleep(Duration::from_millis(1000));
+    let destroyed = agent.events_of("destroyed");
+    assert_eq!(remotes(&destroyed), HashSet::from([slow.remote.clone()]), "{destroyed:?}");
+    assert!(agent.tracks_remote(&steady.remote));
+    let steady_now = agent.sockets().into_iter().find(|x| x["remote"] == steady.remote.as_str()).unwrap();
+    assert!(field(&steady_now, "send_queue") > 1 << 20, "the steady reader should hold a large queue: {steady_now}");
+}
+
+#[test]
+fn protected_ports_and_cidrs_are_never_destroyed() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1MiB", "--protect-port", "9001", "--protect-cidr", "127.0.0.2/32"]);
+    let open = s.zero_window(9000, "127.0.0.1", 2 << 20);
+    let by_port = s.zero_window(9001, "127.0.0.1", 2 << 20);
+    let by_cidr = s.zero_window(9000, "127.0.0.2", 2 << 20);
+    wait_destroyed(&agent, &[&open]);
+    // The protected ones stay stalled over their share for many more intervals.
+    thread::sleep(Duration::from_millis(2000));
+    assert_eq!(remotes(&agent.events()), HashSet::from([open.remote.clone()]));
+    assert!(agent.tracks_remote(&by_port.remote) && agent.tracks_remote(&by_cidr.remote));
+}
+
+#[test]
+fn dry_run_destroys_nothing_and_reports_would_destroy() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1MiB", "--dry-run"]);
+    let attacker = s.zero_window(9000, "127.0.0.1", 2 << 20);
+    wait_for("a would_destroy event", Duration::from_secs(20), || {
+        remotes(&agent.events_of("would_destroy")).contains(&attacker.remote).then_some(())
+    });
+    assert!(agent.events_of("destroyed").is_empty());
+    assert!(agent.tracks_remote(&attacker.remote));
+    assert_eq!(s.server.num(&format!("soerror {}", attacker.server_id)), 0);
+    let kills = &agent.status()["kills"];
+    assert_eq!(field(kills, "destroyed"), 0, "{kills}");
+    assert!(field(kills, "would_destroy") >= 1, "{kills}");
+}
+
+#[test]
+fn remote_ip_fairness_gives_one_share_per_address() {
+    let mut s = Setup::new();
+    // 3 MiB split between two remotes: 1.5 MiB each. The crowded remote's 6 connections get a
+    // sixth of that each; the lone connection of the other remote is under its 1.5 MiB share.
+    let agent = s.agent(&["--threshold", "3MiB", "--fairness", "remote-ip", "--policy", "heffner"]);
+    let crowded: Vec<Conn> = (0..6).map(|_| s.zero_window(9000, "127.0.0.2", 600_000)).collect();
+    let lone = s.zero_window(9000, "127.0.0.3", 600_000);
+    wait_destroyed(&agent, &crowded.iter().collect::<Vec<_>>());
+    thread::sleep(Duration::from_millis(1000));
+    let destroyed = agent.events_of("destroyed");
+    assert_eq!(destroyed.len(), 6, "{destroyed:?}");
+    for e in &destroyed {
+        assert!(e["remote"].as_str().unwrap().starts_with("127.0.0.2:"), "{e}");
+        assert_eq!(field(e, "fair_share"), (3 << 20) / 2 / 6, "{e}");
+    }
+    assert!(agent.tracks_remote(&lone.remote));
+}
+
+#[test]
+fn max_per_remote_evicts_only_idle_connections_beyond_n() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1GiB", "--max-per-remote", "3", "--idle", "1s"]);
+    // Four that go idle first, then two more a little later: "oldest idle first" is then
+    // unambiguous.
+    let mut idle: Vec<Conn> = (0..4).map(|_| s.connect(9000, 0, "127.0.0.2")).collect();
+    thread::sleep(Duration::from_millis(400));
+    idle.extend((0..2).map(|_| s.connect(9000, 0, "127.0.0.2")));
+    // An active connection of the crowded remote: moves bytes all the time.
+    let active = s.connect(9000, 0, "127.0.0.2");
+    s.server.cmd(&format!("write-loop {}", active.server_id));
+    s.clients.cmd(&format!("read-loop {} 65536 1", active.client_id));
+    let other: Vec<Conn> = (0..2).map(|_| s.connect(9000, 0, "127.0.0.3")).collect();
+
+    // 7 connections from 127.0.0.2, cap 3: the 4 oldest idle ones go.
+    wait_destroyed(&agent, &idle[..4].iter().collect::<Vec<_>>());
+    thread::sleep(Duration::from_millis(1000));
+    let destroyed = agent.events_of("destroyed");
+    assert_eq!(remotes(&destroyed), idle[..4].iter().map(|c| c.remote.clone()).collect(), "{destroyed:?}");
+    assert!(destroyed.iter().all(|e| e["reason"] == "remote_cap"));
+    for c in idle[4..].iter().chain([&active]).chain(&other) {
+        assert!(agent.tracks_remote(&c.remote), "{} should be kept", c.remote);
+    }
+}
+
+#[test]
+fn below_the_threshold_nothing_is_destroyed_however_stalled() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1GiB", "--stall", "250ms"]);
+    let attacker = s.zero_window(9000, "127.0.0.1", 2 << 20);
+    wait_for("the attacker to stall", Duration::from_secs(10), || {
+        let sock = agent.sockets().into_iter().find(|x| x["remote"] == attacker.remote.as_str())?;
+        (field(&sock, "stalled_ms") >= 2000).then_some(())
+    });
+    assert!(agent.events().is_empty(), "{:?}", agent.events());
+    assert!(agent.tracks_remote(&attacker.remote));
+}
