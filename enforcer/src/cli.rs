@@ -84,7 +84,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Option<Duration>,
     /// Enforce only while pressure is above this size (16MiB, 100MB, bytes) [default: the
-    /// kernel's TCP pressure level, tcp_mem[1] pages].
+    /// kernel's TCP pressure level, tcp_mem[1] pages; inside a network namespace, where tcp_mem
+    /// is not visible, MemTotal/16 as the kernel computes it at boot].
     #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub threshold: Option<u64>,
     /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in

@@ -80,13 +80,29 @@ fn memory_stat_sock(text: &str) -> Option<u64> {
 /// in pages), where the kernel itself starts to economise.
 pub fn default_threshold() -> Result<u64> {
     let path = Path::new("/proc/sys/net/ipv4/tcp_mem");
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        let pages = tcp_mem_from_meminfo().context("no tcp_mem in this network namespace (pass --threshold)")?;
+        tracing::info!(pages, "tcp_mem is not visible in this network namespace; default threshold from MemTotal / 16");
+        return Ok(pages * page_size());
+    };
     let pressure: u64 = text
         .split_whitespace()
         .nth(1)
         .and_then(|w| w.parse().ok())
         .with_context(|| format!("unexpected contents of {}: {text}", path.display()))?;
     Ok(pressure * page_size())
+}
+
+/// `tcp_mem` is global, but /proc/sys/net shows it only in the initial network namespace. Inside
+/// another one, compute it the way the kernel sets it at boot (`tcp_init_mem`: a sixteenth of
+/// the buffer pages), from MemTotal.
+fn tcp_mem_from_meminfo() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    Ok((kib * 1024 / page_size() / 16).max(128))
 }
 
 #[cfg(test)]

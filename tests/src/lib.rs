@@ -171,6 +171,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id (nsenter execs it, so it is the child's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -247,12 +252,20 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Gracefully first, so the agent removes its own pins; then by force.
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
-        if self.pin_dir.exists() {
-            for name in ["snapshot", "sockets", "stats", "info"] {
-                let _ = std::fs::remove_file(self.pin_dir.join(name));
+        // Whatever an agent that was killed left behind.
+        if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
             }
             let _ = std::fs::remove_dir(&self.pin_dir);
         }
@@ -283,7 +296,11 @@ pub struct Peer {
 impl Peer {
     /// Starts a peer; its sockets belong to `cgroup` when given (the tracked side).
     pub fn start(ns: &Netns, cgroup: Option<&Cgroup>) -> Self {
-        let peer = peer_bin();
+        Self::start_bin(&peer_bin(), ns, cgroup)
+    }
+
+    /// Like `start`, with an explicit path to `tcp-peer` (for callers outside the test binaries).
+    pub fn start_bin(peer: &Path, ns: &Netns, cgroup: Option<&Cgroup>) -> Self {
         let peer = peer.display();
         let mut cmd = match cgroup {
             // Join the cgroup before exec, so every socket the peer creates is in it.

@@ -20,6 +20,9 @@ pub struct BenchArgs {
     /// Bytes per bulk run.
     #[arg(long, default_value_t = 4 << 30)]
     bulk_bytes: u64,
+    /// Run only one part: `overhead` (cost on traffic) or `attack` (time to destroy attackers).
+    #[arg(long, value_parser = ["overhead", "attack"])]
+    only: Option<String>,
 }
 
 struct Sample {
@@ -85,6 +88,36 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             .context("bpftool (for BPF run-time statistics) could not be installed")?;
     }
     run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bins"]))?;
+    if a.only.as_deref() != Some("attack") {
+        overhead(a)?;
+    }
+    if a.only.as_deref() != Some("overhead") {
+        attack_table()?;
+    }
+    Ok(())
+}
+
+fn attack_table() -> Result<()> {
+    eprintln!("xtask: attack: enforcer (2,000 zero-window attackers among 10,000 idle connections)");
+    let e = crate::attack::enforcer()?;
+    eprintln!("xtask: attack: the same rule with ss -tni and one ss -K per socket (stopped after 60 s)");
+    let one = crate::attack::ss_script(1, std::time::Duration::from_secs(60))?;
+    eprintln!("xtask: attack: the same rule with ss -tni and ss -K batched 200 sockets per call");
+    let batched = crate::attack::ss_script(200, std::time::Duration::from_secs(120))?;
+    println!();
+    println!("| 2,000 zero-window attackers among 10,000 idle | destroyed | attack start → last attacker destroyed | agent CPU per 250 ms interval |");
+    println!("|---|---|---|---|");
+    println!("| enforcer (`--interval 250ms --stall 1s --policy heffner --threshold 64KiB`) | {} | {:.2} s{} | {:.1} ms |",
+        e.destroyed, e.seconds, if e.stopped { " (stopped at the limit)" } else { "" },
+        e.cpu_ms_per_interval.unwrap_or(0.0));
+    println!("| `ss -tni` every 1 s + one `ss -K` per offender | {} | {:.2} s{} | n/a |", one.destroyed, one.seconds,
+        if one.stopped { " (stopped at the limit)" } else { "" });
+    println!("| `ss -tni` every 1 s + `ss -K` with 200 offenders per call | {} | {:.2} s | n/a |",
+        batched.destroyed, batched.seconds);
+    Ok(())
+}
+
+fn overhead(a: &BenchArgs) -> Result<()> {
 
     let stats_knob = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let old_knob = std::fs::read_to_string(stats_knob).unwrap_or_else(|_| "0".into());

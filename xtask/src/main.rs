@@ -1,4 +1,5 @@
 //! Developer commands: `cargo xtask build-ebpf`, `cargo xtask test`, `cargo xtask bench`.
+mod attack;
 mod bench;
 mod ebpf;
 mod setup;

@@ -6,7 +6,8 @@
 //!   wait-accepted N              block until N connections were accepted; `ok ID…`
 //!   connect ADDR [RCVBUF [SRC]]  connect, optionally with a small SO_RCVBUF (0: default) and
 //!                                from source address SRC; `ok ID LOCAL`
-//!   connect-many ADDR N          N connections; `ok FIRST_ID`
+//!   connect-many ADDR N [RCVBUF] N connections; `ok FIRST_ID`
+//!   write-range FIRST N BYTES    `write` on N connections from FIRST; `ok TOTAL_WRITTEN`
 //!   write ID BYTES               non-blocking write of up to BYTES; `ok WRITTEN`
 //!   write-loop ID                write forever in the background (blocking)
 //!   read-loop ID BYTES MS        read up to BYTES every MS milliseconds in the background
@@ -113,6 +114,26 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
+/// Writes up to `left` bytes without blocking; returns how many were queued.
+fn write_some(s: &TcpStream, mut left: usize) -> Result<usize, String> {
+    let err = |e: std::io::Error| e.to_string();
+    s.set_nonblocking(true).map_err(err)?;
+    let buf = vec![b'x'; 64 * 1024];
+    let mut written = 0;
+    while left > 0 {
+        match (&*s).write(&buf[..left.min(buf.len())]) {
+            Ok(n) => {
+                written += n;
+                left -= n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    s.set_nonblocking(false).map_err(err)?;
+    Ok(written)
+}
+
 fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
     let err = |e: std::io::Error| e.to_string();
     match words.first().copied().unwrap_or("") {
@@ -143,31 +164,22 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
         }
         "connect-many" => {
             let (addr, n): (SocketAddr, usize) = (arg(words, 1)?, arg(words, 2)?);
+            let rcvbuf = arg(words, 3).ok();
             let mut first = None;
             for _ in 0..n {
-                let id = add(conns, connect(addr, None, None)?);
+                let id = add(conns, connect(addr, rcvbuf, None)?);
                 first.get_or_insert(id);
             }
             Ok(first.map(|f| f.to_string()).unwrap_or_default())
         }
-        "write" => {
-            let s = get(conns, arg(words, 1)?)?;
-            let mut left: usize = arg(words, 2)?;
-            s.set_nonblocking(true).map_err(err)?;
-            let buf = vec![b'x'; 64 * 1024];
-            let mut written = 0;
-            while left > 0 {
-                match (&*s).write(&buf[..left.min(buf.len())]) {
-                    Ok(n) => {
-                        written += n;
-                        left -= n;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e.to_string()),
-                }
+        "write" => Ok(write_some(&*get(conns, arg(words, 1)?)?, arg(words, 2)?)?.to_string()),
+        "write-range" => {
+            let (first, n, bytes): (usize, usize, usize) = (arg(words, 1)?, arg(words, 2)?, arg(words, 3)?);
+            let mut total = 0;
+            for id in first..first + n {
+                total += write_some(&*get(conns, id)?, bytes)?;
             }
-            s.set_nonblocking(false).map_err(err)?;
-            Ok(written.to_string())
+            Ok(total.to_string())
         }
         "write-loop" => {
             let s = get(conns, arg(words, 1)?)?;
