@@ -37,8 +37,7 @@ pub mod names {
     /// The pinned `iter/tcp` link: reading this file runs the snapshot.
     pub const PIN_SNAPSHOT: &str = "snapshot";
     /// Every pin the agent makes, for cleaning up after an agent that died.
-    pub const ALL_PINS: [&str; 6] =
-        [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_KILLS, PIN_KILL_COUNTERS];
+    pub const ALL_PINS: [&str; 6] = [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_KILLS, PIN_KILL_COUNTERS];
 }
 
 /// Default capacity of the socket map (`--max-sockets`).
@@ -168,14 +167,8 @@ pub mod stats {
     pub const COUNT: u32 = 6;
 
     /// Names for display, indexed by slot.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "tracked",
-        "map_full",
-        "removed",
-        "err_sockops",
-        "err_tcp_probe",
-        "err_snapshot",
-    ];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["tracked", "map_full", "removed", "err_sockops", "err_tcp_probe", "err_snapshot"];
 }
 
 /// Size of the JSON settings blob in [`AgentInfo`].

@@ -28,14 +28,12 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 
 /// One offset, read volatile so the compiler cannot fold it to the zero above.
 macro_rules! off {
-    ($field:ident) => {
-        {
-            #[allow(unused_unsafe)]
-            // SAFETY: a plain read of a static.
-            let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::KERNEL_OFFSETS.$field) };
-            v
-        }
-    };
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: a plain read of a static.
+        let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::KERNEL_OFFSETS.$field) };
+        v
+    }};
 }
 pub(crate) use off;
 
@@ -52,9 +50,7 @@ pub unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
 pub fn read_bytes<const N: usize>(src: *const u8) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
     // SAFETY: the helper checks the source address and writes at most N bytes into `buf`.
-    let ret = unsafe {
-        bpf_probe_read_kernel(buf.as_mut_ptr().cast(), N as u32, src.cast())
-    };
+    let ret = unsafe { bpf_probe_read_kernel(buf.as_mut_ptr().cast(), N as u32, src.cast()) };
     (ret == 0).then_some(buf)
 }
 

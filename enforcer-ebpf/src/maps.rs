@@ -4,15 +4,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use enforcer_common::{
-    AgentInfo, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord, SockRecord, kill_counters, stats,
-};
+use enforcer_common::{AgentInfo, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord, SockRecord, kill_counters, stats};
 
 /// Tracked sockets by cookie. Not preallocated: kernel memory grows with the sockets tracked,
 /// not with the capacity.
 #[map]
-pub static SOCKETS: HashMap<u64, SockRecord> =
-    HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, BPF_F_NO_PREALLOC);
+pub static SOCKETS: HashMap<u64, SockRecord> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

@@ -12,10 +12,7 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, Error)]
 pub enum BtfError {
     #[error("cannot read BTF from {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("BTF data is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no struct {0}")]
@@ -73,17 +70,12 @@ pub struct Btf {
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(BtfError::Malformed("truncated"))
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or(BtfError::Malformed("truncated"))
 }
 
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
         Self::parse(&data)
     }
 
@@ -128,7 +120,7 @@ impl Btf {
                         at += 12;
                     }
                 }
-                KIND_ENUM | 13 => at += 8 * vlen, // ENUM, FUNC_PROTO
+                KIND_ENUM | 13 => at += 8 * vlen,    // ENUM, FUNC_PROTO
                 15 | KIND_ENUM64 => at += 12 * vlen, // DATASEC, ENUM64
                 2 | 7..=12 | 16 | 18 => {}
                 _ => return Err(BtfError::Malformed("unknown type kind")),
@@ -153,9 +145,7 @@ impl Btf {
     }
 
     fn ty(&self, id: u32) -> Result<&Type, BtfError> {
-        id.checked_sub(1)
-            .and_then(|i| self.types.get(i as usize))
-            .ok_or(BtfError::Malformed("type id out of range"))
+        id.checked_sub(1).and_then(|i| self.types.get(i as usize)).ok_or(BtfError::Malformed("type id out of range"))
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
@@ -189,11 +179,8 @@ impl Btf {
     fn find(&self, id: u32, name: &str) -> Result<Option<(u32, u32, bool)>, BtfError> {
         let ty = self.ty(self.resolve(id)?)?;
         for m in &ty.members {
-            let (bit_off, bitfield) = if ty.kind_flag {
-                (m.offset & 0xff_ffff, m.offset >> 24 != 0)
-            } else {
-                (m.offset, false)
-            };
+            let (bit_off, bitfield) =
+                if ty.kind_flag { (m.offset & 0xff_ffff, m.offset >> 24 != 0) } else { (m.offset, false) };
             if m.name == 0 {
                 let inner = self.resolve(m.ty)?;
                 if matches!(self.ty(inner)?.kind, KIND_STRUCT | KIND_UNION)
@@ -210,22 +197,13 @@ impl Btf {
 
     /// Byte offset and size of `path` (`member` or `member.member…`) inside struct `structure`.
     pub fn member(&self, structure: &str, path: &str) -> Result<Member, BtfError> {
-        let mut id = *self
-            .structs
-            .get(structure)
-            .ok_or_else(|| BtfError::NoStruct(structure.to_owned()))?;
+        let mut id = *self.structs.get(structure).ok_or_else(|| BtfError::NoStruct(structure.to_owned()))?;
         let mut bits = 0;
         for part in path.split('.') {
-            let no_member = || BtfError::NoMember {
-                structure: structure.to_owned(),
-                member: path.to_owned(),
-            };
+            let no_member = || BtfError::NoMember { structure: structure.to_owned(), member: path.to_owned() };
             let (off, ty, bitfield) = self.find(id, part)?.ok_or_else(no_member)?;
             if bitfield || off % 8 != 0 {
-                return Err(BtfError::Bitfield {
-                    structure: structure.to_owned(),
-                    member: path.to_owned(),
-                });
+                return Err(BtfError::Bitfield { structure: structure.to_owned(), member: path.to_owned() });
             }
             bits += off;
             id = ty;

@@ -2,7 +2,10 @@
 //! CONFIG_INET_DIAG_DESTROY). The owner gets ECONNABORTED, the peer an RST. The request names
 //! the 4-tuple *and* the cookie, so a socket that reused the 4-tuple is never hit. It reaches
 //! only sockets in the caller's network namespace.
-use std::{io, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use enforcer_common::SockRecord;
 

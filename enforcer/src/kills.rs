@@ -60,15 +60,19 @@ pub fn log(event: KillEvent, d: &Decision, pressure: u64, threshold: u64, error:
     let why = match d.reason {
         crate::policy::Reason::Stalled => format!(
             "holds {} (share {}), no progress for {}",
-            view::human_bytes(s.send_queue), view::human_bytes(d.fair_share), view::human_ms(s.stalled_ms)
+            view::human_bytes(s.send_queue),
+            view::human_bytes(d.fair_share),
+            view::human_ms(s.stalled_ms)
         ),
         crate::policy::Reason::SlowDrain => format!(
             "holds {} (share {}), would take {} to drain",
-            view::human_bytes(s.send_queue), view::human_bytes(d.fair_share), view::human_ms(drain.unwrap_or(u64::MAX))
+            view::human_bytes(s.send_queue),
+            view::human_bytes(d.fair_share),
+            view::human_ms(drain.unwrap_or(u64::MAX))
         ),
-        crate::policy::Reason::RemoteCap => format!(
-            "over the per-remote connection cap, idle for {}", view::human_ms(s.rx_idle_ms.min(s.tx_idle_ms))
-        ),
+        crate::policy::Reason::RemoteCap => {
+            format!("over the per-remote connection cap, idle for {}", view::human_ms(s.rx_idle_ms.min(s.tx_idle_ms)))
+        }
     };
     macro_rules! emit {
         ($level:ident) => {
@@ -87,7 +91,14 @@ pub fn log(event: KillEvent, d: &Decision, pressure: u64, threshold: u64, error:
     }
 }
 
-pub fn record(event: KillEvent, d: &Decision, raw: &SockRecord, pressure: u64, threshold: u64, errno: i32) -> KillRecord {
+pub fn record(
+    event: KillEvent,
+    d: &Decision,
+    raw: &SockRecord,
+    pressure: u64,
+    threshold: u64,
+    errno: i32,
+) -> KillRecord {
     KillRecord {
         unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -10,7 +10,10 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
-    programs::{BtfTracePoint, CgroupAttachMode, Iter, SockOps, links::{FdLink, PinnedLink}},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, Iter, SockOps,
+        links::{FdLink, PinnedLink},
+    },
 };
 use enforcer_common::{
     AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, kill_counters, names,
@@ -55,13 +58,8 @@ impl Loaded {
         let created_dir = !opts.pin_dir.exists();
         std::fs::create_dir_all(opts.pin_dir)
             .with_context(|| format!("creating pin directory {}", opts.pin_dir.display()))?;
-        let mut loaded = Self {
-            snapshot_link: None,
-            ebpf,
-            pin_dir: opts.pin_dir.to_owned(),
-            pinned: Vec::new(),
-            created_dir,
-        };
+        let mut loaded =
+            Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new(), created_dir };
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
         loaded.write_info(opts.settings)?;
@@ -122,13 +120,11 @@ impl Loaded {
         prog.attach(&cgroup_fd, CgroupAttachMode::Single)
             .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
 
-        for (name, tracepoint) in [
-            (names::PROG_TCP_PROBE, names::TP_TCP_PROBE),
-            (names::PROG_TCP_DESTROY, names::TP_TCP_DESTROY),
-        ] {
+        for (name, tracepoint) in
+            [(names::PROG_TCP_PROBE, names::TP_TCP_PROBE), (names::PROG_TCP_DESTROY, names::TP_TCP_DESTROY)]
+        {
             let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?.try_into()?;
-            prog.load(tracepoint, btf)
-                .with_context(|| format!("loading the {tracepoint} tracepoint program"))?;
+            prog.load(tracepoint, btf).with_context(|| format!("loading the {tracepoint} tracepoint program"))?;
             prog.attach().with_context(|| format!("attaching to tracepoint tcp:{tracepoint}"))?;
         }
 
@@ -194,7 +190,10 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
     match pins::PinDir::open(dir) {
         Ok(pins) => {
             let pid = pins.info().map(|i| i.pid).unwrap_or(0);
-            bail!("another enforcer agent (pid {pid}) is running with pins in {}: stop it or choose another --pin-dir", dir.display())
+            bail!(
+                "another enforcer agent (pid {pid}) is running with pins in {}: stop it or choose another --pin-dir",
+                dir.display()
+            )
         }
         Err(pins::PinError::NotRunning(_)) => Ok(()),
         Err(e @ pins::PinError::Stale { .. }) => {

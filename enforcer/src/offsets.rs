@@ -8,9 +8,7 @@ use crate::btf::Btf;
 /// type is refused instead of misread.
 pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
     let field = |structure: &str, path: &str, size: u32| -> Result<u32> {
-        let m = btf
-            .member(structure, path)
-            .with_context(|| format!("looking up {structure}.{path} in kernel BTF"))?;
+        let m = btf.member(structure, path).with_context(|| format!("looking up {structure}.{path} in kernel BTF"))?;
         if m.size != size {
             bail!("{structure}.{path} is {} bytes in this kernel, enforcer expects {size}", m.size);
         }

@@ -12,11 +12,17 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
 
 #[derive(Debug, Error)]
 pub enum PinError {
-    #[error("no enforcer agent is running with pins in {0} (start one with `enforcer run`, or pass the agent's --pin-dir)")]
+    #[error(
+        "no enforcer agent is running with pins in {0} (start one with `enforcer run`, or pass the agent's --pin-dir)"
+    )]
     NotRunning(PathBuf),
-    #[error("the agent that pinned {dir} (pid {pid}) is no longer running; its pins are stale (a new `enforcer run` removes them)")]
+    #[error(
+        "the agent that pinned {dir} (pid {pid}) is no longer running; its pins are stale (a new `enforcer run` removes them)"
+    )]
     Stale { dir: PathBuf, pid: u32 },
-    #[error("{0} was pinned by another program or another enforcer layout (version {1}, this binary reads {LAYOUT_VERSION}): use the same enforcer version as the agent")]
+    #[error(
+        "{0} was pinned by another program or another enforcer layout (version {1}, this binary reads {LAYOUT_VERSION}): use the same enforcer version as the agent"
+    )]
     Foreign(PathBuf, u32),
     #[error("reading pinned map {path}: {source}")]
     Map {
@@ -115,9 +121,7 @@ impl PinDir {
         let err = |source| PinError::Map { path: path.clone(), source };
         let ring: aya::maps::Array<_, KillRecord> = map.try_into().map_err(err)?;
         let kept = total.min(u64::from(KILL_RING));
-        (0..kept)
-            .map(|i| ring.get(&(((total - 1 - i) % u64::from(KILL_RING)) as u32), 0).map_err(err))
-            .collect()
+        (0..kept).map(|i| ring.get(&(((total - 1 - i) % u64::from(KILL_RING)) as u32), 0).map_err(err)).collect()
     }
 
     /// Records in the socket map (all namespaces) and its capacity.

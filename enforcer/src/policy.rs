@@ -91,6 +91,17 @@ impl Reason {
 #[derive(Debug, Clone, Copy)]
 pub struct Seen {
     pub bytes_acked: u64,
+    pub send_queue: u64,
+}
+
+/// How long the socket has been stalled. The tracker dates a stall from the last ACK that moved
+/// `snd_una`; if the previous snapshot saw nothing outstanding, data was queued since, so the
+/// stall cannot be older than that snapshot.
+pub fn stalled_ms(s: &Socket, seen: Option<&Seen>, elapsed_ms: u64) -> u64 {
+    match seen {
+        Some(seen) if seen.send_queue == 0 => s.stalled_ms.min(elapsed_ms),
+        _ => s.stalled_ms,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -151,15 +162,18 @@ pub fn decide(
             .zip(&shares)
             .filter(|(s, share)| s.send_queue > **share && !p.protect.covers(s))
             .filter_map(|(s, &share)| {
-                let drain = drain_estimate_ms(s, prev.get(&s.cookie), elapsed_ms);
-                let reason = if s.stalled_ms >= p.stall_ms {
+                let seen = prev.get(&s.cookie);
+                let drain = drain_estimate_ms(s, seen, elapsed_ms);
+                let stalled = stalled_ms(s, seen, elapsed_ms);
+                let reason = if stalled >= p.stall_ms {
                     Reason::Stalled
                 } else if drain.is_some_and(|d| d > p.max_drain_ms) {
                     Reason::SlowDrain
                 } else {
                     return None;
                 };
-                Some(Decision { socket: s.clone(), reason, fair_share: share, drain_estimate_ms: drain })
+                let socket = Socket { stalled_ms: stalled, ..s.clone() };
+                Some(Decision { socket, reason, fair_share: share, drain_estimate_ms: drain })
             })
             .collect();
         // Worst first: most bytes over the share, then slowest to drain (no progress = slowest).
@@ -202,7 +216,12 @@ pub fn decide(
                 if out.len() >= p.max_kills {
                     return out;
                 }
-                out.push(Decision { socket: s.clone(), reason: Reason::RemoteCap, fair_share: 0, drain_estimate_ms: None });
+                out.push(Decision {
+                    socket: s.clone(),
+                    reason: Reason::RemoteCap,
+                    fair_share: 0,
+                    drain_estimate_ms: None,
+                });
             }
         }
     }
@@ -266,12 +285,12 @@ mod tests {
     fn reproduces_the_2006_rule() {
         const THRESH: u64 = 100 << 20;
         let rows: [(u64, u64, bool); 6] = [
-            (30 << 20, 5_000, true),   // over share, no progress: killed
-            (30 << 20, 200, false),    // over share, progressing: kept
-            (20 << 20, 5_000, false),  // under share (100 MiB / 4 = 25 MiB): kept
-            (26 << 20, 1_000, true),   // over share, exactly a second without progress
-            (26 << 20, 999, false),    // a millisecond short of a second
-            (0, 10_000, false),        // nothing queued
+            (30 << 20, 5_000, true),  // over share, no progress: killed
+            (30 << 20, 200, false),   // over share, progressing: kept
+            (20 << 20, 5_000, false), // under share (100 MiB / 4 = 25 MiB): kept
+            (26 << 20, 1_000, true),  // over share, exactly a second without progress
+            (26 << 20, 999, false),   // a millisecond short of a second
+            (0, 10_000, false),       // nothing queued
         ];
         for (queue, stalled, killed) in rows {
             let mut sockets = vec![sock(1, "192.0.2.1:1000", queue, stalled, 0)];
@@ -305,7 +324,8 @@ mod tests {
             sock(1, "192.0.2.1:1", 4 << 20, 200, 1_000_000 + 5 * 1024),
             sock(2, "192.0.2.2:1", 4 << 20, 0, 1_000_000 + (6 << 20)),
         ];
-        let prev: HashMap<u64, Seen> = [(1, Seen { bytes_acked: 1_000_000 }), (2, Seen { bytes_acked: 1_000_000 })].into();
+        let seen = Seen { bytes_acked: 1_000_000, send_queue: 4 << 20 };
+        let prev: HashMap<u64, Seen> = [(1, seen), (2, seen)].into();
         let d = decide(&policy(1 << 20), &sockets, &prev, 1000, 8 << 20);
         assert_eq!(cookies(&d), [1]);
         assert_eq!(d[0].reason, Reason::SlowDrain);
@@ -333,7 +353,8 @@ mod tests {
 
     #[test]
     fn protected_sockets_are_never_chosen() {
-        let mut sockets = vec![sock(1, "192.0.2.1:1", 50 << 20, 5000, 0), sock(2, "198.51.100.7:443", 50 << 20, 5000, 0)];
+        let mut sockets =
+            vec![sock(1, "192.0.2.1:1", 50 << 20, 5000, 0), sock(2, "198.51.100.7:443", 50 << 20, 5000, 0)];
         sockets.push(sock(3, "203.0.113.9:2", 50 << 20, 5000, 0));
         sockets[2].cgroup_id = 42;
         let mut p = policy(1 << 20);
@@ -363,7 +384,11 @@ mod tests {
 
     #[test]
     fn prefix_fairness_groups_remotes() {
-        let sockets = vec![sock(1, "192.0.2.1:1", 0, 0, 0), sock(2, "192.0.2.200:1", 0, 0, 0), sock(3, "[2001:db8::1]:1", 0, 0, 0)];
+        let sockets = vec![
+            sock(1, "192.0.2.1:1", 0, 0, 0),
+            sock(2, "192.0.2.200:1", 0, 0, 0),
+            sock(3, "[2001:db8::1]:1", 0, 0, 0),
+        ];
         let shares = fair_shares(Fairness::RemotePrefix { v4: 24, v6: 64 }, &sockets, 1200);
         assert_eq!(shares, [300, 300, 600]);
     }
@@ -392,8 +417,21 @@ mod tests {
     #[test]
     fn drain_estimate() {
         let s = sock(1, "192.0.2.1:1", 1000, 0, 600);
-        assert_eq!(drain_estimate_ms(&s, Some(&Seen { bytes_acked: 500 }), 1000), Some(10_000));
-        assert_eq!(drain_estimate_ms(&s, Some(&Seen { bytes_acked: 600 }), 1000), None);
+        let seen = |bytes_acked| Seen { bytes_acked, send_queue: 1000 };
+        assert_eq!(drain_estimate_ms(&s, Some(&seen(500)), 1000), Some(10_000));
+        assert_eq!(drain_estimate_ms(&s, Some(&seen(600)), 1000), None);
         assert_eq!(drain_estimate_ms(&s, None, 1000), None);
+    }
+
+    #[test]
+    fn a_stall_is_no_older_than_the_data() {
+        // Idle for ten minutes with nothing outstanding, then data queued: stalled since the
+        // previous snapshot at most, not since the last ACK ten minutes ago.
+        let s = sock(1, "192.0.2.1:1", 50 << 20, 600_000, 0);
+        let idle_before = Seen { bytes_acked: 0, send_queue: 0 };
+        assert_eq!(stalled_ms(&s, Some(&idle_before), 250), 250);
+        assert_eq!(stalled_ms(&s, Some(&Seen { send_queue: 1, ..idle_before }), 250), 600_000);
+        let prev: HashMap<u64, Seen> = [(1, idle_before)].into();
+        assert!(decide(&policy(1 << 20), &[s], &prev, 250, 60 << 20).is_empty());
     }
 }

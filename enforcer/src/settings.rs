@@ -68,8 +68,8 @@ struct File {
 }
 
 fn read_file(path: &std::path::Path) -> Result<File, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("cannot read config {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| UsageError(format!("cannot read config {}: {e}", path.display())))?;
     parse_file(&text).map_err(|e| UsageError(format!("config {}: {e}", path.display())))
 }
 
@@ -116,7 +116,10 @@ fn parse_file(text: &str) -> Result<File, String> {
             "max-kills" => f.max_kills = Some(int()? as usize),
             "protect-port" => {
                 for v in list()? {
-                    let p = v.as_integer().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| bad("expected ports (0-65535)"))?;
+                    let p = v
+                        .as_integer()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .ok_or_else(|| bad("expected ports (0-65535)"))?;
                     f.protect_port.push(p);
                 }
             }
@@ -193,7 +196,9 @@ impl Settings {
         let protect_cgroups: Vec<PathBuf> = pick(args.protect_cgroup, file.protect_cgroup);
         let mut cgroup_ids = HashSet::new();
         for dir in &protect_cgroups {
-            cgroup_ids.extend(cgroup_tree_ids(dir).map_err(|e| UsageError(format!("--protect-cgroup {}: {e:#}", dir.display())))?);
+            cgroup_ids.extend(
+                cgroup_tree_ids(dir).map_err(|e| UsageError(format!("--protect-cgroup {}: {e:#}", dir.display())))?,
+            );
         }
         let max_per_remote = args.max_per_remote.or(file.max_per_remote);
         let rule = policy::Policy {

@@ -59,8 +59,11 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 pub fn cgroup2_dir(path: &Path) -> Result<u64> {
     let meta = std::fs::metadata(path).with_context(|| format!("cgroup {} does not exist", path.display()))?;
     if !meta.is_dir() || fs_magic(path)? != CGROUP2_SUPER_MAGIC {
-        bail!("{} is not a cgroup v2 directory (the cgroup2 mount is {})", path.display(),
-            cgroup2_root().map(|p| p.display().to_string()).unwrap_or_else(|_| "missing".into()));
+        bail!(
+            "{} is not a cgroup v2 directory (the cgroup2 mount is {})",
+            path.display(),
+            cgroup2_root().map(|p| p.display().to_string()).unwrap_or_else(|_| "missing".into())
+        );
     }
     Ok(meta.ino())
 }

@@ -306,8 +306,7 @@ impl Peer {
             // Join the cgroup before exec, so every socket the peer creates is in it.
             Some(cg) => {
                 let mut c = ns.command("sh");
-                c.arg("-c")
-                    .arg(format!("echo $$ > {}/cgroup.procs && exec {peer}", cg.path.display()));
+                c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec {peer}", cg.path.display()));
                 c
             }
             None => ns.command(peer.to_string()),

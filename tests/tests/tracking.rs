@@ -157,9 +157,7 @@ fn agent_exit_leaves_nothing_behind() {
 #[test]
 fn cli_errors_are_one_clear_line() {
     let ns = Netns::new();
-    let run = |args: &[&str]| {
-        ns.command(enforcer_tests::enforcer_bin()).args(args).output().unwrap()
-    };
+    let run = |args: &[&str]| ns.command(enforcer_tests::enforcer_bin()).args(args).output().unwrap();
     let out = run(&["sockets", "--pin-dir", "/sys/fs/bpf/enforcer-test-none"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

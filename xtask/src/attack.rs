@@ -67,8 +67,20 @@ pub fn enforcer() -> Result<Outcome> {
     let agent = Agent::start(
         &ns,
         &cg,
-        &["--log-format", "json", "--interval", "250ms", "--stall", "1s", "--threshold", "64KiB",
-          "--policy", "heffner", "--max-kills", "5000"],
+        &[
+            "--log-format",
+            "json",
+            "--interval",
+            "250ms",
+            "--stall",
+            "1s",
+            "--threshold",
+            "64KiB",
+            "--policy",
+            "heffner",
+            "--max-kills",
+            "5000",
+        ],
     );
     let (mut server, _idle, _attackers) = connections(&ns, &cg);
     let pid = agent.pid().context("agent pid")?;
@@ -118,11 +130,7 @@ fn ss_poll(ns: &Netns) -> Result<Vec<(String, u64, u64)>> {
             // Recv-Q Send-Q Local Peer (state omitted by the filter).
             entries.push((cols[3].to_owned(), cols[1].parse().unwrap_or(0), 0));
         } else if let Some(last) = entries.last_mut() {
-            last.2 = cols
-                .iter()
-                .find_map(|c| c.strip_prefix("bytes_acked:"))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            last.2 = cols.iter().find_map(|c| c.strip_prefix("bytes_acked:")).and_then(|v| v.parse().ok()).unwrap_or(0);
         }
     }
     Ok(entries)
@@ -169,5 +177,10 @@ pub fn ss_script(batch: usize, limit: Duration) -> Result<Outcome> {
         prev = entries.into_iter().map(|(p, _, a)| (p, a)).collect();
         std::thread::sleep(Duration::from_secs(1).saturating_sub(poll_start.elapsed()));
     }
-    Ok(Outcome { seconds: started.elapsed().as_secs_f64(), stopped: started.elapsed() > limit, destroyed, cpu_ms_per_interval: None })
+    Ok(Outcome {
+        seconds: started.elapsed().as_secs_f64(),
+        stopped: started.elapsed() > limit,
+        destroyed,
+        cpu_ms_per_interval: None,
+    })
 }

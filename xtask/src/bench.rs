@@ -87,7 +87,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         run_cmd(Command::new("apt-get").args(["install", "-y", "-qq", "bpftool"]))
             .context("bpftool (for BPF run-time statistics) could not be installed")?;
     }
-    run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bins"]))?;
+    run_cmd(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+        "--bins",
+    ]))?;
     if a.only.as_deref() != Some("attack") {
         overhead(a)?;
     }
@@ -105,20 +113,31 @@ fn attack_table() -> Result<()> {
     eprintln!("xtask: attack: the same rule with ss -tni and ss -K batched 200 sockets per call");
     let batched = crate::attack::ss_script(200, std::time::Duration::from_secs(120))?;
     println!();
-    println!("| 2,000 zero-window attackers among 10,000 idle | destroyed | attack start → last attacker destroyed | agent CPU per 250 ms interval |");
+    println!(
+        "| 2,000 zero-window attackers among 10,000 idle | destroyed | attack start → last attacker destroyed | agent CPU per 250 ms interval |"
+    );
     println!("|---|---|---|---|");
-    println!("| enforcer (`--interval 250ms --stall 1s --policy heffner --threshold 64KiB`) | {} | {:.2} s{} | {:.1} ms |",
-        e.destroyed, e.seconds, if e.stopped { " (stopped at the limit)" } else { "" },
-        e.cpu_ms_per_interval.unwrap_or(0.0));
-    println!("| `ss -tni` every 1 s + one `ss -K` per offender | {} | {:.2} s{} | n/a |", one.destroyed, one.seconds,
-        if one.stopped { " (stopped at the limit)" } else { "" });
-    println!("| `ss -tni` every 1 s + `ss -K` with 200 offenders per call | {} | {:.2} s | n/a |",
-        batched.destroyed, batched.seconds);
+    println!(
+        "| enforcer (`--interval 250ms --stall 1s --policy heffner --threshold 64KiB`) | {} | {:.2} s{} | {:.1} ms |",
+        e.destroyed,
+        e.seconds,
+        if e.stopped { " (stopped at the limit)" } else { "" },
+        e.cpu_ms_per_interval.unwrap_or(0.0)
+    );
+    println!(
+        "| `ss -tni` every 1 s + one `ss -K` per offender | {} | {:.2} s{} | n/a |",
+        one.destroyed,
+        one.seconds,
+        if one.stopped { " (stopped at the limit)" } else { "" }
+    );
+    println!(
+        "| `ss -tni` every 1 s + `ss -K` with 200 offenders per call | {} | {:.2} s | n/a |",
+        batched.destroyed, batched.seconds
+    );
     Ok(())
 }
 
 fn overhead(a: &BenchArgs) -> Result<()> {
-
     let stats_knob = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let old_knob = std::fs::read_to_string(stats_knob).unwrap_or_else(|_| "0".into());
     let (mut bare, mut with) = (Vec::new(), Vec::new());
@@ -133,7 +152,11 @@ fn overhead(a: &BenchArgs) -> Result<()> {
         let (b, w) = (&bare[round], &with[round]);
         eprintln!(
             "xtask: round {}: crr {:.0}/s bare, {:.0}/s with agent; bulk {:.2} GB/s bare, {:.2} GB/s with agent",
-            round + 1, b.crr, w.crr, b.bulk / 1e9, w.bulk / 1e9
+            round + 1,
+            b.crr,
+            w.crr,
+            b.bulk / 1e9,
+            w.bulk / 1e9
         );
     }
     // Per-program cost in a run of its own: the statistics themselves cost two clock reads a run.
@@ -155,8 +178,16 @@ fn overhead(a: &BenchArgs) -> Result<()> {
     let (bulk_b, bulk_w) = (m(&bare, |s| s.bulk), m(&with, |s| s.bulk));
     println!("| workload | bare (median) | with agent (median) | ratio | target |");
     println!("|---|---|---|---|---|");
-    println!("| connect/request/close | {crr_b:.0} conn/s | {crr_w:.0} conn/s | {:.1} % | ≥ 97 % |", 100.0 * crr_w / crr_b);
-    println!("| bulk throughput | {:.2} GB/s | {:.2} GB/s | {:.1} % | ≥ 98 % |", bulk_b / 1e9, bulk_w / 1e9, 100.0 * bulk_w / bulk_b);
+    println!(
+        "| connect/request/close | {crr_b:.0} conn/s | {crr_w:.0} conn/s | {:.1} % | ≥ 97 % |",
+        100.0 * crr_w / crr_b
+    );
+    println!(
+        "| bulk throughput | {:.2} GB/s | {:.2} GB/s | {:.1} % | ≥ 98 % |",
+        bulk_b / 1e9,
+        bulk_w / 1e9,
+        100.0 * bulk_w / bulk_b
+    );
     println!();
     println!("| program | runs | mean cost per run |");
     println!("|---|---|---|");

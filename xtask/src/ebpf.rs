@@ -16,9 +16,16 @@ pub fn build() -> Result<PathBuf> {
     let tc = setup::toolchain()?;
     let linker = setup::bpf_linker(&tc)?;
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root())
-        .arg(format!("+{}", tc.name))
-        .args(["build", "--release", "-p", "enforcer-ebpf", "--target", TARGET, "-Z", "build-std=core"]);
+    cmd.current_dir(root()).arg(format!("+{}", tc.name)).args([
+        "build",
+        "--release",
+        "-p",
+        "enforcer-ebpf",
+        "--target",
+        TARGET,
+        "-Z",
+        "build-std=core",
+    ]);
     // rustc finds bpf-linker on PATH; make sure the one we checked is first.
     if let Some(dir) = linker.parent().filter(|d| !d.as_os_str().is_empty()) {
         let path = std::env::var_os("PATH").unwrap_or_default();

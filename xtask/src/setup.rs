@@ -72,13 +72,14 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
         .with_context(|| format!("listing {}", lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .find(|n| n.starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}: cannot build bpf-linker against the {} toolchain's LLVM", lib.display(), tc.name))?;
-    let major = llvm
-        .trim_start_matches("libLLVM.so.")
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: cannot build bpf-linker against the {} toolchain's LLVM",
+                lib.display(),
+                tc.name
+            )
+        })?;
+    let major = llvm.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or_default().to_owned();
     // bpf-linker keeps an rpath to this directory, so it lives next to cargo's own files.
     let prefix = cargo_home().join("enforcer-llvm").join(&tc.name);
     let prefix_lib = prefix.join("lib");
@@ -86,10 +87,12 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
     for name in ["libLLVM.so", llvm.as_str()] {
         let link = prefix_lib.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(lib.join(&llvm), &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(lib.join(&llvm), &link).with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against the {} toolchain's LLVM {major} (about a minute)", tc.name);
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against the {} toolchain's LLVM {major} (about a minute)",
+        tc.name
+    );
     run_cmd(
         Command::new("cargo")
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
@@ -114,10 +117,15 @@ pub fn test_packages() -> Result<()> {
         return Ok(());
     }
     if !Path::new("/usr/bin/apt-get").exists() {
-        bail!("the integration tests need these packages, and apt-get is not here to install them: {}", missing.join(" "));
+        bail!(
+            "the integration tests need these packages, and apt-get is not here to install them: {}",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_cmd(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
-        .with_context(|| format!("could not install {}", missing.join(" ")))
+    run_cmd(
+        Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("could not install {}", missing.join(" ")))
 }

@@ -8,7 +8,14 @@ use crate::{ebpf, is_root, root, run_cmd, setup};
 pub fn run(args: &[String]) -> Result<()> {
     ebpf::build()?;
     // Unit tests: pure code, no kernel.
-    run_cmd(Command::new("cargo").current_dir(root()).args(["test", "--workspace", "--exclude", "enforcer-ebpf", "--exclude", "enforcer-tests"]))?;
+    run_cmd(Command::new("cargo").current_dir(root()).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "enforcer-ebpf",
+        "--exclude",
+        "enforcer-tests",
+    ]))?;
     if !is_root() {
         bail!("the integration tests load BPF programs and create network namespaces: run `cargo xtask test` as root");
     }

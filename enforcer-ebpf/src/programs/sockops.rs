@@ -4,10 +4,8 @@
 //! the kernel always makes. Progress comes from `tcp_probe`, removal from `tcp_destroy_sock`,
 //! exact queue state from the snapshot iterator.
 use aya_ebpf::{
-    bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-    },
-    helpers::generated::{bpf_get_socket_cookie},
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB},
+    helpers::generated::bpf_get_socket_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -43,10 +41,18 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
             rv(&raw const (*ops).family) as u16,
             [rv(&raw const (*ops).local_ip4), rv(&raw const (*ops).remote_ip4)],
             [
-                [rv(&raw const (*ops).local_ip6[0]), rv(&raw const (*ops).local_ip6[1]),
-                 rv(&raw const (*ops).local_ip6[2]), rv(&raw const (*ops).local_ip6[3])],
-                [rv(&raw const (*ops).remote_ip6[0]), rv(&raw const (*ops).remote_ip6[1]),
-                 rv(&raw const (*ops).remote_ip6[2]), rv(&raw const (*ops).remote_ip6[3])],
+                [
+                    rv(&raw const (*ops).local_ip6[0]),
+                    rv(&raw const (*ops).local_ip6[1]),
+                    rv(&raw const (*ops).local_ip6[2]),
+                    rv(&raw const (*ops).local_ip6[3]),
+                ],
+                [
+                    rv(&raw const (*ops).remote_ip6[0]),
+                    rv(&raw const (*ops).remote_ip6[1]),
+                    rv(&raw const (*ops).remote_ip6[2]),
+                    rv(&raw const (*ops).remote_ip6[3]),
+                ],
             ],
             [rv(&raw const (*ops).local_port), rv(&raw const (*ops).remote_port)],
             [rv(&raw const (*ops).snd_una), rv(&raw const (*ops).rcv_nxt)],
@@ -74,7 +80,7 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         snd_una: seqs[0],
         rcv_nxt: seqs[1],
     };
-    SOCKETS.insert(cookie, record, 0).map_err(|e| -(e as i32))?;
+    SOCKETS.insert(cookie, record, 0).map_err(|e| -e)?;
     count(stats::TRACKED);
     Ok(())
 }

@@ -6,11 +6,7 @@
 //! so the socket still holds the old `snd_una`/`rcv_nxt` and `skb->data` is the TCP header; the
 //! segment itself says what it acknowledges and which window it advertises. Hot path for every
 //! socket of the machine: sockets we do not track cost one cookie read and one hash lookup.
-use aya_ebpf::{
-    helpers::generated::{bpf_skc_to_tcp_sock},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, programs::BtfTracePointContext};
 use enforcer_common::stats;
 
 use crate::{
@@ -47,8 +43,7 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
         return Err(());
     }
     // SAFETY: `skb` is a BTF `struct sk_buff *`; offsets of `data` and `len`.
-    let (data, len): (*const u8, u32) =
-        unsafe { (load(skb, off!(skb_data)), load(skb, off!(skb_len))) };
+    let (data, len): (*const u8, u32) = unsafe { (load(skb, off!(skb_data)), load(skb, off!(skb_len))) };
     // seq, ack_seq, data offset, flags, window of the TCP header.
     let th: [u8; 16] = read_bytes(data).ok_or(())?;
     let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
@@ -59,9 +54,8 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let data_len = len.saturating_sub(header_len);
 
     // SAFETY: `tp` is a BTF `struct tcp_sock *`; offsets of u32 fields.
-    let (snd_una, snd_nxt, rcv_nxt): (u32, u32, u32) = unsafe {
-        (load(tp, off!(tp_snd_una)), load(tp, off!(tp_snd_nxt)), load(tp, off!(tp_rcv_nxt)))
-    };
+    let (snd_una, snd_nxt, rcv_nxt): (u32, u32, u32) =
+        unsafe { (load(tp, off!(tp_snd_una)), load(tp, off!(tp_snd_nxt)), load(tp, off!(tp_rcv_nxt))) };
     // SAFETY: a map value pointer from a successful lookup; racing writers only store times.
     let rec = unsafe { &mut *rec };
     // Writes only when something changed: a dirty cache line costs more than the compare.

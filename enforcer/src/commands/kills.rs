@@ -24,13 +24,26 @@ pub fn run(args: KillsArgs) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:<10}",
-        "TIME (UTC)", "EVENT", "LOCAL", "REMOTE", "SEND-Q", "SHARE", "STALLED", "REASON")?;
+    writeln!(
+        out,
+        "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:<10}",
+        "TIME (UTC)", "EVENT", "LOCAL", "REMOTE", "SEND-Q", "SHARE", "STALLED", "REASON"
+    )?;
     for k in &kills {
-        let time = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(k.unix_ms));
-        writeln!(out, "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:<10}",
-            time.to_string(), k.event, k.local.to_string(), k.remote.to_string(), human_bytes(k.send_queue),
-            human_bytes(k.fair_share), human_ms(k.stalled_ms), k.reason)?;
+        let time =
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(k.unix_ms));
+        writeln!(
+            out,
+            "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:<10}",
+            time.to_string(),
+            k.event,
+            k.local.to_string(),
+            k.remote.to_string(),
+            human_bytes(k.send_queue),
+            human_bytes(k.fair_share),
+            human_ms(k.stalled_ms),
+            k.reason
+        )?;
     }
     if kills.is_empty() {
         writeln!(out, "(no decisions yet)")?;

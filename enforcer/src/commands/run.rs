@@ -90,12 +90,18 @@ impl Agent {
                 self.act(destroyer, d, entry, pressure);
             }
         }
-        self.prev = sockets.iter().map(|s| (s.cookie, Seen { bytes_acked: s.bytes_acked })).collect();
+        self.prev =
+            sockets.iter().map(|s| (s.cookie, Seen { bytes_acked: s.bytes_acked, send_queue: s.send_queue })).collect();
         self.prev_at = Some(started);
         tracing::debug!(
-            sockets = sockets.len(), pressure, threshold = self.settings.threshold, decisions = decisions.len(),
-            scan_us = scanned.as_micros() as u64, policy_us = (decided - scanned).as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64, "interval"
+            sockets = sockets.len(),
+            pressure,
+            threshold = self.settings.threshold,
+            decisions = decisions.len(),
+            scan_us = scanned.as_micros() as u64,
+            policy_us = (decided - scanned).as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "interval"
         );
     }
 

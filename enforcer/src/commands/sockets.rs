@@ -1,5 +1,5 @@
 //! `enforcer sockets`: a fresh snapshot as a table or JSON.
-use std::io::Write;
+use std::{cmp::Reverse, io::Write};
 
 use anyhow::{Context, Result};
 
@@ -19,9 +19,9 @@ pub fn run(args: SocketsArgs) -> Result<()> {
             && args.port.is_none_or(|p| s.local.port() == p || s.remote.port() == p)
     });
     match args.sort {
-        SortKey::SendQueue => sockets.sort_by(|a, b| b.send_queue.cmp(&a.send_queue)),
-        SortKey::Stalled => sockets.sort_by(|a, b| b.stalled_ms.cmp(&a.stalled_ms)),
-        SortKey::Age => sockets.sort_by(|a, b| b.age_ms.cmp(&a.age_ms)),
+        SortKey::SendQueue => sockets.sort_by_key(|s| Reverse(s.send_queue)),
+        SortKey::Stalled => sockets.sort_by_key(|s| Reverse(s.stalled_ms)),
+        SortKey::Age => sockets.sort_by_key(|s| Reverse(s.age_ms)),
     }
     if let Some(n) = args.limit {
         sockets.truncate(n);

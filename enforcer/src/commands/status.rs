@@ -55,14 +55,25 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         .collect();
     writeln!(out, "agent      pid {}, settings {}", info.pid, settings)?;
     writeln!(out, "sockets    {} tracked in this network namespace", snapshot.len())?;
-    writeln!(out, "map        {records} / {capacity} records, {} sockets not tracked (map full)",
-        counters[stats::MAP_FULL as usize])?;
+    writeln!(
+        out,
+        "map        {records} / {capacity} records, {} sockets not tracked (map full)",
+        counters[stats::MAP_FULL as usize]
+    )?;
     writeln!(out, "queued     {} send, {} receive", human_bytes(send_queue), human_bytes(recv_queue))?;
-    writeln!(out, "lifetime   {} tracked, {} removed", counters[stats::TRACKED as usize],
-        counters[stats::REMOVED as usize])?;
-    writeln!(out, "kills      {} destroyed, {} would destroy (dry run), {} failed",
-        kc[kill_counters::DESTROYED as usize], kc[kill_counters::WOULD_DESTROY as usize],
-        kc[kill_counters::DESTROY_FAILED as usize])?;
+    writeln!(
+        out,
+        "lifetime   {} tracked, {} removed",
+        counters[stats::TRACKED as usize],
+        counters[stats::REMOVED as usize]
+    )?;
+    writeln!(
+        out,
+        "kills      {} destroyed, {} would destroy (dry run), {} failed",
+        kc[kill_counters::DESTROYED as usize],
+        kc[kill_counters::WOULD_DESTROY as usize],
+        kc[kill_counters::DESTROY_FAILED as usize]
+    )?;
     writeln!(out, "errors     {}", errors.join(", "))?;
     Ok(())
 }
