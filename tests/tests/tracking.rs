@@ -2,7 +2,7 @@
 //! cgroup, the real agent. Run as root, one at a time (`cargo xtask test`).
 #![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
-use std::{thread, time::Duration};
+use std::{process::Command, thread, time::Duration};
 
 use enforcer_tests::{Agent, Cgroup, Netns, Peer, enforcer_programs_loaded, field, wait_for};
 
@@ -164,6 +164,16 @@ fn cli_errors_are_one_clear_line() {
     assert!(err.contains("no enforcer agent is running"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
+    // Not root: the same one clear line.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(enforcer_tests::enforcer_bin())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"), "{}", String::from_utf8_lossy(&out.stderr));
+
     let out = run(&["sockets", "--sort", "sideways"]);
     assert_eq!(out.status.code(), Some(2), "a bad flag value exits 2");
     let out = run(&["run", "--cgroup", "/nonexistent-cgroup", "--pin-dir", "/sys/fs/bpf/enforcer-test-none"]);
@@ -171,4 +181,48 @@ fn cli_errors_are_one_clear_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     let out = run(&["run", "--cgroup", "/tmp", "--pin-dir", "/sys/fs/bpf/enforcer-test-none"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a cgroup v2 directory"));
+    let out = run(&["run", "--threshold", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // A bad config value: exit 2, one line naming the key; nothing is loaded.
+    let cg = Cgroup::new();
+    let config = std::env::temp_dir().join(enforcer_tests::unique("enforcer-config"));
+    std::fs::write(&config, "threshold = \"64MiB\"\nstall = \"soon\"\n").unwrap();
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--cgroup",
+        cg.path.to_str().unwrap(),
+        "--pin-dir",
+        "/sys/fs/bpf/enforcer-test-none",
+    ]);
+    std::fs::remove_file(&config).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`stall`") && err.trim().lines().count() == 1, "{err}");
+    assert!(!std::path::Path::new("/sys/fs/bpf/enforcer-test-none").exists());
+}
+
+#[test]
+fn a_full_map_is_counted_and_tcp_is_unaffected() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &["--max-sockets", "2"]);
+    let mut server = Peer::start(&ns, Some(&cg));
+    let addr = server.cmd("listen 127.0.0.1:9000");
+    let mut clients = Peer::start(&ns, None);
+    for _ in 0..4 {
+        clients.cmd(&format!("connect {addr}"));
+    }
+    server.cmd("wait-accepted 4");
+    // Every connection works, tracked or not.
+    for id in 0..4 {
+        assert_eq!(server.num(&format!("write {id} 1000")), 1000);
+        assert_eq!(server.num(&format!("soerror {id}")), 0);
+    }
+    let status = agent.status();
+    assert_eq!(field(&status["sockets"], "map_records"), 2, "{status}");
+    assert_eq!(field(&status["sockets"], "map_capacity"), 2, "{status}");
+    assert_eq!(field(&status["sockets"], "map_full"), 2, "{status}");
+    assert_eq!(agent.sockets().len(), 2);
 }
