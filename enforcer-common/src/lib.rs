@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -17,6 +17,7 @@ pub mod names {
     pub const MAP_KILLS: &str = "KILLS";
     pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
     pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
+    pub const GLOBAL_WATCH: &str = "WATCH";
 
     pub const PROG_SOCKOPS: &str = "enforcer_sockops";
     pub const PROG_TCP_PROBE: &str = "enforcer_tcp_probe";
@@ -62,8 +63,9 @@ pub struct SockRecord {
     pub remote_port: u16,
     /// `AF_INET` or `AF_INET6` (an IPv4 peer of a dual-stack socket is `::ffff:a.b.c.d`).
     pub family: u16,
-    pub _pad0: u16,
-    /// When the connection was established (ns).
+    /// `RECORD_*` bits.
+    pub flags: u16,
+    /// When the connection was established (ns), or when the snapshot adopted it.
     pub created_ns: u64,
     /// Last time `snd_una` advanced (ns): forward progress of what we send.
     pub tx_progress_ns: u64,
@@ -75,6 +77,24 @@ pub struct SockRecord {
     pub snd_una: u32,
     /// `rcv_nxt` as of `rx_progress_ns`.
     pub rcv_nxt: u32,
+}
+
+/// The record was made by the snapshot for a connection that already existed when the agent
+/// started; its creation time and first progress are the adoption time.
+pub const RECORD_ADOPTED: u16 = 1;
+
+/// Which cgroup the agent watches, for the snapshot to adopt connections that existed before it
+/// started (sock_ops only sees connections established after attach). A frozen `.rodata` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Cgroup v2 id of the attached cgroup.
+    pub cgroup_id: u64,
+    /// Its depth below the cgroup2 root (the root is 0): `cgroup.ancestors[level]` of a socket's
+    /// cgroup is the attached one when the socket is in its subtree.
+    pub cgroup_level: u32,
+    /// 1 to adopt, 0 not to.
+    pub adopt: u32,
 }
 
 /// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
@@ -148,6 +168,18 @@ pub struct KernelOffsets {
     pub tp_bytes_received: u32,
     pub skb_data: u32,
     pub skb_len: u32,
+    /// `sock_common` addressing, for adopting existing connections.
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `cgroup.level` and `cgroup.ancestors`.
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub _pad: u32,
 }
 
 /// Counters in the per-CPU `STATS` array, one slot each.
@@ -246,6 +278,7 @@ mod user {
     unsafe impl aya::Pod for SockRecord {}
     unsafe impl aya::Pod for SnapshotEntry {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for WatchConfig {}
     unsafe impl aya::Pod for AgentInfo {}
     unsafe impl aya::Pod for KillRecord {}
     unsafe impl bytemuck::Zeroable for KillRecord {}

@@ -1,6 +1,6 @@
 //! Reading kernel structures at offsets found in BTF at load time.
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
-use enforcer_common::KernelOffsets;
+use enforcer_common::{KernelOffsets, WatchConfig};
 
 /// Overridden by the loader with offsets from `/sys/kernel/btf/vmlinux`. In `.rodata`, frozen
 /// after load, so the verifier treats every field as a constant.
@@ -24,7 +24,21 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     tp_bytes_received: 0,
     skb_data: 0,
     skb_len: 0,
+    skc_family: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    cgroup_level: 0,
+    cgroup_ancestors: 0,
+    _pad: 0,
 };
+
+/// Overridden by the loader: the watched cgroup (see `WatchConfig`).
+#[unsafe(no_mangle)]
+pub static WATCH: WatchConfig = WatchConfig { cgroup_id: 0, cgroup_level: 0, adopt: 0 };
 
 /// One offset, read volatile so the compiler cannot fold it to the zero above.
 macro_rules! off {
@@ -36,6 +50,17 @@ macro_rules! off {
     }};
 }
 pub(crate) use off;
+
+/// One field of `WATCH`, read volatile like `off!`.
+macro_rules! watch {
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: a plain read of a static.
+        let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::WATCH.$field) };
+        v
+    }};
+}
+pub(crate) use watch;
 
 /// Loads a `T` at `base + off` from a BTF pointer (the verifier turns it into a fault-safe load).
 #[inline(always)]

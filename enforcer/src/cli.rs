@@ -36,9 +36,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the agent: load and attach the eBPF programs, pin their maps, watch (root).
     ///
-    /// Tracks every TCP connection established in --cgroup and its descendants from the moment
-    /// the agent starts (connections that already exist are not tracked). On SIGINT/SIGTERM it
-    /// detaches every program and removes its pins.
+    /// Tracks every TCP connection of --cgroup and its descendants: new ones from establishment,
+    /// existing ones from the first snapshot. On SIGINT/SIGTERM it detaches every program and
+    /// removes its pins; after a crash, the next agent removes the stale pins.
     Run(RunArgs),
     /// List tracked sockets from a fresh, exact snapshot.
     ///

@@ -16,7 +16,8 @@ use aya::{
     },
 };
 use enforcer_common::{
-    AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, kill_counters, names,
+    AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, WatchConfig, kill_counters,
+    names,
 };
 
 use crate::kills::KillEvent;
@@ -28,6 +29,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/en
 
 pub struct LoadOptions<'a> {
     pub cgroup: &'a Path,
+    /// The cgroup's id and depth, for adopting connections that predate the agent.
+    pub cgroup_id: u64,
+    pub cgroup_level: u32,
     pub pin_dir: &'a Path,
     pub max_sockets: u32,
     /// JSON of the agent's settings, shown by `enforcer status`.
@@ -40,7 +44,6 @@ pub struct Loaded {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     pinned: Vec<PathBuf>,
-    created_dir: bool,
 }
 
 impl Loaded {
@@ -50,16 +53,16 @@ impl Loaded {
         let offsets = offsets::from_btf(&kernel_btf)?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for program attach points")?;
 
+        let watch = WatchConfig { cgroup_id: opts.cgroup_id, cgroup_level: opts.cgroup_level, adopt: 1 };
         let ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
+            .override_global(names::GLOBAL_WATCH, &watch, true)
             .map_max_entries(names::MAP_SOCKETS, opts.max_sockets)
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
-        let created_dir = !opts.pin_dir.exists();
         std::fs::create_dir_all(opts.pin_dir)
             .with_context(|| format!("creating pin directory {}", opts.pin_dir.display()))?;
-        let mut loaded =
-            Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new(), created_dir };
+        let mut loaded = Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new() };
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
         loaded.write_info(opts.settings)?;
@@ -178,9 +181,8 @@ impl Drop for Loaded {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove pin");
             }
         }
-        if self.created_dir {
-            let _ = std::fs::remove_dir(&self.pin_dir);
-        }
+        // Only succeeds when empty: whatever else someone keeps there stays.
+        let _ = std::fs::remove_dir(&self.pin_dir);
     }
 }
 

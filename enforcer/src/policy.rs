@@ -250,6 +250,7 @@ mod tests {
             rx_idle_ms: stalled_ms,
             tx_idle_ms: stalled_ms,
             age_ms: 60_000,
+            adopted: false,
             bytes_acked,
             bytes_received: 0,
             retransmits: 0,

@@ -68,6 +68,17 @@ pub fn cgroup2_dir(path: &Path) -> Result<u64> {
     Ok(meta.ino())
 }
 
+/// Depth of a cgroup directory below the cgroup2 root (the root is 0), as the kernel's
+/// `cgroup.level` counts it when the agent runs in the initial cgroup namespace.
+pub fn cgroup2_level(path: &Path) -> Result<u32> {
+    let root = cgroup2_root()?;
+    let path = path.canonicalize().with_context(|| format!("resolving {}", path.display()))?;
+    let rel = path
+        .strip_prefix(&root)
+        .with_context(|| format!("{} is not below the cgroup2 mount {}", path.display(), root.display()))?;
+    Ok(rel.components().count() as u32)
+}
+
 /// Makes sure `dir`'s parent is on a bpf filesystem, mounting one at /sys/fs/bpf if that is
 /// where it should be and nothing is mounted there.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {

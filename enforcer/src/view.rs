@@ -1,7 +1,7 @@
 //! A snapshot entry as an operator reads it: addresses, states, byte counts and durations.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use enforcer_common::{AF_INET, SnapshotEntry};
+use enforcer_common::{AF_INET, RECORD_ADOPTED, SnapshotEntry};
 use serde::Serialize;
 
 /// One tracked socket. Byte counts are bytes; durations milliseconds.
@@ -31,7 +31,10 @@ pub struct Socket {
     pub rx_idle_ms: u64,
     /// Time since `snd_una` last advanced, whether or not data is outstanding.
     pub tx_idle_ms: u64,
+    /// Since establishment, or since the agent adopted a connection that predates it.
     pub age_ms: u64,
+    /// The connection existed before the agent started; times count from its adoption.
+    pub adopted: bool,
     pub bytes_acked: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
@@ -98,6 +101,7 @@ impl From<&SnapshotEntry> for Socket {
             rx_idle_ms: ms_since(e.now_ns, r.rx_progress_ns),
             tx_idle_ms: ms_since(e.now_ns, r.tx_progress_ns),
             age_ms: ms_since(e.now_ns, r.created_ns),
+            adopted: r.flags & RECORD_ADOPTED != 0,
             bytes_acked: e.bytes_acked,
             bytes_received: e.bytes_received,
             retransmits: e.total_retrans.into(),

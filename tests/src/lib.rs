@@ -142,7 +142,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(ns: &Netns, cg: &Cgroup, extra: &[&str]) -> Self {
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test"));
+        Self::start_at(ns, cg, PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test")), extra)
+    }
+
+    /// Runs `enforcer run` with its command line, without waiting for it to come up.
+    pub fn spawn_raw(ns: &Netns, cg: &Cgroup, pin_dir: &Path, extra: &[&str]) -> std::process::Output {
+        ns.command(enforcer_bin())
+            .arg("run")
+            .arg("--cgroup")
+            .arg(&cg.path)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    /// Like `start`, with the pin directory given (to restart on the same pins).
+    pub fn start_at(ns: &Netns, cg: &Cgroup, pin_dir: PathBuf, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique("enforcer-agent")));
         let logfile = std::fs::File::create(&log).unwrap();
         // Snapshots every 200 ms unless the test sets its own interval.
@@ -161,12 +178,12 @@ impl Agent {
             .spawn()
             .unwrap();
         let mut agent = Self { child: Some(child), pin_dir, log, netns: ns.name.clone() };
-        let info = agent.pin_dir.join("snapshot");
-        wait_for("the agent to pin its maps", Duration::from_secs(20), || {
+        // Its own start-up line, not pins: a killed predecessor may have left pins behind.
+        wait_for("the agent to attach", Duration::from_secs(20), || {
             if let Some(Ok(Some(status))) = agent.child.as_mut().map(Child::try_wait) {
                 panic!("agent exited with {status} during start-up:\n{}", agent.log_text());
             }
-            info.exists().then_some(())
+            agent.log_text().contains("enforcer attached").then_some(())
         });
         agent
     }
@@ -238,6 +255,13 @@ impl Agent {
     /// `enforcer status --json`.
     pub fn status(&self) -> Value {
         self.cli_json(&["status", "--json"])
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up.
+    pub fn sigkill(&mut self) {
+        let mut child = self.child.take().expect("agent already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// SIGTERM, then wait for a clean exit.

@@ -226,3 +226,26 @@ fn a_full_map_is_counted_and_tcp_is_unaffected() {
     assert_eq!(field(&status["sockets"], "map_full"), 2, "{status}");
     assert_eq!(agent.sockets().len(), 2);
 }
+
+#[test]
+fn connections_from_before_the_agent_are_adopted() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    // Established before any agent runs: sock_ops never sees them.
+    let mut zw = zero_window(&ns, &cg, "127.0.0.1:9000");
+    assert!(zw.server.num("write 0 300000") > 0);
+    let mut outsider = Peer::start(&ns, None);
+    let out_addr = outsider.cmd("listen 127.0.0.1:9001");
+    zw.server.cmd(&format!("connect {out_addr}"));
+
+    let agent = Agent::start(&ns, &cg, &[]);
+    let s = wait_for("the snapshot to adopt the connection", Duration::from_secs(10), || {
+        agent.sockets().into_iter().find(|s| s["local"] == zw.local.as_str())
+    });
+    assert_eq!(s["adopted"], true, "{s}");
+    assert_eq!(field(&s, "send_queue"), zw.server.num("outq 0"), "{s}");
+    assert_eq!(field(&s, "cgroup_id"), cg.id());
+    // The server's own client connection is in the cgroup too; the outsider's side is not.
+    let all = agent.sockets();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().all(|s| field(s, "cgroup_id") == cg.id()), "{all:?}");
+}

@@ -7,13 +7,86 @@
 //! dated to now, so a draining socket is never reported as stalled for longer than one snapshot.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_seq_write, bpf_skc_to_tcp_sock};
-use enforcer_common::{SnapshotEntry, stats};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_get_socket_cookie, bpf_seq_write, bpf_skc_to_tcp_sock},
+};
+use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SnapshotEntry, SockRecord, stats};
 
 use crate::{
-    kernel::{load, off},
+    kernel::{load, off, read_bytes, watch},
     maps::{SOCKETS, count},
 };
+
+/// States of a connection that can hold data worth watching (not listening, not half-open).
+fn is_connection(state: u8) -> bool {
+    // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+    matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
+}
+
+/// Makes a record for a connection of the watched cgroup that sock_ops never saw (it existed
+/// before the agent attached). The rare path: it reads with `bpf_probe_read_kernel`.
+unsafe fn adopt(tp: *const u8, now: u64) -> Option<*mut SockRecord> {
+    if watch!(adopt) == 0 {
+        return None;
+    }
+    // SAFETY (all loads): `tp` is a BTF `struct tcp_sock *`; offsets of the named fields.
+    let state: u8 = unsafe { load(tp, off!(sk_state)) };
+    if !is_connection(state) {
+        return None;
+    }
+    // In the watched subtree when the socket's cgroup has the watched one as ancestor at its level.
+    let cgroup: *const u8 = unsafe { load(tp, off!(sk_cgroup)) };
+    if cgroup.is_null() {
+        return None;
+    }
+    let level = i32::from_ne_bytes(read_bytes::<4>(unsafe { cgroup.add(off!(cgroup_level) as usize) })?);
+    let want = watch!(cgroup_level);
+    if level < want as i32 {
+        return None;
+    }
+    let slot = off!(cgroup_ancestors) as usize + want as usize * 8;
+    let ancestor = usize::from_ne_bytes(read_bytes::<8>(unsafe { cgroup.add(slot) })?) as *const u8;
+    let kn = usize::from_ne_bytes(read_bytes::<8>(unsafe { ancestor.add(off!(cgroup_kn) as usize) })?) as *const u8;
+    if u64::from_ne_bytes(read_bytes::<8>(unsafe { kn.add(off!(kn_id) as usize) })?) != watch!(cgroup_id) {
+        return None;
+    }
+    let family: u16 = unsafe { load(tp, off!(skc_family)) };
+    let (local_addr, remote_addr) = match family {
+        AF_INET => unsafe { ([load(tp, off!(skc_rcv_saddr)), 0, 0, 0], [load(tp, off!(skc_daddr)), 0, 0, 0]) },
+        AF_INET6 => {
+            let words = |b: [u8; 16]| {
+                let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                [w(0), w(4), w(8), w(12)]
+            };
+            let local = read_bytes::<16>(unsafe { tp.add(off!(skc_v6_rcv_saddr) as usize) })?;
+            let remote = read_bytes::<16>(unsafe { tp.add(off!(skc_v6_daddr) as usize) })?;
+            (words(local), words(remote))
+        }
+        _ => return None,
+    };
+    let snd_wnd: u32 = unsafe { load(tp, off!(tp_snd_wnd)) };
+    let record = SockRecord {
+        local_addr,
+        remote_addr,
+        local_port: unsafe { load(tp, off!(skc_num)) },
+        remote_port: u16::from_be(unsafe { load(tp, off!(skc_dport)) }),
+        family,
+        flags: RECORD_ADOPTED,
+        created_ns: now,
+        tx_progress_ns: now,
+        rx_progress_ns: now,
+        zero_window_since_ns: if snd_wnd == 0 { now } else { 0 },
+        snd_una: unsafe { load(tp, off!(tp_snd_una)) },
+        rcv_nxt: unsafe { load(tp, off!(tp_rcv_nxt)) },
+    };
+    // Assigns a cookie if the socket never had one; tcp_probe and tcp_destroy_sock read it.
+    // SAFETY: `tp` is a socket pointer the helper accepts.
+    let cookie = unsafe { bpf_get_socket_cookie(tp as *mut c_void) };
+    // A full map leaves the socket untracked (sock_ops counts `map_full` for new connections).
+    SOCKETS.insert(cookie, record, BPF_NOEXIST as u64).ok()?;
+    SOCKETS.get_ptr_mut(cookie)
+}
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
@@ -41,12 +114,18 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
     }
     // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with sock and sock_common.
     let cookie: u64 = unsafe { load(tp, off!(sk_cookie)) };
-    let Some(rec) = SOCKETS.get_ptr_mut(cookie) else {
-        return Ok(());
-    };
-    // SAFETY: a map value pointer from a successful lookup.
-    let rec = unsafe { &mut *rec };
     let now = crate::kernel::now();
+    let rec = match SOCKETS.get_ptr_mut(cookie) {
+        Some(rec) => rec,
+        // SAFETY: as above.
+        None => match unsafe { adopt(tp, now) } {
+            Some(adopted) => adopted,
+            None => return Ok(()),
+        },
+    };
+    // SAFETY: a map value pointer from a successful lookup or insert.
+    let rec = unsafe { &mut *rec };
+    let cookie = unsafe { load(tp, off!(sk_cookie)) };
 
     // SAFETY (all loads): offsets of fields of the named type, found in BTF by the loader.
     let mut e = SnapshotEntry {

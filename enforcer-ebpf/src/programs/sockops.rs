@@ -72,7 +72,7 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         // Network order in the upper 16 bits (`bpf_sock_ops.remote_port`).
         remote_port: u32::from_be(ports[1]) as u16,
         family,
-        _pad0: 0,
+        flags: 0,
         created_ns: now,
         tx_progress_ns: now,
         rx_progress_ns: now,

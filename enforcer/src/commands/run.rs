@@ -26,6 +26,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut destroyer = Netlink::open().context("opening a NETLINK_SOCK_DIAG socket (needed to destroy sockets)")?;
     let loaded = Loaded::load(&LoadOptions {
         cgroup: &settings.cgroup,
+        cgroup_id: settings.cgroup_id,
+        cgroup_level: sys::cgroup2_level(&settings.cgroup)?,
         pin_dir: &settings.pin_dir,
         max_sockets: settings.max_sockets,
         settings: &serde_json::to_string(&settings).context("serialising settings")?,
