@@ -112,6 +112,10 @@ pub struct RunArgs {
     /// Destroy at most N sockets per interval [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_kills: Option<usize>,
+    /// ...and at most N in any minute; a log line says when either cap holds sockets back
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_kills_per_minute: Option<usize>,
     /// Never destroy a socket whose local or remote port is P (repeatable).
     #[arg(long, value_name = "P")]
     pub protect_port: Vec<u16>,

@@ -147,14 +147,17 @@ pub fn drain_estimate_ms(s: &Socket, seen: Option<&Seen>, elapsed_ms: u64) -> Op
     Some(((s.send_queue as u128 * elapsed_ms as u128) / acked as u128).min(u64::MAX as u128) as u64)
 }
 
-pub fn decide(
-    p: &Policy,
-    sockets: &[Socket],
-    prev: &HashMap<u64, Seen>,
-    elapsed_ms: u64,
-    pressure: u64,
-) -> Vec<Decision> {
+/// What one interval decided.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub decisions: Vec<Decision>,
+    /// Sockets the rule chose but `max_kills` held back this interval.
+    pub capped: usize,
+}
+
+pub fn decide(p: &Policy, sockets: &[Socket], prev: &HashMap<u64, Seen>, elapsed_ms: u64, pressure: u64) -> Verdict {
     let mut out = Vec::new();
+    let mut capped = 0;
     if pressure > p.threshold {
         let shares = fair_shares(p.fairness, sockets, p.threshold);
         let mut offenders: Vec<Decision> = sockets
@@ -186,8 +189,12 @@ pub fn decide(
         });
         let mut projected = pressure;
         for d in offenders {
-            if out.len() >= p.max_kills || (p.kind == Kind::Budget && projected <= p.threshold) {
+            if p.kind == Kind::Budget && projected <= p.threshold {
                 break;
+            }
+            if out.len() >= p.max_kills {
+                capped += 1;
+                continue;
             }
             let freed = if p.frees_wmem { d.socket.wmem_queued.max(d.socket.send_queue) } else { d.socket.send_queue };
             projected = projected.saturating_sub(freed);
@@ -214,7 +221,8 @@ pub fn decide(
             idle_ones.sort_by_key(|s| (std::cmp::Reverse(idle(s)), std::cmp::Reverse(s.age_ms), s.cookie));
             for s in idle_ones.into_iter().take(excess) {
                 if out.len() >= p.max_kills {
-                    return out;
+                    capped += 1;
+                    continue;
                 }
                 out.push(Decision {
                     socket: s.clone(),
@@ -225,7 +233,7 @@ pub fn decide(
             }
         }
     }
-    out
+    Verdict { decisions: out, capped }
 }
 
 #[cfg(test)]
@@ -257,6 +265,10 @@ mod tests {
             rtos: 0,
             cgroup_id: 1,
         }
+    }
+
+    fn run(p: &Policy, sockets: &[Socket], prev: &HashMap<u64, Seen>, elapsed_ms: u64, pressure: u64) -> Vec<Decision> {
+        decide(p, sockets, prev, elapsed_ms, pressure).decisions
     }
 
     fn policy(threshold: u64) -> Policy {
@@ -302,7 +314,7 @@ mod tests {
             let mut p = policy(THRESH);
             p.kind = Kind::Heffner;
             let pressure = THRESH + 1;
-            let d = decide(&p, &sockets, &HashMap::new(), 1000, pressure);
+            let d = run(&p, &sockets, &HashMap::new(), 1000, pressure);
             assert_eq!(cookies(&d) == [1], killed, "queue {queue} stalled {stalled}: {d:?}");
             if killed {
                 assert_eq!(d[0].fair_share, THRESH / 4);
@@ -314,7 +326,7 @@ mod tests {
     #[test]
     fn below_threshold_nothing_happens_however_stalled() {
         let sockets = vec![sock(1, "192.0.2.1:1", 50 << 20, 3_600_000, 0)];
-        assert!(decide(&policy(100 << 20), &sockets, &HashMap::new(), 1000, 100 << 20).is_empty());
+        assert!(run(&policy(100 << 20), &sockets, &HashMap::new(), 1000, 100 << 20).is_empty());
     }
 
     #[test]
@@ -327,12 +339,12 @@ mod tests {
         ];
         let seen = Seen { bytes_acked: 1_000_000, send_queue: 4 << 20 };
         let prev: HashMap<u64, Seen> = [(1, seen), (2, seen)].into();
-        let d = decide(&policy(1 << 20), &sockets, &prev, 1000, 8 << 20);
+        let d = run(&policy(1 << 20), &sockets, &prev, 1000, 8 << 20);
         assert_eq!(cookies(&d), [1]);
         assert_eq!(d[0].reason, Reason::SlowDrain);
         assert!(d[0].drain_estimate_ms.is_some_and(|ms| ms > 700_000), "{d:?}");
         // Without a previous sample there is no rate and no slow-drain verdict.
-        assert!(decide(&policy(1 << 20), &sockets, &HashMap::new(), 1000, 8 << 20).is_empty());
+        assert!(run(&policy(1 << 20), &sockets, &HashMap::new(), 1000, 8 << 20).is_empty());
     }
 
     #[test]
@@ -343,13 +355,15 @@ mod tests {
             sock(3, "192.0.2.3:1", 4 << 20, 5000, 0),
         ];
         // Pressure 12 MiB, threshold 8 MiB: killing the 5 MiB one is enough.
-        let d = decide(&policy(8 << 20), &sockets, &HashMap::new(), 1000, 12 << 20);
+        let d = run(&policy(8 << 20), &sockets, &HashMap::new(), 1000, 12 << 20);
         assert_eq!(cookies(&d), [2]);
         let mut p = policy(8 << 20);
         p.kind = Kind::Heffner;
-        assert_eq!(cookies(&decide(&p, &sockets, &HashMap::new(), 1000, 12 << 20)), [1, 2, 3]);
+        assert_eq!(cookies(&run(&p, &sockets, &HashMap::new(), 1000, 12 << 20)), [1, 2, 3]);
         p.max_kills = 2;
-        assert_eq!(cookies(&decide(&p, &sockets, &HashMap::new(), 1000, 12 << 20)), [2, 3]);
+        let v = decide(&p, &sockets, &HashMap::new(), 1000, 12 << 20);
+        assert_eq!(cookies(&v.decisions), [2, 3]);
+        assert_eq!(v.capped, 1, "the third offender is held back by max_kills");
     }
 
     #[test]
@@ -363,7 +377,7 @@ mod tests {
         p.protect.cidrs.push("192.0.2.0/24".parse().expect("cidr"));
         p.protect.ports.push(443);
         p.protect.cgroups.insert(42);
-        assert!(decide(&p, &sockets, &HashMap::new(), 1000, 200 << 20).is_empty());
+        assert!(run(&p, &sockets, &HashMap::new(), 1000, 200 << 20).is_empty());
     }
 
     #[test]
@@ -377,10 +391,10 @@ mod tests {
         let mut p = policy(4 << 20);
         p.kind = Kind::Heffner;
         p.fairness = Fairness::RemoteIp;
-        assert_eq!(cookies(&decide(&p, &sockets, &HashMap::new(), 1000, 5 << 20)), (1..=10).collect::<Vec<_>>());
+        assert_eq!(cookies(&run(&p, &sockets, &HashMap::new(), 1000, 5 << 20)), (1..=10).collect::<Vec<_>>());
         // Per connection, the lone remote's connection is over its share too.
         p.fairness = Fairness::Connection;
-        assert!(cookies(&decide(&p, &sockets, &HashMap::new(), 1000, 5 << 20)).contains(&11));
+        assert!(cookies(&run(&p, &sockets, &HashMap::new(), 1000, 5 << 20)).contains(&11));
     }
 
     #[test]
@@ -410,7 +424,7 @@ mod tests {
         let mut p = policy(u64::MAX);
         p.max_per_remote = Some(3);
         p.idle_ms = 60_000;
-        let d = decide(&p, &sockets, &HashMap::new(), 1000, 0);
+        let d = run(&p, &sockets, &HashMap::new(), 1000, 0);
         assert_eq!(cookies(&d), [3, 4, 5]);
         assert!(d.iter().all(|d| d.reason == Reason::RemoteCap));
     }
@@ -433,6 +447,6 @@ mod tests {
         assert_eq!(stalled_ms(&s, Some(&idle_before), 250), 250);
         assert_eq!(stalled_ms(&s, Some(&Seen { send_queue: 1, ..idle_before }), 250), 600_000);
         let prev: HashMap<u64, Seen> = [(1, idle_before)].into();
-        assert!(decide(&policy(1 << 20), &[s], &prev, 250, 60 << 20).is_empty());
+        assert!(run(&policy(1 << 20), &[s], &prev, 250, 60 << 20).is_empty());
     }
 }

@@ -18,6 +18,7 @@ use crate::{
 pub struct UsageError(pub String);
 
 pub const DEFAULT_MAX_KILLS: usize = 1000;
+pub const DEFAULT_MAX_KILLS_PER_MINUTE: usize = 10_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -35,6 +36,7 @@ pub struct Settings {
     pub max_drain_ms: u64,
     pub policy: &'static str,
     pub max_kills: usize,
+    pub max_kills_per_minute: usize,
     pub protect_ports: Vec<u16>,
     pub protect_cidrs: Vec<String>,
     pub protect_cgroups: Vec<PathBuf>,
@@ -60,6 +62,7 @@ struct File {
     max_drain: Option<Duration>,
     policy: Option<PolicyArg>,
     max_kills: Option<usize>,
+    max_kills_per_minute: Option<usize>,
     protect_port: Vec<u16>,
     protect_cidr: Vec<IpNet>,
     protect_cgroup: Vec<PathBuf>,
@@ -114,6 +117,7 @@ fn parse_file(text: &str) -> Result<File, String> {
                 })
             }
             "max-kills" => f.max_kills = Some(int()? as usize),
+            "max-kills-per-minute" => f.max_kills_per_minute = Some(int()? as usize),
             "protect-port" => {
                 for v in list()? {
                     let p = v
@@ -234,6 +238,10 @@ impl Settings {
                 Kind::Heffner => "heffner",
             },
             max_kills,
+            max_kills_per_minute: args
+                .max_kills_per_minute
+                .or(file.max_kills_per_minute)
+                .unwrap_or(DEFAULT_MAX_KILLS_PER_MINUTE),
             protect_ports,
             protect_cidrs: protect_cidrs.iter().map(ToString::to_string).collect(),
             protect_cgroups,

@@ -42,7 +42,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(settings.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut agent = Agent { settings, loaded, prev: HashMap::new(), prev_at: None };
+    let storm = StormGuard::new(settings.max_kills_per_minute);
+    let mut agent = Agent { settings, loaded, prev: HashMap::new(), prev_at: None, storm };
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -61,6 +62,29 @@ struct Agent {
     /// What the previous snapshot saw, for progress rates.
     prev: HashMap<u64, Seen>,
     prev_at: Option<Instant>,
+    storm: StormGuard,
+}
+
+/// The per-minute cap on decisions (`--max-kills-per-minute`), over a sliding minute.
+struct StormGuard {
+    per_minute: usize,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl StormGuard {
+    fn new(per_minute: usize) -> Self {
+        Self { per_minute, recent: Default::default() }
+    }
+
+    /// How many of `wanted` decisions may go ahead at `now`; those are counted.
+    fn allow(&mut self, now: Instant, wanted: usize) -> usize {
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(60)) {
+            self.recent.pop_front();
+        }
+        let allowed = wanted.min(self.per_minute.saturating_sub(self.recent.len()));
+        self.recent.extend(std::iter::repeat_n(now, allowed));
+        allowed
+    }
 }
 
 impl Agent {
@@ -83,8 +107,25 @@ impl Agent {
             }
         };
         let elapsed_ms = self.prev_at.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
-        let decisions = policy::decide(&self.settings.rule, &sockets, &self.prev, elapsed_ms, pressure);
+        let verdict = policy::decide(&self.settings.rule, &sockets, &self.prev, elapsed_ms, pressure);
         let decided = started.elapsed();
+        let mut decisions = verdict.decisions;
+        if verdict.capped > 0 {
+            tracing::warn!(
+                held_back = verdict.capped,
+                max_kills = self.settings.max_kills,
+                "kill-storm guard: --max-kills held back sockets the rule chose this interval"
+            );
+        }
+        let allowed = self.storm.allow(started, decisions.len());
+        if allowed < decisions.len() {
+            tracing::warn!(
+                held_back = decisions.len() - allowed,
+                max_kills_per_minute = self.storm.per_minute,
+                "kill-storm guard: --max-kills-per-minute held back sockets the rule chose this interval"
+            );
+            decisions.truncate(allowed);
+        }
         if !decisions.is_empty() {
             let by_cookie: HashMap<u64, &SnapshotEntry> = entries.iter().map(|e| (e.cookie, e)).collect();
             for d in &decisions {
@@ -122,5 +163,24 @@ impl Agent {
         if let Err(e) = self.loaded.record_kill(kills::record(event, d, &entry.record, pressure, threshold, errno)) {
             tracing::warn!(error = %format!("{e:#}"), "could not record the decision in the pinned ring");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn storm_guard_caps_a_sliding_minute() {
+        let mut g = StormGuard::new(10);
+        let t0 = Instant::now();
+        assert_eq!(g.allow(t0, 7), 7);
+        assert_eq!(g.allow(t0 + Duration::from_secs(30), 7), 3);
+        assert_eq!(g.allow(t0 + Duration::from_secs(59), 1), 0);
+        // The first seven leave the window a minute after they were counted.
+        assert_eq!(g.allow(t0 + Duration::from_secs(60), 9), 7);
+        assert_eq!(g.allow(t0 + Duration::from_secs(90), 1), 1);
     }
 }
