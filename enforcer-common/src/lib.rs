@@ -95,7 +95,13 @@ pub struct WatchConfig {
     pub cgroup_level: u32,
     /// 1 to adopt, 0 not to.
     pub adopt: u32,
+    /// `FAULT_*` bits: make a program take its error path, to test that errors fail open.
+    pub fault: u32,
+    pub _pad: u32,
 }
+
+pub const FAULT_SOCKOPS: u32 = 1;
+pub const FAULT_TCP_PROBE: u32 = 2;
 
 /// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
 #[repr(C)]

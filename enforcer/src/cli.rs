@@ -130,6 +130,9 @@ pub struct RunArgs {
     /// whatever the pressure.
     #[arg(long, value_name = "N")]
     pub max_per_remote: Option<usize>,
+    /// Test only: make these kernel programs fail (sockops, tcp-probe), to show errors fail open.
+    #[arg(long, hide = true, value_delimiter = ',', value_enum)]
+    pub inject_fault: Vec<FaultArg>,
     /// Idle time for --max-per-remote [default: 5m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub idle: Option<Duration>,
@@ -158,6 +161,12 @@ pub enum PressureArg {
     Tracked,
     Kernel,
     Cgroup,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum FaultArg {
+    Sockops,
+    TcpProbe,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]

@@ -32,6 +32,8 @@ pub struct LoadOptions<'a> {
     /// The cgroup's id and depth, for adopting connections that predate the agent.
     pub cgroup_id: u64,
     pub cgroup_level: u32,
+    /// `FAULT_*` bits, for tests of failing open.
+    pub fault: u32,
     pub pin_dir: &'a Path,
     pub max_sockets: u32,
     /// JSON of the agent's settings, shown by `enforcer status`.
@@ -53,7 +55,13 @@ impl Loaded {
         let offsets = offsets::from_btf(&kernel_btf)?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for program attach points")?;
 
-        let watch = WatchConfig { cgroup_id: opts.cgroup_id, cgroup_level: opts.cgroup_level, adopt: 1 };
+        let watch = WatchConfig {
+            cgroup_id: opts.cgroup_id,
+            cgroup_level: opts.cgroup_level,
+            adopt: 1,
+            fault: opts.fault,
+            _pad: 0,
+        };
         let ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
             .override_global(names::GLOBAL_WATCH, &watch, true)

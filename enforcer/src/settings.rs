@@ -6,7 +6,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
-    cli::{PolicyArg, PressureArg, RunArgs, parse_cidr, parse_duration},
+    cli::{FaultArg, PolicyArg, PressureArg, RunArgs, parse_cidr, parse_duration},
     policy::{self, Fairness, Kind, Protect},
     pressure, sys,
     units::{parse_fairness, parse_size},
@@ -42,6 +42,8 @@ pub struct Settings {
     pub protect_cgroups: Vec<PathBuf>,
     pub max_per_remote: Option<usize>,
     pub idle_ms: u64,
+    #[serde(skip)]
+    pub fault: u32,
     #[serde(skip)]
     pub source: pressure::Source,
     #[serde(skip)]
@@ -247,6 +249,12 @@ impl Settings {
             protect_cgroups,
             max_per_remote,
             idle_ms: ms(idle),
+            fault: args.inject_fault.iter().fold(0, |bits, f| {
+                bits | match f {
+                    FaultArg::Sockops => enforcer_common::FAULT_SOCKOPS,
+                    FaultArg::TcpProbe => enforcer_common::FAULT_TCP_PROBE,
+                }
+            }),
             source,
             rule,
         })

@@ -219,3 +219,20 @@ fn below_the_threshold_nothing_is_destroyed_however_stalled() {
     assert!(agent.events().is_empty(), "{:?}", agent.events());
     assert!(agent.tracks_remote(&attacker.remote));
 }
+
+#[test]
+fn the_kill_storm_guard_holds_back_and_says_so() {
+    let mut s = Setup::new();
+    let agent =
+        s.agent(&["--threshold", "64KiB", "--policy", "heffner", "--max-kills", "1", "--max-kills-per-minute", "2"]);
+    let attackers: Vec<Conn> = (0..3).map(|_| s.zero_window(9000, "127.0.0.1", 1 << 20)).collect();
+    wait_for("two destroyed", Duration::from_secs(20), || (agent.events_of("destroyed").len() == 2).then_some(()));
+    // A few more intervals: the third stays, however stalled.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(agent.events_of("destroyed").len(), 2);
+    let log = agent.log_text();
+    assert!(log.contains("--max-kills held back"), "{log}");
+    assert!(log.contains("--max-kills-per-minute held back"), "{log}");
+    let left = attackers.iter().filter(|c| agent.tracks_remote(&c.remote)).count();
+    assert_eq!(left, 1);
+}

@@ -58,3 +58,29 @@ fn a_second_agent_on_the_same_pins_is_refused() {
     // The first one is untouched.
     assert_eq!(field(&first.status()["agent"], "pid"), u64::from(first.pid().unwrap()));
 }
+
+#[test]
+fn errors_in_kernel_programs_are_counted_and_tcp_carries_on() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &["--inject-fault", "sockops,tcp-probe"]);
+    let mut server = Peer::start(&ns, Some(&cg));
+    let addr = server.cmd("listen 127.0.0.1:9000");
+    let mut client = Peer::start(&ns, None);
+    client.cmd(&format!("connect {addr}"));
+    server.cmd("wait-accepted 1");
+    client.cmd("read-loop 0 65536 1");
+    // The failing sock_ops leaves the socket to the snapshot, which adopts it; from then on
+    // every segment makes the failing tcp_probe run.
+    wait_for("the snapshot to adopt the connection", Duration::from_secs(10), || {
+        (agent.sockets().len() == 1).then_some(())
+    });
+    for _ in 0..20 {
+        assert!(server.num("write 0 100000") > 0);
+        wait_for("the data to be acknowledged", Duration::from_secs(10), || (server.num("outq 0") == 0).then_some(()));
+    }
+    assert_eq!(server.num("soerror 0"), 0);
+    let counters = &agent.status()["counters"];
+    assert!(field(counters, "err_sockops") >= 1, "{counters}");
+    assert!(field(counters, "err_tcp_probe") >= 1, "{counters}");
+    assert_eq!(field(counters, "tracked"), 0, "{counters}");
+}

@@ -9,9 +9,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use enforcer_common::{AF_INET, AF_INET6, SockRecord, stats};
+use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, stats};
 
-use crate::maps::{SOCKETS, count};
+use crate::{
+    kernel::watch,
+    maps::{SOCKETS, count},
+};
 
 const E2BIG: i32 = 7;
 
@@ -30,6 +33,9 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     let op = ctx.op();
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return Ok(());
+    }
+    if watch!(fault) & FAULT_SOCKOPS != 0 {
+        return Err(-1);
     }
     // Every context field is read once, unconditionally and volatile: the verifier refuses a
     // context pointer that the compiler offset in one branch and dereferenced after a merge.

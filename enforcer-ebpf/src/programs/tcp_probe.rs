@@ -7,10 +7,10 @@
 //! segment itself says what it acknowledges and which window it advertises. Hot path for every
 //! socket of the machine: sockets we do not track cost one cookie read and one hash lookup.
 use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, programs::BtfTracePointContext};
-use enforcer_common::stats;
+use enforcer_common::{FAULT_TCP_PROBE, stats};
 
 use crate::{
-    kernel::{load, now, off, read_bytes, seq_after},
+    kernel::{load, now, off, read_bytes, seq_after, watch},
     maps::{SOCKETS, count},
 };
 
@@ -37,6 +37,9 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let Some(rec) = SOCKETS.get_ptr_mut(cookie) else {
         return Ok(());
     };
+    if watch!(fault) & FAULT_TCP_PROBE != 0 {
+        return Err(());
+    }
     // SAFETY: `sk` is a full socket (tcp_rcv_established), so the cast succeeds; checked anyway.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
     if tp.is_null() {

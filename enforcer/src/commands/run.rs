@@ -28,6 +28,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         cgroup: &settings.cgroup,
         cgroup_id: settings.cgroup_id,
         cgroup_level: sys::cgroup2_level(&settings.cgroup)?,
+        fault: settings.fault,
         pin_dir: &settings.pin_dir,
         max_sockets: settings.max_sockets,
         settings: &serde_json::to_string(&settings).context("serialising settings")?,
