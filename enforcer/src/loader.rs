@@ -70,6 +70,10 @@ impl Loaded {
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
         std::fs::create_dir_all(opts.pin_dir)
             .with_context(|| format!("creating pin directory {}", opts.pin_dir.display()))?;
+        // Root only: the maps say which connections exist and who owns them. (Pinned objects
+        // are 0600 already.)
+        std::fs::set_permissions(opts.pin_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("restricting pin directory {} to root", opts.pin_dir.display()))?;
         let mut loaded = Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new() };
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;

@@ -84,3 +84,60 @@ fn errors_in_kernel_programs_are_counted_and_tcp_carries_on() {
     assert!(field(counters, "err_tcp_probe") >= 1, "{counters}");
     assert_eq!(field(counters, "tracked"), 0, "{counters}");
 }
+
+#[test]
+fn pins_are_root_only_and_a_foreign_layout_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    let dir = std::fs::metadata(&agent.pin_dir).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+    for e in std::fs::read_dir(&agent.pin_dir).unwrap() {
+        let m = e.unwrap().metadata().unwrap();
+        assert_eq!((m.mode() & 0o077, m.uid()), (0, 0), "a pin readable by others");
+    }
+    // A CLI of another layout reading these pins: simulate by changing the layout version the
+    // agent recorded, and expect one clear line instead of garbage.
+    let info = aya::maps::MapData::from_pin(agent.pin_dir.join("info")).unwrap();
+    let mut info: aya::maps::Array<_, enforcer_common::AgentInfo> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(info)).unwrap();
+    let mut v = info.get(&0, 0).unwrap();
+    v.layout_version += 100;
+    info.set(0, v, 0).unwrap();
+    let out = agent.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another enforcer layout") && err.trim().lines().count() == 1, "{err}");
+}
+
+/// Runs `enforcer run` in a private mount namespace prepared by `setup` (shell commands).
+fn run_in_mount_ns(ns: &Netns, cg: &Cgroup, setup: &str, pin_dir: &str) -> std::process::Output {
+    std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "{setup} && exec nsenter --net=/run/netns/{} {} run --cgroup {} --pin-dir {pin_dir} --interval 100ms --threshold 1GiB & \
+             pid=$!; sleep 2; kill -TERM $pid 2>/dev/null; wait $pid",
+            ns.name,
+            enforcer_tests::enforcer_bin().display(),
+            cg.path.display()
+        ))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bpffs_unmounted_is_mounted_and_read_only_is_one_clear_line() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let pin_dir = format!("/sys/fs/bpf/{}", unique("enforcer-test"));
+    // Only in this private mount namespace: the host's bpffs is not touched.
+    let out = run_in_mount_ns(&ns, &cg, "(umount /sys/fs/bpf 2>/dev/null; true)", &pin_dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("mounted a bpf filesystem") && err.contains("enforcer detached"), "{err}");
+
+    let out = run_in_mount_ns(&ns, &cg, "mount -o remount,bind,ro /sys/fs/bpf", &pin_dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Read-only file system") && err.trim().lines().count() == 1, "{err}");
+    assert!(!std::path::Path::new(&pin_dir).exists());
+}
