@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -77,6 +77,12 @@ pub struct SockRecord {
     pub snd_una: u32,
     /// `rcv_nxt` as of `rx_progress_ns`.
     pub rcv_nxt: u32,
+    /// When a segment arrived acknowledging up to `pending_ack` (0: none pending). Progress is
+    /// dated to it only once the kernel's own `snd_una` has got there: a segment the kernel
+    /// drops (bad checksum, out of window) must not count as progress.
+    pub pending_ns: u64,
+    pub pending_ack: u32,
+    pub _pad1: u32,
 }
 
 /// The record was made by the snapshot for a connection that already existed when the agent
@@ -173,7 +179,6 @@ pub struct KernelOffsets {
     pub tp_bytes_acked: u32,
     pub tp_bytes_received: u32,
     pub skb_data: u32,
-    pub skb_len: u32,
     /// `sock_common` addressing, for adopting existing connections.
     pub skc_family: u32,
     pub skc_num: u32,
@@ -185,7 +190,6 @@ pub struct KernelOffsets {
     /// `cgroup.level` and `cgroup.ancestors`.
     pub cgroup_level: u32,
     pub cgroup_ancestors: u32,
-    pub _pad: u32,
 }
 
 /// Counters in the per-CPU `STATS` array, one slot each.
@@ -271,8 +275,8 @@ pub struct KillRecord {
 }
 
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
-const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 160);
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
 const _: () = assert!(core::mem::size_of::<AgentInfo>() == 4096);
 const _: () = assert!(core::mem::size_of::<KillRecord>() == 112);
 

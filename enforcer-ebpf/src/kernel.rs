@@ -23,7 +23,6 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     tp_bytes_acked: 0,
     tp_bytes_received: 0,
     skb_data: 0,
-    skb_len: 0,
     skc_family: 0,
     skc_num: 0,
     skc_dport: 0,
@@ -33,7 +32,6 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_v6_rcv_saddr: 0,
     cgroup_level: 0,
     cgroup_ancestors: 0,
-    _pad: 0,
 };
 
 /// Overridden by the loader: the watched cgroup (see `WatchConfig`).
@@ -91,4 +89,28 @@ pub fn seq_after(a: u32, b: u32) -> bool {
 pub fn now() -> u64 {
     // SAFETY: no arguments, no preconditions.
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
+}
+
+/// Brings a record up to date with what the kernel has accepted (`snd_una`, `rcv_nxt` and the
+/// peer's window as the socket holds them), dating any change to `now` — or, for `snd_una`, to
+/// the segment that carried the acknowledgement, once the kernel confirms it.
+#[inline(always)]
+pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: u64) {
+    if snd_una != rec.snd_una {
+        rec.tx_progress_ns =
+            if rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una) { rec.pending_ns } else { now };
+        rec.snd_una = snd_una;
+        rec.pending_ns = 0;
+    }
+    if rcv_nxt != rec.rcv_nxt {
+        rec.rcv_nxt = rcv_nxt;
+        rec.rx_progress_ns = now;
+    }
+    if snd_wnd == 0 {
+        if rec.zero_window_since_ns == 0 {
+            rec.zero_window_since_ns = now;
+        }
+    } else if rec.zero_window_since_ns != 0 {
+        rec.zero_window_since_ns = 0;
+    }
 }

@@ -116,9 +116,13 @@ pub struct RunArgs {
     /// [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_kills_per_minute: Option<usize>,
-    /// Never destroy a socket whose local or remote port is P (repeatable).
+    /// Never destroy a socket whose local port is P: a service of this host (repeatable).
     #[arg(long, value_name = "P")]
     pub protect_port: Vec<u16>,
+    /// Never destroy a socket whose remote port is P: a service this host connects to
+    /// (repeatable).
+    #[arg(long, value_name = "P")]
+    pub protect_remote_port: Vec<u16>,
     /// Never destroy a socket whose remote address is in CIDR (repeatable).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub protect_cidr: Vec<IpNet>,

@@ -36,14 +36,19 @@ pub enum Kind {
 
 #[derive(Debug, Clone, Default)]
 pub struct Protect {
+    /// Local ports: the services this host serves.
     pub ports: Vec<u16>,
+    /// Remote ports: the services this host connects to. Never matched against the local side,
+    /// nor `ports` against the remote side: a peer chooses its own source port.
+    pub remote_ports: Vec<u16>,
     pub cidrs: Vec<IpNet>,
     pub cgroups: HashSet<u64>,
 }
 
 impl Protect {
     pub fn covers(&self, s: &Socket) -> bool {
-        self.ports.iter().any(|&p| p == s.local.port() || p == s.remote.port())
+        self.ports.contains(&s.local.port())
+            || self.remote_ports.contains(&s.remote.port())
             || self.cidrs.iter().any(|n| n.contains(&s.remote.ip()))
             || self.cgroups.contains(&s.cgroup_id)
     }
@@ -88,18 +93,41 @@ impl Reason {
 }
 
 /// What was seen of a socket in the previous snapshot.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Seen {
     pub bytes_acked: u64,
     pub send_queue: u64,
+    /// Agent clock (ms) before which the current backlog did not exist: the last snapshot that
+    /// saw nothing outstanding. None when the backlog predates every snapshot.
+    pub queued_since_ms: Option<u64>,
+}
+
+/// The agent's clock at a snapshot and the time since the previous one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tick {
+    pub now_ms: u64,
+    pub elapsed_ms: u64,
+}
+
+/// What to remember of `s` for the next snapshot, given what was remembered at the previous one
+/// (taken at `before_ms`).
+pub fn next_seen(s: &Socket, before: Option<&Seen>, before_ms: u64) -> Seen {
+    let queued_since_ms = match before {
+        _ if s.send_queue == 0 => None,
+        Some(b) if b.send_queue == 0 => Some(before_ms),
+        Some(b) => b.queued_since_ms,
+        None => None,
+    };
+    Seen { bytes_acked: s.bytes_acked, send_queue: s.send_queue, queued_since_ms }
 }
 
 /// How long the socket has been stalled. The tracker dates a stall from the last ACK that moved
-/// `snd_una`; if the previous snapshot saw nothing outstanding, data was queued since, so the
-/// stall cannot be older than that snapshot.
-pub fn stalled_ms(s: &Socket, seen: Option<&Seen>, elapsed_ms: u64) -> u64 {
+/// `snd_una`; a backlog that appeared after some snapshot saw nothing outstanding cannot have
+/// been stalled for longer than since that snapshot.
+pub fn stalled_ms(s: &Socket, seen: Option<&Seen>, tick: Tick) -> u64 {
     match seen {
-        Some(seen) if seen.send_queue == 0 => s.stalled_ms.min(elapsed_ms),
+        Some(x) if x.send_queue == 0 => s.stalled_ms.min(tick.elapsed_ms),
+        Some(Seen { queued_since_ms: Some(t), .. }) => s.stalled_ms.min(tick.now_ms.saturating_sub(*t)),
         _ => s.stalled_ms,
     }
 }
@@ -139,9 +167,12 @@ pub fn fair_shares(fairness: Fairness, sockets: &[Socket], threshold: u64) -> Ve
 }
 
 /// Milliseconds the send queue would take to drain at the rate acked since the previous snapshot.
+/// Only a backlog the peer failed to drain says anything about the peer: when the previous
+/// snapshot's queue was empty or fully acknowledged since, the rate was the application's.
 pub fn drain_estimate_ms(s: &Socket, seen: Option<&Seen>, elapsed_ms: u64) -> Option<u64> {
-    let acked = s.bytes_acked.checked_sub(seen?.bytes_acked)?;
-    if acked == 0 || elapsed_ms == 0 {
+    let seen = seen?;
+    let acked = s.bytes_acked.checked_sub(seen.bytes_acked)?;
+    if acked == 0 || elapsed_ms == 0 || acked >= seen.send_queue {
         return None;
     }
     Some(((s.send_queue as u128 * elapsed_ms as u128) / acked as u128).min(u64::MAX as u128) as u64)
@@ -155,7 +186,7 @@ pub struct Verdict {
     pub capped: usize,
 }
 
-pub fn decide(p: &Policy, sockets: &[Socket], prev: &HashMap<u64, Seen>, elapsed_ms: u64, pressure: u64) -> Verdict {
+pub fn decide(p: &Policy, sockets: &[Socket], prev: &HashMap<u64, Seen>, tick: Tick, pressure: u64) -> Verdict {
     let mut out = Vec::new();
     let mut capped = 0;
     if pressure > p.threshold {
@@ -166,8 +197,8 @@ pub fn decide(p: &Policy, sockets: &[Socket], prev: &HashMap<u64, Seen>, elapsed
             .filter(|(s, share)| s.send_queue > **share && !p.protect.covers(s))
             .filter_map(|(s, &share)| {
                 let seen = prev.get(&s.cookie);
-                let drain = drain_estimate_ms(s, seen, elapsed_ms);
-                let stalled = stalled_ms(s, seen, elapsed_ms);
+                let drain = drain_estimate_ms(s, seen, tick.elapsed_ms);
+                let stalled = stalled_ms(s, seen, tick);
                 let reason = if stalled >= p.stall_ms {
                     Reason::Stalled
                 } else if drain.is_some_and(|d| d > p.max_drain_ms) {
@@ -268,7 +299,7 @@ mod tests {
     }
 
     fn run(p: &Policy, sockets: &[Socket], prev: &HashMap<u64, Seen>, elapsed_ms: u64, pressure: u64) -> Vec<Decision> {
-        decide(p, sockets, prev, elapsed_ms, pressure).decisions
+        decide(p, sockets, prev, Tick { now_ms: 100_000, elapsed_ms }, pressure).decisions
     }
 
     fn policy(threshold: u64) -> Policy {
@@ -337,7 +368,7 @@ mod tests {
             sock(1, "192.0.2.1:1", 4 << 20, 200, 1_000_000 + 5 * 1024),
             sock(2, "192.0.2.2:1", 4 << 20, 0, 1_000_000 + (6 << 20)),
         ];
-        let seen = Seen { bytes_acked: 1_000_000, send_queue: 4 << 20 };
+        let seen = Seen { bytes_acked: 1_000_000, send_queue: 4 << 20, queued_since_ms: None };
         let prev: HashMap<u64, Seen> = [(1, seen), (2, seen)].into();
         let d = run(&policy(1 << 20), &sockets, &prev, 1000, 8 << 20);
         assert_eq!(cookies(&d), [1]);
@@ -361,7 +392,7 @@ mod tests {
         p.kind = Kind::Heffner;
         assert_eq!(cookies(&run(&p, &sockets, &HashMap::new(), 1000, 12 << 20)), [1, 2, 3]);
         p.max_kills = 2;
-        let v = decide(&p, &sockets, &HashMap::new(), 1000, 12 << 20);
+        let v = decide(&p, &sockets, &HashMap::new(), Tick { now_ms: 100_000, elapsed_ms: 1000 }, 12 << 20);
         assert_eq!(cookies(&v.decisions), [2, 3]);
         assert_eq!(v.capped, 1, "the third offender is held back by max_kills");
     }
@@ -375,9 +406,21 @@ mod tests {
         let mut p = policy(1 << 20);
         p.kind = Kind::Heffner;
         p.protect.cidrs.push("192.0.2.0/24".parse().expect("cidr"));
-        p.protect.ports.push(443);
+        p.protect.remote_ports.push(443);
         p.protect.cgroups.insert(42);
         assert!(run(&p, &sockets, &HashMap::new(), 1000, 200 << 20).is_empty());
+    }
+
+    #[test]
+    fn a_peer_cannot_borrow_protection_with_its_source_port() {
+        // Connected to our port 80 from source port 22: --protect-port 22 protects our sshd,
+        // not whoever picks 22 as a source port.
+        let s = sock(1, "192.0.2.1:22", 50 << 20, 5000, 0);
+        let mut p = policy(1 << 20);
+        p.protect.ports.push(22);
+        assert_eq!(cookies(&run(&p, &[s.clone()], &HashMap::new(), 1000, 100 << 20)), [1]);
+        p.protect.ports.push(80);
+        assert!(run(&p, &[s], &HashMap::new(), 1000, 100 << 20).is_empty());
     }
 
     #[test]
@@ -432,21 +475,33 @@ mod tests {
     #[test]
     fn drain_estimate() {
         let s = sock(1, "192.0.2.1:1", 1000, 0, 600);
-        let seen = |bytes_acked| Seen { bytes_acked, send_queue: 1000 };
+        let seen = |bytes_acked| Seen { bytes_acked, send_queue: 1000, queued_since_ms: None };
         assert_eq!(drain_estimate_ms(&s, Some(&seen(500)), 1000), Some(10_000));
         assert_eq!(drain_estimate_ms(&s, Some(&seen(600)), 1000), None);
         assert_eq!(drain_estimate_ms(&s, None, 1000), None);
+        // The previous backlog was fully acknowledged: the application, not the peer, set the
+        // rate (1 KB sent, then 4 MB written).
+        let big = sock(1, "192.0.2.1:1", 4 << 20, 0, 1600);
+        let before = Seen { bytes_acked: 600, send_queue: 1000, queued_since_ms: None };
+        assert_eq!(drain_estimate_ms(&big, Some(&before), 1000), None);
     }
 
     #[test]
     fn a_stall_is_no_older_than_the_data() {
-        // Idle for ten minutes with nothing outstanding, then data queued: stalled since the
-        // previous snapshot at most, not since the last ACK ten minutes ago.
-        let s = sock(1, "192.0.2.1:1", 50 << 20, 600_000, 0);
-        let idle_before = Seen { bytes_acked: 0, send_queue: 0 };
-        assert_eq!(stalled_ms(&s, Some(&idle_before), 250), 250);
-        assert_eq!(stalled_ms(&s, Some(&Seen { send_queue: 1, ..idle_before }), 250), 600_000);
-        let prev: HashMap<u64, Seen> = [(1, idle_before)].into();
-        assert!(run(&policy(1 << 20), &[s], &prev, 250, 60 << 20).is_empty());
+        // Idle for ten minutes with nothing outstanding, then data queued to a closed window:
+        // stalled since the last empty snapshot at most, however long ago the last ACK was.
+        let mut s = sock(1, "192.0.2.1:1", 0, 0, 0);
+        s.stalled_ms = 600_000;
+        let mut seen = next_seen(&s, None, 0); // t=0: nothing outstanding
+        s.send_queue = 50 << 20;
+        let tick = |now_ms| Tick { now_ms, elapsed_ms: 250 };
+        assert_eq!(stalled_ms(&s, Some(&seen), tick(250)), 250);
+        for now in [250, 500, 750] {
+            seen = next_seen(&s, Some(&seen), now - 250);
+            assert_eq!(stalled_ms(&s, Some(&seen), tick(now + 250)), now + 250, "at {now}");
+        }
+        let prev: HashMap<u64, Seen> = [(1, seen)].into();
+        assert!(decide(&policy(1 << 20), &[s.clone()], &prev, tick(900), 60 << 20).decisions.is_empty());
+        assert_eq!(decide(&policy(1 << 20), &[s], &prev, tick(1000), 60 << 20).decisions.len(), 1);
     }
 }

@@ -38,6 +38,7 @@ pub struct Settings {
     pub max_kills: usize,
     pub max_kills_per_minute: usize,
     pub protect_ports: Vec<u16>,
+    pub protect_remote_ports: Vec<u16>,
     pub protect_cidrs: Vec<String>,
     pub protect_cgroups: Vec<PathBuf>,
     pub max_per_remote: Option<usize>,
@@ -66,6 +67,7 @@ struct File {
     max_kills: Option<usize>,
     max_kills_per_minute: Option<usize>,
     protect_port: Vec<u16>,
+    protect_remote_port: Vec<u16>,
     protect_cidr: Vec<IpNet>,
     protect_cgroup: Vec<PathBuf>,
     max_per_remote: Option<usize>,
@@ -120,13 +122,13 @@ fn parse_file(text: &str) -> Result<File, String> {
             }
             "max-kills" => f.max_kills = Some(int()? as usize),
             "max-kills-per-minute" => f.max_kills_per_minute = Some(int()? as usize),
-            "protect-port" => {
+            "protect-port" | "protect-remote-port" => {
                 for v in list()? {
                     let p = v
                         .as_integer()
                         .and_then(|n| u16::try_from(n).ok())
                         .ok_or_else(|| bad("expected ports (0-65535)"))?;
-                    f.protect_port.push(p);
+                    if key == "protect-port" { f.protect_port.push(p) } else { f.protect_remote_port.push(p) }
                 }
             }
             "protect-cidr" => {
@@ -198,6 +200,7 @@ impl Settings {
         let idle = args.idle.or(file.idle).unwrap_or(Duration::from_secs(300));
         let max_kills = args.max_kills.or(file.max_kills).unwrap_or(DEFAULT_MAX_KILLS);
         let protect_ports: Vec<u16> = pick(args.protect_port, file.protect_port);
+        let protect_remote_ports: Vec<u16> = pick(args.protect_remote_port, file.protect_remote_port);
         let protect_cidrs: Vec<IpNet> = pick(args.protect_cidr, file.protect_cidr);
         let protect_cgroups: Vec<PathBuf> = pick(args.protect_cgroup, file.protect_cgroup);
         let mut cgroup_ids = HashSet::new();
@@ -214,7 +217,12 @@ impl Settings {
             fairness,
             kind,
             max_kills,
-            protect: Protect { ports: protect_ports.clone(), cidrs: protect_cidrs.clone(), cgroups: cgroup_ids },
+            protect: Protect {
+                ports: protect_ports.clone(),
+                remote_ports: protect_remote_ports.clone(),
+                cidrs: protect_cidrs.clone(),
+                cgroups: cgroup_ids,
+            },
             max_per_remote,
             idle_ms: ms(idle),
             frees_wmem: !matches!(source, pressure::Source::Tracked),
@@ -245,6 +253,7 @@ impl Settings {
                 .or(file.max_kills_per_minute)
                 .unwrap_or(DEFAULT_MAX_KILLS_PER_MINUTE),
             protect_ports,
+            protect_remote_ports,
             protect_cidrs: protect_cidrs.iter().map(ToString::to_string).collect(),
             protect_cgroups,
             max_per_remote,

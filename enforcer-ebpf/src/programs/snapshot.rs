@@ -14,7 +14,7 @@ use aya_ebpf::{
 use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SnapshotEntry, SockRecord, stats};
 
 use crate::{
-    kernel::{load, off, read_bytes, watch},
+    kernel::{load, off, read_bytes, reconcile, watch},
     maps::{SOCKETS, count},
 };
 
@@ -79,6 +79,9 @@ unsafe fn adopt(tp: *const u8, now: u64) -> Option<*mut SockRecord> {
         zero_window_since_ns: if snd_wnd == 0 { now } else { 0 },
         snd_una: unsafe { load(tp, off!(tp_snd_una)) },
         rcv_nxt: unsafe { load(tp, off!(tp_rcv_nxt)) },
+        pending_ns: 0,
+        pending_ack: 0,
+        _pad1: 0,
     };
     // Assigns a cookie if the socket never had one; tcp_probe and tcp_destroy_sock read it.
     // SAFETY: `tp` is a socket pointer the helper accepts.
@@ -154,17 +157,7 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
         }
     }
 
-    if e.snd_una != rec.snd_una {
-        rec.snd_una = e.snd_una;
-        rec.tx_progress_ns = now;
-    }
-    if e.rcv_nxt != rec.rcv_nxt {
-        rec.rcv_nxt = e.rcv_nxt;
-        rec.rx_progress_ns = now;
-    }
-    if e.snd_wnd != 0 {
-        rec.zero_window_since_ns = 0;
-    }
+    reconcile(rec, e.snd_una, e.rcv_nxt, e.snd_wnd, now);
     e.record = *rec;
 
     // SAFETY: `meta->seq` is the seq_file of this iteration; `e` lives on our stack.

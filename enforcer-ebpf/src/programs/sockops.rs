@@ -85,6 +85,9 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         zero_window_since_ns: 0,
         snd_una: seqs[0],
         rcv_nxt: seqs[1],
+        pending_ns: 0,
+        pending_ack: 0,
+        _pad1: 0,
     };
     SOCKETS.insert(cookie, record, 0).map_err(|e| -e)?;
     count(stats::TRACKED);

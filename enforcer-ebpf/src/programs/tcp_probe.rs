@@ -2,15 +2,18 @@
 //! probe ACKs included, which sock_ops never sees. Keeps the record's progress times and the
 //! zero-window start current.
 //!
-//! The tracepoint fires at the top of `tcp_rcv_established`, before the segment is processed,
-//! so the socket still holds the old `snd_una`/`rcv_nxt` and `skb->data` is the TCP header; the
-//! segment itself says what it acknowledges and which window it advertises. Hot path for every
-//! socket of the machine: sockets we do not track cost one cookie read and one hash lookup.
+//! The tracepoint fires at the top of `tcp_rcv_established`, before the segment is processed
+//! (and before checksum and window checks), so the socket holds what the kernel accepted from
+//! earlier segments and `skb->data` is the TCP header. Only the kernel's own state counts as
+//! progress; this segment's acknowledgement is kept as a candidate and dates the progress once
+//! the kernel's `snd_una` confirms it, so a peer cannot fake progress with segments the kernel
+//! drops. Hot path for every socket of the machine: sockets we do not track cost one cookie
+//! read and one hash lookup.
 use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, programs::BtfTracePointContext};
 use enforcer_common::{FAULT_TCP_PROBE, stats};
 
 use crate::{
-    kernel::{load, now, off, read_bytes, seq_after, watch},
+    kernel::{load, now, off, read_bytes, reconcile, seq_after, watch},
     maps::{SOCKETS, count},
 };
 
@@ -45,43 +48,24 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
     if tp.is_null() {
         return Err(());
     }
-    // SAFETY: `skb` is a BTF `struct sk_buff *`; offsets of `data` and `len`.
-    let (data, len): (*const u8, u32) = unsafe { (load(skb, off!(skb_data)), load(skb, off!(skb_len))) };
-    // seq, ack_seq, data offset, flags, window of the TCP header.
-    let th: [u8; 16] = read_bytes(data).ok_or(())?;
-    let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
-    let ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
-    let header_len = ((th[12] >> 4) as u32) * 4;
-    let flags = th[13];
-    let window = u16::from_be_bytes([th[14], th[15]]);
-    let data_len = len.saturating_sub(header_len);
-
+    // The socket's state before this segment: what the kernel accepted from earlier ones.
     // SAFETY: `tp` is a BTF `struct tcp_sock *`; offsets of u32 fields.
-    let (snd_una, snd_nxt, rcv_nxt): (u32, u32, u32) =
-        unsafe { (load(tp, off!(tp_snd_una)), load(tp, off!(tp_snd_nxt)), load(tp, off!(tp_rcv_nxt))) };
+    let (snd_una, snd_nxt, rcv_nxt, snd_wnd): (u32, u32, u32, u32) = unsafe {
+        (load(tp, off!(tp_snd_una)), load(tp, off!(tp_snd_nxt)), load(tp, off!(tp_rcv_nxt)), load(tp, off!(tp_snd_wnd)))
+    };
     // SAFETY: a map value pointer from a successful lookup; racing writers only store times.
     let rec = unsafe { &mut *rec };
-    // Writes only when something changed: a dirty cache line costs more than the compare.
-    if flags & TH_ACK != 0 {
-        // Progress only for an ACK of data we really sent: a peer must not fake progress by
-        // acknowledging beyond snd_nxt (the kernel drops such ACKs too).
-        if seq_after(ack, snd_una) && !seq_after(ack, snd_nxt) {
-            rec.snd_una = ack;
-            rec.tx_progress_ns = now();
-        }
-        // Zero is zero whatever the window scale.
-        if window == 0 {
-            if rec.zero_window_since_ns == 0 {
-                rec.zero_window_since_ns = now();
-            }
-        } else if rec.zero_window_since_ns != 0 {
-            rec.zero_window_since_ns = 0;
-        }
-    }
-    // New in-order bytes from the peer.
-    if data_len > 0 && !seq_after(seq, rcv_nxt) && seq_after(seq.wrapping_add(data_len), rcv_nxt) {
-        rec.rcv_nxt = seq.wrapping_add(data_len);
-        rec.rx_progress_ns = now();
+    let now = now();
+    reconcile(rec, snd_una, rcv_nxt, snd_wnd, now);
+
+    // This segment's acknowledgement, a candidate until the kernel's snd_una confirms it.
+    // SAFETY: `skb` is a BTF `struct sk_buff *`; the offset of `data`, the TCP header here.
+    let data: *const u8 = unsafe { load(skb, off!(skb_data)) };
+    let th: [u8; 14] = read_bytes(data).ok_or(())?;
+    let ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
+    if th[13] & TH_ACK != 0 && seq_after(ack, snd_una) && !seq_after(ack, snd_nxt) {
+        rec.pending_ack = ack;
+        rec.pending_ns = now;
     }
     Ok(())
 }

@@ -44,7 +44,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(settings.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let storm = StormGuard::new(settings.max_kills_per_minute);
-    let mut agent = Agent { settings, loaded, prev: HashMap::new(), prev_at: None, storm };
+    let mut agent = Agent { settings, loaded, prev: HashMap::new(), epoch: Instant::now(), prev_ms: 0, storm };
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -60,9 +60,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
 struct Agent {
     settings: Settings,
     loaded: Loaded,
-    /// What the previous snapshot saw, for progress rates.
+    /// What the previous snapshot saw, for progress rates and stall bounds.
     prev: HashMap<u64, Seen>,
-    prev_at: Option<Instant>,
+    /// The agent's clock: `epoch` is its zero, `prev_ms` the previous snapshot.
+    epoch: Instant,
+    prev_ms: u64,
     storm: StormGuard,
 }
 
@@ -107,8 +109,9 @@ impl Agent {
                 return;
             }
         };
-        let elapsed_ms = self.prev_at.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
-        let verdict = policy::decide(&self.settings.rule, &sockets, &self.prev, elapsed_ms, pressure);
+        let now_ms = started.duration_since(self.epoch).as_millis() as u64;
+        let tick = policy::Tick { now_ms, elapsed_ms: now_ms - self.prev_ms };
+        let verdict = policy::decide(&self.settings.rule, &sockets, &self.prev, tick, pressure);
         let decided = started.elapsed();
         let mut decisions = verdict.decisions;
         if verdict.capped > 0 {
@@ -135,8 +138,8 @@ impl Agent {
             }
         }
         self.prev =
-            sockets.iter().map(|s| (s.cookie, Seen { bytes_acked: s.bytes_acked, send_queue: s.send_queue })).collect();
-        self.prev_at = Some(started);
+            sockets.iter().map(|s| (s.cookie, policy::next_seen(s, self.prev.get(&s.cookie), self.prev_ms))).collect();
+        self.prev_ms = now_ms;
         tracing::debug!(
             sockets = sockets.len(),
             pressure,
