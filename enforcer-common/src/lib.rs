@@ -154,6 +154,9 @@ impl SnapshotEntry {
     }
 }
 
+/// An offset in `KernelOffsets` for a field the running kernel does not have.
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
 /// Byte offsets of the kernel fields the programs read, from `/sys/kernel/btf/vmlinux` at load
 /// time (Rust eBPF has no CO-RE relocations). A frozen `.rodata` global, so the verifier sees
 /// each one as a constant.

@@ -15,7 +15,7 @@ use crate::pins::DEFAULT_PIN_DIR;
 when the peer last acknowledged data, whether the peer's window is closed. `enforcer run` is the \
 agent (root); `enforcer sockets` and `enforcer status` read what a running agent pinned.\n\n\
 Snapshots cover the network namespace of the process that asks: run the CLI in the agent's \
-namespace (e.g. `ip netns exec NS enforcer sockets`)."
+namespace (e.g. `nsenter --net=/run/netns/NS enforcer sockets`)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -233,8 +233,8 @@ pub struct KillsArgs {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 1s, 2m)"))?;
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
     }
     Ok(d)
 }

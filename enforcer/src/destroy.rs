@@ -66,7 +66,23 @@ impl Netlink {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) }, seq: 0 })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A reply that never comes must not hang the agent.
+        let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
+        // SAFETY: setsockopt reads the struct we pass, of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd, seq: 0 })
     }
 }
 

@@ -46,11 +46,13 @@ pub struct Loaded {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     pinned: Vec<PathBuf>,
+    /// The pin directory's flock, held while the agent lives (declared last: released last).
+    _lock: std::fs::File,
 }
 
 impl Loaded {
     pub fn load(opts: &LoadOptions<'_>) -> Result<Self> {
-        prepare_pin_dir(opts.pin_dir)?;
+        let lock = prepare_pin_dir(opts.pin_dir)?;
         let kernel_btf = btf::Btf::from_file(Path::new(btf::VMLINUX)).context("reading kernel BTF")?;
         let offsets = offsets::from_btf(&kernel_btf)?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for program attach points")?;
@@ -68,13 +70,8 @@ impl Loaded {
             .map_max_entries(names::MAP_SOCKETS, opts.max_sockets)
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
-        std::fs::create_dir_all(opts.pin_dir)
-            .with_context(|| format!("creating pin directory {}", opts.pin_dir.display()))?;
-        // Root only: the maps say which connections exist and who owns them. (Pinned objects
-        // are 0600 already.)
-        std::fs::set_permissions(opts.pin_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("restricting pin directory {} to root", opts.pin_dir.display()))?;
-        let mut loaded = Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new() };
+        let mut loaded =
+            Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new(), _lock: lock };
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
         loaded.write_info(opts.settings)?;
@@ -198,25 +195,30 @@ impl Drop for Loaded {
     }
 }
 
-/// Refuses a directory in use by a live agent; clears one left by an agent that died.
-fn prepare_pin_dir(dir: &Path) -> Result<()> {
+/// Creates and locks the pin directory; refuses one a live agent holds and clears the pins of
+/// an agent that died (of any version: nobody holds the lock).
+fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
     sys::ensure_bpffs(dir)?;
-    match pins::PinDir::open(dir) {
-        Ok(pins) => {
-            let pid = pins.info().map(|i| i.pid).unwrap_or(0);
-            bail!(
-                "another enforcer agent (pid {pid}) is running with pins in {}: stop it or choose another --pin-dir",
-                dir.display()
-            )
+    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    // Root only: the maps say which connections exist and who owns them. (Pinned objects are
+    // 0600 already.)
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting pin directory {} to root", dir.display()))?;
+    let Some(lock) = sys::lock_dir(dir, true)? else {
+        let pid = pins::PinDir::open(dir).and_then(|p| p.info()).map(|i| i.pid.to_string());
+        bail!(
+            "another enforcer agent (pid {}) is running with pins in {}: stop it or choose another --pin-dir",
+            pid.unwrap_or_else(|_| "unknown".into()),
+            dir.display()
+        )
+    };
+    let stale: Vec<PathBuf> =
+        names::ALL_PINS.iter().map(|n| pins::PinDir::path(dir, n)).filter(|p| p.exists()).collect();
+    if !stale.is_empty() {
+        tracing::warn!(dir = %dir.display(), "removing stale pins of an agent that is no longer running");
+        for p in stale {
+            std::fs::remove_file(&p).with_context(|| format!("removing stale pin {}", p.display()))?;
         }
-        Err(pins::PinError::NotRunning(_)) => Ok(()),
-        Err(e @ pins::PinError::Stale { .. }) => {
-            tracing::warn!(dir = %dir.display(), reason = %e, "removing stale pins");
-            for name in names::ALL_PINS {
-                let _ = std::fs::remove_file(pins::PinDir::path(dir, name));
-            }
-            Ok(())
-        }
-        Err(e) => Err(e).context("checking the pin directory"),
     }
+    Ok(lock)
 }

@@ -4,6 +4,9 @@ use enforcer_common::KernelOffsets;
 
 use crate::btf::Btf;
 
+/// The offset of a field this kernel does not have; the programs read 0 instead.
+pub const ABSENT: u32 = enforcer_common::OFFSET_ABSENT;
+
 /// Finds every offset in `KernelOffsets`, checking each field's size so a kernel that changed a
 /// type is refused instead of misread.
 pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
@@ -28,7 +31,11 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         tp_copied_seq: field("tcp_sock", "copied_seq", 4)?,
         tp_snd_wnd: field("tcp_sock", "snd_wnd", 4)?,
         tp_total_retrans: field("tcp_sock", "total_retrans", 4)?,
-        tp_total_rto: field("tcp_sock", "total_rto", 2)?,
+        // Only since Linux 6.7; older kernels report 0 RTOs.
+        tp_total_rto: match btf.member("tcp_sock", "total_rto") {
+            Err(crate::btf::BtfError::NoMember { .. }) => ABSENT,
+            _ => field("tcp_sock", "total_rto", 2)?,
+        },
         tp_bytes_acked: field("tcp_sock", "bytes_acked", 8)?,
         tp_bytes_received: field("tcp_sock", "bytes_received", 8)?,
         skb_data: field("sk_buff", "data", 8)?,

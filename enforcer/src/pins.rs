@@ -16,10 +16,8 @@ pub enum PinError {
         "no enforcer agent is running with pins in {0} (start one with `enforcer run`, or pass the agent's --pin-dir)"
     )]
     NotRunning(PathBuf),
-    #[error(
-        "the agent that pinned {dir} (pid {pid}) is no longer running; its pins are stale (a new `enforcer run` removes them)"
-    )]
-    Stale { dir: PathBuf, pid: u32 },
+    #[error("the agent that pinned {0} is no longer running; its pins are stale (a new `enforcer run` removes them)")]
+    Stale(PathBuf),
     #[error(
         "{0} was pinned by another program or another enforcer layout (version {1}, this binary reads {LAYOUT_VERSION}): use the same enforcer version as the agent"
     )]
@@ -61,11 +59,12 @@ impl PinDir {
         if !Self::path(dir, names::PIN_INFO).exists() {
             return Err(PinError::NotRunning(dir.to_owned()));
         }
-        let pins = Self { dir: dir.to_owned() };
-        let info = pins.info()?;
-        if !sys::pid_alive(info.pid) {
-            return Err(PinError::Stale { dir: dir.to_owned(), pid: info.pid });
+        // A live agent holds the directory's lock; if we can take it, nobody does.
+        if sys::lock_dir(dir, false).ok().flatten().is_some() {
+            return Err(PinError::Stale(dir.to_owned()));
         }
+        let pins = Self { dir: dir.to_owned() };
+        pins.info()?;
         Ok(pins)
     }
 
@@ -144,5 +143,12 @@ pub fn read_snapshot(path: &Path) -> Result<Vec<SnapshotEntry>, PinError> {
     if bytes.len() % size != 0 {
         return Err(PinError::Torn(path.to_owned()));
     }
-    Ok(bytes.chunks_exact(size).map(bytemuck::pod_read_unaligned).collect())
+    // The kernel restarts the iteration at each read() of the seq_file, so a socket that came
+    // or went between two reads can show up twice: keep one entry per cookie.
+    let mut seen = std::collections::HashSet::new();
+    Ok(bytes
+        .chunks_exact(size)
+        .map(bytemuck::pod_read_unaligned::<SnapshotEntry>)
+        .filter(|e| seen.insert(e.cookie))
+        .collect())
 }

@@ -241,7 +241,9 @@ pub fn decide(p: &Policy, sockets: &[Socket], prev: &HashMap<u64, Seen>, tick: T
         let mut remotes: Vec<_> = by_remote.into_iter().filter(|(_, v)| v.len() > cap).collect();
         remotes.sort_by_key(|(ip, _)| *ip);
         for (_, conns) in remotes {
-            let excess = conns.len() - cap;
+            // Connections already chosen for the pressure rule count toward the excess.
+            let already = conns.iter().filter(|s| chosen.contains(&s.cookie)).count();
+            let excess = (conns.len() - cap).saturating_sub(already);
             let idle = |s: &Socket| s.rx_idle_ms.min(s.tx_idle_ms);
             let mut idle_ones: Vec<&Socket> = conns
                 .into_iter()

@@ -1,6 +1,7 @@
 //! The agent's settings: command-line flags over `--config` TOML over defaults, validated once.
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 
+use anyhow::Context;
 use ipnet::IpNet;
 use serde::Serialize;
 use thiserror::Error;
@@ -142,12 +143,25 @@ fn parse_file(text: &str) -> Result<File, String> {
                     f.protect_cgroup.push(v.as_str().ok_or_else(|| bad("expected paths"))?.into());
                 }
             }
-            "max-per-remote" => f.max_per_remote = Some(int()? as usize),
+            "max-per-remote" => {
+                f.max_per_remote =
+                    Some(int()? as usize).filter(|&n| n >= 1).ok_or_else(|| bad("must be at least 1"))?.into()
+            }
             "idle" => f.idle = Some(duration()?),
             _ => return Err(format!("unknown key `{key}`")),
         }
     }
     Ok(f)
+}
+
+/// Cgroup ids of every protected directory and every cgroup below them. Resolved again every
+/// interval: a restarted service gets a new cgroup (a new id), and new children appear.
+pub fn protected_cgroup_ids(dirs: &[PathBuf]) -> anyhow::Result<HashSet<u64>> {
+    let mut ids = HashSet::new();
+    for dir in dirs {
+        ids.extend(cgroup_tree_ids(dir).with_context(|| dir.display().to_string())?);
+    }
+    Ok(ids)
 }
 
 /// Cgroup ids of `dir` and every cgroup below it.
@@ -176,11 +190,13 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => File::default(),
         };
+        let from_file = args.cgroup.is_none() && file.cgroup.is_some();
         let cgroup = match args.cgroup.or(file.cgroup) {
             Some(p) => p,
             None => sys::cgroup2_root()?,
         };
-        let cgroup_id = sys::cgroup2_dir(&cgroup)?;
+        let cgroup_id = sys::cgroup2_dir(&cgroup)
+            .map_err(|e| if from_file { UsageError(format!("config key `cgroup`: {e:#}")).into() } else { e })?;
         let threshold = match args.threshold.or(file.threshold) {
             Some(t) => t,
             None => pressure::default_threshold()?,
@@ -202,14 +218,13 @@ impl Settings {
         let protect_ports: Vec<u16> = pick(args.protect_port, file.protect_port);
         let protect_remote_ports: Vec<u16> = pick(args.protect_remote_port, file.protect_remote_port);
         let protect_cidrs: Vec<IpNet> = pick(args.protect_cidr, file.protect_cidr);
+        let which = if args.protect_cgroup.is_empty() { "config key `protect-cgroup`" } else { "--protect-cgroup" };
         let protect_cgroups: Vec<PathBuf> = pick(args.protect_cgroup, file.protect_cgroup);
-        let mut cgroup_ids = HashSet::new();
-        for dir in &protect_cgroups {
-            cgroup_ids.extend(
-                cgroup_tree_ids(dir).map_err(|e| UsageError(format!("--protect-cgroup {}: {e:#}", dir.display())))?,
-            );
-        }
+        let cgroup_ids = protected_cgroup_ids(&protect_cgroups).map_err(|e| UsageError(format!("{which}: {e:#}")))?;
         let max_per_remote = args.max_per_remote.or(file.max_per_remote);
+        if max_per_remote == Some(0) {
+            return Err(UsageError("--max-per-remote must be at least 1".into()).into());
+        }
         let rule = policy::Policy {
             threshold,
             stall_ms: ms(stall),

@@ -100,9 +100,22 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     bail!("{} is not on a bpf filesystem: choose a --pin-dir under a bpffs mount such as {BPFFS_MOUNT}", dir.display())
 }
 
-/// Whether a process with this pid exists.
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Takes an `flock` on directory `dir`: `Some(lock)` held until dropped, or `None` if another
+/// process holds it. The agent holds its pin directory this way for as long as it runs, so a
+/// crashed agent's pins are recognisable whatever its pid became (reused, other namespace).
+pub fn lock_dir(dir: &Path, exclusive: bool) -> Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        return Ok(Some(f));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == std::io::ErrorKind::WouldBlock {
+        return Ok(None);
+    }
+    Err(err).with_context(|| format!("locking {}", dir.display()))
 }
 
 /// Removes the limit on locked memory for kernels that still charge BPF maps against it

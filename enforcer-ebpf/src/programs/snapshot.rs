@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::{bpf_get_socket_cookie, bpf_seq_write, bpf_skc_to_tcp_sock},
 };
-use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SnapshotEntry, SockRecord, stats};
+use enforcer_common::{AF_INET, AF_INET6, OFFSET_ABSENT, RECORD_ADOPTED, SnapshotEntry, SockRecord, stats};
 
 use crate::{
     kernel::{load, off, read_bytes, reconcile, watch},
@@ -142,7 +142,8 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
         snd_wnd: unsafe { load(tp, off!(tp_snd_wnd)) },
         wmem_queued: unsafe { load(tp, off!(sk_wmem_queued)) },
         total_retrans: unsafe { load(tp, off!(tp_total_retrans)) },
-        total_rto: unsafe { load(tp, off!(tp_total_rto)) },
+        // A constant after load: the verifier drops the branch the kernel does not need.
+        total_rto: if off!(tp_total_rto) == OFFSET_ABSENT { 0 } else { unsafe { load(tp, off!(tp_total_rto)) } },
         bytes_acked: unsafe { load(tp, off!(tp_bytes_acked)) },
         bytes_received: unsafe { load(tp, off!(tp_bytes_received)) },
         state: unsafe { load(tp, off!(sk_state)) },

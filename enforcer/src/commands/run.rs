@@ -12,7 +12,7 @@ use crate::{
     loader::{LoadOptions, Loaded},
     pins,
     policy::{self, Seen},
-    settings::Settings,
+    settings::{self, Settings},
     sys,
     view::Socket,
 };
@@ -41,13 +41,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // Created once, so a signal that arrives while an interval runs is not lost.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(settings.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let storm = StormGuard::new(settings.max_kills_per_minute);
     let mut agent = Agent { settings, loaded, prev: HashMap::new(), epoch: Instant::now(), prev_ms: 0, storm };
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => break,
             _ = sigterm.recv() => break,
             _ = ticker.tick() => agent.interval(&mut destroyer),
         }
@@ -109,6 +113,14 @@ impl Agent {
                 return;
             }
         };
+        if !self.settings.protect_cgroups.is_empty() {
+            match settings::protected_cgroup_ids(&self.settings.protect_cgroups) {
+                Ok(ids) => self.settings.rule.protect.cgroups = ids,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "re-reading --protect-cgroup; keeping the previous set")
+                }
+            }
+        }
         let now_ms = started.duration_since(self.epoch).as_millis() as u64;
         let tick = policy::Tick { now_ms, elapsed_ms: now_ms - self.prev_ms };
         let verdict = policy::decide(&self.settings.rule, &sockets, &self.prev, tick, pressure);
