@@ -1,21 +1,7 @@
-mod btf;
-mod cli;
-mod commands;
-mod destroy;
-mod kills;
-mod loader;
-mod offsets;
-mod pins;
-mod policy;
-mod pressure;
-mod settings;
-mod sys;
-mod units;
-mod view;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use enforcer::{cli, commands, settings};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: cli::LogFormat, default_level: &str) {

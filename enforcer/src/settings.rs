@@ -154,6 +154,11 @@ fn parse_file(text: &str) -> Result<File, String> {
     Ok(f)
 }
 
+/// Checks config text the way `--config` does; for fuzzing and tools. Errors name the key.
+pub fn check_config_text(text: &str) -> Result<(), String> {
+    parse_file(text).map(|_| ())
+}
+
 /// Cgroup ids of every protected directory and every cgroup below them. Resolved again every
 /// interval: a restarted service gets a new cgroup (a new id), and new children appear.
 pub fn protected_cgroup_ids(dirs: &[PathBuf]) -> anyhow::Result<HashSet<u64>> {

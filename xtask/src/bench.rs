@@ -20,8 +20,9 @@ pub struct BenchArgs {
     /// Bytes per bulk run.
     #[arg(long, default_value_t = 4 << 30)]
     bulk_bytes: u64,
-    /// Run only one part: `overhead` (cost on traffic) or `attack` (time to destroy attackers).
-    #[arg(long, value_parser = ["overhead", "attack"])]
+    /// Run only one part: `overhead` (cost on traffic), `attack` (time to destroy attackers) or
+    /// `load` (50,000 tracked sockets).
+    #[arg(long, value_parser = ["overhead", "attack", "load"])]
     only: Option<String>,
 }
 
@@ -96,11 +97,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         "enforcer-tests",
         "--bins",
     ]))?;
-    if a.only.as_deref() != Some("attack") {
+    let only = a.only.as_deref();
+    if only.is_none() || only == Some("overhead") {
         overhead(a)?;
     }
-    if a.only.as_deref() != Some("overhead") {
+    if only.is_none() || only == Some("attack") {
         attack_table()?;
+    }
+    if only.is_none() || only == Some("load") {
+        crate::load::table()?;
     }
     Ok(())
 }

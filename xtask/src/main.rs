@@ -2,6 +2,8 @@
 mod attack;
 mod bench;
 mod ebpf;
+mod fuzz;
+mod load;
 mod setup;
 mod test;
 
@@ -27,8 +29,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Measure enforcer's cost (with and without the agent) and write BENCHMARKS.md data.
+    /// Measure enforcer's cost (with and without the agent) and its time to destroy attackers;
+    /// prints the tables BENCHMARKS.md holds.
     Bench(bench::BenchArgs),
+    /// Fuzz the size, duration, CIDR, fairness and config parsers for a bounded time each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() {
@@ -43,6 +48,7 @@ fn run() -> Result<()> {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Test { args } => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
     }
 }
 

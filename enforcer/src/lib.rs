@@ -1,0 +1,17 @@
+//! enforcer: destroys TCP connections that hold more than their fair share of memory without
+//! making progress. The binary (`main.rs`) is a thin shell over these modules; the library
+//! exists so the parsers and the policy can be fuzzed and tested on their own.
+pub mod btf;
+pub mod cli;
+pub mod commands;
+pub mod destroy;
+pub mod kills;
+pub mod loader;
+pub mod offsets;
+pub mod pins;
+pub mod policy;
+pub mod pressure;
+pub mod settings;
+pub mod sys;
+pub mod units;
+pub mod view;
