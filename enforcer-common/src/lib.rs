@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -209,11 +209,13 @@ pub mod stats {
     pub const ERR_TCP_PROBE: u32 = 4;
     /// Errors in the snapshot iterator (a socket that could not be written out).
     pub const ERR_SNAPSHOT: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Connections the snapshot adopted (they predate the agent).
+    pub const ADOPTED: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Names for display, indexed by slot.
     pub const NAMES: [&str; COUNT as usize] =
-        ["tracked", "map_full", "removed", "err_sockops", "err_tcp_probe", "err_snapshot"];
+        ["tracked", "map_full", "removed", "err_sockops", "err_tcp_probe", "err_snapshot", "adopted"];
 }
 
 /// Size of the JSON settings blob in [`AgentInfo`].

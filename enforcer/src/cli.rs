@@ -134,6 +134,9 @@ pub struct RunArgs {
     /// whatever the pressure.
     #[arg(long, value_name = "N")]
     pub max_per_remote: Option<usize>,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465) at /metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Test only: make these kernel programs fail (sockops, tcp-probe), to show errors fail open.
     #[arg(long, hide = true, value_delimiter = ',', value_enum)]
     pub inject_fault: Vec<FaultArg>,

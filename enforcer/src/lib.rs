@@ -7,6 +7,7 @@ pub mod commands;
 pub mod destroy;
 pub mod kills;
 pub mod loader;
+pub mod metrics;
 pub mod offsets;
 pub mod pins;
 pub mod policy;

@@ -17,7 +17,7 @@ use aya::{
 };
 use enforcer_common::{
     AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, WatchConfig, kill_counters,
-    names,
+    names, stats,
 };
 
 use crate::kills::KillEvent;
@@ -148,6 +148,28 @@ impl Loaded {
         let pinned = link.pin(&path).with_context(|| format!("pinning the snapshot iterator at {}", path.display()))?;
         self.snapshot_link = Some(pinned);
         Ok(())
+    }
+
+    /// The kernel programs' counters, summed over CPUs.
+    pub fn stats(&self) -> Result<[u64; stats::COUNT as usize]> {
+        let map = self.ebpf.map(names::MAP_STATS).context("no stats map")?;
+        let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+        let mut out = [0u64; stats::COUNT as usize];
+        for (slot, total) in out.iter_mut().enumerate() {
+            *total = array.get(&(slot as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Run count and run time of each program (zero unless kernel.bpf_stats_enabled=1).
+    pub fn program_stats(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
+        [names::PROG_SOCKOPS, names::PROG_TCP_PROBE, names::PROG_TCP_DESTROY, names::PROG_SNAPSHOT]
+            .into_iter()
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some((name, info.run_count(), info.run_time()))
+            })
+            .collect()
     }
 
     /// Keeps a decision in the pinned ring and counts it, for `enforcer kills` and `status`.

@@ -44,6 +44,7 @@ pub struct Settings {
     pub protect_cgroups: Vec<PathBuf>,
     pub max_per_remote: Option<usize>,
     pub idle_ms: u64,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[serde(skip)]
     pub fault: u32,
     #[serde(skip)]
@@ -73,6 +74,7 @@ struct File {
     protect_cgroup: Vec<PathBuf>,
     max_per_remote: Option<usize>,
     idle: Option<Duration>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn read_file(path: &std::path::Path) -> Result<File, UsageError> {
@@ -148,6 +150,9 @@ fn parse_file(text: &str) -> Result<File, String> {
                     Some(int()? as usize).filter(|&n| n >= 1).ok_or_else(|| bad("must be at least 1"))?.into()
             }
             "idle" => f.idle = Some(duration()?),
+            "metrics-addr" => {
+                f.metrics_addr = Some(string()?.parse().map_err(|_| bad("expected ADDRESS:PORT, e.g. 127.0.0.1:9465"))?)
+            }
             _ => return Err(format!("unknown key `{key}`")),
         }
     }
@@ -278,6 +283,7 @@ impl Settings {
             protect_cgroups,
             max_per_remote,
             idle_ms: ms(idle),
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
             fault: args.inject_fault.iter().fold(0, |bits, f| {
                 bits | match f {
                     FaultArg::Sockops => enforcer_common::FAULT_SOCKOPS,

@@ -71,6 +71,27 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// `GET path` from inside this namespace (a thread joins it), returning the whole response.
+    pub fn http_get(&self, addr: &str, path: &str) -> String {
+        let (name, addr, path) = (self.name.clone(), addr.to_owned(), path.to_owned());
+        thread::spawn(move || {
+            use std::{io::Read, os::fd::AsRawFd};
+            let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+            // SAFETY: setns affects this short-lived thread only.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            let mut conn = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            conn.write_all(request.as_bytes()).unwrap();
+            let mut out = String::new();
+            conn.read_to_string(&mut out).unwrap();
+            out
+        })
+        .join()
+        .unwrap()
+    }
+}
+
 impl Default for Netns {
     fn default() -> Self {
         Self::new()

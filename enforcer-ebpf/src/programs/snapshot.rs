@@ -88,6 +88,7 @@ unsafe fn adopt(tp: *const u8, now: u64) -> Option<*mut SockRecord> {
     let cookie = unsafe { bpf_get_socket_cookie(tp as *mut c_void) };
     // A full map leaves the socket untracked (sock_ops counts `map_full` for new connections).
     SOCKETS.insert(cookie, record, BPF_NOEXIST as u64).ok()?;
+    count(stats::ADOPTED);
     SOCKETS.get_ptr_mut(cookie)
 }
 

@@ -1,8 +1,8 @@
 //! `enforcer run`: the agent. Every interval: snapshot, pressure, rule, destroy, account.
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result};
-use enforcer_common::SnapshotEntry;
+use enforcer_common::{SnapshotEntry, stats};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -10,6 +10,7 @@ use crate::{
     destroy::{Destroy, Netlink},
     kills::{self, KillEvent},
     loader::{LoadOptions, Loaded},
+    metrics::{self, Metrics},
     pins,
     policy::{self, Seen},
     settings::{self, Settings},
@@ -46,8 +47,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(settings.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let metrics = Arc::new(Metrics::new());
+    metrics.threshold.set(settings.threshold as i64);
+    metrics.map_capacity.set(i64::from(settings.max_sockets));
+    if let Some(addr) = settings.metrics_addr {
+        metrics::serve(addr, metrics.clone()).await?;
+    }
     let storm = StormGuard::new(settings.max_kills_per_minute);
-    let mut agent = Agent { settings, loaded, prev: HashMap::new(), epoch: Instant::now(), prev_ms: 0, storm };
+    let mut agent = Agent { settings, loaded, prev: HashMap::new(), epoch: Instant::now(), prev_ms: 0, storm, metrics };
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -70,6 +77,7 @@ struct Agent {
     epoch: Instant,
     prev_ms: u64,
     storm: StormGuard,
+    metrics: Arc<Metrics>,
 }
 
 /// The per-minute cap on decisions (`--max-kills-per-minute`), over a sliding minute.
@@ -106,6 +114,7 @@ impl Agent {
         };
         let sockets: Vec<Socket> = entries.iter().map(Socket::from).collect();
         let scanned = started.elapsed();
+        self.update_gauges(sockets.len());
         let pressure = match self.settings.source.read(&sockets) {
             Ok(p) => p,
             Err(e) => {
@@ -125,6 +134,12 @@ impl Agent {
         let tick = policy::Tick { now_ms, elapsed_ms: now_ms - self.prev_ms };
         let verdict = policy::decide(&self.settings.rule, &sockets, &self.prev, tick, pressure);
         let decided = started.elapsed();
+        let m = &self.metrics;
+        m.pressure.set(pressure as i64);
+        m.scan_seconds.observe(scanned.as_secs_f64());
+        m.policy_seconds.observe((decided - scanned).as_secs_f64());
+        m.offenders.set(verdict.decisions.len() as i64);
+        m.held_back.inc_by(verdict.capped as u64);
         let mut decisions = verdict.decisions;
         if verdict.capped > 0 {
             tracing::warn!(
@@ -140,6 +155,7 @@ impl Agent {
                 max_kills_per_minute = self.storm.per_minute,
                 "kill-storm guard: --max-kills-per-minute held back sockets the rule chose this interval"
             );
+            self.metrics.held_back.inc_by((decisions.len() - allowed) as u64);
             decisions.truncate(allowed);
         }
         if !decisions.is_empty() {
@@ -164,6 +180,25 @@ impl Agent {
         );
     }
 
+    /// Gauges and kernel counters, every interval.
+    fn update_gauges(&self, tracked: usize) {
+        let m = &self.metrics;
+        m.tracked.set(tracked as i64);
+        match self.loaded.stats() {
+            Ok(k) => {
+                m.kernel_counters(&k);
+                // Inserts (sock_ops and adoption) minus removals: the records in the map.
+                let entries = (k[stats::TRACKED as usize] + k[stats::ADOPTED as usize])
+                    .saturating_sub(k[stats::REMOVED as usize]);
+                m.map_entries.set(entries as i64);
+            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "reading kernel counters"),
+        }
+        for (name, runs, time) in self.loaded.program_stats() {
+            m.program_stats(name, runs, time);
+        }
+    }
+
     fn act(&mut self, destroyer: &mut impl Destroy, d: &policy::Decision, entry: &SnapshotEntry, pressure: u64) {
         let threshold = self.settings.threshold;
         let (event, err) = if self.settings.dry_run {
@@ -175,6 +210,7 @@ impl Agent {
             }
         };
         kills::log(event, d, pressure, threshold, err.as_ref());
+        self.metrics.decisions.get_or_create(&vec![("event", event.as_str()), ("reason", d.reason.as_str())]).inc();
         let errno = err.as_ref().and_then(std::io::Error::raw_os_error).unwrap_or(0);
         if let Err(e) = self.loaded.record_kill(kills::record(event, d, &entry.record, pressure, threshold, errno)) {
             tracing::warn!(error = %format!("{e:#}"), "could not record the decision in the pinned ring");

@@ -1,0 +1,82 @@
+//! The Prometheus endpoint, scraped for real, and map overflow as it shows there.
+#![allow(clippy::unwrap_used, reason = "tests panic with context")]
+
+use std::time::Duration;
+
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, wait_for};
+
+/// The value of one sample line (`name{labels} value`) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_are_scraped_and_overflow_is_counted_while_enforcement_goes_on() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let addr = "127.0.0.1:9465";
+    let agent = Agent::start(
+        &ns,
+        &cg,
+        &[
+            "--log-format",
+            "json",
+            "--metrics-addr",
+            addr,
+            "--max-sockets",
+            "2",
+            "--threshold",
+            "64KiB",
+            "--policy",
+            "heffner",
+        ],
+    );
+    let mut server = Peer::start(&ns, Some(&cg));
+    let listen = server.cmd("listen 127.0.0.1:9000");
+    let mut clients = Peer::start(&ns, None);
+    // Two zero-window attackers fill the map; two idle connections find it full.
+    for (i, rcvbuf) in [4096, 4096, 0, 0].into_iter().enumerate() {
+        clients.cmd(&format!("connect {listen} {rcvbuf}"));
+        server.cmd(&format!("wait-accepted {}", i + 1));
+    }
+    assert!(server.num("write 0 1000000") > 0 && server.num("write 1 1000000") > 0);
+
+    wait_for("both attackers destroyed", Duration::from_secs(20), || {
+        (agent.events_of("destroyed").len() == 2).then_some(())
+    });
+    assert_eq!(server.num("soerror 0"), 103);
+    assert_eq!(server.num("soerror 1"), 103);
+    // The server closes what was aborted, as a real one does on ECONNABORTED; the kernel frees
+    // the sockets, their records go, and the snapshot adopts the two that found the map full.
+    server.cmd("close 0");
+    server.cmd("close 1");
+    wait_for("the idle connections to be adopted", Duration::from_secs(10), || {
+        (agent.sockets().len() == 2).then_some(())
+    });
+    assert_eq!(server.num("soerror 2"), 0);
+    assert_eq!(server.num("soerror 3"), 0);
+    let status = agent.status();
+    assert!(field(&status["sockets"], "map_full") >= 2, "{status}");
+
+    let scrape = agent_scrape(&ns, addr);
+    assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
+    let get = |series: &str| sample(&scrape, series).unwrap_or_else(|| panic!("no {series} in:\n{scrape}"));
+    assert!(get("enforcer_kernel_events_total{counter=\"map_full\"}") >= 2.0);
+    assert_eq!(get("enforcer_decisions_total{event=\"destroyed\",reason=\"stalled\"}"), 2.0);
+    assert_eq!(get("enforcer_socket_map_capacity"), 2.0);
+    assert_eq!(get("enforcer_threshold_bytes"), 65536.0);
+    assert_eq!(get("enforcer_kernel_events_total{counter=\"err_sockops\"}"), 0.0);
+    for name in
+        ["enforcer_pressure_bytes", "enforcer_tracked_sockets", "enforcer_socket_map_entries", "enforcer_offenders"]
+    {
+        get(name);
+    }
+    assert!(scrape.contains("# TYPE enforcer_scan_duration_seconds histogram"), "{scrape}");
+    assert!(scrape.contains("enforcer_program_runs_total{program=\"enforcer_tcp_probe\"}"), "{scrape}");
+    assert!(agent_scrape(&ns, addr).contains("enforcer_tracked_sockets 2"));
+    let other = ns.http_get(addr, "/");
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+}
+
+fn agent_scrape(ns: &Netns, addr: &str) -> String {
+    ns.http_get(addr, "/metrics")
+}
