@@ -51,6 +51,19 @@ pub enum Command {
     /// List the agent's most recent decisions (destroyed, would_destroy, destroy_failed) with
     /// their reasons, newest first.
     Kills(KillsArgs),
+    /// Check a config file without running anything: prints nothing and exits 0 when it is
+    /// valid, one line naming the bad key and exits 2 when not.
+    CheckConfig {
+        /// The TOML file (e.g. /etc/enforcer/enforcer.toml).
+        file: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `enforcer man > /usr/local/share/man/man1/enforcer.1`.
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use enforcer::{cli, commands, settings};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +33,19 @@ async fn main() -> ExitCode {
             init_logging(cli.log_format, "warn");
             commands::kills::run(args)
         }
+        cli::Command::CheckConfig { file } => std::fs::read_to_string(&file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
+            .and_then(|text| {
+                settings::check_config_text(&text)
+                    .map_err(|e| settings::UsageError(format!("config {}: {e}", file.display())).into())
+            }),
+        cli::Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut cli::Cli::command(), "enforcer", &mut std::io::stdout());
+            Ok(())
+        }
+        cli::Command::Man => clap_mangen::Man::new(cli::Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| anyhow::anyhow!("writing the man page: {e}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -420,7 +420,7 @@ mod tests {
         let s = sock(1, "192.0.2.1:22", 50 << 20, 5000, 0);
         let mut p = policy(1 << 20);
         p.protect.ports.push(22);
-        assert_eq!(cookies(&run(&p, &[s.clone()], &HashMap::new(), 1000, 100 << 20)), [1]);
+        assert_eq!(cookies(&run(&p, std::slice::from_ref(&s), &HashMap::new(), 1000, 100 << 20)), [1]);
         p.protect.ports.push(80);
         assert!(run(&p, &[s], &HashMap::new(), 1000, 100 << 20).is_empty());
     }
