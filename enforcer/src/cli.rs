@@ -51,6 +51,9 @@ pub enum Command {
     /// List the agent's most recent decisions (destroyed, would_destroy, destroy_failed) with
     /// their reasons, newest first.
     Kills(KillsArgs),
+    /// A live view, refreshed like `top`: pressure against threshold, then the sockets holding
+    /// the most, with stalled time, drain estimate and whether the agent's rule picks them now.
+    Top(TopArgs),
     /// Check a config file without running anything: prints nothing and exits 0 when it is
     /// valid, one line naming the bad key and exits 2 when not.
     CheckConfig {
@@ -233,6 +236,21 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub pins: PinDirArg,
+    /// Refresh every DURATION.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Show the N sockets holding the most.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+    /// Stop after N refreshes (default: until interrupted); output is plain text when not a tty.
+    #[arg(long, value_name = "N")]
+    pub iterations: Option<u64>,
 }
 
 #[derive(Debug, Args)]

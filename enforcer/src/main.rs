@@ -33,6 +33,10 @@ async fn main() -> ExitCode {
             init_logging(cli.log_format, "warn");
             commands::kills::run(args)
         }
+        cli::Command::Top(args) => {
+            init_logging(cli.log_format, "warn");
+            commands::top::run(args).await
+        }
         cli::Command::CheckConfig { file } => std::fs::read_to_string(&file)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
             .and_then(|text| {

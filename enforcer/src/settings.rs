@@ -159,6 +159,39 @@ fn parse_file(text: &str) -> Result<File, String> {
     Ok(f)
 }
 
+/// The agent's rule and pressure source, rebuilt from the settings it recorded in its pins
+/// (`enforcer top` shows what the agent would decide, with the agent's own policy code).
+pub fn rule_from_recorded(v: &serde_json::Value) -> anyhow::Result<(policy::Policy, pressure::Source)> {
+    let num = |k: &str| v[k].as_u64().with_context(|| format!("recorded settings lack `{k}`"));
+    let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let cgroup = PathBuf::from(v["cgroup"].as_str().context("recorded settings lack `cgroup`")?);
+    let source = match v["pressure"].as_str() {
+        Some("kernel") => pressure::Source::Kernel,
+        Some("cgroup") => pressure::Source::Cgroup(cgroup),
+        _ => pressure::Source::Tracked,
+    };
+    let protect_cgroups: Vec<PathBuf> =
+        list("protect_cgroups").iter().filter_map(|p| p.as_str().map(PathBuf::from)).collect();
+    let rule = policy::Policy {
+        threshold: num("threshold")?,
+        stall_ms: num("stall_ms")?,
+        max_drain_ms: num("max_drain_ms")?,
+        fairness: parse_fairness(v["fairness"].as_str().unwrap_or("connection")).map_err(anyhow::Error::msg)?,
+        kind: if v["policy"] == "heffner" { Kind::Heffner } else { Kind::Budget },
+        max_kills: num("max_kills")? as usize,
+        protect: Protect {
+            ports: list("protect_ports").iter().filter_map(|p| p.as_u64().map(|p| p as u16)).collect(),
+            remote_ports: list("protect_remote_ports").iter().filter_map(|p| p.as_u64().map(|p| p as u16)).collect(),
+            cidrs: list("protect_cidrs").iter().filter_map(|c| c.as_str()?.parse().ok()).collect(),
+            cgroups: protected_cgroup_ids(&protect_cgroups).unwrap_or_default(),
+        },
+        max_per_remote: v["max_per_remote"].as_u64().map(|n| n as usize),
+        idle_ms: num("idle_ms")?,
+        frees_wmem: !matches!(source, pressure::Source::Tracked),
+    };
+    Ok((rule, source))
+}
+
 /// Checks config text the way `--config` does; for fuzzing and tools. Errors name the key.
 pub fn check_config_text(text: &str) -> Result<(), String> {
     parse_file(text).map(|_| ())

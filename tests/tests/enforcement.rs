@@ -236,3 +236,24 @@ fn the_kill_storm_guard_holds_back_and_says_so() {
     let left = attackers.iter().filter(|c| agent.tracks_remote(&c.remote)).count();
     assert_eq!(left, 1);
 }
+
+#[test]
+fn top_shows_pressure_and_what_the_rule_picks() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1MiB", "--dry-run"]);
+    let attacker = s.zero_window(9000, "127.0.0.1", 2 << 20);
+    let idle = s.connect(9000, 0, "127.0.0.1");
+    wait_for("a would_destroy event", Duration::from_secs(20), || {
+        (!agent.events_of("would_destroy").is_empty()).then_some(())
+    });
+    let out = agent.cli(&["top", "--iterations", "2", "--interval", "300ms"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.rsplit("enforcer top").next().unwrap();
+    assert!(last.contains("OVER threshold 1.0MiB (tracked)"), "{text}");
+    assert!(last.contains("(agent in dry run)"), "{text}");
+    let row =
+        |remote: &str| last.lines().find(|l| l.contains(remote)).unwrap_or_else(|| panic!("{remote} missing:\n{text}"));
+    assert!(row(&attacker.remote).trim_end().ends_with("stalled"), "{text}");
+    assert!(!row(&idle.remote).trim_end().ends_with("stalled"), "{text}");
+}
