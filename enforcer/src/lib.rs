@@ -8,6 +8,7 @@ pub mod destroy;
 pub mod kills;
 pub mod loader;
 pub mod metrics;
+pub mod netns;
 pub mod offsets;
 pub mod pins;
 pub mod policy;

@@ -81,9 +81,17 @@ impl PinDir {
         Ok(info)
     }
 
-    /// Runs the snapshot iterator: one entry per tracked socket of the caller's network namespace.
-    pub fn snapshot(&self) -> Result<Vec<SnapshotEntry>, PinError> {
-        read_snapshot(&Self::path(&self.dir, names::PIN_SNAPSHOT))
+    /// A snapshot in every network namespace of the agent's cgroup (see `netns`), each socket
+    /// with the inode of its namespace.
+    pub fn snapshot(&self) -> anyhow::Result<Vec<(u64, SnapshotEntry)>> {
+        let info = self.info()?;
+        let recorded: serde_json::Value =
+            serde_json::from_slice(&info.settings[..info.settings_len as usize]).unwrap_or_default();
+        let namespaces = match recorded["cgroup"].as_str() {
+            Some(cgroup) => crate::netns::of_cgroup(Path::new(cgroup))?,
+            None => vec![crate::netns::own()?],
+        };
+        crate::netns::snapshot(&Self::path(&self.dir, names::PIN_SNAPSHOT), &namespaces)
     }
 
     /// The per-program counters, summed over CPUs.

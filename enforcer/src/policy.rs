@@ -297,6 +297,7 @@ mod tests {
             retransmits: 0,
             rtos: 0,
             cgroup_id: 1,
+            netns: 0,
         }
     }
 

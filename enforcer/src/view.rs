@@ -40,6 +40,8 @@ pub struct Socket {
     pub retransmits: u64,
     pub rtos: u64,
     pub cgroup_id: u64,
+    /// Inode of the socket's network namespace (`lsns -t net`, `ls -iL /proc/PID/ns/net`).
+    pub netns: u64,
 }
 
 fn as_string<S: serde::Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -82,6 +84,13 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 
+impl Socket {
+    /// A socket of a multi-namespace snapshot.
+    pub fn in_netns((netns, e): &(u64, SnapshotEntry)) -> Self {
+        Self { netns: *netns, ..Self::from(e) }
+    }
+}
+
 impl From<&SnapshotEntry> for Socket {
     fn from(e: &SnapshotEntry) -> Self {
         let r = &e.record;
@@ -107,6 +116,7 @@ impl From<&SnapshotEntry> for Socket {
             retransmits: e.total_retrans.into(),
             rtos: e.total_rto.into(),
             cgroup_id: e.cgroup_id,
+            netns: 0,
         }
     }
 }

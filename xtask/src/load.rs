@@ -66,7 +66,7 @@ pub fn run() -> Result<Outcome> {
     servers[0].cmd(&format!("wait-accepted {}", PER_SERVER + OFFENDERS));
     let total = (SERVERS as usize * PER_SERVER + OFFENDERS) as u64;
     let tracked = wait_for("every socket to be tracked", Duration::from_secs(60), || {
-        let n = field(&agent.status()["sockets"], "tracked_in_namespace");
+        let n = field(&agent.status()["sockets"], "tracked");
         (n == total).then_some(n)
     });
 

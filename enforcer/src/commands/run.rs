@@ -11,7 +11,7 @@ use crate::{
     kills::{self, KillEvent},
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
-    pins,
+    netns,
     policy::{self, Seen},
     settings::{self, Settings},
     sys,
@@ -24,7 +24,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let settings = Settings::resolve(args)?;
     settings.source.check()?;
     sys::raise_memlock();
-    let mut destroyer = Netlink::open().context("opening a NETLINK_SOCK_DIAG socket (needed to destroy sockets)")?;
+    // One netlink socket per network namespace, made on first use there; the agent's own now,
+    // so a host without sock_diag fails at start rather than at the first decision.
+    let mut destroyers: HashMap<u64, Netlink> = HashMap::from([(
+        netns::own()?.inode,
+        Netlink::open().context("opening a NETLINK_SOCK_DIAG socket (needed to destroy sockets)")?,
+    )]);
     let loaded = Loaded::load(&LoadOptions {
         cgroup: &settings.cgroup,
         cgroup_id: settings.cgroup_id,
@@ -60,7 +65,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sighup.recv() => break,
             _ = sigterm.recv() => break,
-            _ = ticker.tick() => agent.interval(&mut destroyer),
+            _ = ticker.tick() => agent.interval(&mut destroyers),
         }
     }
     drop(agent);
@@ -78,6 +83,24 @@ struct Agent {
     prev_ms: u64,
     storm: StormGuard,
     metrics: Arc<Metrics>,
+}
+
+/// Destroys a socket from inside its network namespace, through a netlink socket made there
+/// (a netlink socket keeps the namespace it was created in).
+fn destroy_in(
+    destroyers: &mut HashMap<u64, Netlink>,
+    ns: Option<&netns::Namespace>,
+    entry: &SnapshotEntry,
+) -> std::io::Result<()> {
+    let ns = ns.ok_or_else(|| std::io::Error::other("its network namespace is no longer reachable"))?;
+    if !destroyers.contains_key(&ns.inode) {
+        let nl = netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??;
+        destroyers.insert(ns.inode, nl);
+    }
+    match destroyers.get_mut(&ns.inode) {
+        Some(nl) => nl.destroy(entry.cookie, &entry.record),
+        None => Err(std::io::Error::other("no netlink socket")),
+    }
 }
 
 /// The per-minute cap on decisions (`--max-kills-per-minute`), over a sliding minute.
@@ -103,16 +126,23 @@ impl StormGuard {
 }
 
 impl Agent {
-    fn interval(&mut self, destroyer: &mut impl Destroy) {
+    fn interval(&mut self, destroyers: &mut HashMap<u64, Netlink>) {
         let started = Instant::now();
-        let entries = match pins::read_snapshot(&self.loaded.snapshot_path()) {
+        let namespaces = match netns::of_cgroup(&self.settings.cgroup) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "listing the cgroup's network namespaces; using the agent's own");
+                netns::own().map(|n| vec![n]).unwrap_or_default()
+            }
+        };
+        let entries = match netns::snapshot(&self.loaded.snapshot_path(), &namespaces) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(error = %e, "snapshot failed; nothing enforced this interval");
+                tracing::warn!(error = %format!("{e:#}"), "snapshot failed; nothing enforced this interval");
                 return;
             }
         };
-        let sockets: Vec<Socket> = entries.iter().map(Socket::from).collect();
+        let sockets: Vec<Socket> = entries.iter().map(Socket::in_netns).collect();
         let scanned = started.elapsed();
         self.update_gauges(sockets.len());
         let pressure = match self.settings.source.read(&sockets) {
@@ -159,12 +189,15 @@ impl Agent {
             decisions.truncate(allowed);
         }
         if !decisions.is_empty() {
-            let by_cookie: HashMap<u64, &SnapshotEntry> = entries.iter().map(|e| (e.cookie, e)).collect();
+            let by_cookie: HashMap<u64, &SnapshotEntry> = entries.iter().map(|(_, e)| (e.cookie, e)).collect();
             for d in &decisions {
                 let Some(entry) = by_cookie.get(&d.socket.cookie) else { continue };
-                self.act(destroyer, d, entry, pressure);
+                let ns = namespaces.iter().find(|n| n.inode == d.socket.netns);
+                self.act(destroyers, ns, d, entry, pressure);
             }
         }
+        // Netlink sockets of namespaces that are gone would keep them alive.
+        destroyers.retain(|inode, _| namespaces.iter().any(|n| n.inode == *inode));
         self.prev =
             sockets.iter().map(|s| (s.cookie, policy::next_seen(s, self.prev.get(&s.cookie), self.prev_ms))).collect();
         self.prev_ms = now_ms;
@@ -199,12 +232,19 @@ impl Agent {
         }
     }
 
-    fn act(&mut self, destroyer: &mut impl Destroy, d: &policy::Decision, entry: &SnapshotEntry, pressure: u64) {
+    fn act(
+        &mut self,
+        destroyers: &mut HashMap<u64, Netlink>,
+        ns: Option<&netns::Namespace>,
+        d: &policy::Decision,
+        entry: &SnapshotEntry,
+        pressure: u64,
+    ) {
         let threshold = self.settings.threshold;
         let (event, err) = if self.settings.dry_run {
             (KillEvent::WouldDestroy, None)
         } else {
-            match destroyer.destroy(entry.cookie, &entry.record) {
+            match destroy_in(destroyers, ns, entry) {
                 Ok(()) => (KillEvent::Destroyed, None),
                 Err(e) => (KillEvent::DestroyFailed, Some(e)),
             }

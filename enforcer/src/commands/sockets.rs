@@ -13,7 +13,7 @@ use crate::{
 pub fn run(args: SocketsArgs) -> Result<()> {
     sys::require_root("enforcer sockets")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let mut sockets: Vec<Socket> = pins.snapshot()?.iter().map(Socket::from).collect();
+    let mut sockets: Vec<Socket> = pins.snapshot()?.iter().map(Socket::in_netns).collect();
     sockets.retain(|s| {
         args.remote.is_none_or(|net| net.contains(&s.remote.ip()))
             && args.port.is_none_or(|p| s.local.port() == p || s.remote.port() == p)
@@ -41,13 +41,24 @@ fn print_table(out: &mut impl Write, sockets: &[Socket]) -> Result<()> {
     let (lw, rw) = (width(|s| s.local.to_string(), 5), width(|s| s.remote.to_string(), 6));
     writeln!(
         out,
-        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}",
-        "LOCAL", "REMOTE", "STATE", "SEND-Q", "UNSENT", "RECV-Q", "PEER-WND", "STALLED", "AGE", "RETRANS", "CGROUP"
+        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "SEND-Q",
+        "UNSENT",
+        "RECV-Q",
+        "PEER-WND",
+        "STALLED",
+        "AGE",
+        "RETRANS",
+        "CGROUP",
+        "NETNS"
     )?;
     for s in sockets {
         writeln!(
             out,
-            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}",
+            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
             s.local.to_string(),
             s.remote.to_string(),
             s.state,
@@ -59,10 +70,11 @@ fn print_table(out: &mut impl Write, sockets: &[Socket]) -> Result<()> {
             human_ms(s.age_ms),
             s.retransmits,
             s.cgroup_id,
+            s.netns,
         )?;
     }
     if sockets.is_empty() {
-        writeln!(out, "(no tracked sockets in this network namespace)")?;
+        writeln!(out, "(no tracked sockets)")?;
     }
     Ok(())
 }

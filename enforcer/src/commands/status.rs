@@ -15,7 +15,9 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         .ok()
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(Value::Null);
-    let snapshot = pins.snapshot()?;
+    let tagged = pins.snapshot()?;
+    let namespaces: std::collections::HashSet<u64> = tagged.iter().map(|(ns, _)| *ns).collect();
+    let snapshot: Vec<_> = tagged.into_iter().map(|(_, e)| e).collect();
     let send_queue: u64 = snapshot.iter().map(|e| u64::from(e.send_queue())).sum();
     let recv_queue: u64 = snapshot.iter().map(|e| u64::from(e.recv_queue())).sum();
     let (records, capacity) = pins.occupancy()?;
@@ -28,7 +30,10 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         "agent": { "pid": info.pid, "started_unix_ms": info.started_unix_ms },
         "settings": settings,
         "sockets": {
-            "tracked_in_namespace": snapshot.len(),
+            // In every network namespace the agent reaches (see `enforcer sockets`), and how many
+            // namespaces hold them.
+            "tracked": snapshot.len(),
+            "network_namespaces": namespaces.len(),
             "map_records": records,
             "map_capacity": capacity,
             "map_full": counters[stats::MAP_FULL as usize],
@@ -54,7 +59,7 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         .map(|(n, v)| format!("{} {v}", &n[4..]))
         .collect();
     writeln!(out, "agent      pid {}, settings {}", info.pid, settings)?;
-    writeln!(out, "sockets    {} tracked in this network namespace", snapshot.len())?;
+    writeln!(out, "sockets    {} tracked in {} network namespaces", snapshot.len(), namespaces.len())?;
     writeln!(
         out,
         "map        {records} / {capacity} records, {} sockets not tracked (map full)",

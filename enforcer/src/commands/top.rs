@@ -36,7 +36,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = ticker.tick() => {}
         }
-        let sockets: Vec<Socket> = pins.snapshot()?.iter().map(Socket::from).collect();
+        let sockets: Vec<Socket> = pins.snapshot()?.iter().map(Socket::in_netns).collect();
         let pressure = source.read(&sockets)?;
         let now_ms = epoch.elapsed().as_millis() as u64;
         let tick = Tick { now_ms, elapsed_ms: now_ms - prev_ms };

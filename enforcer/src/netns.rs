@@ -1,0 +1,98 @@
+//! Network namespaces. The snapshot iterator and netlink `SOCK_DESTROY` both act in the network
+//! namespace of the thread that uses them, while sock_ops tracks a cgroup whatever namespace its
+//! sockets live in (containers, pods). So the agent finds the namespaces of the watched cgroup's
+//! processes and reads and destroys from inside each, on a short-lived thread that joins it.
+use std::{
+    collections::HashSet,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use enforcer_common::SnapshotEntry;
+
+use crate::pins;
+
+/// A network namespace and a path that opens it (`/proc/PID/ns/net` of a process in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// The namespace's inode number, as `ls -L -i /proc/PID/ns/net` and `lsns` show it.
+    pub inode: u64,
+    pub handle: PathBuf,
+}
+
+const OWN: &str = "/proc/thread-self/ns/net";
+
+/// The caller's own namespace.
+pub fn own() -> Result<Namespace> {
+    let inode = std::fs::metadata(OWN).context("reading this thread's network namespace")?.ino();
+    Ok(Namespace { inode, handle: PathBuf::from(OWN) })
+}
+
+/// The caller's namespace first, then every other namespace a process of `cgroup` (or a cgroup
+/// below it) is in. Processes that vanish meanwhile are skipped. Sockets whose namespace has no
+/// process left in the cgroup (orphans of a container that exited) cannot be reached.
+pub fn of_cgroup(cgroup: &Path) -> Result<Vec<Namespace>> {
+    let own = own()?;
+    let mut seen = HashSet::from([own.inode]);
+    let mut out = vec![own];
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let handle = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            if let Ok(meta) = std::fs::metadata(&handle)
+                && seen.insert(meta.ino())
+            {
+                out.push(Namespace { inode: meta.ino(), handle });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `f` inside namespace `ns`: directly for the caller's own, else on a thread that joins it
+/// (a network namespace is per thread; the thread ends with `f`).
+pub fn run_in<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> Result<T> {
+    if ns.handle == Path::new(OWN) {
+        return Ok(f());
+    }
+    let file = std::fs::File::open(&ns.handle).with_context(|| format!("opening {}", ns.handle.display()))?;
+    if std::fs::metadata(&ns.handle).map(|m| m.ino()).ok() != Some(ns.inode) {
+        bail!("{} no longer is network namespace {}", ns.handle.display(), ns.inode);
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a descriptor we own; it changes this short-lived thread only.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("entering network namespace {}", ns.inode));
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("a thread in network namespace {} panicked", ns.inode))
+    })
+}
+
+/// One snapshot across namespaces: every tracked socket, with the namespace it lives in.
+pub fn snapshot(pin: &Path, namespaces: &[Namespace]) -> Result<Vec<(u64, SnapshotEntry)>> {
+    let mut all = Vec::new();
+    for ns in namespaces {
+        match run_in(ns, || pins::read_snapshot(pin)) {
+            Ok(Ok(entries)) => all.extend(entries.into_iter().map(|e| (ns.inode, e))),
+            // The caller's own namespace must work; another may have gone away meanwhile.
+            Ok(Err(e)) if ns.handle == Path::new(OWN) => return Err(e.into()),
+            Err(e) if ns.handle == Path::new(OWN) => return Err(e),
+            Ok(Err(e)) => tracing::debug!(netns = ns.inode, error = %e, "snapshot in namespace failed"),
+            Err(e) => tracing::debug!(netns = ns.inode, error = %format!("{e:#}"), "namespace not entered"),
+        }
+    }
+    Ok(all)
+}
