@@ -169,9 +169,10 @@ until the projected pressure is back at the threshold, at most --max-kills per i
 Protected sockets are never destroyed. Every decision is logged as one event line and kept for
 `enforcer kills`.
 
-Sockets are destroyed with netlink SOCK_DESTROY (the application sees ECONNABORTED, the peer an
-RST), which reaches only sockets in the agent's own network namespace: run the agent in the
-namespace of the sockets it guards.
+Sockets are destroyed with netlink SOCK_DESTROY, matched by 4-tuple and socket cookie (the
+application sees ECONNABORTED, the peer an RST). Netlink acts in one network namespace, so the
+agent reads and destroys from inside each namespace of the watched cgroup's processes
+(containers); a namespace with no process left in the cgroup cannot be reached.
 
 Examples:
   enforcer run --dry-run

@@ -5,7 +5,11 @@ use anyhow::{Context, Result};
 use enforcer_common::{kill_counters, stats};
 use serde_json::{Value, json};
 
-use crate::{pins::PinDir, sys, view::human_bytes};
+use crate::{
+    pins::PinDir,
+    sys,
+    view::{human_bytes, human_ms},
+};
 
 pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     sys::require_root("enforcer status")?;
@@ -58,8 +62,22 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         .filter(|(n, _)| n.starts_with("err_"))
         .map(|(n, v)| format!("{} {v}", &n[4..]))
         .collect();
-    writeln!(out, "agent      pid {}, settings {}", info.pid, settings)?;
-    writeln!(out, "sockets    {} tracked in {} network namespaces", snapshot.len(), namespaces.len())?;
+    let get = |k: &str| settings[k].as_u64().unwrap_or(0);
+    let word = |k: &str| settings[k].as_str().unwrap_or("?").to_owned();
+    writeln!(out, "agent      pid {}, watching {} (cgroup id {})", info.pid, word("cgroup"), get("cgroup_id"))?;
+    writeln!(
+        out,
+        "rule       threshold {} ({} pressure), fairness {}, stall {}, max-drain {}, policy {}{}",
+        human_bytes(get("threshold")),
+        word("pressure"),
+        word("fairness"),
+        human_ms(get("stall_ms")),
+        human_ms(get("max_drain_ms")),
+        word("policy"),
+        if settings["dry_run"] == true { ", DRY RUN" } else { "" }
+    )?;
+    let plural = if namespaces.len() == 1 { "" } else { "s" };
+    writeln!(out, "sockets    {} tracked, in {} network namespace{plural}", snapshot.len(), namespaces.len())?;
     writeln!(
         out,
         "map        {records} / {capacity} records, {} sockets not tracked (map full)",
