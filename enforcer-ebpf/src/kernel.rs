@@ -91,24 +91,47 @@ pub fn now() -> u64 {
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
 }
 
+/// The clock, read at most once however many times it is asked for: most segments change
+/// nothing and need no time at all.
+pub struct LazyNow(u64);
+
+impl LazyNow {
+    pub const fn new() -> Self {
+        Self(0)
+    }
+
+    /// A clock already read.
+    pub const fn at(now: u64) -> Self {
+        Self(now)
+    }
+
+    #[inline(always)]
+    pub fn get(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now();
+        }
+        self.0
+    }
+}
+
 /// Brings a record up to date with what the kernel has accepted (`snd_una`, `rcv_nxt` and the
-/// peer's window as the socket holds them), dating any change to `now` — or, for `snd_una`, to
+/// peer's window as the socket holds them), dating any change to now — or, for `snd_una`, to
 /// the segment that carried the acknowledgement, once the kernel confirms it.
 #[inline(always)]
-pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: u64) {
+pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: &mut LazyNow) {
     if snd_una != rec.snd_una {
         rec.tx_progress_ns =
-            if rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una) { rec.pending_ns } else { now };
+            if rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una) { rec.pending_ns } else { now.get() };
         rec.snd_una = snd_una;
         rec.pending_ns = 0;
     }
     if rcv_nxt != rec.rcv_nxt {
         rec.rcv_nxt = rcv_nxt;
-        rec.rx_progress_ns = now;
+        rec.rx_progress_ns = now.get();
     }
     if snd_wnd == 0 {
         if rec.zero_window_since_ns == 0 {
-            rec.zero_window_since_ns = now;
+            rec.zero_window_since_ns = now.get();
         }
     } else if rec.zero_window_since_ns != 0 {
         rec.zero_window_since_ns = 0;

@@ -153,12 +153,7 @@ impl Loaded {
     /// The kernel programs' counters, summed over CPUs.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize]> {
         let map = self.ebpf.map(names::MAP_STATS).context("no stats map")?;
-        let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
-        let mut out = [0u64; stats::COUNT as usize];
-        for (slot, total) in out.iter_mut().enumerate() {
-            *total = array.get(&(slot as u32), 0)?.iter().sum();
-        }
-        Ok(out)
+        Ok(pins::sum_stats(map)?)
     }
 
     /// Run count and run time of each program (zero unless kernel.bpf_stats_enabled=1).

@@ -97,14 +97,7 @@ impl PinDir {
     /// The per-program counters, summed over CPUs.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], PinError> {
         let path = Self::path(&self.dir, names::PIN_STATS);
-        let map = open_map(&path)?;
-        let err = |source| PinError::Map { path: path.clone(), source };
-        let array: aya::maps::PerCpuArray<_, u64> = map.try_into().map_err(err)?;
-        let mut out = [0u64; stats::COUNT as usize];
-        for (slot, total) in out.iter_mut().enumerate() {
-            *total = array.get(&(slot as u32), 0).map_err(err)?.iter().sum();
-        }
-        Ok(out)
+        sum_stats(&open_map(&path)?).map_err(|source| PinError::Map { path, source })
     }
 
     /// The kill counters: destroyed, would_destroy, destroy_failed, total recorded.
@@ -142,6 +135,16 @@ impl PinDir {
         let used = hash.keys().filter(Result::is_ok).count() as u64;
         Ok((used, capacity))
     }
+}
+
+/// The `STATS` counters summed over CPUs, from the agent's own map or a pinned one.
+pub fn sum_stats(map: &aya::maps::Map) -> Result<[u64; stats::COUNT as usize], aya::maps::MapError> {
+    let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+    let mut out = [0u64; stats::COUNT as usize];
+    for (slot, total) in out.iter_mut().enumerate() {
+        *total = array.get(&(slot as u32), 0)?.iter().sum();
+    }
+    Ok(out)
 }
 
 /// Reads a pinned `iter/tcp` link: each open runs the iterator afresh.

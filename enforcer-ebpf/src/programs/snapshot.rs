@@ -14,7 +14,7 @@ use aya_ebpf::{
 use enforcer_common::{AF_INET, AF_INET6, OFFSET_ABSENT, RECORD_ADOPTED, SnapshotEntry, SockRecord, stats};
 
 use crate::{
-    kernel::{load, off, read_bytes, reconcile, watch},
+    kernel::{LazyNow, load, off, read_bytes, reconcile, watch},
     maps::{SOCKETS, count},
 };
 
@@ -159,7 +159,7 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
         }
     }
 
-    reconcile(rec, e.snd_una, e.rcv_nxt, e.snd_wnd, now);
+    reconcile(rec, e.snd_una, e.rcv_nxt, e.snd_wnd, &mut LazyNow::at(now));
     e.record = *rec;
 
     // SAFETY: `meta->seq` is the seq_file of this iteration; `e` lives on our stack.

@@ -13,7 +13,7 @@ use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, 
 use enforcer_common::{FAULT_TCP_PROBE, stats};
 
 use crate::{
-    kernel::{load, now, off, read_bytes, reconcile, seq_after, watch},
+    kernel::{LazyNow, load, off, read_bytes, reconcile, seq_after, watch},
     maps::{SOCKETS, count},
 };
 
@@ -55,17 +55,21 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
     };
     // SAFETY: a map value pointer from a successful lookup; racing writers only store times.
     let rec = unsafe { &mut *rec };
-    let now = now();
-    reconcile(rec, snd_una, rcv_nxt, snd_wnd, now);
+    let mut now = LazyNow::new();
+    reconcile(rec, snd_una, rcv_nxt, snd_wnd, &mut now);
 
-    // This segment's acknowledgement, a candidate until the kernel's snd_una confirms it.
+    // This segment's acknowledgement, a candidate until the kernel's snd_una confirms it. With
+    // nothing in flight no acknowledgement can be one, and the header need not be read.
+    if snd_nxt == snd_una {
+        return Ok(());
+    }
     // SAFETY: `skb` is a BTF `struct sk_buff *`; the offset of `data`, the TCP header here.
     let data: *const u8 = unsafe { load(skb, off!(skb_data)) };
     let th: [u8; 14] = read_bytes(data).ok_or(())?;
     let ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
     if th[13] & TH_ACK != 0 && seq_after(ack, snd_una) && !seq_after(ack, snd_nxt) {
         rec.pending_ack = ack;
-        rec.pending_ns = now;
+        rec.pending_ns = now.get();
     }
     Ok(())
 }
