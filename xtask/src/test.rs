@@ -27,7 +27,7 @@ pub fn run(args: &[String]) -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .current_dir(root())
-            .args(["test", "-p", "enforcer-tests", "--", "--test-threads=1"])
+            .args(["test", "-p", "enforcer-tests", "--tests", "--", "--test-threads=1"])
             .args(args)
             .env("ENFORCER_BIN", bin),
     )
