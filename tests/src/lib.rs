@@ -388,6 +388,17 @@ impl Drop for Peer {
     }
 }
 
+/// One connection: a server in `cg` listening on `listen`, a client outside the cgroup connected
+/// to it with receive buffer `rcvbuf` (0: default). The connection is id 0 on both peers.
+pub fn connected_pair(ns: &Netns, cg: &Cgroup, listen: &str, rcvbuf: u32) -> (Peer, Peer) {
+    let mut server = Peer::start(ns, Some(cg));
+    let addr = server.cmd(&format!("listen {listen}"));
+    let mut client = Peer::start(ns, None);
+    client.cmd(&format!("connect {addr} {rcvbuf}"));
+    server.cmd("wait-accepted 1");
+    (server, client)
+}
+
 /// Names of loaded BPF programs that enforcer made (the kernel truncates names to 15 bytes).
 pub fn enforcer_programs_loaded() -> Vec<String> {
     aya::programs::loaded_programs()

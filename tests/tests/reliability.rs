@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, enforcer_programs_loaded, field, unique, wait_for};
+use enforcer_tests::{Agent, Cgroup, Netns, connected_pair, enforcer_programs_loaded, field, unique, wait_for};
 
 #[test]
 fn sigkill_and_restart_leaks_nothing_and_enforcement_goes_on() {
@@ -15,11 +15,7 @@ fn sigkill_and_restart_leaks_nothing_and_enforcement_goes_on() {
         let n = enforcer_programs_loaded().len();
         (n >= 4).then_some(n)
     });
-    let mut server = Peer::start(&ns, Some(&cg));
-    let addr = server.cmd("listen 127.0.0.1:9000");
-    let mut client = Peer::start(&ns, None);
-    client.cmd(&format!("connect {addr} 4096"));
-    server.cmd("wait-accepted 1");
+    let (mut server, _client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 4096);
     assert!(server.num("write 0 2000000") > 0);
     wait_for("the first agent to track the attacker", Duration::from_secs(10), || {
         (first.sockets().len() == 1).then_some(())
@@ -63,11 +59,7 @@ fn a_second_agent_on_the_same_pins_is_refused() {
 fn errors_in_kernel_programs_are_counted_and_tcp_carries_on() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let agent = Agent::start(&ns, &cg, &["--inject-fault", "sockops,tcp-probe"]);
-    let mut server = Peer::start(&ns, Some(&cg));
-    let addr = server.cmd("listen 127.0.0.1:9000");
-    let mut client = Peer::start(&ns, None);
-    client.cmd(&format!("connect {addr}"));
-    server.cmd("wait-accepted 1");
+    let (mut server, mut client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 0);
     client.cmd("read-loop 0 65536 1");
     // The failing sock_ops leaves the socket to the snapshot, which adopts it; from then on
     // every segment makes the failing tcp_probe run.

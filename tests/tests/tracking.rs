@@ -4,7 +4,7 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, enforcer_programs_loaded, field, wait_for};
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, connected_pair, enforcer_programs_loaded, field, wait_for};
 
 /// A server in the cgroup that a client outside it connects to with a tiny receive buffer and
 /// never reads: the server's queue grows, the window closes.
@@ -15,11 +15,7 @@ struct ZeroWindow {
 }
 
 fn zero_window(ns: &Netns, cg: &Cgroup, listen: &str) -> ZeroWindow {
-    let mut server = Peer::start(ns, Some(cg));
-    let addr = server.cmd(&format!("listen {listen}"));
-    let mut client = Peer::start(ns, None);
-    client.cmd(&format!("connect {addr} 4096"));
-    server.cmd("wait-accepted 1");
+    let (mut server, client) = connected_pair(ns, cg, listen, 4096);
     let local = server.cmd("addr 0").split(' ').next().unwrap().to_owned();
     ZeroWindow { server, _client: client, local }
 }
@@ -60,11 +56,7 @@ fn zero_window_send_queue_matches_siocoutq() {
 fn flowing_connection_shows_progress() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let agent = Agent::start(&ns, &cg, &[]);
-    let mut server = Peer::start(&ns, Some(&cg));
-    let addr = server.cmd("listen 127.0.0.1:9000");
-    let mut client = Peer::start(&ns, None);
-    client.cmd(&format!("connect {addr}"));
-    server.cmd("wait-accepted 1");
+    let (mut server, mut client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 0);
     server.cmd("write-loop 0");
     client.cmd("read-loop 0 65536 0");
     let local = server.cmd("addr 0").split(' ').next().unwrap().to_owned();

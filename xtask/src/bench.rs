@@ -82,7 +82,8 @@ fn served(ns: &Netns, cg: &Cgroup, serve: &str, client: &[String]) -> Result<Val
 /// The server side alone in the cgroup, as in production (the other end is remote).
 fn server_side(ns: &Netns, cg: &Cgroup, a: &BenchArgs) -> Result<Sample> {
     let crr = served(ns, cg, "9100 crr", &["crr-client".into(), "127.0.0.1:9100".into(), a.connections.to_string()])?;
-    let bulk = served(ns, cg, &format!("9101 bulk {}", a.bulk_bytes), &["bulk-client".into(), "127.0.0.1:9101".into()])?;
+    let bulk =
+        served(ns, cg, &format!("9101 bulk {}", a.bulk_bytes), &["bulk-client".into(), "127.0.0.1:9101".into()])?;
     Ok(Sample {
         crr: crr["per_second"].as_f64().context("crr rate")?,
         bulk: bulk["bytes_per_second"].as_f64().context("bulk rate")?,
@@ -192,7 +193,15 @@ fn overhead(a: &BenchArgs) -> Result<()> {
         eprintln!(
             "xtask: round {}: both ends: crr {:.0}/s bare, {:.0}/s with agent, bulk {:.2}/{:.2} GB/s; \
              server side: crr {:.0}/{:.0}/s, bulk {:.2}/{:.2} GB/s",
-            round + 1, b.crr, w.crr, b.bulk / 1e9, w.bulk / 1e9, b1.crr, w1.crr, b1.bulk / 1e9, w1.bulk / 1e9
+            round + 1,
+            b.crr,
+            w.crr,
+            b.bulk / 1e9,
+            w.bulk / 1e9,
+            b1.crr,
+            w1.crr,
+            b1.bulk / 1e9,
+            w1.bulk / 1e9
         );
     }
     // Per-program cost in a run of its own: the statistics themselves cost two clock reads a run.
@@ -212,11 +221,21 @@ fn overhead(a: &BenchArgs) -> Result<()> {
     let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
     println!("| workload | tracked | bare (median) | with agent (median) | ratio | target |");
     println!("|---|---|---|---|---|---|");
-    for (label, b, w) in [("server side (one end on the host)", &bare_one, &with_one), ("both ends (worst case)", &bare, &with)] {
+    for (label, b, w) in
+        [("server side (one end on the host)", &bare_one, &with_one), ("both ends (worst case)", &bare, &with)]
+    {
         let (crr_b, crr_w) = (m(b, |s| s.crr), m(w, |s| s.crr));
         let (bulk_b, bulk_w) = (m(b, |s| s.bulk), m(w, |s| s.bulk));
-        println!("| connect/request/close | {label} | {crr_b:.0} conn/s | {crr_w:.0} conn/s | {:.1} % | ≥ 97 % |", 100.0 * crr_w / crr_b);
-        println!("| bulk throughput | {label} | {:.2} GB/s | {:.2} GB/s | {:.1} % | ≥ 98 % |", bulk_b / 1e9, bulk_w / 1e9, 100.0 * bulk_w / bulk_b);
+        println!(
+            "| connect/request/close | {label} | {crr_b:.0} conn/s | {crr_w:.0} conn/s | {:.1} % | ≥ 97 % |",
+            100.0 * crr_w / crr_b
+        );
+        println!(
+            "| bulk throughput | {label} | {:.2} GB/s | {:.2} GB/s | {:.1} % | ≥ 98 % |",
+            bulk_b / 1e9,
+            bulk_w / 1e9,
+            100.0 * bulk_w / bulk_b
+        );
     }
     println!();
     println!("| program | runs | mean cost per run |");

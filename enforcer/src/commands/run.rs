@@ -93,14 +93,13 @@ fn destroy_in(
     entry: &SnapshotEntry,
 ) -> std::io::Result<()> {
     let ns = ns.ok_or_else(|| std::io::Error::other("its network namespace is no longer reachable"))?;
-    if !destroyers.contains_key(&ns.inode) {
-        let nl = netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??;
-        destroyers.insert(ns.inode, nl);
-    }
-    match destroyers.get_mut(&ns.inode) {
-        Some(nl) => nl.destroy(entry.cookie, &entry.record),
-        None => Err(std::io::Error::other("no netlink socket")),
-    }
+    let nl = match destroyers.entry(ns.inode) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??)
+        }
+    };
+    nl.destroy(entry.cookie, &entry.record)
 }
 
 /// The per-minute cap on decisions (`--max-kills-per-minute`), over a sliding minute.
