@@ -222,7 +222,7 @@ fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("restricting pin directory {} to root", dir.display()))?;
     let Some(lock) = sys::lock_dir(dir, true)? else {
-        let pid = pins::PinDir::open(dir).and_then(|p| p.info()).map(|i| i.pid.to_string());
+        let pid = pins::PinDir::open(dir).map(|p| p.info().pid.to_string());
         bail!(
             "another enforcer agent (pid {}) is running with pins in {}: stop it or choose another --pin-dir",
             pid.unwrap_or_else(|_| "unknown".into()),

@@ -41,6 +41,8 @@ pub enum PinError {
 /// A pin directory written by a running agent.
 pub struct PinDir {
     dir: PathBuf,
+    /// Read once when opened.
+    info: AgentInfo,
 }
 
 fn open_map(path: &Path) -> Result<aya::maps::Map, PinError> {
@@ -63,31 +65,23 @@ impl PinDir {
         if sys::lock_dir(dir, false).ok().flatten().is_some() {
             return Err(PinError::Stale(dir.to_owned()));
         }
-        let pins = Self { dir: dir.to_owned() };
-        pins.info()?;
-        Ok(pins)
+        Ok(Self { dir: dir.to_owned(), info: read_info(dir)? })
     }
 
-    /// The agent's info record, checked to be of this binary's layout.
-    pub fn info(&self) -> Result<AgentInfo, PinError> {
-        let path = Self::path(&self.dir, names::PIN_INFO);
-        let map = open_map(&path)?;
-        let err = |source| PinError::Map { path: path.clone(), source };
-        let array: aya::maps::Array<_, AgentInfo> = map.try_into().map_err(err)?;
-        let info = array.get(&0, 0).map_err(err)?;
-        if info.magic != AGENT_INFO_MAGIC || info.layout_version != LAYOUT_VERSION {
-            return Err(PinError::Foreign(self.dir.clone(), info.layout_version));
-        }
-        Ok(info)
+    /// The agent's info record, checked to be of this binary's layout when the pins were opened.
+    pub fn info(&self) -> &AgentInfo {
+        &self.info
+    }
+
+    /// The settings the agent recorded (JSON), `Null` if unreadable.
+    pub fn recorded_settings(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.info.settings[..self.info.settings_len as usize]).unwrap_or_default()
     }
 
     /// A snapshot in every network namespace of the agent's cgroup (see `netns`), each socket
     /// with the inode of its namespace.
     pub fn snapshot(&self) -> anyhow::Result<Vec<(u64, SnapshotEntry)>> {
-        let info = self.info()?;
-        let recorded: serde_json::Value =
-            serde_json::from_slice(&info.settings[..info.settings_len as usize]).unwrap_or_default();
-        let namespaces = match recorded["cgroup"].as_str() {
+        let namespaces = match self.recorded_settings()["cgroup"].as_str() {
             Some(cgroup) => crate::netns::of_cgroup(Path::new(cgroup))?,
             None => vec![crate::netns::own()?],
         };
@@ -145,6 +139,19 @@ pub fn sum_stats(map: &aya::maps::Map) -> Result<[u64; stats::COUNT as usize], a
         *total = array.get(&(slot as u32), 0)?.iter().sum();
     }
     Ok(out)
+}
+
+/// Reads the agent's info record, checked to be of this binary's layout.
+fn read_info(dir: &Path) -> Result<AgentInfo, PinError> {
+    let path = PinDir::path(dir, names::PIN_INFO);
+    let map = open_map(&path)?;
+    let err = |source| PinError::Map { path: path.clone(), source };
+    let array: aya::maps::Array<_, AgentInfo> = map.try_into().map_err(err)?;
+    let info = array.get(&0, 0).map_err(err)?;
+    if info.magic != AGENT_INFO_MAGIC || info.layout_version != LAYOUT_VERSION {
+        return Err(PinError::Foreign(dir.to_owned(), info.layout_version));
+    }
+    Ok(info)
 }
 
 /// Reads a pinned `iter/tcp` link: each open runs the iterator afresh.

@@ -26,7 +26,7 @@ fn is_connection(state: u8) -> bool {
 
 /// Makes a record for a connection of the watched cgroup that sock_ops never saw (it existed
 /// before the agent attached). The rare path: it reads with `bpf_probe_read_kernel`.
-unsafe fn adopt(tp: *const u8, now: u64) -> Option<*mut SockRecord> {
+unsafe fn adopt(tp: *const u8, now: u64) -> Option<(u64, *mut SockRecord)> {
     if watch!(adopt) == 0 {
         return None;
     }
@@ -89,7 +89,7 @@ unsafe fn adopt(tp: *const u8, now: u64) -> Option<*mut SockRecord> {
     // A full map leaves the socket untracked (sock_ops counts `map_full` for new connections).
     SOCKETS.insert(cookie, record, BPF_NOEXIST as u64).ok()?;
     count(stats::ADOPTED);
-    SOCKETS.get_ptr_mut(cookie)
+    Some((cookie, SOCKETS.get_ptr_mut(cookie)?))
 }
 
 #[unsafe(no_mangle)]
@@ -119,8 +119,9 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
     // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with sock and sock_common.
     let cookie: u64 = unsafe { load(tp, off!(sk_cookie)) };
     let now = crate::kernel::now();
-    let rec = match SOCKETS.get_ptr_mut(cookie) {
-        Some(rec) => rec,
+    // Adoption may assign the socket its first cookie, so it hands the cookie back.
+    let (cookie, rec) = match SOCKETS.get_ptr_mut(cookie) {
+        Some(rec) => (cookie, rec),
         // SAFETY: as above.
         None => match unsafe { adopt(tp, now) } {
             Some(adopted) => adopted,
@@ -129,7 +130,6 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
     };
     // SAFETY: a map value pointer from a successful lookup or insert.
     let rec = unsafe { &mut *rec };
-    let cookie = unsafe { load(tp, off!(sk_cookie)) };
 
     // SAFETY (all loads): offsets of fields of the named type, found in BTF by the loader.
     let mut e = SnapshotEntry {

@@ -14,11 +14,8 @@ use crate::{
 pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     sys::require_root("enforcer status")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let info = pins.info()?;
-    let settings: Value = std::str::from_utf8(&info.settings[..info.settings_len as usize])
-        .ok()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Null);
+    let info = pins.info();
+    let settings = pins.recorded_settings();
     let tagged = pins.snapshot()?;
     let namespaces: std::collections::HashSet<u64> = tagged.iter().map(|(ns, _)| *ns).collect();
     let snapshot: Vec<_> = tagged.into_iter().map(|(_, e)| e).collect();

@@ -6,8 +6,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context, Result};
-use serde_json::Value;
+use anyhow::Result;
 
 use crate::{
     cli::TopArgs,
@@ -20,9 +19,7 @@ use crate::{
 pub async fn run(args: TopArgs) -> Result<()> {
     sys::require_root("enforcer top")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let info = pins.info()?;
-    let recorded: Value = serde_json::from_slice(&info.settings[..info.settings_len as usize])
-        .context("reading the settings the agent recorded")?;
+    let recorded = pins.recorded_settings();
     let (rule, source) = settings::rule_from_recorded(&recorded)?;
     let tty = std::io::stdout().is_terminal();
     let epoch = Instant::now();
