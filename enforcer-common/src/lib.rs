@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -268,6 +268,8 @@ pub struct KillRecord {
     /// `KillReason` as u8.
     pub reason: u8,
     pub send_queue: u64,
+    /// Send-side memory charged to the socket (`sk_wmem_queued`), what the share counts.
+    pub charged: u64,
     pub fair_share: u64,
     pub stalled_ms: u64,
     /// `u64::MAX` when the socket made no measurable progress.
@@ -283,7 +285,7 @@ pub struct KillRecord {
 const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
 const _: () = assert!(core::mem::size_of::<AgentInfo>() == 4096);
-const _: () = assert!(core::mem::size_of::<KillRecord>() == 112);
+const _: () = assert!(core::mem::size_of::<KillRecord>() == 120);
 
 #[cfg(feature = "user")]
 mod user {

@@ -42,8 +42,10 @@ pub enum Command {
     Run(RunArgs),
     /// List tracked sockets from a fresh, exact snapshot.
     ///
-    /// Columns: SEND-Q is what the peer has not acknowledged (as SIOCOUTQ), UNSENT what is
-    /// queued but not yet sent, RECV-Q what the application has not read, PEER-WND the peer's
+    /// Columns: SEND-Q is what the peer has not acknowledged (as SIOCOUTQ), CHARGED the
+    /// send-side memory the kernel charges for it (sk_wmem_queued: what pressure and fair
+    /// shares count, many times SEND-Q when a peer's window is tiny), UNSENT what is queued but
+    /// not yet sent, RECV-Q what the application has not read, PEER-WND the peer's
     /// advertised window, STALLED how long `snd_una` has not moved while data is outstanding.
     Sockets(SocketsArgs),
     /// Show the agent's settings, tracked sockets, map occupancy, kill and error counters.
@@ -114,13 +116,35 @@ pub struct RunArgs {
     /// and IPv6 /M, default M 64) [default: connection].
     #[arg(long, value_parser = crate::units::parse_fairness, value_name = "MODE")]
     pub fairness: Option<crate::policy::Fairness>,
-    /// An offender made no forward progress (snd_una unchanged, data outstanding) for this long
-    /// [default: 1s].
+    /// An offender made no forward progress (snd_una unchanged, data outstanding) for this long.
+    /// Longer than an ordinary client's pause: a reader whose application stops reading for up
+    /// to 2 s must not qualify [default: 3s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub stall: Option<Duration>,
-    /// ...or its queue would take longer than this to drain at its recent rate [default: 30s].
+    /// ...or its queue would take longer than this to drain at the rate the peer acknowledged
+    /// over --drain-window [default: 30s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub max_drain: Option<Duration>,
+    /// The drain rate is measured over this long, and a socket must have been over its share
+    /// for all of it before it is a slow-drain offender: ACKs arrive in bursts, and one quiet
+    /// interval says nothing [default: 5s or 4 intervals, whichever is longer].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_window: Option<Duration>,
+    /// A remote (an address, or a prefix under --fairness remote-prefix) whose connections were
+    /// destroyed N times within --repeat-window is a repeat offender: its new connections get
+    /// one interval of grace instead of --stall, and a small send buffer (--contain-sndbuf).
+    /// 0 turns this off [default: 3].
+    #[arg(long, value_name = "N")]
+    pub repeat_kills: Option<usize>,
+    /// See --repeat-kills; a repeat offender is released after a whole window without a
+    /// destroy [default: 1m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub repeat_window: Option<Duration>,
+    /// SO_SNDBUF the kernel gives a repeat offender's new connections when they are
+    /// established (the kernel doubles it; at most net.core.wmem_max). 0: leave send buffers
+    /// alone [default: 32KiB].
+    #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
+    pub contain_sndbuf: Option<u64>,
     /// `budget`: destroy the worst offenders until the projected pressure is at the threshold;
     /// `heffner`: destroy every offender, as the 2006 proposal did [default: budget].
     #[arg(long, value_enum, value_name = "POLICY")]
@@ -162,12 +186,17 @@ pub struct RunArgs {
 }
 
 const RUN_HELP: &str = "\
-The rule, every --interval: if pressure > --threshold, an offender is a socket that holds more
-queued bytes than its fair share and either made no forward progress for --stall or would need
-more than --max-drain to drain. Offenders are destroyed worst first (most bytes over the share)
-until the projected pressure is back at the threshold, at most --max-kills per interval.
-Protected sockets are never destroyed. Every decision is logged as one event line and kept for
-`enforcer kills`.
+The rule, every --interval: if pressure > --threshold, an offender is a socket whose charged
+send-side memory (sk_wmem_queued) is more than its fair share and that either made no forward
+progress for --stall or, over the whole --drain-window, was acknowledged too slowly to drain
+within --max-drain. Offenders are destroyed worst evidence first (bytes over the share times
+how long they have offended) until the projected pressure is back at the threshold, at most
+--max-kills per interval; a destroy that fails frees nothing, and the next offender is taken.
+When pressure stays over the threshold for 4 intervals and the share rule finds too little,
+sockets stalled for --stall become candidates whatever their share (reason
+stalled_under_share); a socket that makes progress never does. A repeat offender's new
+connections are judged after one interval (reason repeat_offender). Protected sockets are
+never destroyed. Every decision is logged as one event line and kept for `enforcer kills`.
 
 Sockets are destroyed with netlink SOCK_DESTROY, matched by 4-tuple and socket cookie (the
 application sees ECONNABORTED, the peer an RST). Netlink acts in one network namespace, so the
@@ -204,6 +233,8 @@ pub enum PolicyArg {
 pub enum SortKey {
     /// Largest send queue first.
     SendQueue,
+    /// Most charged memory first.
+    Charged,
     /// Longest stalled first.
     Stalled,
     /// Oldest first.

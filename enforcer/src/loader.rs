@@ -239,3 +239,13 @@ fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
     }
     Ok(lock)
 }
+
+// Placeholder until the containment map lands (kernel-bound branch).
+impl Loaded {
+    pub fn contain(&mut self, _net: ipnet::IpNet, _sndbuf: u32) -> Result<()> {
+        Ok(())
+    }
+    pub fn release(&mut self, _net: ipnet::IpNet) -> Result<()> {
+        Ok(())
+    }
+}

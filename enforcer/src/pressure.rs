@@ -7,7 +7,7 @@ use crate::view::Socket;
 
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// Sum of the send queues of tracked sockets (the 2006 script's measure).
+    /// Send-side memory the kernel charges the tracked sockets (`sk_wmem_queued`).
     Tracked,
     /// The kernel's TCP memory (`/proc/net/sockstat`, `TCP: … mem PAGES`).
     Kernel,
@@ -41,7 +41,7 @@ impl Source {
     /// Current pressure in bytes.
     pub fn read(&self, sockets: &[Socket]) -> Result<u64> {
         match self {
-            Self::Tracked => Ok(sockets.iter().map(|s| s.send_queue).sum()),
+            Self::Tracked => Ok(sockets.iter().map(|s| s.charged).sum()),
             Self::Kernel => {
                 let text = std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
                 Ok(sockstat_tcp_pages(&text).context("no `TCP: … mem N` line in /proc/net/sockstat")? * page_size())

@@ -20,6 +20,21 @@ pub struct UsageError(pub String);
 
 pub const DEFAULT_MAX_KILLS: usize = 1000;
 pub const DEFAULT_MAX_KILLS_PER_MINUTE: usize = 10_000;
+/// Longer than an ordinary client's pause (a reader whose application stops for up to 2 s):
+/// see the README's measurements.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(3);
+pub const DEFAULT_MAX_DRAIN: Duration = Duration::from_secs(30);
+pub const DEFAULT_REPEAT_KILLS: usize = 3;
+pub const DEFAULT_REPEAT_WINDOW_MS: u64 = 60_000;
+/// SO_SNDBUF for a repeat offender's new connections (the kernel doubles it): 64 KiB a
+/// connection instead of megabytes.
+pub const DEFAULT_CONTAIN_SNDBUF: u64 = 32 << 10;
+
+/// Several seconds, and never fewer than four snapshots: one interval's ACKs say nothing about
+/// a reader whose ACKs come in bursts.
+pub fn default_drain_window_ms(interval_ms: u64) -> u64 {
+    (4 * interval_ms).max(5000)
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -35,6 +50,10 @@ pub struct Settings {
     pub fairness: String,
     pub stall_ms: u64,
     pub max_drain_ms: u64,
+    pub drain_window_ms: u64,
+    pub repeat_kills: usize,
+    pub repeat_window_ms: u64,
+    pub contain_sndbuf: u64,
     pub policy: &'static str,
     pub max_kills: usize,
     pub max_kills_per_minute: usize,
@@ -65,6 +84,10 @@ struct File {
     fairness: Option<Fairness>,
     stall: Option<Duration>,
     max_drain: Option<Duration>,
+    drain_window: Option<Duration>,
+    repeat_kills: Option<usize>,
+    repeat_window: Option<Duration>,
+    contain_sndbuf: Option<u64>,
     policy: Option<PolicyArg>,
     max_kills: Option<usize>,
     max_kills_per_minute: Option<usize>,
@@ -116,6 +139,15 @@ fn parse_file(text: &str) -> Result<File, String> {
             "fairness" => f.fairness = Some(parse_fairness(string()?).map_err(|e| bad(&e))?),
             "stall" => f.stall = Some(duration()?),
             "max-drain" => f.max_drain = Some(duration()?),
+            "drain-window" => f.drain_window = Some(duration()?),
+            "repeat-kills" => f.repeat_kills = Some(int()? as usize),
+            "repeat-window" => f.repeat_window = Some(duration()?),
+            "contain-sndbuf" => {
+                f.contain_sndbuf = Some(match value {
+                    toml::Value::Integer(_) => int()? as u64,
+                    _ => parse_size(string()?).map_err(|e| bad(&e))?,
+                })
+            }
             "policy" => {
                 f.policy = Some(match string()? {
                     "budget" => PolicyArg::Budget,
@@ -172,10 +204,14 @@ pub fn rule_from_recorded(v: &serde_json::Value) -> anyhow::Result<(policy::Poli
     };
     let protect_cgroups: Vec<PathBuf> =
         list("protect_cgroups").iter().filter_map(|p| p.as_str().map(PathBuf::from)).collect();
+    let stall_ms = num("stall_ms")?;
+    let interval_ms = num("interval_ms")?;
     let rule = policy::Policy {
         threshold: num("threshold")?,
-        stall_ms: num("stall_ms")?,
+        stall_ms,
         max_drain_ms: num("max_drain_ms")?,
+        drain_window_ms: v["drain_window_ms"].as_u64().unwrap_or_else(|| default_drain_window_ms(interval_ms)),
+        interval_ms,
         fairness: parse_fairness(v["fairness"].as_str().unwrap_or("connection")).map_err(anyhow::Error::msg)?,
         kind: if v["policy"] == "heffner" { Kind::Heffner } else { Kind::Budget },
         max_kills: num("max_kills")? as usize,
@@ -187,7 +223,10 @@ pub fn rule_from_recorded(v: &serde_json::Value) -> anyhow::Result<(policy::Poli
         },
         max_per_remote: v["max_per_remote"].as_u64().map(|n| n as usize),
         idle_ms: num("idle_ms")?,
-        frees_wmem: !matches!(source, pressure::Source::Tracked),
+        repeat: policy::RepeatRule {
+            kills: v["repeat_kills"].as_u64().map_or(DEFAULT_REPEAT_KILLS, |n| n as usize),
+            window_ms: v["repeat_window_ms"].as_u64().unwrap_or(DEFAULT_REPEAT_WINDOW_MS),
+        },
     };
     Ok((rule, source))
 }
@@ -254,8 +293,26 @@ impl Settings {
             PolicyArg::Budget => Kind::Budget,
             PolicyArg::Heffner => Kind::Heffner,
         };
-        let stall = args.stall.or(file.stall).unwrap_or(Duration::from_secs(1));
-        let max_drain = args.max_drain.or(file.max_drain).unwrap_or(Duration::from_secs(30));
+        let stall = args.stall.or(file.stall).unwrap_or(DEFAULT_STALL);
+        let max_drain = args.max_drain.or(file.max_drain).unwrap_or(DEFAULT_MAX_DRAIN);
+        let interval_ms = ms(args.interval.or(file.interval).unwrap_or(Duration::from_secs(1)));
+        let drain_window_ms =
+            args.drain_window.or(file.drain_window).map(ms).unwrap_or_else(|| default_drain_window_ms(interval_ms));
+        if drain_window_ms < interval_ms {
+            return Err(UsageError(format!(
+                "--drain-window ({drain_window_ms}ms) must be at least one --interval ({interval_ms}ms): a rate \
+                 needs two snapshots"
+            ))
+            .into());
+        }
+        let repeat = policy::RepeatRule {
+            kills: args.repeat_kills.or(file.repeat_kills).unwrap_or(DEFAULT_REPEAT_KILLS),
+            window_ms: args.repeat_window.or(file.repeat_window).map(ms).unwrap_or(DEFAULT_REPEAT_WINDOW_MS),
+        };
+        let contain_sndbuf = args.contain_sndbuf.or(file.contain_sndbuf).unwrap_or(DEFAULT_CONTAIN_SNDBUF);
+        if contain_sndbuf > u64::from(u32::MAX / 2) {
+            return Err(UsageError(format!("--contain-sndbuf {contain_sndbuf} is out of range (at most 1GiB)")).into());
+        }
         let idle = args.idle.or(file.idle).unwrap_or(Duration::from_secs(300));
         let max_kills = args.max_kills.or(file.max_kills).unwrap_or(DEFAULT_MAX_KILLS);
         let protect_ports: Vec<u16> = pick(args.protect_port, file.protect_port);
@@ -272,6 +329,8 @@ impl Settings {
             threshold,
             stall_ms: ms(stall),
             max_drain_ms: ms(max_drain),
+            drain_window_ms,
+            interval_ms,
             fairness,
             kind,
             max_kills,
@@ -283,7 +342,7 @@ impl Settings {
             },
             max_per_remote,
             idle_ms: ms(idle),
-            frees_wmem: !matches!(source, pressure::Source::Tracked),
+            repeat,
         };
         Ok(Self {
             cgroup,
@@ -291,7 +350,7 @@ impl Settings {
             pin_dir: args.pins.pin_dir,
             dry_run: args.dry_run || file.dry_run.unwrap_or(false),
             max_sockets: args.max_sockets.or(file.max_sockets).unwrap_or(enforcer_common::DEFAULT_MAX_SOCKETS),
-            interval_ms: ms(args.interval.or(file.interval).unwrap_or(Duration::from_secs(1))),
+            interval_ms,
             threshold,
             pressure: source.name(),
             fairness: match fairness {
@@ -301,6 +360,10 @@ impl Settings {
             },
             stall_ms: ms(stall),
             max_drain_ms: ms(max_drain),
+            drain_window_ms,
+            repeat_kills: repeat.kills,
+            repeat_window_ms: repeat.window_ms,
+            contain_sndbuf,
             policy: match kind {
                 Kind::Budget => "budget",
                 Kind::Heffner => "heffner",

@@ -19,8 +19,9 @@ pub struct Socket {
     pub unsent: u64,
     /// Received and not yet read by the application.
     pub recv_queue: u64,
-    /// Send-queue memory charged to the socket, overhead included (`sk_wmem_queued`).
-    pub wmem_queued: u64,
+    /// Send-side memory the kernel charges the socket: queued skbs with their overhead
+    /// (`sk_wmem_queued`). A peer with a tiny window makes it many times `send_queue`.
+    pub charged: u64,
     /// The peer's advertised window.
     pub peer_window: u64,
     /// How long the peer's window has been zero; 0 while open.
@@ -103,7 +104,7 @@ impl From<&SnapshotEntry> for Socket {
             send_queue,
             unsent: e.unsent().into(),
             recv_queue: e.recv_queue().into(),
-            wmem_queued: e.wmem_queued.into(),
+            charged: e.wmem_queued.into(),
             peer_window: e.snd_wnd.into(),
             zero_window_ms: if r.zero_window_since_ns == 0 { 0 } else { ms_since(e.now_ns, r.zero_window_since_ns) },
             stalled_ms: if send_queue == 0 { 0 } else { ms_since(e.now_ns, r.tx_progress_ns) },

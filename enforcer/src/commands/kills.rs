@@ -26,23 +26,25 @@ pub fn run(args: KillsArgs) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:<10}",
-        "TIME (UTC)", "EVENT", "LOCAL", "REMOTE", "SEND-Q", "SHARE", "STALLED", "REASON"
+        "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:<19}  {}",
+        "TIME (UTC)", "EVENT", "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "REASON", "ERROR"
     )?;
     for k in &kills {
         let time =
             humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(k.unix_ms));
         writeln!(
             out,
-            "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:<10}",
+            "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:<19}  {}",
             time.to_string(),
             k.event,
             k.local.to_string(),
             k.remote.to_string(),
+            human_bytes(k.charged),
             human_bytes(k.send_queue),
             human_bytes(k.fair_share),
             human_ms(k.stalled_ms),
-            k.reason
+            k.reason,
+            k.errno
         )?;
     }
     if kills.is_empty() {

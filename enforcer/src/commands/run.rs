@@ -1,8 +1,9 @@
-//! `enforcer run`: the agent. Every interval: snapshot, pressure, rule, destroy, account.
+//! `enforcer run`: the agent. Every interval: snapshot, pressure, judge, act, account.
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result};
 use enforcer_common::{SnapshotEntry, stats};
+use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -12,7 +13,7 @@ use crate::{
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
     netns,
-    policy::{self, Seen},
+    policy::{Decision, Judge, repeat::Flagged, storm::StormGuard},
     settings::{self, Settings},
     sys,
     view::Socket,
@@ -26,7 +27,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     sys::raise_memlock();
     // One netlink socket per network namespace, made on first use there; the agent's own now,
     // so a host without sock_diag fails at start rather than at the first decision.
-    let mut destroyers: HashMap<u64, Netlink> = HashMap::from([(
+    let destroyers: HashMap<u64, Netlink> = HashMap::from([(
         netns::own()?.inode,
         Netlink::open().context("opening a NETLINK_SOCK_DIAG socket (needed to destroy sockets)")?,
     )]);
@@ -42,7 +43,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tracing::info!(
         cgroup = %settings.cgroup.display(), cgroup_id = settings.cgroup_id, pin_dir = %settings.pin_dir.display(),
         threshold = settings.threshold, pressure = settings.pressure, fairness = %settings.fairness,
-        policy = settings.policy, dry_run = settings.dry_run,
+        policy = settings.policy, stall_ms = settings.stall_ms, drain_window_ms = settings.drain_window_ms,
+        dry_run = settings.dry_run,
         "enforcer attached{}", if settings.dry_run { " (dry run: nothing will be destroyed)" } else { "" }
     );
 
@@ -58,14 +60,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(addr) = settings.metrics_addr {
         metrics::serve(addr, metrics.clone()).await?;
     }
-    let storm = StormGuard::new(settings.max_kills_per_minute);
-    let mut agent = Agent { settings, loaded, prev: HashMap::new(), epoch: Instant::now(), prev_ms: 0, storm, metrics };
+    let mut agent = Agent {
+        judge: Judge::new(settings.rule.clone()),
+        storm: StormGuard::new(settings.max_kills_per_minute),
+        settings,
+        loaded,
+        epoch: Instant::now(),
+        metrics,
+        destroyers,
+    };
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sighup.recv() => break,
             _ = sigterm.recv() => break,
-            _ = ticker.tick() => agent.interval(&mut destroyers),
+            _ = ticker.tick() => agent.interval(),
         }
     }
     drop(agent);
@@ -76,57 +85,93 @@ pub async fn run(args: RunArgs) -> Result<()> {
 struct Agent {
     settings: Settings,
     loaded: Loaded,
-    /// What the previous snapshot saw, for progress rates and stall bounds.
-    prev: HashMap<u64, Seen>,
-    /// The agent's clock: `epoch` is its zero, `prev_ms` the previous snapshot.
+    /// The rule and what it remembers across snapshots.
+    judge: Judge,
+    /// The agent's clock starts here.
     epoch: Instant,
-    prev_ms: u64,
     storm: StormGuard,
     metrics: Arc<Metrics>,
+    /// One netlink socket per network namespace it destroys in, by namespace inode.
+    destroyers: HashMap<u64, Netlink>,
 }
 
-/// Destroys a socket from inside its network namespace, through a netlink socket made there
-/// (a netlink socket keeps the namespace it was created in).
-fn destroy_in(
-    destroyers: &mut HashMap<u64, Netlink>,
-    ns: Option<&netns::Namespace>,
-    entry: &SnapshotEntry,
-) -> std::io::Result<()> {
-    let ns = ns.ok_or_else(|| std::io::Error::other("its network namespace is no longer reachable"))?;
-    let nl = match destroyers.entry(ns.inode) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert(netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??)
-        }
-    };
-    nl.destroy(entry.cookie, &entry.record)
-}
-
-/// The per-minute cap on decisions (`--max-kills-per-minute`), over a sliding minute.
-struct StormGuard {
-    per_minute: usize,
-    recent: std::collections::VecDeque<Instant>,
-}
-
-impl StormGuard {
-    fn new(per_minute: usize) -> Self {
-        Self { per_minute, recent: Default::default() }
-    }
-
-    /// How many of `wanted` decisions may go ahead at `now`; those are counted.
-    fn allow(&mut self, now: Instant, wanted: usize) -> usize {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(60)) {
-            self.recent.pop_front();
-        }
-        let allowed = wanted.min(self.per_minute.saturating_sub(self.recent.len()));
-        self.recent.extend(std::iter::repeat_n(now, allowed));
-        allowed
-    }
+/// One interval's snapshot across the watched cgroup's network namespaces.
+struct Snapshot {
+    namespaces: Vec<netns::Namespace>,
+    entries: Vec<(u64, SnapshotEntry)>,
+    sockets: Vec<Socket>,
 }
 
 impl Agent {
-    fn interval(&mut self, destroyers: &mut HashMap<u64, Netlink>) {
+    fn interval(&mut self) {
         let started = Instant::now();
+        let Some(snap) = self.snapshot() else { return };
+        let scanned = started.elapsed();
+        self.update_gauges(snap.sockets.len());
+        let pressure = match self.settings.source.read(&snap.sockets) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading pressure failed; nothing enforced this interval");
+                return;
+            }
+        };
+        self.refresh_protected_cgroups();
+        let now_ms = started.duration_since(self.epoch).as_millis() as u64;
+        let plan = self.judge.judge(&snap.sockets, now_ms, pressure);
+        for remote in &plan.released {
+            self.release(*remote);
+        }
+        let decided = started.elapsed();
+        let candidates = plan.candidates();
+        let outcome = if candidates == 0 {
+            Default::default()
+        } else {
+            let allowed = self.settings.max_kills.min(self.storm.available(started));
+            let by_cookie: HashMap<u64, (u64, &SnapshotEntry)> =
+                snap.entries.iter().map(|(ns, e)| (e.cookie, (*ns, e))).collect();
+            let outcome = plan.execute(allowed, |d| self.act(&snap.namespaces, &by_cookie, d, pressure));
+            self.storm.spend(started, outcome.acted.len());
+            outcome
+        };
+        if outcome.held_back > 0 {
+            tracing::warn!(
+                held_back = outcome.held_back,
+                max_kills = self.settings.max_kills,
+                max_kills_per_minute = self.storm.per_minute,
+                "kill-storm guard: --max-kills or --max-kills-per-minute held back sockets the rule chose this interval"
+            );
+        }
+        for d in &outcome.acted {
+            if let Some(flag) = self.judge.record_destroy(d, now_ms) {
+                self.flag(&flag);
+            }
+        }
+        let m = &self.metrics;
+        m.pressure.set(pressure as i64);
+        m.scan_seconds.observe(scanned.as_secs_f64());
+        m.policy_seconds.observe((decided - scanned).as_secs_f64());
+        m.offenders.set(candidates as i64);
+        m.held_back.inc_by(outcome.held_back as u64);
+        m.destroy_failed.inc_by(outcome.failed as u64);
+        m.repeat_offenders_flagged.set(self.judge.repeat_offenders().flagged().count() as i64);
+        // Netlink sockets of namespaces that are gone would keep them alive.
+        self.destroyers.retain(|inode, _| snap.namespaces.iter().any(|n| n.inode == *inode));
+        tracing::debug!(
+            sockets = snap.sockets.len(),
+            pressure,
+            threshold = self.settings.threshold,
+            candidates,
+            acted = outcome.acted.len(),
+            failed = outcome.failed,
+            scan_us = scanned.as_micros() as u64,
+            policy_us = (decided - scanned).as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "interval"
+        );
+    }
+
+    /// Every tracked socket in every network namespace of the watched cgroup's processes.
+    fn snapshot(&self) -> Option<Snapshot> {
         let namespaces = match netns::of_cgroup(&self.settings.cgroup) {
             Ok(n) => n,
             Err(e) => {
@@ -134,82 +179,29 @@ impl Agent {
                 netns::own().map(|n| vec![n]).unwrap_or_default()
             }
         };
-        let entries = match netns::snapshot(&self.loaded.snapshot_path(), &namespaces) {
-            Ok(e) => e,
+        match netns::snapshot(&self.loaded.snapshot_path(), &namespaces) {
+            Ok(entries) => {
+                let sockets = entries.iter().map(Socket::in_netns).collect();
+                Some(Snapshot { namespaces, entries, sockets })
+            }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "snapshot failed; nothing enforced this interval");
-                return;
+                None
             }
-        };
-        let sockets: Vec<Socket> = entries.iter().map(Socket::in_netns).collect();
-        let scanned = started.elapsed();
-        self.update_gauges(sockets.len());
-        let pressure = match self.settings.source.read(&sockets) {
-            Ok(p) => p,
+        }
+    }
+
+    /// A restarted service gets a new cgroup (a new id), and new children appear.
+    fn refresh_protected_cgroups(&mut self) {
+        if self.settings.protect_cgroups.is_empty() {
+            return;
+        }
+        match settings::protected_cgroup_ids(&self.settings.protect_cgroups) {
+            Ok(ids) => self.judge.policy_mut().protect.cgroups = ids,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "reading pressure failed; nothing enforced this interval");
-                return;
-            }
-        };
-        if !self.settings.protect_cgroups.is_empty() {
-            match settings::protected_cgroup_ids(&self.settings.protect_cgroups) {
-                Ok(ids) => self.settings.rule.protect.cgroups = ids,
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "re-reading --protect-cgroup; keeping the previous set")
-                }
+                tracing::warn!(error = %format!("{e:#}"), "re-reading --protect-cgroup; keeping the previous set")
             }
         }
-        let now_ms = started.duration_since(self.epoch).as_millis() as u64;
-        let tick = policy::Tick { now_ms, elapsed_ms: now_ms - self.prev_ms };
-        let verdict = policy::decide(&self.settings.rule, &sockets, &self.prev, tick, pressure);
-        let decided = started.elapsed();
-        let m = &self.metrics;
-        m.pressure.set(pressure as i64);
-        m.scan_seconds.observe(scanned.as_secs_f64());
-        m.policy_seconds.observe((decided - scanned).as_secs_f64());
-        m.offenders.set(verdict.decisions.len() as i64);
-        m.held_back.inc_by(verdict.capped as u64);
-        let mut decisions = verdict.decisions;
-        if verdict.capped > 0 {
-            tracing::warn!(
-                held_back = verdict.capped,
-                max_kills = self.settings.max_kills,
-                "kill-storm guard: --max-kills held back sockets the rule chose this interval"
-            );
-        }
-        let allowed = self.storm.allow(started, decisions.len());
-        if allowed < decisions.len() {
-            tracing::warn!(
-                held_back = decisions.len() - allowed,
-                max_kills_per_minute = self.storm.per_minute,
-                "kill-storm guard: --max-kills-per-minute held back sockets the rule chose this interval"
-            );
-            self.metrics.held_back.inc_by((decisions.len() - allowed) as u64);
-            decisions.truncate(allowed);
-        }
-        if !decisions.is_empty() {
-            let by_cookie: HashMap<u64, &SnapshotEntry> = entries.iter().map(|(_, e)| (e.cookie, e)).collect();
-            for d in &decisions {
-                let Some(entry) = by_cookie.get(&d.socket.cookie) else { continue };
-                let ns = namespaces.iter().find(|n| n.inode == d.socket.netns);
-                self.act(destroyers, ns, d, entry, pressure);
-            }
-        }
-        // Netlink sockets of namespaces that are gone would keep them alive.
-        destroyers.retain(|inode, _| namespaces.iter().any(|n| n.inode == *inode));
-        self.prev =
-            sockets.iter().map(|s| (s.cookie, policy::next_seen(s, self.prev.get(&s.cookie), self.prev_ms))).collect();
-        self.prev_ms = now_ms;
-        tracing::debug!(
-            sockets = sockets.len(),
-            pressure,
-            threshold = self.settings.threshold,
-            decisions = decisions.len(),
-            scan_us = scanned.as_micros() as u64,
-            policy_us = (decided - scanned).as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
-            "interval"
-        );
     }
 
     /// Gauges and kernel counters, every interval.
@@ -231,19 +223,22 @@ impl Agent {
         }
     }
 
+    /// Carries out one decision: destroys the socket (or, in a dry run, only says so), logs and
+    /// records it. True when it freed the socket's memory (or would have, in a dry run).
     fn act(
         &mut self,
-        destroyers: &mut HashMap<u64, Netlink>,
-        ns: Option<&netns::Namespace>,
-        d: &policy::Decision,
-        entry: &SnapshotEntry,
+        namespaces: &[netns::Namespace],
+        by_cookie: &HashMap<u64, (u64, &SnapshotEntry)>,
+        d: &Decision,
         pressure: u64,
-    ) {
+    ) -> bool {
+        let Some(&(ns, entry)) = by_cookie.get(&d.socket.cookie) else { return false };
         let threshold = self.settings.threshold;
         let (event, err) = if self.settings.dry_run {
             (KillEvent::WouldDestroy, None)
         } else {
-            match destroy_in(destroyers, ns, entry) {
+            let ns = namespaces.iter().find(|n| n.inode == ns);
+            match destroy_in(&mut self.destroyers, ns, entry) {
                 Ok(()) => (KillEvent::Destroyed, None),
                 Err(e) => (KillEvent::DestroyFailed, Some(e)),
             }
@@ -254,24 +249,45 @@ impl Agent {
         if let Err(e) = self.loaded.record_kill(kills::record(event, d, &entry.record, pressure, threshold, errno)) {
             tracing::warn!(error = %format!("{e:#}"), "could not record the decision in the pinned ring");
         }
+        err.is_none()
+    }
+
+    /// A new repeat offender: say so, and have the kernel give its new connections a small
+    /// send buffer (not in a dry run: a dry run changes nothing).
+    fn flag(&mut self, f: &Flagged) {
+        self.metrics.repeat_offenders.inc();
+        let sndbuf = self.settings.contain_sndbuf;
+        let contained = !self.settings.dry_run && sndbuf > 0;
+        kills::log_repeat_offender(f, contained.then_some(sndbuf));
+        if contained && let Err(e) = self.loaded.contain(f.remote, sndbuf as u32) {
+            tracing::warn!(remote = %f.remote, error = %format!("{e:#}"), "could not contain the repeat offender");
+        }
+    }
+
+    fn release(&mut self, remote: IpNet) {
+        tracing::info!(remote = %remote, "repeat offender released: no destroy for a whole --repeat-window");
+        if !self.settings.dry_run
+            && self.settings.contain_sndbuf > 0
+            && let Err(e) = self.loaded.release(remote)
+        {
+            tracing::warn!(remote = %remote, error = %format!("{e:#}"), "could not release the repeat offender");
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn storm_guard_caps_a_sliding_minute() {
-        let mut g = StormGuard::new(10);
-        let t0 = Instant::now();
-        assert_eq!(g.allow(t0, 7), 7);
-        assert_eq!(g.allow(t0 + Duration::from_secs(30), 7), 3);
-        assert_eq!(g.allow(t0 + Duration::from_secs(59), 1), 0);
-        // The first seven leave the window a minute after they were counted.
-        assert_eq!(g.allow(t0 + Duration::from_secs(60), 9), 7);
-        assert_eq!(g.allow(t0 + Duration::from_secs(90), 1), 1);
-    }
+/// Destroys a socket from inside its network namespace, through a netlink socket made there
+/// (a netlink socket keeps the namespace it was created in).
+fn destroy_in(
+    destroyers: &mut HashMap<u64, Netlink>,
+    ns: Option<&netns::Namespace>,
+    entry: &SnapshotEntry,
+) -> std::io::Result<()> {
+    let ns = ns.ok_or_else(|| std::io::Error::other("its network namespace is no longer reachable"))?;
+    let nl = match destroyers.entry(ns.inode) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??)
+        }
+    };
+    nl.destroy(entry.cookie, &entry.record)
 }

@@ -20,6 +20,7 @@ pub fn run(args: SocketsArgs) -> Result<()> {
     });
     match args.sort {
         SortKey::SendQueue => sockets.sort_by_key(|s| Reverse(s.send_queue)),
+        SortKey::Charged => sockets.sort_by_key(|s| Reverse(s.charged)),
         SortKey::Stalled => sockets.sort_by_key(|s| Reverse(s.stalled_ms)),
         SortKey::Age => sockets.sort_by_key(|s| Reverse(s.age_ms)),
     }
@@ -41,11 +42,12 @@ fn print_table(out: &mut impl Write, sockets: &[Socket]) -> Result<()> {
     let (lw, rw) = (width(|s| s.local.to_string(), 5), width(|s| s.remote.to_string(), 6));
     writeln!(
         out,
-        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
+        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
         "LOCAL",
         "REMOTE",
         "STATE",
         "SEND-Q",
+        "CHARGED",
         "UNSENT",
         "RECV-Q",
         "PEER-WND",
@@ -58,11 +60,12 @@ fn print_table(out: &mut impl Write, sockets: &[Socket]) -> Result<()> {
     for s in sockets {
         writeln!(
             out,
-            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
+            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
             s.local.to_string(),
             s.remote.to_string(),
             s.state,
             human_bytes(s.send_queue),
+            human_bytes(s.charged),
             human_bytes(s.unsent),
             human_bytes(s.recv_queue),
             human_bytes(s.peer_window),

@@ -11,7 +11,7 @@ use anyhow::Result;
 use crate::{
     cli::TopArgs,
     pins::PinDir,
-    policy::{self, Seen, Tick},
+    policy::Judge,
     settings, sys,
     view::{Socket, human_bytes, human_ms},
 };
@@ -21,9 +21,10 @@ pub async fn run(args: TopArgs) -> Result<()> {
     let pins = PinDir::open(&args.pins.pin_dir)?;
     let recorded = pins.recorded_settings();
     let (rule, source) = settings::rule_from_recorded(&recorded)?;
+    let threshold = rule.threshold;
+    let mut judge = Judge::new(rule);
     let tty = std::io::stdout().is_terminal();
     let epoch = Instant::now();
-    let (mut prev, mut prev_ms): (HashMap<u64, Seen>, u64) = (HashMap::new(), 0);
     let mut ticker = tokio::time::interval(args.interval);
     for round in 0.. {
         if args.iterations.is_some_and(|n| round >= n) {
@@ -36,24 +37,24 @@ pub async fn run(args: TopArgs) -> Result<()> {
         let sockets: Vec<Socket> = pins.snapshot()?.iter().map(Socket::in_netns).collect();
         let pressure = source.read(&sockets)?;
         let now_ms = epoch.elapsed().as_millis() as u64;
-        let tick = Tick { now_ms, elapsed_ms: now_ms - prev_ms };
-        let verdict = policy::decide(&rule, &sockets, &prev, tick, pressure);
-        let shares = policy::fair_shares(rule.fairness, &sockets, rule.threshold);
+        let plan = judge.judge(&sockets, now_ms, pressure);
+        let assessments = plan.assessments.clone();
+        // What the agent would do with these sockets: every destroy succeeding.
         let chosen: HashMap<u64, &'static str> =
-            verdict.decisions.iter().map(|d| (d.socket.cookie, d.reason.as_str())).collect();
+            plan.execute(usize::MAX, |_| true).acted.iter().map(|d| (d.socket.cookie, d.reason.as_str())).collect();
 
         let mut rows: Vec<(usize, &Socket)> = sockets.iter().enumerate().collect();
-        rows.sort_by_key(|(_, s)| std::cmp::Reverse(s.send_queue));
+        rows.sort_by_key(|(_, s)| std::cmp::Reverse(s.charged));
         let mut out = std::io::stdout().lock();
         if tty {
             write!(out, "\x1b[2J\x1b[H")?;
         }
-        let state = if pressure > rule.threshold { "OVER" } else { "under" };
+        let state = if pressure > threshold { "OVER" } else { "under" };
         writeln!(
             out,
             "enforcer top  pressure {} {state} threshold {} ({})  {} sockets, {} chosen now{}",
             human_bytes(pressure),
-            human_bytes(rule.threshold),
+            human_bytes(threshold),
             source.name(),
             sockets.len(),
             chosen.len(),
@@ -61,21 +62,21 @@ pub async fn run(args: TopArgs) -> Result<()> {
         )?;
         writeln!(
             out,
-            "{:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:>9}  {:<10}",
-            "LOCAL", "REMOTE", "SEND-Q", "SHARE", "STALLED", "DRAIN", "CHOSEN"
+            "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<19}",
+            "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "DRAIN", "CHOSEN"
         )?;
         for (i, s) in rows.into_iter().take(args.limit) {
-            let seen = prev.get(&s.cookie);
-            let drain = policy::drain_estimate_ms(s, seen, tick.elapsed_ms).map(human_ms).unwrap_or_else(|| "-".into());
+            let a = assessments.get(i).copied().unwrap_or_default();
             writeln!(
                 out,
-                "{:<22}  {:<22}  {:>9}  {:>9}  {:>8}  {:>9}  {:<10}",
+                "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<19}",
                 s.local.to_string(),
                 s.remote.to_string(),
+                human_bytes(s.charged),
                 human_bytes(s.send_queue),
-                human_bytes(shares.get(i).copied().unwrap_or(0)),
-                human_ms(policy::stalled_ms(s, seen, tick)),
-                drain,
+                human_bytes(a.fair_share),
+                human_ms(a.stalled_ms),
+                a.drain_estimate_ms.map(human_ms).unwrap_or_else(|| "-".into()),
                 chosen.get(&s.cookie).copied().unwrap_or("")
             )?;
         }
@@ -83,8 +84,6 @@ pub async fn run(args: TopArgs) -> Result<()> {
             writeln!(out)?;
         }
         out.flush()?;
-        prev = sockets.iter().map(|s| (s.cookie, policy::next_seen(s, prev.get(&s.cookie), prev_ms))).collect();
-        prev_ms = now_ms;
     }
     Ok(())
 }

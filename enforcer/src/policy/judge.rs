@@ -1,0 +1,548 @@
+//! The rule's memory across snapshots, and what it makes of each socket in one snapshot.
+//!
+//! A socket's history is small: the previous snapshot's send queue (to bound a stall by the
+//! data's age) and, only while it holds more than its share, samples of what the peer
+//! acknowledged. The drain rate is measured over `drain_window_ms` of those samples: intervals
+//! without an ACK count as zero, and a socket that has not been over its share for the whole
+//! window gets no slow-drain verdict at all. A reader whose ACKs arrive in bursts (a client that
+//! reads 64 KiB every 100 ms, or 2 MiB every second) is judged on its real rate.
+use std::collections::{HashMap, VecDeque};
+
+use super::{
+    Decision, ESCALATE_AFTER_INTERVALS, Policy, Reason, fair_shares,
+    plan::Plan,
+    repeat::{Flagged, RepeatOffenders},
+};
+use crate::view::Socket;
+
+/// What the rule makes of one socket, for display (`enforcer top`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Assessment {
+    pub fair_share: u64,
+    /// Bounded by the age of the data: a backlog queued after some snapshot saw nothing
+    /// outstanding cannot have been stalled for longer than since that snapshot.
+    pub stalled_ms: u64,
+    /// At the rate acknowledged over the drain window; None until the socket has been over its
+    /// share for a whole window, or when the peer drained what the window started with.
+    pub drain_estimate_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at_ms: u64,
+    bytes_acked: u64,
+    send_queue: u64,
+}
+
+/// Kept while a socket holds more than its share.
+#[derive(Debug, Clone)]
+struct OverShare {
+    since_ms: u64,
+    /// Oldest first; trimmed so that the first is the last one at or before the window's start.
+    samples: VecDeque<Sample>,
+}
+
+impl OverShare {
+    fn drain_estimate_ms(&self, s: &Socket, now_ms: u64, window_ms: u64) -> Option<u64> {
+        if now_ms.saturating_sub(self.since_ms) < window_ms {
+            return None;
+        }
+        let base = self.samples.front()?;
+        let acked = s.bytes_acked.saturating_sub(base.bytes_acked);
+        // The peer drained the whole backlog the window started with: it keeps up, and whatever
+        // is queued now was written since.
+        if acked >= base.send_queue {
+            return None;
+        }
+        let span = now_ms.saturating_sub(base.at_ms);
+        if span == 0 {
+            return None;
+        }
+        if acked == 0 {
+            return Some(u64::MAX);
+        }
+        Some((u128::from(s.send_queue) * u128::from(span) / u128::from(acked)).min(u128::from(u64::MAX)) as u64)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct History {
+    send_queue: u64,
+    /// The agent's clock at the last snapshot that saw nothing outstanding, while something is
+    /// outstanding now; None when the backlog predates every snapshot (or there is none).
+    queued_since_ms: Option<u64>,
+    over: Option<OverShare>,
+}
+
+/// The rule with its memory: one per agent (and one per `enforcer top`).
+pub struct Judge {
+    policy: Policy,
+    socks: HashMap<u64, History>,
+    /// Last interval's map, cleared, so steady state allocates nothing.
+    spare: HashMap<u64, History>,
+    prev_ms: Option<u64>,
+    /// Consecutive snapshots with pressure over the threshold.
+    over_streak: u32,
+    repeat: RepeatOffenders,
+}
+
+impl Judge {
+    pub fn new(policy: Policy) -> Self {
+        let repeat = RepeatOffenders::new(policy.repeat);
+        Self { policy, socks: HashMap::new(), spare: HashMap::new(), prev_ms: None, over_streak: 0, repeat }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// For what the agent re-reads every interval (the protected cgroups' ids).
+    pub fn policy_mut(&mut self) -> &mut Policy {
+        &mut self.policy
+    }
+
+    /// Counts a destroy (or, in a dry run, a decision) against its remote; the remote it makes
+    /// a repeat offender, if it does.
+    pub fn record_destroy(&mut self, d: &Decision, now_ms: u64) -> Option<Flagged> {
+        self.repeat.record(self.policy.fairness.group(d.socket.remote.ip()), now_ms)
+    }
+
+    pub fn repeat_offenders(&self) -> &RepeatOffenders {
+        &self.repeat
+    }
+
+    /// Judges one snapshot taken at `now_ms` (the caller's monotonic clock) under `pressure`,
+    /// and remembers what the next snapshot needs of it.
+    pub fn judge(&mut self, sockets: &[Socket], now_ms: u64, pressure: u64) -> Plan {
+        let released = self.repeat.expire(now_ms);
+        let p = &self.policy;
+        let over = pressure > p.threshold;
+        self.over_streak = if over { self.over_streak.saturating_add(1) } else { 0 };
+        let mut plan = Plan::new(pressure, p.threshold, p.kind, self.over_streak >= ESCALATE_AFTER_INTERVALS);
+        plan.released = released;
+        let elapsed_ms = self.prev_ms.map(|t| now_ms.saturating_sub(t));
+        let prev_ms = self.prev_ms.unwrap_or(0);
+        let shares = fair_shares(p.fairness, sockets, p.threshold);
+        let mut prev = std::mem::take(&mut self.socks);
+        let mut next = std::mem::take(&mut self.spare);
+        next.clear();
+        next.reserve(sockets.len());
+        plan.assessments.reserve(sockets.len());
+        for (s, &share) in sockets.iter().zip(&shares) {
+            let before = prev.remove(&s.cookie);
+            let stalled_ms = bounded_stall(s, before.as_ref(), now_ms, elapsed_ms);
+            let h = remember(s, before, share, now_ms, prev_ms, p.drain_window_ms);
+            let drain = h.over.as_ref().and_then(|o| o.drain_estimate_ms(s, now_ms, p.drain_window_ms));
+            let a = Assessment { fair_share: share, stalled_ms, drain_estimate_ms: drain };
+            if over && !p.protect.covers(s) {
+                self.classify(&mut plan, s, &a, h.over.as_ref().map(|o| o.since_ms), now_ms);
+            }
+            plan.assessments.push(a);
+            next.insert(s.cookie, h);
+        }
+        prev.clear();
+        self.spare = prev;
+        self.socks = next;
+        self.prev_ms = Some(now_ms);
+        if let Some(cap) = self.policy.max_per_remote {
+            plan.remote_cap = remote_cap(&self.policy, sockets, cap, &plan);
+        }
+        plan.rank();
+        plan
+    }
+
+    fn classify(&self, plan: &mut Plan, s: &Socket, a: &Assessment, over_since: Option<u64>, now_ms: u64) {
+        let p = &self.policy;
+        let decision = |reason, offending_ms: u64, over_bytes: u64| Decision {
+            socket: Socket { stalled_ms: a.stalled_ms, ..s.clone() },
+            reason,
+            fair_share: a.fair_share,
+            drain_estimate_ms: a.drain_estimate_ms,
+            offending_ms,
+            evidence: over_bytes.saturating_mul(offending_ms),
+        };
+        // A repeat offender's connection opened since it was flagged gets one interval of grace.
+        let created_ms = now_ms.saturating_sub(s.age_ms);
+        let flagged = self.repeat.flagged_since(&p.fairness.group(s.remote.ip()));
+        if flagged.is_some_and(|f| created_ms >= f) && a.stalled_ms >= p.interval_ms && s.charged > 0 {
+            plan.sweep.push(decision(Reason::RepeatOffender, a.stalled_ms, s.charged));
+        } else if s.charged > a.fair_share {
+            let over_bytes = s.charged - a.fair_share;
+            if a.stalled_ms >= p.stall_ms {
+                plan.offenders.push(decision(Reason::Stalled, a.stalled_ms, over_bytes));
+            } else if a.drain_estimate_ms.is_some_and(|d| d > p.max_drain_ms) {
+                let slow_for = now_ms.saturating_sub(over_since.unwrap_or(now_ms));
+                plan.offenders.push(decision(Reason::SlowDrain, slow_for, over_bytes));
+            }
+        } else if a.stalled_ms >= p.stall_ms && s.charged > 0 {
+            plan.escalation.push(decision(Reason::StalledUnderShare, a.stalled_ms, s.charged));
+        }
+    }
+}
+
+/// The tracker dates a stall from the last ACK that moved `snd_una`; a backlog that appeared
+/// after some snapshot saw nothing outstanding cannot have been stalled for longer than since
+/// that snapshot (a connection idle for ten minutes, then written to a closed window).
+fn bounded_stall(s: &Socket, before: Option<&History>, now_ms: u64, elapsed_ms: Option<u64>) -> u64 {
+    match (before, elapsed_ms) {
+        (Some(h), Some(elapsed)) if h.send_queue == 0 => s.stalled_ms.min(elapsed),
+        (Some(History { queued_since_ms: Some(t), .. }), _) => s.stalled_ms.min(now_ms.saturating_sub(*t)),
+        _ => s.stalled_ms,
+    }
+}
+
+/// What to keep of `s` for the next snapshot.
+fn remember(s: &Socket, before: Option<History>, share: u64, now_ms: u64, prev_ms: u64, window_ms: u64) -> History {
+    let (queued_since_ms, over) = match before {
+        Some(h) => (
+            match h.queued_since_ms {
+                _ if s.send_queue == 0 => None,
+                _ if h.send_queue == 0 => Some(prev_ms),
+                t => t,
+            },
+            h.over,
+        ),
+        None => (None, None),
+    };
+    let over = (s.charged > share).then(|| {
+        let mut o = over.unwrap_or_else(|| OverShare { since_ms: now_ms, samples: VecDeque::new() });
+        o.samples.push_back(Sample { at_ms: now_ms, bytes_acked: s.bytes_acked, send_queue: s.send_queue });
+        let start = now_ms.saturating_sub(window_ms);
+        while o.samples.get(1).is_some_and(|x| x.at_ms <= start) {
+            o.samples.pop_front();
+        }
+        o
+    });
+    History { send_queue: s.send_queue, queued_since_ms, over }
+}
+
+/// `--max-per-remote`: beyond N connections of one remote address, the ones idle for `--idle`
+/// (no byte either way), oldest idle first. Applies whatever the pressure.
+fn remote_cap(p: &Policy, sockets: &[Socket], cap: usize, plan: &Plan) -> Vec<Decision> {
+    let chosen: std::collections::HashSet<u64> =
+        plan.sweep.iter().chain(&plan.offenders).map(|d| d.socket.cookie).collect();
+    let mut by_remote: HashMap<std::net::IpAddr, Vec<&Socket>> = HashMap::new();
+    for s in sockets {
+        by_remote.entry(s.remote.ip()).or_default().push(s);
+    }
+    let mut remotes: Vec<_> = by_remote.into_iter().filter(|(_, v)| v.len() > cap).collect();
+    remotes.sort_by_key(|(ip, _)| *ip);
+    let idle = |s: &Socket| s.rx_idle_ms.min(s.tx_idle_ms);
+    let mut out = Vec::new();
+    for (_, conns) in remotes {
+        // Connections the pressure rule already chose count toward the excess.
+        let already = conns.iter().filter(|s| chosen.contains(&s.cookie)).count();
+        let excess = (conns.len() - cap).saturating_sub(already);
+        let mut idle_ones: Vec<&Socket> = conns
+            .into_iter()
+            .filter(|s| idle(s) >= p.idle_ms && !p.protect.covers(s) && !chosen.contains(&s.cookie))
+            .collect();
+        // Oldest idle first; among equals the older connection, then the lower cookie, so the
+        // choice never depends on the snapshot's order.
+        idle_ones.sort_by_key(|s| (std::cmp::Reverse(idle(s)), std::cmp::Reverse(s.age_ms), s.cookie));
+        out.extend(idle_ones.into_iter().take(excess).map(|s| Decision {
+            socket: s.clone(),
+            reason: Reason::RemoteCap,
+            fair_share: 0,
+            drain_estimate_ms: None,
+            offending_ms: idle(s),
+            evidence: 0,
+        }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{
+        Fairness, Kind,
+        testing::{policy, sock},
+    };
+
+    fn cookies(d: &[Decision]) -> Vec<u64> {
+        let mut v: Vec<u64> = d.iter().map(|d| d.socket.cookie).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Everything the plan would destroy if every destroy succeeded.
+    fn chosen(plan: &Plan) -> Vec<Decision> {
+        plan.clone().execute(usize::MAX, |_| true).acted
+    }
+
+    /// The 2006 script, case by case: pressure over THRESH, SndUna unchanged for a second,
+    /// queue over THRESH / connections. Each row: (queue, stalled_ms, killed).
+    #[test]
+    fn reproduces_the_2006_rule() {
+        const THRESH: u64 = 100 << 20;
+        let rows: [(u64, u64, bool); 6] = [
+            (30 << 20, 5_000, true), // over share, no progress: killed
+            (30 << 20, 200, false),  // over share, progressing: kept
+            (20 << 20, 500, false),  // under share (100 MiB / 4 = 25 MiB): kept
+            (26 << 20, 1_000, true), // over share, exactly a second without progress
+            (26 << 20, 999, false),  // a millisecond short of a second
+            (0, 10_000, false),      // nothing queued
+        ];
+        for (queue, stalled, killed) in rows {
+            let mut sockets = vec![sock(1, "192.0.2.1:1000", queue, stalled, 0)];
+            // Three more connections so the share is THRESH / 4, all harmless.
+            sockets.extend((2..=4).map(|c| sock(c, "192.0.2.2:1000", 1 << 20, 0, 0)));
+            let mut p = policy(THRESH);
+            p.kind = Kind::Heffner;
+            let d = chosen(&Judge::new(p).judge(&sockets, 100_000, THRESH + 1));
+            assert_eq!(cookies(&d) == [1], killed, "queue {queue} stalled {stalled}: {d:?}");
+            if killed {
+                assert_eq!(d[0].fair_share, THRESH / 4);
+                assert_eq!(d[0].reason, Reason::Stalled);
+            }
+        }
+    }
+
+    #[test]
+    fn below_threshold_nothing_happens_however_stalled() {
+        let sockets = vec![sock(1, "192.0.2.1:1", 50 << 20, 3_600_000, 0)];
+        assert!(chosen(&Judge::new(policy(100 << 20)).judge(&sockets, 1000, 100 << 20)).is_empty());
+    }
+
+    #[test]
+    fn charged_memory_not_send_queue_decides() {
+        // A tiny-window attacker: 0.5 MiB unacknowledged, 8 MiB charged. Its neighbour holds
+        // 2 MiB in ordinary skbs. Threshold 8 MiB, 2 connections: share 4 MiB.
+        let mut tiny = sock(1, "192.0.2.1:1", 8 << 20, 5000, 0);
+        tiny.send_queue = 512 << 10;
+        let normal = sock(2, "192.0.2.2:1", 2 << 20, 5000, 0);
+        let d = chosen(&Judge::new(policy(8 << 20)).judge(&[tiny, normal], 1000, 10 << 20));
+        assert_eq!(cookies(&d), [1]);
+    }
+
+    /// Feeds snapshots every `step` ms; `at(t)` gives the socket at time t.
+    fn run_for(
+        j: &mut Judge,
+        until: u64,
+        step: u64,
+        pressure: u64,
+        at: impl Fn(u64) -> Vec<Socket>,
+    ) -> Vec<(u64, Plan)> {
+        (0..=until / step).map(|i| i * step).map(|t| (t, j.judge(&at(t), t, pressure))).collect()
+    }
+
+    #[test]
+    fn bursty_readers_are_not_slow() {
+        // 7.7 MB queued; the reader takes 64 KiB every 100 ms (640 KB/s, drains in ~12 s), so
+        // each 250 ms interval sees 128 or 192 KiB acknowledged, some none at all. And a
+        // rate-limited download: 2 MiB every ~1 s. Neither is ever a slow-drain offender.
+        for (burst, every_ms) in [(64u64 << 10, 100u64), (2 << 20, 1000)] {
+            let mut j = Judge::new(policy(1 << 20));
+            let plans = run_for(&mut j, 30_000, 250, 100 << 20, |t| {
+                let acked = (t / every_ms) * burst;
+                vec![sock(1, "192.0.2.1:1", 7_700_000, 0, acked)]
+            });
+            for (t, plan) in plans {
+                assert!(chosen(&plan).is_empty(), "{burst}B every {every_ms}ms destroyed at {t}ms: {plan:?}");
+                // Either a rate under --max-drain, or none: the reader drained the whole backlog
+                // the window started with.
+                let d = plan.assessments[0].drain_estimate_ms;
+                assert!(d.is_none_or(|d| d < 30_000), "estimate {d:?} at {t}ms");
+            }
+        }
+    }
+
+    #[test]
+    fn ack_shaping_is_slow_after_one_window() {
+        // 40 KiB every 900 ms with 7 MB queued: drains in ~160 s. Intervals without an ACK used
+        // to give no estimate at all.
+        let mut j = Judge::new(policy(1 << 20));
+        let plans = run_for(&mut j, 8000, 250, 100 << 20, |t| {
+            vec![sock(1, "192.0.2.1:1", 7_000_000, (t % 900).min(899), (t / 900) * 40_960)]
+        });
+        let first = plans.iter().find(|(_, p)| !chosen(p).is_empty()).map(|(t, p)| (*t, chosen(p)));
+        let (t, d) = first.expect("the ACK shaper is never chosen");
+        assert_eq!(t, 5000, "chosen as soon as a whole window shows it slow");
+        assert_eq!(d[0].reason, Reason::SlowDrain);
+        assert!(d[0].drain_estimate_ms.is_some_and(|ms| ms > 100_000), "{d:?}");
+        assert!(d[0].offending_ms >= 5000);
+    }
+
+    #[test]
+    fn a_backlog_the_peer_drained_is_not_slow() {
+        // The application wrote in bursts the peer acknowledged in full: its rate is the
+        // application's, not the peer's.
+        let mut j = Judge::new(policy(1 << 20));
+        let plans = run_for(&mut j, 10_000, 250, 100 << 20, |t| {
+            vec![sock(1, "192.0.2.1:1", 4 << 20, 0, (t / 5000) * (5 << 20))]
+        });
+        assert!(plans.iter().all(|(_, p)| chosen(p).is_empty()));
+    }
+
+    #[test]
+    fn evidence_ranks_a_long_stall_before_a_short_pause() {
+        // A rate-limited download paused for 1.2 s holding 2.3 MB, and 17 slow-read attackers
+        // holding 1.6 MB each, stalled for 30 s. The budget needs only a few of them.
+        let mut sockets = vec![sock(1, "192.0.2.1:1", 2_300_000, 1200, 0)];
+        sockets.extend((2..=18).map(|c| sock(c, &format!("192.0.2.{c}:1"), 1_600_000, 30_000, 0)));
+        let threshold = 16 << 20;
+        let plan = Judge::new(policy(threshold)).judge(&sockets, 100_000, threshold + (3 << 20));
+        let d = chosen(&plan);
+        assert!(!d.is_empty());
+        assert!(!cookies(&d).contains(&1), "the paused download went first: {d:?}");
+    }
+
+    #[test]
+    fn escalates_to_stalled_sockets_under_their_share_after_a_streak() {
+        // 10 stalled peers on 10 addresses, each under its per-remote share, and one
+        // progressing reader over its share: nothing qualifies by share.
+        let mut sockets: Vec<Socket> =
+            (1..=10).map(|c| sock(c, &format!("192.0.2.{c}:1"), 700 << 10, 5000, 0)).collect();
+        sockets.push(sock(11, "192.0.2.99:1", 6 << 20, 0, 0));
+        let mut p = policy(8 << 20);
+        p.fairness = Fairness::RemoteIp;
+        let mut j = Judge::new(p);
+        let pressure = 13 << 20;
+        for i in 0..ESCALATE_AFTER_INTERVALS - 1 {
+            assert!(chosen(&j.judge(&sockets, u64::from(i) * 250, pressure)).is_empty(), "interval {i}");
+        }
+        let d = chosen(&j.judge(&sockets, 1000, pressure));
+        assert!(!d.is_empty() && d.iter().all(|d| d.reason == Reason::StalledUnderShare), "{d:?}");
+        assert!(!cookies(&d).contains(&11), "a progressing socket is never a candidate");
+        // Only as many as bring the pressure back: 5 MiB over, 700 KiB each.
+        assert_eq!(d.len(), 8);
+        // Pressure back under the threshold ends the streak.
+        assert!(chosen(&j.judge(&sockets, 1250, 8 << 20)).is_empty());
+        assert!(chosen(&j.judge(&sockets, 1500, pressure)).is_empty());
+    }
+
+    #[test]
+    fn a_repeat_offenders_new_connections_get_one_interval() {
+        let mut p = policy(8 << 20);
+        p.stall_ms = 3000;
+        let mut j = Judge::new(p);
+        let offender = |cookie, age_ms, stalled_ms| {
+            let mut s = sock(cookie, "192.0.2.7:1", 128 << 10, stalled_ms, 0);
+            s.age_ms = age_ms;
+            s
+        };
+        // Three destroys within the window flag the remote, once.
+        let d = chosen(&j.judge(&[sock(1, "192.0.2.7:1", 9 << 20, 5000, 0)], 10_000, 10 << 20));
+        assert_eq!(d.len(), 1);
+        assert!(j.record_destroy(&d[0], 10_000).is_none());
+        assert!(j.record_destroy(&d[0], 10_500).is_none());
+        let flag = j.record_destroy(&d[0], 11_000).expect("flagged at the third destroy");
+        assert_eq!((flag.remote.to_string().as_str(), flag.kills), ("192.0.2.7/32", 3));
+        assert!(j.record_destroy(&d[0], 11_100).is_none(), "flagged once");
+        // Opened after the flag, stalled for one interval, under its share: destroyed. One
+        // opened before the flag keeps the ordinary grace. Another remote too.
+        let mut other = offender(3, 100, 300);
+        other.remote = "192.0.2.8:1".parse().expect("addr");
+        let sockets = [offender(1, 200, 300), offender(2, 5_000, 300), other];
+        let d = chosen(&j.judge(&sockets, 12_000, 9 << 20));
+        assert_eq!(cookies(&d), [1]);
+        assert_eq!(d[0].reason, Reason::RepeatOffender);
+        // Under the threshold, nothing.
+        assert!(chosen(&j.judge(&sockets, 12_250, 1 << 20)).is_empty());
+        // A window without destroys releases the remote.
+        let plan = j.judge(&sockets, 11_100 + 60_000, 9 << 20);
+        assert!(plan.sweep.is_empty());
+        assert_eq!(plan.released.iter().map(ToString::to_string).collect::<Vec<_>>(), ["192.0.2.7/32"]);
+    }
+
+    #[test]
+    fn budget_stops_at_threshold_worst_first() {
+        let sockets = vec![
+            sock(1, "192.0.2.1:1", 3 << 20, 5000, 0),
+            sock(2, "192.0.2.2:1", 5 << 20, 5000, 0),
+            sock(3, "192.0.2.3:1", 4 << 20, 5000, 0),
+        ];
+        // Pressure 12 MiB, threshold 8 MiB: destroying the 5 MiB one is enough.
+        assert_eq!(cookies(&chosen(&Judge::new(policy(8 << 20)).judge(&sockets, 1000, 12 << 20))), [2]);
+        let mut p = policy(8 << 20);
+        p.kind = Kind::Heffner;
+        assert_eq!(cookies(&chosen(&Judge::new(p.clone()).judge(&sockets, 1000, 12 << 20))), [1, 2, 3]);
+        let out = Judge::new(p).judge(&sockets, 1000, 12 << 20).execute(2, |_| true);
+        assert_eq!(cookies(&out.acted), [2, 3]);
+        assert_eq!(out.held_back, 1, "the third offender is held back by the cap");
+    }
+
+    #[test]
+    fn protected_sockets_are_never_chosen() {
+        let mut sockets =
+            vec![sock(1, "192.0.2.1:1", 50 << 20, 5000, 0), sock(2, "198.51.100.7:443", 50 << 20, 5000, 0)];
+        sockets.push(sock(3, "203.0.113.9:2", 50 << 20, 5000, 0));
+        sockets[2].cgroup_id = 42;
+        let mut p = policy(1 << 20);
+        p.kind = Kind::Heffner;
+        p.protect.cidrs.push("192.0.2.0/24".parse().expect("cidr"));
+        p.protect.remote_ports.push(443);
+        p.protect.cgroups.insert(42);
+        let mut j = Judge::new(p);
+        // Not by the share rule, not by escalation, not as repeat offenders.
+        for i in 0..10 {
+            assert!(chosen(&j.judge(&sockets, i * 250, 200 << 20)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_peer_cannot_borrow_protection_with_its_source_port() {
+        // Connected to our port 80 from source port 22: --protect-port 22 protects our sshd,
+        // not whoever picks 22 as a source port.
+        let s = sock(1, "192.0.2.1:22", 50 << 20, 5000, 0);
+        let mut p = policy(1 << 20);
+        p.protect.ports.push(22);
+        assert_eq!(cookies(&chosen(&Judge::new(p.clone()).judge(std::slice::from_ref(&s), 1000, 100 << 20))), [1]);
+        p.protect.ports.push(80);
+        assert!(chosen(&Judge::new(p).judge(&[s], 1000, 100 << 20)).is_empty());
+    }
+
+    #[test]
+    fn remote_fairness_decides_per_remote() {
+        let mut sockets: Vec<Socket> = (1..=10).map(|c| sock(c, "192.0.2.1:1", 500 << 10, 5000, 0)).collect();
+        sockets.push(sock(11, "192.0.2.2:1", 500 << 10, 5000, 0));
+        let mut p = policy(4 << 20);
+        p.kind = Kind::Heffner;
+        p.fairness = Fairness::RemoteIp;
+        assert_eq!(
+            cookies(&chosen(&Judge::new(p.clone()).judge(&sockets, 1000, 5 << 20))),
+            (1..=10).collect::<Vec<_>>()
+        );
+        p.fairness = Fairness::Connection;
+        assert!(cookies(&chosen(&Judge::new(p).judge(&sockets, 1000, 5 << 20))).contains(&11));
+    }
+
+    #[test]
+    fn remote_cap_evicts_oldest_idle_beyond_n_of_crowded_remote_only() {
+        let mut sockets: Vec<Socket> = (1..=6).map(|c| sock(c, "192.0.2.1:1", 0, 0, 0)).collect();
+        for (i, s) in sockets.iter_mut().enumerate() {
+            s.rx_idle_ms = 100_000 + i as u64 * 1000; // cookie 6 idle longest
+            s.tx_idle_ms = s.rx_idle_ms;
+        }
+        sockets[5].rx_idle_ms = 10; // cookie 6 just received data: not idle
+        sockets.extend((7..=8).map(|c| {
+            let mut s = sock(c, "192.0.2.2:1", 0, 0, 0);
+            (s.rx_idle_ms, s.tx_idle_ms) = (500_000, 500_000);
+            s
+        }));
+        let mut p = policy(u64::MAX);
+        p.max_per_remote = Some(3);
+        let d = chosen(&Judge::new(p).judge(&sockets, 1000, 0));
+        assert_eq!(cookies(&d), [3, 4, 5]);
+        assert!(d.iter().all(|d| d.reason == Reason::RemoteCap));
+    }
+
+    #[test]
+    fn a_stall_is_no_older_than_the_data() {
+        // Idle for ten minutes with nothing outstanding, then data queued to a closed window:
+        // stalled since the last empty snapshot at most, however long ago the last ACK was.
+        let mut s = sock(1, "192.0.2.1:1", 0, 600_000, 0);
+        s.send_queue = 0;
+        let mut j = Judge::new(policy(1 << 20));
+        j.judge(std::slice::from_ref(&s), 0, 0);
+        s.send_queue = 50 << 20;
+        s.charged = 50 << 20;
+        for now in [250, 500, 750] {
+            let plan = j.judge(std::slice::from_ref(&s), now, 60 << 20);
+            assert_eq!(plan.assessments[0].stalled_ms, now, "at {now}");
+            assert!(chosen(&plan).is_empty());
+        }
+        assert_eq!(chosen(&j.judge(&[s], 1000, 60 << 20)).len(), 1);
+    }
+}

@@ -1,0 +1,158 @@
+//! Carrying out a judgement: candidates in order of evidence, destroyed one by one until the
+//! projected pressure is back at the threshold. Only a destroy that succeeded counts as relief:
+//! after a failure the next candidate is taken in the same interval.
+use ipnet::IpNet;
+
+use super::{Decision, Kind, judge::Assessment};
+
+/// Failed destroys tried in one interval before giving up on the rest: a kernel that refuses
+/// every destroy must not make the agent spin through the whole candidate list.
+pub const MAX_FAILURES_PER_INTERVAL: usize = 256;
+
+/// What one snapshot's judgement proposes.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub pressure: u64,
+    pub threshold: u64,
+    kind: Kind,
+    /// Pressure has stayed over the threshold long enough to take `escalation` candidates.
+    pub escalate: bool,
+    /// Connections of repeat offenders: all of them go while pressure is over the threshold.
+    pub sweep: Vec<Decision>,
+    /// Over their share and stalled or slow, worst evidence first.
+    pub offenders: Vec<Decision>,
+    /// Stalled, under their share: taken only when `escalate`, and only what the budget needs.
+    pub escalation: Vec<Decision>,
+    /// `--max-per-remote`, whatever the pressure.
+    pub remote_cap: Vec<Decision>,
+    /// Per socket, in snapshot order.
+    pub assessments: Vec<Assessment>,
+    /// Remotes that stopped being repeat offenders in this judgement.
+    pub released: Vec<IpNet>,
+}
+
+/// What carrying out a plan did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Decisions carried out (destroyed, or recorded in a dry run), in the order taken.
+    pub acted: Vec<Decision>,
+    pub failed: usize,
+    /// Decisions the rule wanted that the per-interval or per-minute cap held back.
+    pub held_back: usize,
+}
+
+impl Plan {
+    pub(super) fn new(pressure: u64, threshold: u64, kind: Kind, escalate: bool) -> Self {
+        Self {
+            pressure,
+            threshold,
+            kind,
+            escalate,
+            sweep: Vec::new(),
+            offenders: Vec::new(),
+            escalation: Vec::new(),
+            remote_cap: Vec::new(),
+            assessments: Vec::new(),
+            released: Vec::new(),
+        }
+    }
+
+    /// Worst evidence first; the lower cookie among equals, so the order never depends on the
+    /// snapshot's.
+    pub(super) fn rank(&mut self) {
+        for list in [&mut self.sweep, &mut self.offenders, &mut self.escalation] {
+            list.sort_by_key(|d| (std::cmp::Reverse(d.evidence), d.socket.cookie));
+        }
+    }
+
+    /// How many candidates the rule has (before budget and caps).
+    pub fn candidates(&self) -> usize {
+        self.sweep.len() + self.offenders.len() + self.escalation.len() + self.remote_cap.len()
+    }
+
+    /// Carries the plan out: `act` destroys one socket and says whether it worked. At most
+    /// `allowed` succeed; the budget counts only what succeeded.
+    pub fn execute(self, allowed: usize, mut act: impl FnMut(&Decision) -> bool) -> Outcome {
+        let mut out = Outcome::default();
+        let mut projected = self.pressure;
+        let mut done = std::collections::HashSet::new();
+        let mut take = |d: Decision, out: &mut Outcome, projected: &mut u64| {
+            if !done.insert(d.socket.cookie) || out.failed >= MAX_FAILURES_PER_INTERVAL {
+                return;
+            }
+            if out.acted.len() >= allowed {
+                // Counted as if it went, so the count says how many the rule wanted.
+                out.held_back += 1;
+                *projected = projected.saturating_sub(d.socket.charged);
+            } else if act(&d) {
+                *projected = projected.saturating_sub(d.socket.charged);
+                out.acted.push(d);
+            } else {
+                out.failed += 1;
+            }
+        };
+        if self.pressure > self.threshold {
+            for d in self.sweep {
+                take(d, &mut out, &mut projected);
+            }
+            for d in self.offenders {
+                if self.kind == Kind::Budget && projected <= self.threshold {
+                    break;
+                }
+                take(d, &mut out, &mut projected);
+            }
+            if self.escalate {
+                for d in self.escalation {
+                    if projected <= self.threshold {
+                        break;
+                    }
+                    take(d, &mut out, &mut projected);
+                }
+            }
+        }
+        for d in self.remote_cap {
+            take(d, &mut out, &mut projected);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::{
+        Judge,
+        testing::{policy, sock},
+    };
+
+    #[test]
+    fn a_failed_destroy_frees_nothing_and_the_next_candidate_goes() {
+        // Pressure 12 MiB over an 8 MiB threshold; the worst offender (5 MiB) cannot be
+        // destroyed (a device-bound socket, say): the next ones must cover the 4 MiB.
+        let sockets = vec![
+            sock(1, "192.0.2.1:1", 3 << 20, 5000, 0),
+            sock(2, "192.0.2.2:1", 5 << 20, 5000, 0),
+            sock(3, "192.0.2.3:1", 4 << 20, 5000, 0),
+        ];
+        let plan = Judge::new(policy(8 << 20)).judge(&sockets, 1000, 12 << 20);
+        let mut tried = Vec::new();
+        let out = plan.execute(100, |d| {
+            tried.push(d.socket.cookie);
+            d.socket.cookie != 2
+        });
+        assert_eq!(tried, [2, 3], "4 MiB from cookie 3 brings it back to the threshold");
+        assert_eq!(out.acted.iter().map(|d| d.socket.cookie).collect::<Vec<_>>(), [3]);
+        assert_eq!(out.failed, 1);
+    }
+
+    #[test]
+    fn failures_are_bounded() {
+        let sockets: Vec<_> = (1..=1000).map(|c| sock(c, "192.0.2.1:1", 1 << 20, 5000, 0)).collect();
+        let plan = Judge::new(policy(1 << 20)).judge(&sockets, 1000, 1 << 30);
+        let mut calls = 0;
+        let out = plan.execute(10_000, |_| {
+            calls += 1;
+            false
+        });
+        assert_eq!((calls, out.failed), (super::MAX_FAILURES_PER_INTERVAL, super::MAX_FAILURES_PER_INTERVAL));
+    }
+}
