@@ -26,8 +26,8 @@ pub fn run(args: KillsArgs) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:<19}  {}",
-        "TIME (UTC)", "EVENT", "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "REASON", "ERROR"
+        "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:<19}  ERRNO",
+        "TIME (UTC)", "EVENT", "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "REASON"
     )?;
     for k in &kills {
         let time =
