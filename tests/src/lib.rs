@@ -14,6 +14,9 @@ use std::{
 
 use serde_json::Value;
 
+mod setup;
+pub use setup::{Conn, ECONNABORTED, ECONNRESET, Setup, charged, remotes, wait_destroyed};
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call.

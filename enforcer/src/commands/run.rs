@@ -123,10 +123,10 @@ impl Agent {
         }
         let decided = started.elapsed();
         let candidates = plan.candidates();
+        let allowed = self.settings.max_kills.min(self.storm.available(started));
         let outcome = if candidates == 0 {
             Default::default()
         } else {
-            let allowed = self.settings.max_kills.min(self.storm.available(started));
             let by_cookie: HashMap<u64, (u64, &SnapshotEntry)> =
                 snap.entries.iter().map(|(ns, e)| (e.cookie, (*ns, e))).collect();
             let outcome = plan.execute(allowed, |d| self.act(&snap.namespaces, &by_cookie, d, pressure));
@@ -134,11 +134,13 @@ impl Agent {
             outcome
         };
         if outcome.held_back > 0 {
+            // Name the cap that bit: the per-interval one when it was the smaller.
+            let cap = if allowed == self.settings.max_kills { "--max-kills" } else { "--max-kills-per-minute" };
             tracing::warn!(
                 held_back = outcome.held_back,
                 max_kills = self.settings.max_kills,
                 max_kills_per_minute = self.storm.per_minute,
-                "kill-storm guard: --max-kills or --max-kills-per-minute held back sockets the rule chose this interval"
+                "kill-storm guard: {cap} held back sockets the rule chose this interval"
             );
         }
         for d in &outcome.acted {

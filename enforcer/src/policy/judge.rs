@@ -161,10 +161,16 @@ impl Judge {
             offending_ms,
             evidence: over_bytes.saturating_mul(offending_ms),
         };
-        // A repeat offender's connection opened since it was flagged gets one interval of grace.
+        // A repeat offender's stalled connections all go, whatever their share: the ones opened
+        // since it was flagged after one interval, the others after --stall. Taking only what
+        // the budget needs would leave the remote holding the threshold.
         let created_ms = now_ms.saturating_sub(s.age_ms);
-        let flagged = self.repeat.flagged_since(&p.fairness.group(s.remote.ip()));
-        if flagged.is_some_and(|f| created_ms >= f) && a.stalled_ms >= p.interval_ms && s.charged > 0 {
+        let grace = match self.repeat.flagged_since(&p.fairness.group(s.remote.ip())) {
+            Some(f) if created_ms >= f => Some(p.interval_ms),
+            Some(_) => Some(p.stall_ms),
+            None => None,
+        };
+        if grace.is_some_and(|g| a.stalled_ms >= g) && s.charged > 0 {
             plan.sweep.push(decision(Reason::RepeatOffender, a.stalled_ms, s.charged));
         } else if s.charged > a.fair_share {
             let over_bytes = s.charged - a.fair_share;
@@ -431,12 +437,13 @@ mod tests {
         assert_eq!((flag.remote.to_string().as_str(), flag.kills), ("192.0.2.7/32", 3));
         assert!(j.record_destroy(&d[0], 11_100).is_none(), "flagged once");
         // Opened after the flag, stalled for one interval, under its share: destroyed. One
-        // opened before the flag keeps the ordinary grace. Another remote too.
+        // opened before the flag keeps the ordinary grace (--stall), then goes whatever its
+        // share. Another remote is judged as ever.
         let mut other = offender(3, 100, 300);
         other.remote = "192.0.2.8:1".parse().expect("addr");
-        let sockets = [offender(1, 200, 300), offender(2, 5_000, 300), other];
+        let sockets = [offender(1, 200, 300), offender(2, 5_000, 300), other.clone(), offender(4, 5_000, 3_000)];
         let d = chosen(&j.judge(&sockets, 12_000, 9 << 20));
-        assert_eq!(cookies(&d), [1]);
+        assert_eq!(cookies(&d), [1, 4]);
         assert_eq!(d[0].reason, Reason::RepeatOffender);
         // Under the threshold, nothing.
         assert!(chosen(&j.judge(&sockets, 12_250, 1 << 20)).is_empty());

@@ -7,6 +7,9 @@
 //!   connect ADDR [RCVBUF [SRC]]  connect, optionally with a small SO_RCVBUF (0: default) and
 //!                                from source address SRC; `ok ID LOCAL`
 //!   connect-many ADDR N [RCVBUF] N connections; `ok FIRST_ID`
+//!   connect-every ADDR MS COUNT RCVBUF SRC
+//!                                COUNT connections in the background, one every MS, never read
+//!   listen-write ADDR BYTES      listen; write BYTES (non-blocking) to each accepted connection
 //!   write-range FIRST N BYTES    `write` on N connections from FIRST; `ok TOTAL_WRITTEN`
 //!   write ID BYTES               non-blocking write of up to BYTES; `ok WRITTEN`
 //!   write-loop ID                write forever in the background (blocking)
@@ -227,6 +230,37 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
         "soerror" => {
             let s = get(conns, arg(words, 1)?)?;
             Ok(s.take_error().map_err(err)?.and_then(|e| e.raw_os_error()).unwrap_or(0).to_string())
+        }
+        "listen-write" => {
+            // A server that answers every connection with BYTES at once (a large response) and
+            // never reads: what a zero-window attacker asks for.
+            let l = TcpListener::bind(arg::<SocketAddr>(words, 1)?).map_err(err)?;
+            let bytes: usize = arg(words, 2)?;
+            let local = l.local_addr().map_err(err)?;
+            let conns = conns.clone();
+            thread::spawn(move || {
+                for s in l.incoming().flatten() {
+                    let _ = write_some(&s, bytes);
+                    add(&conns, s);
+                }
+            });
+            Ok(local.to_string())
+        }
+        "connect-every" => {
+            // In the background: COUNT connections, one every MS, from SRC with SO_RCVBUF RCVBUF,
+            // never read (a churning attacker). `ok` at once.
+            let (addr, ms, count): (SocketAddr, u64, usize) = (arg(words, 1)?, arg(words, 2)?, arg(words, 3)?);
+            let (rcvbuf, src) = (arg(words, 4).ok(), arg(words, 5).ok());
+            let conns = conns.clone();
+            thread::spawn(move || {
+                for _ in 0..count {
+                    if let Ok(s) = connect(addr, rcvbuf, src) {
+                        add(&conns, s);
+                    }
+                    thread::sleep(Duration::from_millis(ms));
+                }
+            });
+            Ok(String::new())
         }
         other => Err(format!("unknown command {other:?}")),
     }

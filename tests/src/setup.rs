@@ -1,0 +1,97 @@
+//! The usual enforcement setup: a server in the test cgroup listening on 127.0.0.1:9000 and
+//! :9001, clients outside the cgroup in the same test namespace, and an agent with a 250 ms
+//! interval logging JSON.
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::Value;
+
+use crate::{Agent, Cgroup, Netns, Peer, wait_for};
+
+pub const ECONNABORTED: u64 = 103;
+pub const ECONNRESET: u64 = 104;
+
+/// One connection: its id on the server peer and on the client peer, and the client's address
+/// (the server socket's remote).
+pub struct Conn {
+    pub server_id: usize,
+    pub client_id: usize,
+    pub remote: String,
+}
+
+/// A server in the test cgroup and clients outside it, in one test namespace.
+pub struct Setup {
+    pub ns: Netns,
+    pub cg: Cgroup,
+    pub server: Peer,
+    pub clients: Peer,
+    pub accepted: usize,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let (ns, cg) = (Netns::new(), Cgroup::new());
+        let mut server = Peer::start(&ns, Some(&cg));
+        server.cmd("listen 127.0.0.1:9000");
+        server.cmd("listen 127.0.0.1:9001");
+        let clients = Peer::start(&ns, None);
+        Self { ns, cg, server, clients, accepted: 0 }
+    }
+
+    pub fn agent(&self, flags: &[&str]) -> Agent {
+        let mut all = vec!["--log-format", "json"];
+        if !flags.contains(&"--interval") {
+            all.extend(["--interval", "250ms"]);
+        }
+        all.extend_from_slice(flags);
+        Agent::start(&self.ns, &self.cg, &all)
+    }
+
+    /// Connects a client (receive buffer `rcvbuf`, 0 for default; source address `src`).
+    pub fn connect(&mut self, port: u16, rcvbuf: u32, src: &str) -> Conn {
+        let reply = self.clients.cmd(&format!("connect 127.0.0.1:{port} {rcvbuf} {src}"));
+        let mut words = reply.split(' ');
+        let client_id = words.next().unwrap().parse().unwrap();
+        let remote = words.next().unwrap().to_owned();
+        self.accepted += 1;
+        self.server.cmd(&format!("wait-accepted {}", self.accepted));
+        Conn { server_id: self.accepted - 1, client_id, remote }
+    }
+
+    /// A zero-window attacker: a tiny receive buffer, never read, `bytes` queued at the server.
+    pub fn zero_window(&mut self, port: u16, src: &str, bytes: u64) -> Conn {
+        let c = self.connect(port, 4096, src);
+        let wrote = self.server.num(&format!("write {} {bytes}", c.server_id));
+        assert_eq!(wrote, bytes, "the server could not queue {bytes} bytes");
+        c
+    }
+
+    /// A reader that keeps up with a server that writes as fast as it can.
+    pub fn steady_reader(&mut self) -> Conn {
+        let c = self.connect(9000, 0, "127.0.0.1");
+        self.server.cmd(&format!("write-loop {}", c.server_id));
+        self.clients.cmd(&format!("read-loop {} 65536 1", c.client_id));
+        c
+    }
+}
+
+pub fn remotes(events: &[Value]) -> HashSet<String> {
+    events.iter().map(|e| e["remote"].as_str().unwrap().to_owned()).collect()
+}
+
+pub fn wait_destroyed(agent: &Agent, conns: &[&Conn]) {
+    wait_for("the attackers to be destroyed", Duration::from_secs(20), || {
+        let gone = remotes(&agent.events_of("destroyed"));
+        conns.iter().all(|c| gone.contains(&c.remote)).then_some(())
+    });
+}
+
+/// Send-side memory charged to the tracked sockets whose remote address starts with `prefix`
+/// (`""`: all of them), from a fresh snapshot.
+pub fn charged(agent: &Agent, prefix: &str) -> u64 {
+    agent
+        .sockets()
+        .iter()
+        .filter(|s| s["remote"].as_str().is_some_and(|r| r.starts_with(prefix)))
+        .map(|s| crate::field(s, "charged"))
+        .sum()
+}

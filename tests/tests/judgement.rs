@@ -1,0 +1,110 @@
+//! Judgement under real traffic: who must not be destroyed (bursty and rate-limited readers)
+//! and who must not keep memory (spread and churning attackers). Real sockets in a test
+//! namespace, the real agent. Run as root, one at a time (`cargo xtask test`).
+#![allow(clippy::unwrap_used, reason = "tests panic with context")]
+
+use std::{
+    collections::HashSet,
+    thread,
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{Conn, Setup, charged, field, remotes, wait_for};
+
+/// A reader that takes `bytes` every `every_ms` from a server that writes as fast as it can.
+fn reader(s: &mut Setup, src: &str, bytes: usize, every_ms: u64) -> Conn {
+    let c = s.connect(9000, 0, src);
+    s.server.cmd(&format!("write-loop {}", c.server_id));
+    s.clients.cmd(&format!("read-loop {} {bytes} {every_ms}", c.client_id));
+    c
+}
+
+#[test]
+fn bursty_and_rate_limited_readers_are_not_destroyed() {
+    for interval in ["250ms", "1s"] {
+        let mut s = Setup::new();
+        // Pressure held over the threshold by peers nobody may destroy: zero-window peers of
+        // the protected port 9001.
+        let threshold: u64 = 4 << 20;
+        let agent = s.agent(&["--interval", interval, "--threshold", "4MiB", "--protect-port", "9001"]);
+        for _ in 0..3 {
+            s.zero_window(9001, "127.0.0.2", 2 << 20);
+        }
+        // 64 KiB every 100 ms (640 KB/s, ACKs in bursts), and a rate-limited download that
+        // takes 2 MiB at once, then sleeps a second.
+        let steady = reader(&mut s, "127.0.0.3", 64 << 10, 100);
+        let limited = reader(&mut s, "127.0.0.4", 2 << 20, 1000);
+        // A drain window, a stall and more: long enough for either rule to have fired.
+        let start = Instant::now();
+        let mut over_share = HashSet::new();
+        while start.elapsed() < Duration::from_secs(12) {
+            let sockets = agent.sockets();
+            let share = threshold / sockets.len() as u64;
+            for x in &sockets {
+                if field(x, "charged") > share {
+                    over_share.insert(x["remote"].as_str().unwrap().to_owned());
+                }
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        assert!(agent.events().is_empty(), "interval {interval}: {:?}", agent.events());
+        for c in [&steady, &limited] {
+            assert!(over_share.contains(&c.remote), "interval {interval}: {} never held over its share", c.remote);
+            assert!(agent.tracks_remote(&c.remote), "interval {interval}: {} is gone", c.remote);
+            assert_eq!(s.server.num(&format!("soerror {}", c.server_id)), 0);
+        }
+        assert!(charged(&agent, "") > threshold, "the test needs pressure over the threshold");
+    }
+}
+
+#[test]
+fn stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not() {
+    let mut s = Setup::new();
+    // 11 remotes under remote-ip fairness: a 6 MiB threshold gives each 572 KiB.
+    let threshold: u64 = 6 << 20;
+    let agent = s.agent(&["--threshold", "6MiB", "--fairness", "remote-ip"]);
+    // A reader that makes progress, holding megabytes (over its share, draining in seconds).
+    let progressing = reader(&mut s, "127.0.0.99", 64 << 10, 100);
+    let stalled: Vec<Conn> = (10..20).map(|i| s.zero_window(9000, &format!("127.0.0.{i}"), 384 << 10)).collect();
+    for c in &stalled {
+        let x = agent.sockets().into_iter().find(|x| x["remote"] == c.remote.as_str()).unwrap();
+        assert!(field(&x, "charged") < threshold / 11, "a stalled peer is over its share: {x}");
+    }
+    wait_for("pressure over the threshold", Duration::from_secs(15), || {
+        (charged(&agent, "") > threshold).then_some(())
+    });
+    let over = Instant::now();
+    wait_for("pressure back at the threshold", Duration::from_secs(10), || {
+        (!agent.events_of("destroyed").is_empty() && charged(&agent, "") <= threshold).then_some(())
+    });
+    eprintln!("back at the threshold {:?} after it was seen over", over.elapsed());
+    let destroyed = agent.events_of("destroyed");
+    let stalled_remotes: HashSet<String> = stalled.iter().map(|c| c.remote.clone()).collect();
+    assert!(remotes(&destroyed).is_subset(&stalled_remotes), "{destroyed:?}");
+    assert!(destroyed.iter().all(|e| e["reason"] == "stalled_under_share"), "{destroyed:?}");
+    assert!(agent.tracks_remote(&progressing.remote));
+    assert_eq!(s.server.num(&format!("soerror {}", progressing.server_id)), 0);
+}
+
+#[test]
+fn a_remote_that_churns_zero_window_connections_is_held_at_the_threshold() {
+    let mut s = Setup::new();
+    let threshold: u64 = 8 << 20;
+    let agent = s.agent(&["--threshold", "8MiB", "--stall", "1s"]);
+    // Every connection asks for a large response and never reads; a new one every 50 ms for
+    // 20 s, all from one address.
+    s.server.cmd("listen-write 127.0.0.1:9003 4194304");
+    s.clients.cmd("connect-every 127.0.0.1:9003 50 400 4096 127.0.0.7");
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(3));
+    let mut samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(20) {
+        samples.push(charged(&agent, "127.0.0.7:"));
+        thread::sleep(Duration::from_millis(200));
+    }
+    let under = samples.iter().filter(|&&held| held <= threshold).count();
+    eprintln!("at or under the threshold in {under} of {} samples: {samples:?}", samples.len());
+    assert!(under * 10 >= samples.len() * 9, "{under} of {} samples: {samples:?}", samples.len());
+    let log = agent.log_text();
+    assert!(log.contains("\"event\":\"repeat_offender\"") && log.contains("127.0.0.7/32"), "{log}");
+}
