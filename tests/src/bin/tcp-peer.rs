@@ -228,6 +228,19 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             let s = get(conns, arg(words, 1)?)?;
             Ok(s.take_error().map_err(err)?.and_then(|e| e.raw_os_error()).unwrap_or(0).to_string())
         }
+        "sndbuf" => {
+            let s = get(conns, arg(words, 1)?)?;
+            let bytes: libc::c_int = arg(words, 2)?;
+            // SO_SNDBUFFORCE, past wmem_max: a server that queues many megabytes (root only).
+            // SAFETY: setsockopt reads one int.
+            let rc = unsafe {
+                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (&raw const bytes).cast(), 4)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(String::new())
+        }
         other => Err(format!("unknown command {other:?}")),
     }
 }
