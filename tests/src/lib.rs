@@ -14,6 +14,9 @@ use std::{
 
 use serde_json::Value;
 
+mod tun;
+pub use tun::{TUN_KERNEL_ADDR, TunPeer, TunStats};
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call.
