@@ -15,7 +15,9 @@ use std::{
 use serde_json::Value;
 
 mod setup;
+mod tun;
 pub use setup::{Conn, ECONNABORTED, ECONNRESET, Setup, charged, remotes, wait_destroyed};
+pub use tun::{TUN_KERNEL_ADDR, TunPeer, TunStats};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -10,6 +10,7 @@
 //!   connect-every ADDR MS COUNT RCVBUF SRC
 //!                                COUNT connections in the background, one every MS, never read
 //!   listen-write ADDR BYTES      listen; write BYTES (non-blocking) to each accepted connection
+//!   sndbuf ID BYTES              SO_SNDBUFFORCE: let the connection queue BYTES (root)
 //!   write-range FIRST N BYTES    `write` on N connections from FIRST; `ok TOTAL_WRITTEN`
 //!   write ID BYTES               non-blocking write of up to BYTES; `ok WRITTEN`
 //!   write-loop ID                write forever in the background (blocking)
@@ -260,6 +261,19 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
                     thread::sleep(Duration::from_millis(ms));
                 }
             });
+            Ok(String::new())
+        }
+        "sndbuf" => {
+            let s = get(conns, arg(words, 1)?)?;
+            let bytes: libc::c_int = arg(words, 2)?;
+            // SO_SNDBUFFORCE, past wmem_max: a server that queues many megabytes (root only).
+            // SAFETY: setsockopt reads one int.
+            let rc = unsafe {
+                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (&raw const bytes).cast(), 4)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
             Ok(String::new())
         }
         other => Err(format!("unknown command {other:?}")),

@@ -1,0 +1,105 @@
+//! Driver for `tun-peer` (src/bin/tun-peer.rs): a user-space TCP peer on a tun device in a test
+//! namespace, whose ACK numbers and windows the test scripts.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Stdio},
+};
+
+use crate::Netns;
+
+/// The tun's own address: kernel servers listen here. The peer plays 10.77.0.2 and up.
+pub const TUN_KERNEL_ADDR: &str = "10.77.0.1";
+
+/// The `tun-peer` binary cargo builds next to the test binaries (`target/<profile>/`).
+fn tun_peer_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("tun-peer");
+    assert!(bin.exists(), "{} is missing: cargo builds it for the integration tests", bin.display());
+    bin
+}
+
+/// What `stats ID` reports about one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunStats {
+    /// Bytes the peer acknowledged.
+    pub acked: u64,
+    /// Bytes the server sent that arrived in order.
+    pub received: u64,
+    /// Data segments seen, retransmissions included.
+    pub segments: u64,
+    /// `syn_sent`, `established`, `closed` (the server sent FIN) or `reset`.
+    pub state: String,
+}
+
+/// A running `tun-peer` in a test namespace, its tun up on 10.77.0.1/24; killed on drop.
+pub struct TunPeer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// The tun device's name.
+    pub dev: String,
+}
+
+impl TunPeer {
+    /// Starts the peer and waits until its tun is up with its address.
+    pub fn start(ns: &Netns) -> Self {
+        let mut child = ns.command(tun_peer_bin()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut peer = Self { child, stdin, stdout, dev: String::new() };
+        // The first line says the tun is configured, or why not.
+        peer.dev = peer.reply("(start-up)").unwrap_or_else(|e| panic!("tun-peer did not start: {e}"));
+        peer
+    }
+
+    fn reply(&mut self, line: &str) -> Result<String, String> {
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).unwrap();
+        let reply = reply.trim_end();
+        match reply.strip_prefix("ok") {
+            Some(rest) => Ok(rest.trim().to_owned()),
+            None if reply.is_empty() => panic!("tun-peer exited at `{line}`"),
+            None => Err(reply.to_owned()),
+        }
+    }
+
+    /// Sends one command; `Ok` with what follows `ok`, `Err` with the whole `err …` line.
+    pub fn try_cmd(&mut self, line: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        self.reply(line)
+    }
+
+    /// Sends one command and returns what follows `ok`; panics on `err`.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.try_cmd(line).unwrap_or_else(|e| panic!("tun-peer `{line}` answered `{e}`"))
+    }
+
+    /// Connects from `src` to `dst` (`ip:port`), advertising `window` bytes with window scale
+    /// `wscale` (`None`: no option, a raw 16-bit window). Returns the connection's ID and its
+    /// address (the server socket's remote).
+    pub fn connect(&mut self, src: &str, dst: &str, window: u32, wscale: Option<u8>) -> (usize, String) {
+        let wscale = wscale.map_or("none".to_owned(), |s| s.to_string());
+        let reply = self.cmd(&format!("connect {src} {dst} {window} {wscale}"));
+        let (id, local) = reply.split_once(' ').unwrap_or_else(|| panic!("connect answered `{reply}`"));
+        (id.parse().unwrap(), local.to_owned())
+    }
+
+    pub fn stats(&mut self, id: usize) -> TunStats {
+        let reply = self.cmd(&format!("stats {id}"));
+        let f: Vec<&str> = reply.split(' ').collect();
+        let num = |i: usize| f[i].parse().unwrap_or_else(|_| panic!("stats answered `{reply}`"));
+        assert_eq!(f.len(), 4, "stats answered `{reply}`");
+        TunStats { acked: num(0), received: num(1), segments: num(2), state: f[3].to_owned() }
+    }
+}
+
+impl Drop for TunPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
