@@ -17,7 +17,7 @@ use serde_json::Value;
 mod setup;
 mod tun;
 pub use setup::{Conn, ECONNABORTED, ECONNRESET, Setup, charged, remotes, wait_destroyed};
-pub use tun::{TUN_KERNEL_ADDR, TunPeer, TunStats};
+pub use tun::{TUN_KERNEL_ADDR, TunConn, TunPeer, TunSetup, TunStats};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -7,7 +7,7 @@ use std::{
     process::{Child, ChildStdin, ChildStdout, Stdio},
 };
 
-use crate::Netns;
+use crate::{Cgroup, Netns, Peer};
 
 /// The tun's own address: kernel servers listen here. The peer plays 10.77.0.2 and up.
 pub const TUN_KERNEL_ADDR: &str = "10.77.0.1";
@@ -101,5 +101,77 @@ impl Drop for TunPeer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One connection: its ID on the tun peer and on the server, and the peer's address (the server
+/// socket's remote).
+pub struct TunConn {
+    pub tun: usize,
+    pub server: usize,
+    pub remote: String,
+}
+
+/// A `tcp-peer` server in a test cgroup listening on the tun's address, and the tun peer as its
+/// clients, in one test namespace. Fields drop in order: processes first, the namespace last.
+pub struct TunSetup {
+    pub server: Peer,
+    pub tun: TunPeer,
+    pub cg: Cgroup,
+    pub ns: Netns,
+    pub accepted: usize,
+}
+
+impl TunSetup {
+    /// An agent on the cgroup, in the namespace, logging JSON (250 ms interval unless given).
+    pub fn agent(&self, flags: &[&str]) -> crate::Agent {
+        let mut all = vec!["--log-format", "json"];
+        if !flags.contains(&"--interval") {
+            all.extend(["--interval", "250ms"]);
+        }
+        all.extend_from_slice(flags);
+        crate::Agent::start(&self.ns, &self.cg, &all)
+    }
+
+    pub fn new() -> Self {
+        let (ns, cg) = (Netns::new(), Cgroup::new());
+        // The tun first: the server listens on its address.
+        let tun = TunPeer::start(&ns);
+        let mut server = Peer::start(&ns, Some(&cg));
+        server.cmd(&format!("listen {TUN_KERNEL_ADDR}:9000"));
+        Self { server, tun, cg, ns, accepted: 0 }
+    }
+
+    /// Connects the tun peer from `src`, advertising `window` bytes with scale `wscale`.
+    pub fn connect(&mut self, src: &str, window: u32, wscale: Option<u8>) -> TunConn {
+        let (tun, remote) = self.tun.connect(src, &format!("{TUN_KERNEL_ADDR}:9000"), window, wscale);
+        self.accepted += 1;
+        self.server.cmd(&format!("wait-accepted {}", self.accepted));
+        TunConn { tun, server: self.accepted - 1, remote }
+    }
+
+    /// Lets the server queue `bytes` (SO_SNDBUFFORCE) and writes `bytes` without blocking;
+    /// returns how much it queued.
+    pub fn write(&mut self, c: &TunConn, sndbuf: u64, bytes: u64) -> u64 {
+        self.server.cmd(&format!("sndbuf {} {sndbuf}", c.server));
+        self.server.num(&format!("write {} {bytes}", c.server))
+    }
+
+    /// Bytes the server has sent or queued and not seen acknowledged (SIOCOUTQ).
+    pub fn outq(&mut self, c: &TunConn) -> u64 {
+        self.server.num(&format!("outq {}", c.server))
+    }
+
+    /// `ss -tmi` of the server's established socket to `c`; empty if there is none.
+    pub fn ss(&self, c: &TunConn) -> String {
+        let out = self.ns.command("ss").args(["-tmiH", "state", "established", "dst", &c.remote]).output().unwrap();
+        assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Default for TunSetup {
+    fn default() -> Self {
+        Self::new()
     }
 }

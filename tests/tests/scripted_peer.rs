@@ -8,67 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{Cgroup, Netns, Peer, TUN_KERNEL_ADDR, TunPeer, wait_for};
+use enforcer_tests::{TUN_KERNEL_ADDR, TunConn as Conn, TunSetup as Setup, wait_for};
 
 const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
 const ECONNRESET: u64 = 104;
-
-/// One connection: its ID on the tun peer and on the server, and the peer's address (the server
-/// socket's remote).
-struct Conn {
-    tun: usize,
-    server: usize,
-    remote: String,
-}
-
-/// A `tcp-peer` server in a test cgroup listening on the tun's address, and the tun peer as its
-/// clients, in one test namespace. Fields drop in order: processes first, the namespace last.
-struct Setup {
-    server: Peer,
-    tun: TunPeer,
-    _cg: Cgroup,
-    ns: Netns,
-    accepted: usize,
-}
-
-impl Setup {
-    fn new() -> Self {
-        let (ns, cg) = (Netns::new(), Cgroup::new());
-        // The tun first: the server listens on its address.
-        let tun = TunPeer::start(&ns);
-        let mut server = Peer::start(&ns, Some(&cg));
-        server.cmd(&format!("listen {TUN_KERNEL_ADDR}:9000"));
-        Self { server, tun, _cg: cg, ns, accepted: 0 }
-    }
-
-    /// Connects the tun peer from `src`, advertising `window` bytes with scale `wscale`.
-    fn connect(&mut self, src: &str, window: u32, wscale: Option<u8>) -> Conn {
-        let (tun, remote) = self.tun.connect(src, &format!("{TUN_KERNEL_ADDR}:9000"), window, wscale);
-        self.accepted += 1;
-        self.server.cmd(&format!("wait-accepted {}", self.accepted));
-        Conn { tun, server: self.accepted - 1, remote }
-    }
-
-    /// Lets the server queue `bytes` (SO_SNDBUFFORCE) and writes `bytes` without blocking;
-    /// returns how much it queued.
-    fn write(&mut self, c: &Conn, sndbuf: u64, bytes: u64) -> u64 {
-        self.server.cmd(&format!("sndbuf {} {sndbuf}", c.server));
-        self.server.num(&format!("write {} {bytes}", c.server))
-    }
-
-    /// Bytes the server has sent or queued and not seen acknowledged (SIOCOUTQ).
-    fn outq(&mut self, c: &Conn) -> u64 {
-        self.server.num(&format!("outq {}", c.server))
-    }
-
-    /// `ss -tmi` of the server's established socket to `c`; empty if there is none.
-    fn ss(&self, c: &Conn) -> String {
-        let out = self.ns.command("ss").args(["-tmiH", "state", "established", "dst", &c.remote]).output().unwrap();
-        assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
 
 /// The `w` field of `skmem:(…)`: the socket's sk_wmem_queued, the send memory charged to it.
 fn skmem_w(ss: &str) -> u64 {

@@ -1,0 +1,100 @@
+//! Judgement against peers only a scripted TCP stack can be: ACKs shaped to arrive in bursts
+//! just under --stall, and windows so small that the kernel charges many times the queue. The
+//! peer is `tun-peer` (a user-space TCP endpoint on a tun device in the test namespace); the
+//! server is a real kernel socket in the test cgroup; the agent is the real agent.
+#![allow(clippy::unwrap_used, reason = "tests panic with context")]
+
+use std::time::{Duration, Instant};
+
+use enforcer_tests::{TunConn, TunSetup, charged, field, wait_for};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn an_ack_shaping_peer_is_destroyed_after_one_drain_window() {
+    let mut s = TunSetup::new();
+    let agent = s.agent(&["--threshold", "4MiB"]);
+    // 7 MiB queued; the peer acknowledges 40 KiB every 0.9 s: never stalled for --stall (3 s),
+    // drains in ~160 s.
+    let c = s.connect("10.77.0.4", MIB as u32, Some(7));
+    s.tun.cmd(&format!("ack {} none", c.tun));
+    assert_eq!(s.write(&c, 16 * MIB, 7 * MIB), 7 * MIB);
+    let start = Instant::now();
+    s.tun.cmd(&format!("ack {} burst {} 900", c.tun, 40 * KIB));
+    // The drain window (5 s) plus two intervals, and one more for the first snapshot.
+    let e = wait_for("the ACK shaper to be destroyed", Duration::from_millis(5000 + 3 * 250 + 500), || {
+        agent.events_of("destroyed").into_iter().next()
+    });
+    eprintln!("destroyed {:?} after the bursts began: {e}", start.elapsed());
+    assert_eq!(e["remote"], c.remote.as_str(), "{e}");
+    assert_eq!(e["reason"], "slow_drain", "{e}");
+    assert!(field(&e, "drain_estimate_ms") > 100_000, "{e}");
+    assert!(s.tun.stats(c.tun).acked >= 3 * 40 * KIB, "the peer did acknowledge in bursts");
+    wait_for("the peer to see the reset", Duration::from_secs(5), || {
+        (s.tun.stats(c.tun).state == "reset").then_some(())
+    });
+}
+
+/// A connection whose peer advertised 128 bytes, took 4 KiB in 128-byte segments, then closed
+/// its window; `bytes` queued behind it.
+fn tiny_then_zero(s: &mut TunSetup, src: &str, bytes: u64) -> TunConn {
+    let c = s.connect(src, 128, None);
+    assert_eq!(s.write(&c, 16 * MIB, 4096), 4096);
+    wait_for("4 KiB in tiny segments", Duration::from_secs(10), || (s.outq(&c) == 0).then_some(()));
+    s.tun.cmd(&format!("window {} 0", c.tun));
+    assert_eq!(s.write(&c, 16 * MIB, bytes), bytes);
+    c
+}
+
+#[test]
+fn tiny_window_peers_are_judged_by_the_memory_they_cost() {
+    // Six peers that closed a 128-byte window: 512 KiB queued each, under a share of 8 MiB / 6
+    // by SEND-Q, yet each is charged megabytes. The old rule, counting SEND-Q, saw 3 MiB.
+    let mut s = TunSetup::new();
+    let threshold = 8 * MIB;
+    let agent = s.agent(&["--threshold", "8MiB", "--stall", "1s"]);
+    let conns: Vec<TunConn> =
+        (0..6).map(|i| tiny_then_zero(&mut s, &format!("10.77.0.{}", 10 + i), 512 * KIB)).collect();
+    let sockets = agent.sockets();
+    let queued: u64 = sockets.iter().map(|x| field(x, "send_queue")).sum();
+    let held: u64 = sockets.iter().map(|x| field(x, "charged")).sum();
+    eprintln!("queued {queued}, charged {held}");
+    assert!(queued < threshold && held > 2 * threshold, "queued {queued}, charged {held}");
+    let start = Instant::now();
+    wait_for("charged memory back at the threshold", Duration::from_secs(5), || {
+        (charged(&agent, "") <= threshold).then_some(())
+    });
+    eprintln!("back at the threshold {:?} after the queues were written", start.elapsed());
+    let destroyed = agent.events_of("destroyed");
+    assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "stalled"), "{destroyed:?}");
+    for e in &destroyed {
+        assert!(field(e, "send_queue") <= field(e, "fair_share"), "judged by SEND-Q after all: {e}");
+        assert!(field(e, "charged") > field(e, "fair_share"), "{e}");
+        assert!(conns.iter().any(|c| e["remote"] == c.remote.as_str()));
+    }
+}
+
+#[test]
+fn one_byte_window_peers_are_destroyed_as_slow() {
+    // Three peers advertising a 1-byte window without scaling: the server sends a byte per
+    // probe and the peer acknowledges it, so they are never stalled; 256 KiB queued each is
+    // charged ~18x. A byte per probe is slow: destroyed after one drain window (3 s here).
+    let mut s = TunSetup::new();
+    let threshold = 8 * MIB;
+    let agent = s.agent(&["--threshold", "8MiB", "--drain-window", "3s"]);
+    for i in 0..3 {
+        let c = s.connect(&format!("10.77.0.{}", 20 + i), 1, None);
+        assert_eq!(s.write(&c, 16 * MIB, 256 * KIB), 256 * KIB);
+    }
+    let held = charged(&agent, "");
+    eprintln!("charged {held}");
+    assert!(held > threshold, "{held}");
+    let start = Instant::now();
+    wait_for("charged memory back at the threshold", Duration::from_secs(5), || {
+        (charged(&agent, "") <= threshold).then_some(())
+    });
+    eprintln!("back at the threshold {:?} after the queues were written", start.elapsed());
+    let destroyed = agent.events_of("destroyed");
+    assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
+}
