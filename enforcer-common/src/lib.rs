@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -136,7 +136,10 @@ pub struct SnapshotEntry {
     /// `TCP_ESTABLISHED` = 1 … as in `include/net/tcp_states.h`.
     pub state: u8,
     pub _pad0: u8,
-    pub _pad1: u32,
+    /// `sk_bound_dev_if`: the interface index the socket is bound to (SO_BINDTODEVICE, or
+    /// inherited from a bound listener), 0 if none. The kernel's lookup for SOCK_DESTROY only
+    /// finds a bound socket when the request names this interface.
+    pub bound_dev_if: u32,
 }
 
 impl SnapshotEntry {
@@ -190,6 +193,8 @@ pub struct KernelOffsets {
     pub skc_rcv_saddr: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    /// `sock_common.skc_bound_dev_if`.
+    pub skc_bound_dev_if: u32,
     /// `cgroup.level` and `cgroup.ancestors`.
     pub cgroup_level: u32,
     pub cgroup_ancestors: u32,
