@@ -99,7 +99,7 @@ fn destroy_in(
             v.insert(netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??)
         }
     };
-    nl.destroy(entry.cookie, &entry.record)
+    nl.destroy(entry)
 }
 
 /// The per-minute cap on decisions (`--max-kills-per-minute`), over a sliding minute.
