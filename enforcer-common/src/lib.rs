@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -16,6 +16,7 @@ pub mod names {
     pub const MAP_AGENT_INFO: &str = "AGENT_INFO";
     pub const MAP_KILLS: &str = "KILLS";
     pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
+    pub const MAP_CONTAINED: &str = "CONTAINED";
     pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
     pub const GLOBAL_WATCH: &str = "WATCH";
 
@@ -35,10 +36,12 @@ pub mod names {
     pub const PIN_INFO: &str = "info";
     pub const PIN_KILLS: &str = "kills";
     pub const PIN_KILL_COUNTERS: &str = "kill_counters";
+    pub const PIN_CONTAINED: &str = "contained";
     /// The pinned `iter/tcp` link: reading this file runs the snapshot.
     pub const PIN_SNAPSHOT: &str = "snapshot";
     /// Every pin the agent makes, for cleaning up after an agent that died.
-    pub const ALL_PINS: [&str; 6] = [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_KILLS, PIN_KILL_COUNTERS];
+    pub const ALL_PINS: [&str; 7] =
+        [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_KILLS, PIN_KILL_COUNTERS, PIN_CONTAINED];
 }
 
 /// Default capacity of the socket map (`--max-sockets`).
@@ -136,7 +139,10 @@ pub struct SnapshotEntry {
     /// `TCP_ESTABLISHED` = 1 … as in `include/net/tcp_states.h`.
     pub state: u8,
     pub _pad0: u8,
-    pub _pad1: u32,
+    /// `sk_bound_dev_if`: the interface index the socket is bound to (SO_BINDTODEVICE, or
+    /// inherited from a bound listener), 0 if none. The kernel's lookup for SOCK_DESTROY only
+    /// finds a bound socket when the request names this interface.
+    pub bound_dev_if: u32,
 }
 
 impl SnapshotEntry {
@@ -190,6 +196,8 @@ pub struct KernelOffsets {
     pub skc_rcv_saddr: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    /// `sock_common.skc_bound_dev_if`.
+    pub skc_bound_dev_if: u32,
     /// `cgroup.level` and `cgroup.ancestors`.
     pub cgroup_level: u32,
     pub cgroup_ancestors: u32,
@@ -211,11 +219,53 @@ pub mod stats {
     pub const ERR_SNAPSHOT: u32 = 5;
     /// Connections the snapshot adopted (they predate the agent).
     pub const ADOPTED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// New connections of a contained remote whose send buffer sock_ops made small.
+    pub const CONTAINED: u32 = 7;
+    /// Connections of a contained remote whose send buffer could not be set (they carry on
+    /// uncontained).
+    pub const ERR_CONTAIN: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Names for display, indexed by slot.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["tracked", "map_full", "removed", "err_sockops", "err_tcp_probe", "err_snapshot", "adopted"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "tracked",
+        "map_full",
+        "removed",
+        "err_sockops",
+        "err_tcp_probe",
+        "err_snapshot",
+        "adopted",
+        "contained",
+        "err_contain",
+    ];
+}
+
+/// Capacity of the `CONTAINED` trie (remotes or prefixes contained at once).
+pub const CONTAINED_CAPACITY: u32 = 4096;
+
+/// The address part of a `CONTAINED` key (the trie's key is a prefix length in bits followed by
+/// this): an IPv6 address as four words whose bytes are in network order, like
+/// `SockRecord::remote_addr`. An IPv4 address is stored IPv4-mapped (`::ffff:a.b.c.d`, prefix
+/// 96 + N), so one trie serves both families and dual-stack sockets alike.
+pub type ContainedAddr = [u32; 4];
+
+/// Bits of the IPv4-mapped prefix `::ffff:0:0/96`.
+pub const V4_MAPPED_PREFIX: u32 = 96;
+
+/// `ContainedAddr` of an IPv4 address given in network byte order (as `SockRecord` keeps it).
+pub const fn v4_mapped(addr: u32) -> ContainedAddr {
+    [0, 0, 0x0000_ffff_u32.to_be(), addr]
+}
+
+/// The value of a `CONTAINED` entry: how a remote's new connections are limited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Containment {
+    /// Bytes passed to `SO_SNDBUF` when a connection of the remote is established. The kernel
+    /// doubles it (for its own overhead), caps it at `net.core.wmem_max` and stops autotuning
+    /// the socket's send buffer.
+    pub sndbuf: u32,
+    pub _pad: u32,
 }
 
 /// Size of the JSON settings blob in [`AgentInfo`].
@@ -286,6 +336,8 @@ const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
 const _: () = assert!(core::mem::size_of::<AgentInfo>() == 4096);
 const _: () = assert!(core::mem::size_of::<KillRecord>() == 120);
+const _: () = assert!(core::mem::size_of::<Containment>() == 8);
+const _: () = assert!(core::mem::size_of::<ContainedAddr>() == 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -298,6 +350,7 @@ mod user {
     unsafe impl aya::Pod for WatchConfig {}
     unsafe impl aya::Pod for AgentInfo {}
     unsafe impl aya::Pod for KillRecord {}
+    unsafe impl aya::Pod for Containment {}
     unsafe impl bytemuck::Zeroable for KillRecord {}
     unsafe impl bytemuck::Pod for KillRecord {}
     unsafe impl bytemuck::Zeroable for SockRecord {}

@@ -30,6 +30,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_rcv_saddr: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
+    skc_bound_dev_if: 0,
     cgroup_level: 0,
     cgroup_ancestors: 0,
 };

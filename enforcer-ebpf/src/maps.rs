@@ -2,9 +2,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
-use enforcer_common::{AgentInfo, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord, SockRecord, kill_counters, stats};
+use enforcer_common::{
+    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord, SockRecord,
+    kill_counters, stats,
+};
 
 /// Tracked sockets by cookie. Not preallocated: kernel memory grows with the sockets tracked,
 /// not with the capacity.
@@ -24,6 +27,12 @@ pub static AGENT_INFO: Array<AgentInfo> = Array::with_max_entries(1, 0);
 pub static KILLS: Array<KillRecord> = Array::with_max_entries(KILL_RING, 0);
 #[map]
 pub static KILL_COUNTERS: Array<u64> = Array::with_max_entries(kill_counters::COUNT, 0);
+
+/// Remotes (addresses or prefixes) whose new connections get a small send buffer; written by
+/// user space, read by sock_ops once per established connection. An LPM trie is never
+/// preallocated (aya-ebpf adds `BPF_F_NO_PREALLOC`).
+#[map]
+pub static CONTAINED: LpmTrie<ContainedAddr, Containment> = LpmTrie::with_max_entries(CONTAINED_CAPACITY, 0);
 
 /// Adds one to a `STATS` counter. Per-CPU, so no atomics on the hot path.
 #[inline(always)]

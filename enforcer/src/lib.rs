@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod cli;
 pub mod commands;
+pub mod contained;
 pub mod destroy;
 pub mod kills;
 pub mod loader;

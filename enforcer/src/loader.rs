@@ -9,20 +9,21 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::Array,
+    maps::{Array, LpmTrie, MapError},
     programs::{
         BtfTracePoint, CgroupAttachMode, Iter, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use enforcer_common::{
-    AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, WatchConfig, kill_counters,
-    names, stats,
+    AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING,
+    KillRecord, LAYOUT_VERSION, WatchConfig, kill_counters, names, stats,
 };
+use ipnet::IpNet;
 
 use crate::kills::KillEvent;
 
-use crate::{btf, offsets, pins, sys};
+use crate::{btf, contained, offsets, pins, sys};
 
 /// The object `cargo xtask build-ebpf` built, embedded by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
@@ -86,6 +87,7 @@ impl Loaded {
             (names::MAP_AGENT_INFO, names::PIN_INFO),
             (names::MAP_KILLS, names::PIN_KILLS),
             (names::MAP_KILL_COUNTERS, names::PIN_KILL_COUNTERS),
+            (names::MAP_CONTAINED, names::PIN_CONTAINED),
         ] {
             let path = pins::PinDir::path(&self.pin_dir, pin);
             self.ebpf
@@ -186,6 +188,34 @@ impl Loaded {
         Ok(())
     }
 
+    /// Contains `net`: its connections established from now on get a send buffer of `sndbuf`
+    /// bytes (`SO_SNDBUF`: the kernel doubles it and caps it at `net.core.wmem_max`), so each
+    /// can hold only that much before the rule judges it. Connections that already exist keep
+    /// theirs. Containing a network again replaces its buffer size.
+    pub fn contain(&mut self, net: IpNet, sndbuf: u32) -> Result<()> {
+        if sndbuf == 0 || sndbuf > i32::MAX as u32 {
+            bail!("a send buffer for {net} must be between 1 and {} bytes, not {sndbuf}", i32::MAX);
+        }
+        self.contained()?
+            .insert(&contained::key(net), Containment { sndbuf, _pad: 0 }, 0)
+            .with_context(|| format!("containing {net} (at most {CONTAINED_CAPACITY} networks at once)"))
+    }
+
+    /// Ends the containment of `net` (as it was contained, not a network inside it). New
+    /// connections get the kernel's usual send buffer again; existing ones keep what they have.
+    /// Releasing a network that is not contained does nothing.
+    pub fn release(&mut self, net: IpNet) -> Result<()> {
+        match self.contained()?.remove(&contained::key(net)) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.with_context(|| format!("releasing {net}")),
+        }
+    }
+
+    fn contained(&mut self) -> Result<LpmTrie<&mut aya::maps::MapData, ContainedAddr, Containment>> {
+        let map = self.ebpf.map_mut(names::MAP_CONTAINED).context("no contained map")?;
+        Ok(LpmTrie::try_from(map)?)
+    }
+
     pub fn snapshot_path(&self) -> PathBuf {
         pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT)
     }
@@ -238,14 +268,4 @@ fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
         }
     }
     Ok(lock)
-}
-
-// Placeholder until the containment map lands (kernel-bound branch).
-impl Loaded {
-    pub fn contain(&mut self, _net: ipnet::IpNet, _sndbuf: u32) -> Result<()> {
-        Ok(())
-    }
-    pub fn release(&mut self, _net: ipnet::IpNet) -> Result<()> {
-        Ok(())
-    }
 }

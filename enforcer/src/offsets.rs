@@ -46,6 +46,7 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         skc_rcv_saddr: field("sock_common", "skc_rcv_saddr", 4)?,
         skc_v6_daddr: field("sock_common", "skc_v6_daddr", 16)?,
         skc_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr", 16)?,
+        skc_bound_dev_if: field("sock_common", "skc_bound_dev_if", 4)?,
         cgroup_level: field("cgroup", "level", 4)?,
         // A flexible array: no size of its own.
         cgroup_ancestors: field("cgroup", "ancestors", 0)?,

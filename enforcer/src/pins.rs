@@ -2,8 +2,10 @@
 use std::path::{Path, PathBuf};
 
 use enforcer_common::{
-    AGENT_INFO_MAGIC, AgentInfo, KILL_RING, KillRecord, LAYOUT_VERSION, SnapshotEntry, kill_counters, names, stats,
+    AGENT_INFO_MAGIC, AgentInfo, ContainedAddr, Containment, KILL_RING, KillRecord, LAYOUT_VERSION, SnapshotEntry,
+    kill_counters, names, stats,
 };
+use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::sys;
@@ -116,6 +118,24 @@ impl PinDir {
         let ring: aya::maps::Array<_, KillRecord> = map.try_into().map_err(err)?;
         let kept = total.min(u64::from(KILL_RING));
         (0..kept).map(|i| ring.get(&(((total - 1 - i) % u64::from(KILL_RING)) as u32), 0).map_err(err)).collect()
+    }
+
+    /// The contained networks and the send buffer (bytes, as given to `SO_SNDBUF`) their new
+    /// connections get.
+    pub fn contained(&self) -> Result<Vec<(IpNet, u32)>, PinError> {
+        let path = Self::path(&self.dir, names::PIN_CONTAINED);
+        let map = open_map(&path)?;
+        let err = |source| PinError::Map { path: path.clone(), source };
+        let trie: aya::maps::LpmTrie<_, ContainedAddr, Containment> = map.try_into().map_err(err)?;
+        let mut out = Vec::new();
+        for item in trie.iter() {
+            let (key, value) = item.map_err(err)?;
+            // Only keys the agent wrote are there; one it cannot read back is skipped.
+            if let Some(net) = crate::contained::net(&key) {
+                out.push((net, value.sndbuf));
+            }
+        }
+        Ok(out)
     }
 
     /// Records in the socket map (all namespaces) and its capacity.

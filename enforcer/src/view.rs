@@ -41,6 +41,8 @@ pub struct Socket {
     pub retransmits: u64,
     pub rtos: u64,
     pub cgroup_id: u64,
+    /// Interface the socket is bound to (SO_BINDTODEVICE), 0 when none: a destroy must name it.
+    pub bound_dev_if: u32,
     /// Inode of the socket's network namespace (`lsns -t net`, `ls -iL /proc/PID/ns/net`).
     pub netns: u64,
 }
@@ -117,6 +119,7 @@ impl From<&SnapshotEntry> for Socket {
             retransmits: e.total_retrans.into(),
             rtos: e.total_rto.into(),
             cgroup_id: e.cgroup_id,
+            bound_dev_if: e.bound_dev_if,
             netns: 0,
         }
     }

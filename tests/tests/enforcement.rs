@@ -183,3 +183,30 @@ fn top_shows_pressure_and_what_the_rule_picks() {
     assert!(row(&attacker.remote).trim_end().ends_with("stalled"), "{text}");
     assert!(!row(&idle.remote).trim_end().ends_with("stalled"), "{text}");
 }
+
+#[test]
+fn sockets_bound_to_a_device_are_destroyed_beside_plain_ones() {
+    let mut s = Setup::new();
+    // Accepted connections inherit the listener's SO_BINDTODEVICE: the kernel finds them for
+    // SOCK_DESTROY only when the request names that interface.
+    s.server.cmd("listen 127.0.0.1:9002 lo");
+    let agent = s.agent(&["--threshold", "1MiB", "--stall", "1s"]);
+    let bound = s.zero_window(9002, "127.0.0.1", 2 << 20);
+    let plain = s.zero_window(9000, "127.0.0.1", 2 << 20);
+
+    // Either outcome ends the wait, so a failing destroy fails the test at once, with its error.
+    wait_for("a decision on both attackers", Duration::from_secs(20), || {
+        let decided = remotes(&agent.events_of("destroyed"))
+            .union(&remotes(&agent.events_of("destroy_failed")))
+            .cloned()
+            .collect::<HashSet<_>>();
+        [&bound, &plain].iter().all(|c| decided.contains(&c.remote)).then_some(())
+    });
+    let failed = agent.events_of("destroy_failed");
+    assert!(failed.is_empty(), "destroys failed: {failed:?}");
+    assert_eq!(remotes(&agent.events_of("destroyed")), HashSet::from([bound.remote.clone(), plain.remote.clone()]));
+    for c in [&bound, &plain] {
+        assert_eq!(s.server.num(&format!("soerror {}", c.server_id)), ECONNABORTED, "{}", c.remote);
+        assert_eq!(s.clients.num(&format!("soerror {}", c.client_id)), ECONNRESET, "{}", c.remote);
+    }
+}

@@ -148,6 +148,8 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
         bytes_acked: unsafe { load(tp, off!(tp_bytes_acked)) },
         bytes_received: unsafe { load(tp, off!(tp_bytes_received)) },
         state: unsafe { load(tp, off!(sk_state)) },
+        // Signed in the kernel; an interface index is never negative.
+        bound_dev_if: unsafe { load(tp, off!(skc_bound_dev_if)) },
         ..SnapshotEntry::default()
     };
     // sk->sk_cgrp_data.cgroup->kn->id: the cgroup v2 id of the socket's owner.

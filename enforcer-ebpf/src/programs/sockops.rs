@@ -1,19 +1,21 @@
-//! sock_ops on the watched cgroup: start tracking a socket when it becomes established.
+//! sock_ops on the watched cgroup: start tracking a socket when it becomes established, and
+//! give a new connection of a contained remote its small send buffer.
 //!
 //! Nothing else runs here: no callback flags are enabled, so the program sees only the callbacks
 //! the kernel always makes. Progress comes from `tcp_probe`, removal from `tcp_destroy_sock`,
 //! exact queue state from the snapshot iterator.
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB},
-    helpers::generated::bpf_get_socket_cookie,
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, SO_SNDBUF, SOL_SOCKET},
+    helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt},
     macros::sock_ops,
+    maps::lpm_trie::Key,
     programs::SockOpsContext,
 };
-use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, stats};
+use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, stats, v4_mapped};
 
 use crate::{
     kernel::watch,
-    maps::{SOCKETS, count},
+    maps::{CONTAINED, SOCKETS, count},
 };
 
 const E2BIG: i32 = 7;
@@ -89,7 +91,33 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         pending_ack: 0,
         _pad1: 0,
     };
-    SOCKETS.insert(cookie, record, 0).map_err(|e| -e)?;
-    count(stats::TRACKED);
-    Ok(())
+    let recorded = SOCKETS.insert(cookie, record, 0).map_err(|e| -e);
+    if recorded.is_ok() {
+        count(stats::TRACKED);
+    }
+    // Also when the record failed: filling the socket map must not let a remote escape.
+    contain(ctx, family, remote_addr);
+    recorded
+}
+
+/// Gives a new connection of a contained remote the remote's small send buffer, before the
+/// application can queue anything on it. One trie lookup per established connection; nothing
+/// runs per segment. Fails open: a connection whose buffer cannot be set carries on as it is.
+///
+/// The kernel's `SO_SNDBUF` doubles the value, caps it at `net.core.wmem_max` and locks the
+/// buffer (`SOCK_SNDBUF_LOCK`), so `tcp_init_buffer_space`, which runs right after this
+/// callback, and later autotuning leave it alone.
+#[inline(always)]
+fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
+    let addr = if family == AF_INET { v4_mapped(remote[0]) } else { remote };
+    let Some(c) = CONTAINED.get(Key::new(128, addr)) else {
+        return;
+    };
+    // A copy on the stack for the helper, which reads `optlen` bytes of it.
+    let mut sndbuf = c.sndbuf as i32;
+    // SAFETY: the sock_ops context of an established (full, locked) socket; a 4-byte option
+    // value that lives on our stack.
+    let rc =
+        unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_SOCKET as i32, SO_SNDBUF as i32, (&raw mut sndbuf).cast(), 4) };
+    count(if rc == 0 { stats::CONTAINED } else { stats::ERR_CONTAIN });
 }

@@ -291,5 +291,5 @@ fn destroy_in(
             v.insert(netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??)
         }
     };
-    nl.destroy(entry.cookie, &entry.record)
+    nl.destroy(entry)
 }

@@ -217,6 +217,7 @@ pub(crate) mod testing {
             retransmits: 0,
             rtos: 0,
             cgroup_id: 1,
+            bound_dev_if: 0,
             netns: 0,
         }
     }

@@ -2,7 +2,9 @@
 //! stdin, one `ok …` or `err …` line per command on stdout.
 //!
 //! Commands (IDs number the connections, accepted and connected alike, from 0):
-//!   listen ADDR                  listen and accept in the background
+//!   listen ADDR [DEV]            listen and accept in the background; with DEV, the listener
+//!                                is bound to that device (SO_BINDTODEVICE, which accepted
+//!                                connections inherit)
 //!   wait-accepted N              block until N connections were accepted; `ok ID…`
 //!   connect ADDR [RCVBUF [SRC]]  connect, optionally with a small SO_RCVBUF (0: default) and
 //!                                from source address SRC; `ok ID LOCAL`
@@ -19,6 +21,7 @@
 //!   addr ID                      `ok LOCAL REMOTE`
 //!   close ID                     close the connection
 //!   soerror ID                   the pending socket error (SO_ERROR): `ok ERRNO`, 0 if none
+//!   sndbuf ID                    the send buffer (SO_SNDBUF, as the kernel reports it): `ok BYTES`
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -91,6 +94,35 @@ fn connect(addr: SocketAddr, rcvbuf: Option<i32>, src: Option<std::net::IpAddr>)
     }
 }
 
+/// A listener on `addr`, bound to device `dev` first when given.
+fn listen(addr: SocketAddr, dev: Option<&str>) -> Result<TcpListener, String> {
+    let Some(dev) = dev else {
+        return TcpListener::bind(addr).map_err(|e| e.to_string());
+    };
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let last = || std::io::Error::last_os_error().to_string();
+    // SAFETY: plain socket syscalls on a descriptor we own; the listener takes ownership.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(last());
+        }
+        let listener = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), 4) != 0 {
+            return Err(last());
+        }
+        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr().cast(), dev.len() as u32) != 0 {
+            return Err(format!("SO_BINDTODEVICE {dev}: {}", last()));
+        }
+        let (sa, len) = sockaddr(addr);
+        if libc::bind(fd, (&raw const sa).cast(), len) != 0 || libc::listen(fd, 1024) != 0 {
+            return Err(last());
+        }
+        Ok(listener)
+    }
+}
+
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is valid; we fill the variant we use.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -142,7 +174,7 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
     let err = |e: std::io::Error| e.to_string();
     match words.first().copied().unwrap_or("") {
         "listen" => {
-            let l = TcpListener::bind(arg::<SocketAddr>(words, 1)?).map_err(err)?;
+            let l = listen(arg(words, 1)?, words.get(2).copied())?;
             let local = l.local_addr().map_err(err)?;
             let conns = conns.clone();
             thread::spawn(move || {
@@ -227,6 +259,19 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             // Shut down now even if a background thread still holds the stream.
             let _ = s.shutdown(std::net::Shutdown::Both);
             Ok(String::new())
+        }
+        "sndbuf" => {
+            let s = get(conns, arg(words, 1)?)?;
+            let mut n: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: SO_SNDBUF writes one int of the stated length.
+            let rc = unsafe {
+                libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, (&raw mut n).cast(), &mut len)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(n.to_string())
         }
         "soerror" => {
             let s = get(conns, arg(words, 1)?)?;
