@@ -260,6 +260,19 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             let _ = s.shutdown(std::net::Shutdown::Both);
             Ok(String::new())
         }
+        "sndbuf" if words.len() > 2 => {
+            let s = get(conns, arg(words, 1)?)?;
+            let bytes: libc::c_int = arg(words, 2)?;
+            // SO_SNDBUFFORCE, past wmem_max: a server that queues many megabytes (root only).
+            // SAFETY: setsockopt reads one int.
+            let rc = unsafe {
+                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (&raw const bytes).cast(), 4)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(String::new())
+        }
         "sndbuf" => {
             let s = get(conns, arg(words, 1)?)?;
             let mut n: libc::c_int = 0;
@@ -306,19 +319,6 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
                     thread::sleep(Duration::from_millis(ms));
                 }
             });
-            Ok(String::new())
-        }
-        "sndbuf" => {
-            let s = get(conns, arg(words, 1)?)?;
-            let bytes: libc::c_int = arg(words, 2)?;
-            // SO_SNDBUFFORCE, past wmem_max: a server that queues many megabytes (root only).
-            // SAFETY: setsockopt reads one int.
-            let rc = unsafe {
-                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (&raw const bytes).cast(), 4)
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error().to_string());
-            }
             Ok(String::new())
         }
         other => Err(format!("unknown command {other:?}")),
