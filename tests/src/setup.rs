@@ -95,3 +95,9 @@ pub fn charged(agent: &Agent, prefix: &str) -> u64 {
         .map(|s| crate::field(s, "charged"))
         .sum()
 }
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}

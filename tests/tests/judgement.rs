@@ -107,4 +107,7 @@ fn a_remote_that_churns_zero_window_connections_is_held_at_the_threshold() {
     assert!(under * 10 >= samples.len() * 9, "{under} of {} samples: {samples:?}", samples.len());
     let log = agent.log_text();
     assert!(log.contains("\"event\":\"repeat_offender\"") && log.contains("127.0.0.7/32"), "{log}");
+    let status = agent.status();
+    let contained = status["contained"].as_array().unwrap();
+    assert!(contained.iter().any(|c| c["remote"] == "127.0.0.7/32" && c["sndbuf"] == 32768), "{status}");
 }

@@ -20,6 +20,13 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     let namespaces: std::collections::HashSet<u64> = tagged.iter().map(|(ns, _)| *ns).collect();
     let snapshot: Vec<_> = tagged.into_iter().map(|(_, e)| e).collect();
     let send_queue: u64 = snapshot.iter().map(|e| u64::from(e.send_queue())).sum();
+    let charged: u64 = snapshot.iter().map(|e| u64::from(e.wmem_queued)).sum();
+    // Repeat offenders whose new connections the kernel gives a small send buffer.
+    let contained: Vec<Value> = pins
+        .contained()?
+        .into_iter()
+        .map(|(net, sndbuf)| json!({ "remote": net.to_string(), "sndbuf": sndbuf }))
+        .collect();
     let recv_queue: u64 = snapshot.iter().map(|e| u64::from(e.recv_queue())).sum();
     let (records, capacity) = pins.occupancy()?;
     let counters = pins.stats()?;
@@ -39,7 +46,8 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
             "map_capacity": capacity,
             "map_full": counters[stats::MAP_FULL as usize],
         },
-        "queued": { "send_queue_bytes": send_queue, "recv_queue_bytes": recv_queue },
+        "queued": { "send_queue_bytes": send_queue, "charged_bytes": charged, "recv_queue_bytes": recv_queue },
+        "contained": contained,
         "counters": counter_map,
         "kills": {
             "destroyed": kc[kill_counters::DESTROYED as usize],
@@ -64,12 +72,13 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     writeln!(out, "agent      pid {}, watching {} (cgroup id {})", info.pid, word("cgroup"), get("cgroup_id"))?;
     writeln!(
         out,
-        "rule       threshold {} ({} pressure), fairness {}, stall {}, max-drain {}, policy {}{}",
+        "rule       threshold {} ({} pressure), fairness {}, stall {}, max-drain {} over {}, policy {}{}",
         human_bytes(get("threshold")),
         word("pressure"),
         word("fairness"),
         human_ms(get("stall_ms")),
         human_ms(get("max_drain_ms")),
+        human_ms(get("drain_window_ms")),
         word("policy"),
         if settings["dry_run"] == true { ", DRY RUN" } else { "" }
     )?;
@@ -80,7 +89,24 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         "map        {records} / {capacity} records, {} sockets not tracked (map full)",
         counters[stats::MAP_FULL as usize]
     )?;
-    writeln!(out, "queued     {} send, {} receive", human_bytes(send_queue), human_bytes(recv_queue))?;
+    writeln!(
+        out,
+        "queued     {} send ({} charged), {} receive",
+        human_bytes(send_queue),
+        human_bytes(charged),
+        human_bytes(recv_queue)
+    )?;
+    let repeat: Vec<String> = contained
+        .iter()
+        .map(|c| {
+            format!("{} ({})", c["remote"].as_str().unwrap_or("?"), human_bytes(c["sndbuf"].as_u64().unwrap_or(0)))
+        })
+        .collect();
+    writeln!(
+        out,
+        "contained  {}",
+        if repeat.is_empty() { "none (no repeat offender)".to_owned() } else { repeat.join(", ") }
+    )?;
     writeln!(
         out,
         "lifetime   {} tracked, {} removed",
