@@ -37,16 +37,24 @@ fn bursty_and_rate_limited_readers_are_not_destroyed() {
         // A drain window, a stall and more: long enough for either rule to have fired.
         let start = Instant::now();
         let mut over_share = HashSet::new();
+        let mut longest_stall = std::collections::HashMap::new();
         while start.elapsed() < Duration::from_secs(12) {
             let sockets = agent.sockets();
             let share = threshold / sockets.len() as u64;
             for x in &sockets {
+                let remote = x["remote"].as_str().unwrap().to_owned();
                 if field(x, "charged") > share {
-                    over_share.insert(x["remote"].as_str().unwrap().to_owned());
+                    over_share.insert(remote.clone());
                 }
+                let stall = longest_stall.entry(remote).or_insert(0);
+                *stall = field(x, "stalled_ms").max(*stall);
             }
-            thread::sleep(Duration::from_millis(500));
+            thread::sleep(Duration::from_millis(200));
         }
+        eprintln!(
+            "interval {interval}: longest stall seen: steady reader {}ms, rate-limited reader {}ms",
+            longest_stall[&steady.remote], longest_stall[&limited.remote]
+        );
         assert!(agent.events().is_empty(), "interval {interval}: {:?}", agent.events());
         for c in [&steady, &limited] {
             assert!(over_share.contains(&c.remote), "interval {interval}: {} never held over its share", c.remote);
