@@ -327,13 +327,18 @@ impl Drop for Agent {
     }
 }
 
-/// The `tcp-peer` binary cargo builds next to the test binaries (`target/<profile>/`).
-fn peer_bin() -> PathBuf {
+/// A binary of this crate (`tcp-peer`, `tun-peer`) that cargo builds next to the test binaries
+/// (`target/<profile>/`).
+pub(crate) fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("tcp-peer");
+    let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: cargo builds it for the integration tests", bin.display());
     bin
+}
+
+fn peer_bin() -> PathBuf {
+    sibling_bin("tcp-peer")
 }
 
 /// A `tcp-peer` process in a test namespace (and optionally a test cgroup), driven by commands.

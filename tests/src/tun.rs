@@ -3,7 +3,6 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Stdio},
 };
 
@@ -11,15 +10,6 @@ use crate::{Cgroup, Netns, Peer};
 
 /// The tun's own address: kernel servers listen here. The peer plays 10.77.0.2 and up.
 pub const TUN_KERNEL_ADDR: &str = "10.77.0.1";
-
-/// The `tun-peer` binary cargo builds next to the test binaries (`target/<profile>/`).
-fn tun_peer_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("tun-peer");
-    assert!(bin.exists(), "{} is missing: cargo builds it for the integration tests", bin.display());
-    bin
-}
 
 /// What `stats ID` reports about one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +36,8 @@ pub struct TunPeer {
 impl TunPeer {
     /// Starts the peer and waits until its tun is up with its address.
     pub fn start(ns: &Netns) -> Self {
-        let mut child = ns.command(tun_peer_bin()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            ns.command(crate::sibling_bin("tun-peer")).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut peer = Self { child, stdin, stdout, dev: String::new() };
