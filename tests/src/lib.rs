@@ -109,6 +109,15 @@ impl Drop for Netns {
     }
 }
 
+/// Writes a line to stderr from a guard's `drop`, ignoring errors. `eprintln!` panics when stderr
+/// is a closed pipe (`cargo test … | head`); a panic inside a drop that runs while the test is
+/// already panicking aborts the process, and every guard not yet dropped (namespace, cgroup)
+/// is left behind.
+fn stderr_note(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 /// The cgroup v2 mount point, from /proc/mounts.
 pub fn cgroup2_root() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
@@ -154,7 +163,7 @@ impl Drop for Cgroup {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("warning: could not remove cgroup {}", self.path.display());
+        stderr_note(&format!("warning: could not remove cgroup {}", self.path.display()));
     }
 }
 
@@ -322,7 +331,7 @@ impl Drop for Agent {
         if !thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         } else {
-            eprintln!("agent log:\n{}", self.log_text());
+            stderr_note(&format!("agent log:\n{}", self.log_text()));
         }
     }
 }

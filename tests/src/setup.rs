@@ -18,12 +18,13 @@ pub struct Conn {
     pub remote: String,
 }
 
-/// A server in the test cgroup and clients outside it, in one test namespace.
+/// A server in the test cgroup and clients outside it, in one test namespace. Fields drop in
+/// order: the processes first, then the cgroup, the namespace last.
 pub struct Setup {
-    pub ns: Netns,
-    pub cg: Cgroup,
     pub server: Peer,
     pub clients: Peer,
+    pub cg: Cgroup,
+    pub ns: Netns,
     pub accepted: usize,
 }
 
