@@ -29,8 +29,6 @@ pub struct Metrics {
     /// Decisions by `event` (destroyed, would_destroy, destroy_failed) and `reason`.
     pub decisions: Family<Labels, Counter>,
     pub held_back: Counter,
-    /// Destroys that failed: they freed nothing, and the next candidate was taken.
-    pub destroy_failed: Counter,
     /// Remotes that became repeat offenders, and how many are flagged now.
     pub repeat_offenders: Counter,
     pub repeat_offenders_flagged: Gauge,
@@ -63,7 +61,6 @@ impl Metrics {
             map_capacity: Gauge::default(),
             decisions: Family::default(),
             held_back: Counter::default(),
-            destroy_failed: Counter::default(),
             repeat_offenders: Counter::default(),
             repeat_offenders_flagged: Gauge::default(),
             scan_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -83,11 +80,6 @@ impl Metrics {
         r.register("socket_map_capacity", "Capacity of the socket map (--max-sockets)", m.map_capacity.clone());
         r.register("decisions", "Enforcement decisions by event and reason", m.decisions.clone());
         r.register("held_back", "Decisions held back by --max-kills or --max-kills-per-minute", m.held_back.clone());
-        r.register(
-            "destroy_failures",
-            "Destroys that failed (they free nothing; the next candidate is taken)",
-            m.destroy_failed.clone(),
-        );
         r.register(
             "repeat_offenders",
             "Remotes that became repeat offenders (--repeat-kills destroys within --repeat-window)",

@@ -114,6 +114,11 @@ fn parse_file(text: &str) -> Result<File, String> {
         let string = || value.as_str().ok_or_else(|| bad("expected a string"));
         let int = || value.as_integer().filter(|&n| n >= 0).ok_or_else(|| bad("expected a non-negative integer"));
         let duration = || string().and_then(|s| parse_duration(s).map_err(|e| bad(&e)));
+        // Plain bytes, or a size with its unit ("64MiB").
+        let size = || match value {
+            toml::Value::Integer(_) => int().map(|n| n as u64),
+            _ => string().and_then(|s| parse_size(s).map_err(|e| bad(&e))),
+        };
         let list = || value.as_array().ok_or_else(|| bad("expected a list"));
         match key.as_str() {
             "cgroup" => f.cgroup = Some(string()?.into()),
@@ -122,12 +127,7 @@ fn parse_file(text: &str) -> Result<File, String> {
                 f.max_sockets = Some(u32::try_from(int()?).ok().filter(|&n| n >= 1).ok_or_else(|| bad("out of range"))?)
             }
             "interval" => f.interval = Some(duration()?),
-            "threshold" => {
-                f.threshold = Some(match value {
-                    toml::Value::Integer(_) => int()? as u64,
-                    _ => parse_size(string()?).map_err(|e| bad(&e))?,
-                })
-            }
+            "threshold" => f.threshold = Some(size()?),
             "pressure" => {
                 f.pressure = Some(match string()? {
                     "tracked" => PressureArg::Tracked,
@@ -142,12 +142,7 @@ fn parse_file(text: &str) -> Result<File, String> {
             "drain-window" => f.drain_window = Some(duration()?),
             "repeat-kills" => f.repeat_kills = Some(int()? as usize),
             "repeat-window" => f.repeat_window = Some(duration()?),
-            "contain-sndbuf" => {
-                f.contain_sndbuf = Some(match value {
-                    toml::Value::Integer(_) => int()? as u64,
-                    _ => parse_size(string()?).map_err(|e| bad(&e))?,
-                })
-            }
+            "contain-sndbuf" => f.contain_sndbuf = Some(size()?),
             "policy" => {
                 f.policy = Some(match string()? {
                     "budget" => PolicyArg::Budget,
@@ -310,8 +305,9 @@ impl Settings {
             window_ms: args.repeat_window.or(file.repeat_window).map(ms).unwrap_or(DEFAULT_REPEAT_WINDOW_MS),
         };
         let contain_sndbuf = args.contain_sndbuf.or(file.contain_sndbuf).unwrap_or(DEFAULT_CONTAIN_SNDBUF);
-        if contain_sndbuf > u64::from(u32::MAX / 2) {
-            return Err(UsageError(format!("--contain-sndbuf {contain_sndbuf} is out of range (at most 1GiB)")).into());
+        // SO_SNDBUF takes an int.
+        if contain_sndbuf > i32::MAX as u64 {
+            return Err(UsageError(format!("--contain-sndbuf {contain_sndbuf} is out of range (under 2GiB)")).into());
         }
         let idle = args.idle.or(file.idle).unwrap_or(Duration::from_secs(300));
         let max_kills = args.max_kills.or(file.max_kills).unwrap_or(DEFAULT_MAX_KILLS);

@@ -22,11 +22,7 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     let send_queue: u64 = snapshot.iter().map(|e| u64::from(e.send_queue())).sum();
     let charged: u64 = snapshot.iter().map(|e| u64::from(e.wmem_queued)).sum();
     // Repeat offenders whose new connections the kernel gives a small send buffer.
-    let contained: Vec<Value> = pins
-        .contained()?
-        .into_iter()
-        .map(|(net, sndbuf)| json!({ "remote": net.to_string(), "sndbuf": sndbuf }))
-        .collect();
+    let contained = pins.contained()?;
     let recv_queue: u64 = snapshot.iter().map(|e| u64::from(e.recv_queue())).sum();
     let (records, capacity) = pins.occupancy()?;
     let counters = pins.stats()?;
@@ -47,7 +43,10 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
             "map_full": counters[stats::MAP_FULL as usize],
         },
         "queued": { "send_queue_bytes": send_queue, "charged_bytes": charged, "recv_queue_bytes": recv_queue },
-        "contained": contained,
+        "contained": contained
+            .iter()
+            .map(|(net, sndbuf)| json!({ "remote": net.to_string(), "sndbuf": sndbuf }))
+            .collect::<Vec<_>>(),
         "counters": counter_map,
         "kills": {
             "destroyed": kc[kill_counters::DESTROYED as usize],
@@ -96,12 +95,8 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         human_bytes(charged),
         human_bytes(recv_queue)
     )?;
-    let repeat: Vec<String> = contained
-        .iter()
-        .map(|c| {
-            format!("{} ({})", c["remote"].as_str().unwrap_or("?"), human_bytes(c["sndbuf"].as_u64().unwrap_or(0)))
-        })
-        .collect();
+    let repeat: Vec<String> =
+        contained.iter().map(|(net, sndbuf)| format!("{net} ({})", human_bytes(u64::from(*sndbuf)))).collect();
     writeln!(
         out,
         "contained  {}",
