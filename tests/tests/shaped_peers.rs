@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use enforcer_tests::{TunConn, TunSetup, charged, field, wait_for};
+use enforcer_tests::{Agent, TunConn, TunSetup, charged, field, wait_for};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -36,6 +36,15 @@ fn an_ack_shaping_peer_is_destroyed_after_one_drain_window() {
     });
 }
 
+/// Waits until the tracked sockets are charged no more than `threshold`, at most 5 s.
+fn back_at_threshold_within_5s(agent: &Agent, threshold: u64) {
+    let start = Instant::now();
+    wait_for("charged memory back at the threshold", Duration::from_secs(5), || {
+        (charged(agent, "") <= threshold).then_some(())
+    });
+    eprintln!("back at the threshold {:?} after the queues were written", start.elapsed());
+}
+
 /// A connection whose peer advertised 128 bytes, took 4 KiB in 128-byte segments, then closed
 /// its window; `bytes` queued behind it.
 fn tiny_then_zero(s: &mut TunSetup, src: &str, bytes: u64) -> TunConn {
@@ -61,11 +70,7 @@ fn tiny_window_peers_are_judged_by_the_memory_they_cost() {
     let held: u64 = sockets.iter().map(|x| field(x, "charged")).sum();
     eprintln!("queued {queued}, charged {held}");
     assert!(queued < threshold && held > 2 * threshold, "queued {queued}, charged {held}");
-    let start = Instant::now();
-    wait_for("charged memory back at the threshold", Duration::from_secs(5), || {
-        (charged(&agent, "") <= threshold).then_some(())
-    });
-    eprintln!("back at the threshold {:?} after the queues were written", start.elapsed());
+    back_at_threshold_within_5s(&agent, threshold);
     let destroyed = agent.events_of("destroyed");
     assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "stalled"), "{destroyed:?}");
     for e in &destroyed {
@@ -90,11 +95,7 @@ fn one_byte_window_peers_are_destroyed_as_slow() {
     let held = charged(&agent, "");
     eprintln!("charged {held}");
     assert!(held > threshold, "{held}");
-    let start = Instant::now();
-    wait_for("charged memory back at the threshold", Duration::from_secs(5), || {
-        (charged(&agent, "") <= threshold).then_some(())
-    });
-    eprintln!("back at the threshold {:?} after the queues were written", start.elapsed());
+    back_at_threshold_within_5s(&agent, threshold);
     let destroyed = agent.events_of("destroyed");
     assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
 }
