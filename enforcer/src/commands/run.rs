@@ -154,7 +154,7 @@ impl Agent {
         m.policy_seconds.observe((decided - scanned).as_secs_f64());
         m.offenders.set(candidates as i64);
         m.held_back.inc_by(outcome.held_back as u64);
-        m.repeat_offenders_flagged.set(self.judge.repeat_offenders().flagged().count() as i64);
+        m.repeat_offenders_flagged.set(self.judge.repeat_offenders() as i64);
         // Netlink sockets of namespaces that are gone would keep them alive.
         self.destroyers.retain(|inode, _| snap.namespaces.iter().any(|n| n.inode == *inode));
         tracing::debug!(

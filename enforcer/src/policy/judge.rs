@@ -92,10 +92,6 @@ impl Judge {
         Self { policy, socks: HashMap::new(), spare: HashMap::new(), prev_ms: None, over_streak: 0, repeat }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// For what the agent re-reads every interval (the protected cgroups' ids).
     pub fn policy_mut(&mut self) -> &mut Policy {
         &mut self.policy
@@ -107,8 +103,9 @@ impl Judge {
         self.repeat.record(self.policy.fairness.group(d.socket.remote.ip()), now_ms)
     }
 
-    pub fn repeat_offenders(&self) -> &RepeatOffenders {
-        &self.repeat
+    /// Remotes flagged as repeat offenders now.
+    pub fn repeat_offenders(&self) -> usize {
+        self.repeat.flagged_count()
     }
 
     /// Judges one snapshot taken at `now_ms` (the caller's monotonic clock) under `pressure`,

@@ -78,9 +78,9 @@ impl RepeatOffenders {
         released
     }
 
-    /// Flagged remotes, with since when and how many destroys the window holds.
-    pub fn flagged(&self) -> impl Iterator<Item = (IpNet, u64, usize)> + '_ {
-        self.flagged.iter().map(|(r, since)| (*r, *since, self.kills.get(r).map_or(0, VecDeque::len)))
+    /// How many remotes are flagged now.
+    pub fn flagged_count(&self) -> usize {
+        self.flagged.len()
     }
 }
 
