@@ -7,13 +7,14 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
     pub const MAP_SOCKETS: &str = "SOCKETS";
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_AGENT_INFO: &str = "AGENT_INFO";
+    pub const MAP_AGENT_SETTINGS: &str = "AGENT_SETTINGS";
     pub const MAP_KILLS: &str = "KILLS";
     pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
     pub const MAP_CONTAINED: &str = "CONTAINED";
@@ -34,14 +35,15 @@ pub mod names {
     pub const PIN_SOCKETS: &str = "sockets";
     pub const PIN_STATS: &str = "stats";
     pub const PIN_INFO: &str = "info";
+    pub const PIN_SETTINGS: &str = "settings";
     pub const PIN_KILLS: &str = "kills";
     pub const PIN_KILL_COUNTERS: &str = "kill_counters";
     pub const PIN_CONTAINED: &str = "contained";
     /// The pinned `iter/tcp` link: reading this file runs the snapshot.
     pub const PIN_SNAPSHOT: &str = "snapshot";
     /// Every pin the agent makes, for cleaning up after an agent that died.
-    pub const ALL_PINS: [&str; 7] =
-        [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_KILLS, PIN_KILL_COUNTERS, PIN_CONTAINED];
+    pub const ALL_PINS: [&str; 8] =
+        [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_SETTINGS, PIN_KILLS, PIN_KILL_COUNTERS, PIN_CONTAINED];
 }
 
 /// Default capacity of the socket map (`--max-sockets`).
@@ -268,24 +270,31 @@ pub struct Containment {
     pub _pad: u32,
 }
 
-/// Size of the JSON settings blob in [`AgentInfo`].
-pub const AGENT_SETTINGS_LEN: usize = 4056;
 pub const AGENT_INFO_MAGIC: u32 = 0x656e_6663; // "enfc"
 
-/// Written once by the agent into the single slot of `AGENT_INFO`: who pinned this directory and
-/// with what settings, so `enforcer status` can show them and detect a stale or foreign pin.
+/// Written once by the agent into the single slot of `AGENT_INFO`: who pinned this directory,
+/// so `enforcer status` can show it and detect a stale or foreign pin.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentInfo {
     pub magic: u32,
     pub layout_version: u32,
     pub pid: u32,
+    /// Bytes of JSON settings in `AGENT_SETTINGS`, chunk after chunk.
     pub settings_len: u32,
     /// Wall clock at start, milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
-    pub _pad: [u64; 2],
-    /// `settings_len` bytes of JSON.
-    pub settings: [u8; AGENT_SETTINGS_LEN],
+}
+
+/// Bytes of one slot of `AGENT_SETTINGS`. The agent sizes that array at load time to hold its
+/// settings whatever their length (many `--protect-cidr`s make them long).
+pub const SETTINGS_CHUNK: usize = 4096;
+
+/// One slot of `AGENT_SETTINGS`: a piece of the agent's settings as JSON.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SettingsChunk {
+    pub bytes: [u8; SETTINGS_CHUNK],
 }
 
 /// Slots in the `KILLS` ring: the most recent decisions, kept for `enforcer kills`.
@@ -334,7 +343,8 @@ pub struct KillRecord {
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
 const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
-const _: () = assert!(core::mem::size_of::<AgentInfo>() == 4096);
+const _: () = assert!(core::mem::size_of::<AgentInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<SettingsChunk>() == SETTINGS_CHUNK);
 const _: () = assert!(core::mem::size_of::<KillRecord>() == 120);
 const _: () = assert!(core::mem::size_of::<Containment>() == 8);
 const _: () = assert!(core::mem::size_of::<ContainedAddr>() == 16);
@@ -349,6 +359,7 @@ mod user {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for WatchConfig {}
     unsafe impl aya::Pod for AgentInfo {}
+    unsafe impl aya::Pod for SettingsChunk {}
     unsafe impl aya::Pod for KillRecord {}
     unsafe impl aya::Pod for Containment {}
     unsafe impl bytemuck::Zeroable for KillRecord {}

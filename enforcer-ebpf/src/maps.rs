@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use enforcer_common::{
-    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord, SockRecord,
-    kill_counters, stats,
+    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord,
+    SettingsChunk, SockRecord, kill_counters, stats,
 };
 
 /// Tracked sockets by cookie. Not preallocated: kernel memory grows with the sockets tracked,
@@ -17,9 +17,12 @@ pub static SOCKETS: HashMap<u64, SockRecord> = HashMap::with_max_entries(DEFAULT
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
-/// Written by user space only (who runs, with which settings); no program reads it.
+/// Written by user space only (who runs, with which settings); no program reads them. The
+/// loader sizes `AGENT_SETTINGS` to the agent's settings.
 #[map]
 pub static AGENT_INFO: Array<AgentInfo> = Array::with_max_entries(1, 0);
+#[map]
+pub static AGENT_SETTINGS: Array<SettingsChunk> = Array::with_max_entries(1, 0);
 
 /// The agent's recent decisions (a ring) and their counters; written by user space only, kept
 /// here so they live and are pinned with the other maps.

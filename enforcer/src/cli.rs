@@ -208,7 +208,7 @@ Examples:
   enforcer run --cgroup /sys/fs/cgroup/system.slice/nginx.service --threshold 256MiB --protect-port 22
   enforcer run --fairness remote-ip --max-per-remote 200 --idle 10m";
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PressureArg {
     Tracked,
@@ -222,7 +222,7 @@ pub enum FaultArg {
     TcpProbe,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyArg {
     Budget,

@@ -1,10 +1,68 @@
-//! Keys of the `CONTAINED` trie: a remote network as the kernel side looks it up. IPv4 is kept
-//! IPv4-mapped (`::ffff:a.b.c.d`, prefix 96 + N), so one trie serves both families.
+//! Containment of repeat offenders: the `CONTAINED` trie that sock_ops looks a new
+//! connection's remote up in, to give it a small send buffer. The agent writes it
+//! ([`Containment`]), `enforcer status` lists it ([`read`]). Keys are remote networks as the
+//! kernel side looks them up: IPv4 is kept IPv4-mapped (`::ffff:a.b.c.d`, prefix 96 + N), so
+//! one trie serves both families.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::maps::lpm_trie::Key;
-use enforcer_common::{ContainedAddr, V4_MAPPED_PREFIX, v4_mapped};
+use anyhow::{Context, Result, bail};
+use aya::maps::{Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use enforcer_common::{CONTAINED_CAPACITY, ContainedAddr, Containment as Value, V4_MAPPED_PREFIX, names, v4_mapped};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::pins::{PinDir, PinError};
+
+/// The agent's end of the trie, taken from the loaded object.
+pub struct Containment {
+    trie: LpmTrie<MapData, ContainedAddr, Value>,
+}
+
+impl Containment {
+    /// `map` is the loader's pinned `CONTAINED` trie.
+    pub fn new(map: Map) -> Result<Self> {
+        Ok(Self { trie: LpmTrie::try_from(map).context("the contained map")? })
+    }
+
+    /// Contains `net`: its connections established from now on get a send buffer of `sndbuf`
+    /// bytes (`SO_SNDBUF`: the kernel doubles it and caps it at `net.core.wmem_max`), so each
+    /// can hold only that much before the rule judges it. Connections that already exist keep
+    /// theirs. Containing a network again replaces its buffer size.
+    pub fn contain(&mut self, net: IpNet, sndbuf: u32) -> Result<()> {
+        if sndbuf == 0 || sndbuf > i32::MAX as u32 {
+            bail!("a send buffer for {net} must be between 1 and {} bytes, not {sndbuf}", i32::MAX);
+        }
+        self.trie
+            .insert(&key(net), Value { sndbuf, _pad: 0 }, 0)
+            .with_context(|| format!("containing {net} (at most {CONTAINED_CAPACITY} networks at once)"))
+    }
+
+    /// Ends the containment of `net` (as it was contained, not a network inside it). New
+    /// connections get the kernel's usual send buffer again; existing ones keep what they have.
+    /// Releasing a network that is not contained does nothing.
+    pub fn release(&mut self, net: IpNet) -> Result<()> {
+        match self.trie.remove(&key(net)) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.with_context(|| format!("releasing {net}")),
+        }
+    }
+}
+
+/// The networks a running agent contains, and the send buffer (bytes, as given to
+/// `SO_SNDBUF`) their new connections get.
+pub fn read(pins: &PinDir) -> Result<Vec<(IpNet, u32)>, PinError> {
+    let (path, map) = pins.map(names::PIN_CONTAINED)?;
+    let err = |source| PinError::Map { path: path.clone(), source };
+    let trie: LpmTrie<_, ContainedAddr, Value> = map.try_into().map_err(err)?;
+    let mut out = Vec::new();
+    for item in trie.iter() {
+        let (key, value) = item.map_err(err)?;
+        // Only keys the agent wrote are there; one it cannot read back is skipped.
+        if let Some(net) = net(&key) {
+            out.push((net, value.sndbuf));
+        }
+    }
+    Ok(out)
+}
 
 /// The trie key of `net`, with the host bits cleared (the trie ignores them, but would hand
 /// them back when listed).

@@ -1,5 +1,6 @@
-//! Loads the eBPF object, attaches its programs and pins what the CLI reads. `Loaded` owns all
-//! of it: dropping it detaches every program and removes every pin it made, so an agent that
+//! Loads the eBPF object, attaches its programs and pins what the CLI reads; nothing else (the
+//! journal and the contained trie take their maps with [`Loaded::take_map`]). `Loaded` owns
+//! it all: dropping it detaches every program and removes every pin it made, so an agent that
 //! exits (or fails half-way through start-up) leaves nothing behind.
 use std::{
     fs::File,
@@ -9,21 +10,17 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapError},
+    maps::Array,
     programs::{
         BtfTracePoint, CgroupAttachMode, Iter, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use enforcer_common::{
-    AGENT_INFO_MAGIC, AGENT_SETTINGS_LEN, AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING,
-    KillRecord, LAYOUT_VERSION, WatchConfig, kill_counters, names, stats,
+    AGENT_INFO_MAGIC, AgentInfo, LAYOUT_VERSION, SETTINGS_CHUNK, SettingsChunk, WatchConfig, names, stats,
 };
-use ipnet::IpNet;
 
-use crate::kills::KillEvent;
-
-use crate::{btf, contained, offsets, pins, sys};
+use crate::{btf, offsets, pins, sys};
 
 /// The object `cargo xtask build-ebpf` built, embedded by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
@@ -69,6 +66,7 @@ impl Loaded {
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
             .override_global(names::GLOBAL_WATCH, &watch, true)
             .map_max_entries(names::MAP_SOCKETS, opts.max_sockets)
+            .map_max_entries(names::MAP_AGENT_SETTINGS, opts.settings.len().div_ceil(SETTINGS_CHUNK).max(1) as u32)
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
         let mut loaded =
@@ -85,6 +83,7 @@ impl Loaded {
             (names::MAP_SOCKETS, names::PIN_SOCKETS),
             (names::MAP_STATS, names::PIN_STATS),
             (names::MAP_AGENT_INFO, names::PIN_INFO),
+            (names::MAP_AGENT_SETTINGS, names::PIN_SETTINGS),
             (names::MAP_KILLS, names::PIN_KILLS),
             (names::MAP_KILL_COUNTERS, names::PIN_KILL_COUNTERS),
             (names::MAP_CONTAINED, names::PIN_CONTAINED),
@@ -100,25 +99,26 @@ impl Loaded {
         Ok(())
     }
 
+    /// Who runs, in `AGENT_INFO`, and the settings as JSON, chunk by chunk, in `AGENT_SETTINGS`
+    /// (sized at load time to hold them).
     fn write_info(&mut self, settings: &str) -> Result<()> {
-        let mut info = AgentInfo {
+        let info = AgentInfo {
             magic: AGENT_INFO_MAGIC,
             layout_version: LAYOUT_VERSION,
             pid: std::process::id(),
-            settings_len: 0,
+            settings_len: u32::try_from(settings.len()).context("the agent's settings are over 4 GiB")?,
             started_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            _pad: [0; 2],
-            settings: [0; AGENT_SETTINGS_LEN],
         };
-        let bytes = settings.as_bytes();
-        if bytes.len() > AGENT_SETTINGS_LEN {
-            bail!("agent settings are too long to record ({} bytes)", bytes.len());
+        let map = self.ebpf.map_mut(names::MAP_AGENT_SETTINGS).context("eBPF object has no settings map")?;
+        let mut chunks: Array<_, SettingsChunk> = Array::try_from(map)?;
+        for (i, piece) in settings.as_bytes().chunks(SETTINGS_CHUNK).enumerate() {
+            let mut chunk = SettingsChunk { bytes: [0; SETTINGS_CHUNK] };
+            chunk.bytes[..piece.len()].copy_from_slice(piece);
+            chunks.set(i as u32, chunk, 0).context("writing the agent's settings")?;
         }
-        info.settings[..bytes.len()].copy_from_slice(bytes);
-        info.settings_len = bytes.len() as u32;
         let map = self.ebpf.map_mut(names::MAP_AGENT_INFO).context("eBPF object has no info map")?;
         let mut array: Array<_, AgentInfo> = Array::try_from(map)?;
         array.set(0, info, 0).context("writing agent info")?;
@@ -169,51 +169,10 @@ impl Loaded {
             .collect()
     }
 
-    /// Keeps a decision in the pinned ring and counts it, for `enforcer kills` and `status`.
-    pub fn record_kill(&mut self, rec: KillRecord) -> Result<()> {
-        let counters = self.ebpf.map_mut(names::MAP_KILL_COUNTERS).context("no kill counters map")?;
-        let mut counters: Array<_, u64> = Array::try_from(counters)?;
-        let next = counters.get(&kill_counters::NEXT, 0)?;
-        let slot = match rec.event {
-            e if e == KillEvent::Destroyed as u8 => kill_counters::DESTROYED,
-            e if e == KillEvent::WouldDestroy as u8 => kill_counters::WOULD_DESTROY,
-            _ => kill_counters::DESTROY_FAILED,
-        };
-        let count = counters.get(&slot, 0)?;
-        counters.set(slot, count + 1, 0)?;
-        counters.set(kill_counters::NEXT, next + 1, 0)?;
-        let ring = self.ebpf.map_mut(names::MAP_KILLS).context("no kills map")?;
-        let mut ring: Array<_, KillRecord> = Array::try_from(ring)?;
-        ring.set((next % u64::from(KILL_RING)) as u32, rec, 0)?;
-        Ok(())
-    }
-
-    /// Contains `net`: its connections established from now on get a send buffer of `sndbuf`
-    /// bytes (`SO_SNDBUF`: the kernel doubles it and caps it at `net.core.wmem_max`), so each
-    /// can hold only that much before the rule judges it. Connections that already exist keep
-    /// theirs. Containing a network again replaces its buffer size.
-    pub fn contain(&mut self, net: IpNet, sndbuf: u32) -> Result<()> {
-        if sndbuf == 0 || sndbuf > i32::MAX as u32 {
-            bail!("a send buffer for {net} must be between 1 and {} bytes, not {sndbuf}", i32::MAX);
-        }
-        self.contained()?
-            .insert(&contained::key(net), Containment { sndbuf, _pad: 0 }, 0)
-            .with_context(|| format!("containing {net} (at most {CONTAINED_CAPACITY} networks at once)"))
-    }
-
-    /// Ends the containment of `net` (as it was contained, not a network inside it). New
-    /// connections get the kernel's usual send buffer again; existing ones keep what they have.
-    /// Releasing a network that is not contained does nothing.
-    pub fn release(&mut self, net: IpNet) -> Result<()> {
-        match self.contained()?.remove(&contained::key(net)) {
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other.with_context(|| format!("releasing {net}")),
-        }
-    }
-
-    fn contained(&mut self) -> Result<LpmTrie<&mut aya::maps::MapData, ContainedAddr, Containment>> {
-        let map = self.ebpf.map_mut(names::MAP_CONTAINED).context("no contained map")?;
-        Ok(LpmTrie::try_from(map)?)
+    /// Hands a map over to the module that owns its layout (the journal, the contained trie).
+    /// Its pin stays, and is removed with the others when `Loaded` is dropped.
+    pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name} (or it was taken)"))
     }
 
     pub fn snapshot_path(&self) -> PathBuf {

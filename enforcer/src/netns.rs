@@ -2,6 +2,7 @@
 //! namespace of the thread that uses them, while sock_ops tracks a cgroup whatever namespace its
 //! sockets live in (containers, pods). So the agent finds the namespaces of the watched cgroup's
 //! processes and reads and destroys from inside each, on a short-lived thread that joins it.
+//! This module knows namespaces only; `snapshot` and `commands::run` use it.
 use std::{
     collections::HashSet,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
@@ -9,10 +10,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use enforcer_common::SnapshotEntry;
-
-use crate::pins;
-
 /// A network namespace and a path that opens it (`/proc/PID/ns/net` of a process in it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
@@ -22,6 +19,13 @@ pub struct Namespace {
 }
 
 const OWN: &str = "/proc/thread-self/ns/net";
+
+impl Namespace {
+    /// The caller's own namespace: reading there needs no thread, and must work.
+    pub fn is_own(&self) -> bool {
+        self.handle == Path::new(OWN)
+    }
+}
 
 /// The caller's own namespace.
 pub fn own() -> Result<Namespace> {
@@ -60,7 +64,7 @@ pub fn of_cgroup(cgroup: &Path) -> Result<Vec<Namespace>> {
 /// Runs `f` inside namespace `ns`: directly for the caller's own, else on a thread that joins it
 /// (a network namespace is per thread; the thread ends with `f`).
 pub fn run_in<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> Result<T> {
-    if ns.handle == Path::new(OWN) {
+    if ns.is_own() {
         return Ok(f());
     }
     let file = std::fs::File::open(&ns.handle).with_context(|| format!("opening {}", ns.handle.display()))?;
@@ -79,20 +83,4 @@ pub fn run_in<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> Result<T
         .join()
         .unwrap_or_else(|_| bail!("a thread in network namespace {} panicked", ns.inode))
     })
-}
-
-/// One snapshot across namespaces: every tracked socket, with the namespace it lives in.
-pub fn snapshot(pin: &Path, namespaces: &[Namespace]) -> Result<Vec<(u64, SnapshotEntry)>> {
-    let mut all = Vec::new();
-    for ns in namespaces {
-        match run_in(ns, || pins::read_snapshot(pin)) {
-            Ok(Ok(entries)) => all.extend(entries.into_iter().map(|e| (ns.inode, e))),
-            // The caller's own namespace must work; another may have gone away meanwhile.
-            Ok(Err(e)) if ns.handle == Path::new(OWN) => return Err(e.into()),
-            Err(e) if ns.handle == Path::new(OWN) => return Err(e),
-            Ok(Err(e)) => tracing::debug!(netns = ns.inode, error = %e, "snapshot in namespace failed"),
-            Err(e) => tracing::debug!(netns = ns.inode, error = %format!("{e:#}"), "namespace not entered"),
-        }
-    }
-    Ok(all)
 }

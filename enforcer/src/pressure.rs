@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::view::Socket;
+use crate::socket::Socket;
 
 #[derive(Debug, Clone)]
 pub enum Source {

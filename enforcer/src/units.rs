@@ -1,4 +1,5 @@
-//! Parsers for the values operators type: sizes (`16MiB`, `100MB`, `4096`), fairness modes.
+//! The values operators type and read: sizes (`16MiB`, `100MB`, `4096`), fairness modes, and
+//! the human-readable forms tables print.
 use crate::policy::Fairness;
 
 /// A size in bytes: a plain number, or a number with a decimal (kB, MB, GB, TB: powers of 1000)
@@ -35,6 +36,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+impl std::str::FromStr for Fairness {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_fairness(s)
+    }
+}
+
+/// As `--fairness` takes it.
+impl std::fmt::Display for Fairness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connection => f.write_str("connection"),
+            Self::RemoteIp => f.write_str("remote-ip"),
+            Self::RemotePrefix { v4, v6 } => write!(f, "remote-prefix:{v4},{v6}"),
+        }
+    }
+}
+
 /// `connection`, `remote-ip`, `remote-prefix:N` (IPv4 /N, IPv6 /64) or `remote-prefix:N,M`.
 pub fn parse_fairness(s: &str) -> Result<Fairness, String> {
     let bad = || format!("`{s}` is not a fairness mode (connection, remote-ip, remote-prefix:24, remote-prefix:24,48)");
@@ -52,6 +71,28 @@ pub fn parse_fairness(s: &str) -> Result<Fairness, String> {
             }
             Ok(Fairness::RemotePrefix { v4, v6 })
         }
+    }
+}
+
+/// `1.5MiB`-style size for tables (JSON always has exact bytes).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[unit]) }
+}
+
+/// `350ms`, `4.2s`, `3m07s`, `2h05m` for tables.
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
     }
 }
 
@@ -73,6 +114,15 @@ mod tests {
     }
 
     #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(1536), "1.5KiB");
+        assert_eq!(human_ms(999), "999ms");
+        assert_eq!(human_ms(4200), "4.2s");
+        assert_eq!(human_ms(187_000), "3m07s");
+    }
+
+    #[test]
     fn fairness() {
         assert_eq!(parse_fairness("connection"), Ok(Fairness::Connection));
         assert_eq!(parse_fairness("remote-ip"), Ok(Fairness::RemoteIp));
@@ -80,5 +130,8 @@ mod tests {
         assert_eq!(parse_fairness("remote-prefix:16,48"), Ok(Fairness::RemotePrefix { v4: 16, v6: 48 }));
         assert!(parse_fairness("remote-prefix:33").is_err());
         assert!(parse_fairness("per-user").is_err());
+        for f in [Fairness::Connection, Fairness::RemoteIp, Fairness::RemotePrefix { v4: 16, v6: 48 }] {
+            assert_eq!(parse_fairness(&f.to_string()), Ok(f));
+        }
     }
 }

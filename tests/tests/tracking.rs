@@ -147,6 +147,22 @@ fn agent_exit_leaves_nothing_behind() {
 }
 
 #[test]
+fn settings_of_any_length_are_recorded_whole() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    // 600 protected networks: about 12 KiB of settings, three times the old 4 KiB limit.
+    let cidrs: Vec<String> = (0..600).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+    let args: Vec<&str> = cidrs.iter().flat_map(|c| ["--protect-cidr", c.as_str()]).collect();
+    let agent = Agent::start(&ns, &cg, &args);
+    let settings = &agent.status()["settings"];
+    let recorded: Vec<&str> =
+        settings["protect_cidrs"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(recorded, cidrs, "the CLI reads back every protected network");
+    // `top` rebuilds the agent's rule from them.
+    let out = agent.cli(&["top", "--iterations", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn cli_errors_are_one_clear_line() {
     let ns = Netns::new();
     let run = |args: &[&str]| ns.command(enforcer_tests::enforcer_bin()).args(args).output().unwrap();

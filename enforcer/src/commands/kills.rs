@@ -5,16 +5,16 @@ use anyhow::{Context, Result};
 
 use crate::{
     cli::KillsArgs,
-    kills::Kill,
+    journal::{self, Kill},
     pins::PinDir,
     sys,
-    view::{human_bytes, human_ms},
+    units::{human_bytes, human_ms},
 };
 
 pub fn run(args: KillsArgs) -> Result<()> {
     sys::require_root("enforcer kills")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let mut kills: Vec<Kill> = pins.kills()?.iter().map(Kill::from).collect();
+    let mut kills: Vec<Kill> = journal::read(&pins)?.iter().map(Kill::from).collect();
     if let Some(n) = args.limit {
         kills.truncate(n);
     }

@@ -1,29 +1,34 @@
-//! `enforcer run`: the agent. Every interval: snapshot, pressure, judge, act, account.
+//! `enforcer run`: the agent. Every interval: snapshot, pressure, decide, act.
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result};
-use enforcer_common::{SnapshotEntry, stats};
+use enforcer_common::{names, stats};
 use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunArgs,
+    contained::Containment,
     destroy::{Destroy, Netlink},
-    kills::{self, KillEvent},
+    journal::{self, Event, Journal},
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
     netns,
-    policy::{Decision, Judge, repeat::Flagged, storm::StormGuard},
-    settings::{self, Settings},
+    policy::{Decision, Judge, Outcome, Plan, repeat::Flagged, storm::StormGuard},
+    pressure,
+    settings::Settings,
+    snapshot::Snapshot,
+    socket::Socket,
     sys,
-    view::Socket,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
     sys::require_root("enforcer run")?;
     sys::require_btf()?;
     let settings = Settings::resolve(args)?;
-    settings.source.check()?;
+    let source = settings.source();
+    source.check()?;
+    let protected = settings.protected_cgroup_ids()?;
     sys::raise_memlock();
     // One netlink socket per network namespace, made on first use there; the agent's own now,
     // so a host without sock_diag fails at start rather than at the first decision.
@@ -31,7 +36,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         netns::own()?.inode,
         Netlink::open().context("opening a NETLINK_SOCK_DIAG socket (needed to destroy sockets)")?,
     )]);
-    let loaded = Loaded::load(&LoadOptions {
+    let mut loaded = Loaded::load(&LoadOptions {
         cgroup: &settings.cgroup,
         cgroup_id: settings.cgroup_id,
         cgroup_level: sys::cgroup2_level(&settings.cgroup)?,
@@ -40,10 +45,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         max_sockets: settings.max_sockets,
         settings: &serde_json::to_string(&settings).context("serialising settings")?,
     })?;
+    let journal = Journal::new(loaded.take_map(names::MAP_KILLS)?, loaded.take_map(names::MAP_KILL_COUNTERS)?)?;
+    let containment = Containment::new(loaded.take_map(names::MAP_CONTAINED)?)?;
     tracing::info!(
         cgroup = %settings.cgroup.display(), cgroup_id = settings.cgroup_id, pin_dir = %settings.pin_dir.display(),
-        threshold = settings.threshold, pressure = settings.pressure, fairness = %settings.fairness,
-        policy = settings.policy, stall_ms = settings.stall_ms, drain_window_ms = settings.drain_window_ms,
+        threshold = settings.threshold, pressure = source.name(), fairness = %settings.fairness,
+        policy = ?settings.policy, stall_ms = settings.stall_ms, drain_window_ms = settings.drain_window_ms,
         dry_run = settings.dry_run,
         "enforcer attached{}", if settings.dry_run { " (dry run: nothing will be destroyed)" } else { "" }
     );
@@ -61,10 +68,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics::serve(addr, metrics.clone()).await?;
     }
     let mut agent = Agent {
-        judge: Judge::new(settings.rule.clone()),
+        judge: Judge::new(settings.policy(protected)),
         storm: StormGuard::new(settings.max_kills_per_minute),
+        source,
         settings,
         loaded,
+        journal,
+        containment,
         epoch: Instant::now(),
         metrics,
         destroyers,
@@ -84,7 +94,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 struct Agent {
     settings: Settings,
+    source: pressure::Source,
     loaded: Loaded,
+    journal: Journal,
+    containment: Containment,
     /// The rule and what it remembers across snapshots.
     judge: Judge,
     /// The agent's clock starts here.
@@ -95,42 +108,67 @@ struct Agent {
     destroyers: HashMap<u64, Netlink>,
 }
 
-/// One interval's snapshot across the watched cgroup's network namespaces.
-struct Snapshot {
-    namespaces: Vec<netns::Namespace>,
-    entries: Vec<(u64, SnapshotEntry)>,
-    sockets: Vec<Socket>,
+/// Time spent in each step of an interval, for the metrics and the debug line.
+struct Timing {
+    started: Instant,
+    scanned: std::time::Duration,
+    decided: std::time::Duration,
 }
 
 impl Agent {
+    /// One interval: snapshot → pressure → decide → act. A step that fails skips the rest.
     fn interval(&mut self) {
         let started = Instant::now();
         let Some(snap) = self.snapshot() else { return };
         let scanned = started.elapsed();
         self.update_gauges(snap.sockets.len());
-        let pressure = match self.settings.source.read(&snap.sockets) {
-            Ok(p) => p,
+        let Some(pressure) = self.pressure(&snap) else { return };
+        let plan = self.decide(&snap, started, pressure);
+        let timing = Timing { started, scanned, decided: started.elapsed() };
+        self.act(&snap, plan, timing);
+    }
+
+    /// Every tracked socket in every network namespace of the watched cgroup's processes.
+    fn snapshot(&self) -> Option<Snapshot> {
+        match Snapshot::of_cgroup(&self.loaded.snapshot_path(), &self.settings.cgroup) {
+            Ok(snap) => Some(snap),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "snapshot failed; nothing enforced this interval");
+                None
+            }
+        }
+    }
+
+    fn pressure(&self, snap: &Snapshot) -> Option<u64> {
+        match self.source.read(&snap.sockets) {
+            Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reading pressure failed; nothing enforced this interval");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Judges the snapshot; releases the repeat offenders the judgement let go.
+    fn decide(&mut self, snap: &Snapshot, started: Instant, pressure: u64) -> Plan {
         self.refresh_protected_cgroups();
         let now_ms = started.duration_since(self.epoch).as_millis() as u64;
         let plan = self.judge.judge(&snap.sockets, now_ms, pressure);
         for remote in &plan.released {
             self.release(*remote);
         }
-        let decided = started.elapsed();
-        let candidates = plan.candidates();
-        let allowed = self.settings.max_kills.min(self.storm.available(started));
+        plan
+    }
+
+    /// Carries the plan out within the kill caps, remembers what was destroyed, and accounts.
+    fn act(&mut self, snap: &Snapshot, plan: Plan, t: Timing) {
+        let (pressure, candidates) = (plan.pressure, plan.candidates());
+        let allowed = self.settings.max_kills.min(self.storm.available(t.started));
         let outcome = if candidates == 0 {
-            Default::default()
+            Outcome::default()
         } else {
-            let by_cookie: HashMap<u64, (u64, &SnapshotEntry)> =
-                snap.entries.iter().map(|(ns, e)| (e.cookie, (*ns, e))).collect();
-            let outcome = plan.execute(allowed, |d| self.act(&snap.namespaces, &by_cookie, d, pressure));
-            self.storm.spend(started, outcome.acted.len());
+            let outcome = plan.execute(allowed, |d| self.carry_out(snap, d, pressure));
+            self.storm.spend(t.started, outcome.acted.len());
             outcome
         };
         if outcome.held_back > 0 {
@@ -143,6 +181,7 @@ impl Agent {
                 "kill-storm guard: {cap} held back sockets the rule chose this interval"
             );
         }
+        let now_ms = t.started.duration_since(self.epoch).as_millis() as u64;
         for d in &outcome.acted {
             if let Some(flag) = self.judge.record_destroy(d, now_ms) {
                 self.flag(&flag);
@@ -150,13 +189,13 @@ impl Agent {
         }
         let m = &self.metrics;
         m.pressure.set(pressure as i64);
-        m.scan_seconds.observe(scanned.as_secs_f64());
-        m.policy_seconds.observe((decided - scanned).as_secs_f64());
+        m.scan_seconds.observe(t.scanned.as_secs_f64());
+        m.policy_seconds.observe((t.decided - t.scanned).as_secs_f64());
         m.offenders.set(candidates as i64);
         m.held_back.inc_by(outcome.held_back as u64);
         m.repeat_offenders_flagged.set(self.judge.repeat_offenders() as i64);
         // Netlink sockets of namespaces that are gone would keep them alive.
-        self.destroyers.retain(|inode, _| snap.namespaces.iter().any(|n| n.inode == *inode));
+        self.destroyers.retain(|inode, _| snap.namespace(*inode).is_some());
         tracing::debug!(
             sockets = snap.sockets.len(),
             pressure,
@@ -164,32 +203,11 @@ impl Agent {
             candidates,
             acted = outcome.acted.len(),
             failed = outcome.failed,
-            scan_us = scanned.as_micros() as u64,
-            policy_us = (decided - scanned).as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
+            scan_us = t.scanned.as_micros() as u64,
+            policy_us = (t.decided - t.scanned).as_micros() as u64,
+            total_us = t.started.elapsed().as_micros() as u64,
             "interval"
         );
-    }
-
-    /// Every tracked socket in every network namespace of the watched cgroup's processes.
-    fn snapshot(&self) -> Option<Snapshot> {
-        let namespaces = match netns::of_cgroup(&self.settings.cgroup) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "listing the cgroup's network namespaces; using the agent's own");
-                netns::own().map(|n| vec![n]).unwrap_or_default()
-            }
-        };
-        match netns::snapshot(&self.loaded.snapshot_path(), &namespaces) {
-            Ok(entries) => {
-                let sockets = entries.iter().map(Socket::in_netns).collect();
-                Some(Snapshot { namespaces, entries, sockets })
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "snapshot failed; nothing enforced this interval");
-                None
-            }
-        }
     }
 
     /// A restarted service gets a new cgroup (a new id), and new children appear.
@@ -197,7 +215,7 @@ impl Agent {
         if self.settings.protect_cgroups.is_empty() {
             return;
         }
-        match settings::protected_cgroup_ids(&self.settings.protect_cgroups) {
+        match self.settings.protected_cgroup_ids() {
             Ok(ids) => self.judge.policy_mut().protect.cgroups = ids,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "re-reading --protect-cgroup; keeping the previous set")
@@ -225,29 +243,21 @@ impl Agent {
     }
 
     /// Carries out one decision: destroys the socket (or, in a dry run, only says so), logs and
-    /// records it. True when it freed the socket's memory (or would have, in a dry run).
-    fn act(
-        &mut self,
-        namespaces: &[netns::Namespace],
-        by_cookie: &HashMap<u64, (u64, &SnapshotEntry)>,
-        d: &Decision,
-        pressure: u64,
-    ) -> bool {
-        let Some(&(ns, entry)) = by_cookie.get(&d.socket.cookie) else { return false };
+    /// journals it. True when it freed the socket's memory (or would have, in a dry run).
+    fn carry_out(&mut self, snap: &Snapshot, d: &Decision, pressure: u64) -> bool {
         let threshold = self.settings.threshold;
         let (event, err) = if self.settings.dry_run {
-            (KillEvent::WouldDestroy, None)
+            (Event::WouldDestroy, None)
         } else {
-            let ns = namespaces.iter().find(|n| n.inode == ns);
-            match destroy_in(&mut self.destroyers, ns, entry) {
-                Ok(()) => (KillEvent::Destroyed, None),
-                Err(e) => (KillEvent::DestroyFailed, Some(e)),
+            match destroy_in(&mut self.destroyers, snap.namespace(d.socket.netns), &d.socket) {
+                Ok(()) => (Event::Destroyed, None),
+                Err(e) => (Event::DestroyFailed, Some(e)),
             }
         };
-        kills::log(event, d, pressure, threshold, err.as_ref());
+        journal::log(event, d, pressure, threshold, err.as_ref());
         self.metrics.decisions.get_or_create(&vec![("event", event.as_str()), ("reason", d.reason.as_str())]).inc();
         let errno = err.as_ref().and_then(std::io::Error::raw_os_error).unwrap_or(0);
-        if let Err(e) = self.loaded.record_kill(kills::record(event, d, &entry.record, pressure, threshold, errno)) {
+        if let Err(e) = self.journal.write(journal::record(event, d, pressure, threshold, errno)) {
             tracing::warn!(error = %format!("{e:#}"), "could not record the decision in the pinned ring");
         }
         err.is_none()
@@ -259,8 +269,8 @@ impl Agent {
         self.metrics.repeat_offenders.inc();
         let sndbuf = self.settings.contain_sndbuf;
         let contained = !self.settings.dry_run && sndbuf > 0;
-        kills::log_repeat_offender(f, contained.then_some(sndbuf));
-        if contained && let Err(e) = self.loaded.contain(f.remote, sndbuf as u32) {
+        journal::log_repeat_offender(f, contained.then_some(sndbuf));
+        if contained && let Err(e) = self.containment.contain(f.remote, sndbuf as u32) {
             tracing::warn!(remote = %f.remote, error = %format!("{e:#}"), "could not contain the repeat offender");
         }
     }
@@ -269,7 +279,7 @@ impl Agent {
         tracing::info!(remote = %remote, "repeat offender released: no destroy for a whole --repeat-window");
         if !self.settings.dry_run
             && self.settings.contain_sndbuf > 0
-            && let Err(e) = self.loaded.release(remote)
+            && let Err(e) = self.containment.release(remote)
         {
             tracing::warn!(remote = %remote, error = %format!("{e:#}"), "could not release the repeat offender");
         }
@@ -281,7 +291,7 @@ impl Agent {
 fn destroy_in(
     destroyers: &mut HashMap<u64, Netlink>,
     ns: Option<&netns::Namespace>,
-    entry: &SnapshotEntry,
+    socket: &Socket,
 ) -> std::io::Result<()> {
     let ns = ns.ok_or_else(|| std::io::Error::other("its network namespace is no longer reachable"))?;
     let nl = match destroyers.entry(ns.inode) {
@@ -290,5 +300,5 @@ fn destroy_in(
             v.insert(netns::run_in(ns, Netlink::open).map_err(|e| std::io::Error::other(format!("{e:#}")))??)
         }
     };
-    nl.destroy(entry)
+    nl.destroy(&socket.raw)
 }

@@ -6,14 +6,15 @@ use anyhow::{Context, Result};
 use crate::{
     cli::{SocketsArgs, SortKey},
     pins::PinDir,
+    socket::Socket,
     sys,
-    view::{Socket, human_bytes, human_ms},
+    units::{human_bytes, human_ms},
 };
 
 pub fn run(args: SocketsArgs) -> Result<()> {
     sys::require_root("enforcer sockets")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let mut sockets: Vec<Socket> = pins.snapshot()?.iter().map(Socket::in_netns).collect();
+    let mut sockets = pins.snapshot()?.sockets;
     sockets.retain(|s| {
         args.remote.is_none_or(|net| net.contains(&s.remote.ip()))
             && args.port.is_none_or(|p| s.local.port() == p || s.remote.port() == p)

@@ -2,31 +2,32 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 use enforcer_common::{kill_counters, stats};
 use serde_json::{Value, json};
 
 use crate::{
+    contained, journal,
     pins::PinDir,
     sys,
-    view::{human_bytes, human_ms},
+    units::{human_bytes, human_ms},
 };
 
 pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     sys::require_root("enforcer status")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
     let info = pins.info();
-    let settings = pins.recorded_settings();
-    let tagged = pins.snapshot()?;
-    let namespaces: std::collections::HashSet<u64> = tagged.iter().map(|(ns, _)| *ns).collect();
-    let snapshot: Vec<_> = tagged.into_iter().map(|(_, e)| e).collect();
-    let send_queue: u64 = snapshot.iter().map(|e| u64::from(e.send_queue())).sum();
-    let charged: u64 = snapshot.iter().map(|e| u64::from(e.wmem_queued)).sum();
+    let settings = pins.settings();
+    let snapshot = pins.snapshot()?.sockets;
+    let namespaces: std::collections::HashSet<u64> = snapshot.iter().map(|s| s.netns).collect();
+    let send_queue: u64 = snapshot.iter().map(|s| s.send_queue).sum();
+    let charged: u64 = snapshot.iter().map(|s| s.charged).sum();
     // Repeat offenders whose new connections the kernel gives a small send buffer.
-    let contained = pins.contained()?;
-    let recv_queue: u64 = snapshot.iter().map(|e| u64::from(e.recv_queue())).sum();
+    let contained = contained::read(&pins)?;
+    let recv_queue: u64 = snapshot.iter().map(|s| s.recv_queue).sum();
     let (records, capacity) = pins.occupancy()?;
     let counters = pins.stats()?;
-    let kc = pins.kill_counters()?;
+    let kc = journal::counters(&pins)?;
     let counter_map: serde_json::Map<String, Value> =
         stats::NAMES.iter().zip(counters).map(|(n, v)| ((*n).to_owned(), json!(v))).collect();
 
@@ -66,20 +67,19 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         .filter(|(n, _)| n.starts_with("err_"))
         .map(|(n, v)| format!("{} {v}", &n[4..]))
         .collect();
-    let get = |k: &str| settings[k].as_u64().unwrap_or(0);
-    let word = |k: &str| settings[k].as_str().unwrap_or("?").to_owned();
-    writeln!(out, "agent      pid {}, watching {} (cgroup id {})", info.pid, word("cgroup"), get("cgroup_id"))?;
+    let s = settings;
+    writeln!(out, "agent      pid {}, watching {} (cgroup id {})", info.pid, s.cgroup.display(), s.cgroup_id)?;
     writeln!(
         out,
         "rule       threshold {} ({} pressure), fairness {}, stall {}, max-drain {} over {}, policy {}{}",
-        human_bytes(get("threshold")),
-        word("pressure"),
-        word("fairness"),
-        human_ms(get("stall_ms")),
-        human_ms(get("max_drain_ms")),
-        human_ms(get("drain_window_ms")),
-        word("policy"),
-        if settings["dry_run"] == true { ", DRY RUN" } else { "" }
+        human_bytes(s.threshold),
+        s.source().name(),
+        s.fairness,
+        human_ms(s.stall_ms),
+        human_ms(s.max_drain_ms),
+        human_ms(s.drain_window_ms),
+        s.policy.to_possible_value().map_or_else(|| "?".to_owned(), |v| v.get_name().to_owned()),
+        if s.dry_run { ", DRY RUN" } else { "" }
     )?;
     let plural = if namespaces.len() == 1 { "" } else { "s" };
     writeln!(out, "sockets    {} tracked, in {} network namespace{plural}", snapshot.len(), namespaces.len())?;

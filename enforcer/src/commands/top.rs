@@ -12,15 +12,18 @@ use crate::{
     cli::TopArgs,
     pins::PinDir,
     policy::Judge,
-    settings, sys,
-    view::{Socket, human_bytes, human_ms},
+    socket::Socket,
+    sys,
+    units::{human_bytes, human_ms},
 };
 
 pub async fn run(args: TopArgs) -> Result<()> {
     sys::require_root("enforcer top")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let recorded = pins.recorded_settings();
-    let (rule, source) = settings::rule_from_recorded(&recorded)?;
+    let settings = pins.settings();
+    let source = settings.source();
+    // A protected cgroup that is gone protects nothing.
+    let rule = settings.policy(settings.protected_cgroup_ids().unwrap_or_default());
     let threshold = rule.threshold;
     let mut judge = Judge::new(rule);
     let tty = std::io::stdout().is_terminal();
@@ -34,7 +37,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = ticker.tick() => {}
         }
-        let sockets: Vec<Socket> = pins.snapshot()?.iter().map(Socket::in_netns).collect();
+        let sockets = pins.snapshot()?.sockets;
         let pressure = source.read(&sockets)?;
         let now_ms = epoch.elapsed().as_millis() as u64;
         let plan = judge.judge(&sockets, now_ms, pressure);
@@ -58,7 +61,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
             source.name(),
             sockets.len(),
             chosen.len(),
-            if recorded["dry_run"] == true { " (agent in dry run)" } else { "" }
+            if settings.dry_run { " (agent in dry run)" } else { "" }
         )?;
         writeln!(
             out,

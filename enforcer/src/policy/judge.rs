@@ -13,7 +13,7 @@ use super::{
     plan::Plan,
     repeat::{Flagged, RepeatOffenders},
 };
-use crate::view::Socket;
+use crate::socket::Socket;
 
 /// What the rule makes of one socket, for display (`enforcer top`).
 #[derive(Debug, Clone, Copy, Default)]

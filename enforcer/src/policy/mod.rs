@@ -30,7 +30,7 @@ pub use self::{
     judge::{Assessment, Judge},
     plan::{Outcome, Plan},
 };
-use crate::view::Socket;
+use crate::socket::Socket;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fairness {
@@ -146,15 +146,6 @@ impl Reason {
             Self::RepeatOffender => "repeat_offender",
         }
     }
-
-    /// The code kept in the pinned kill ring (0 is "unknown").
-    pub fn code(self) -> u8 {
-        Self::ALL.iter().position(|r| *r == self).map_or(0, |i| i as u8 + 1)
-    }
-
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +210,7 @@ pub(crate) mod testing {
             cgroup_id: 1,
             bound_dev_if: 0,
             netns: 0,
+            raw: Default::default(),
         }
     }
 
@@ -266,15 +258,5 @@ mod tests {
         let f = Fairness::RemotePrefix { v4: 24, v6: 64 };
         assert_eq!(f.group("192.0.2.200".parse().expect("ip")).to_string(), "192.0.2.0/24");
         assert_eq!(Fairness::RemoteIp.group("192.0.2.200".parse().expect("ip")).to_string(), "192.0.2.200/32");
-    }
-
-    #[test]
-    fn reason_codes_round_trip() {
-        for r in Reason::ALL {
-            assert_eq!(Reason::from_code(r.code()), Some(r));
-        }
-        assert_eq!(Reason::from_code(0), None);
-        // Codes of the kill ring written by earlier agents keep their meaning.
-        assert_eq!((Reason::Stalled.code(), Reason::SlowDrain.code(), Reason::RemoteCap.code()), (1, 2, 3));
     }
 }

@@ -1,11 +1,13 @@
-//! A snapshot entry as an operator reads it: addresses, states, byte counts and durations.
+//! The socket domain type: one tracked socket as the policy judges it and an operator reads it
+//! (addresses, states, byte counts, durations), carrying the raw snapshot entry that a destroy
+//! and the kill journal need.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use enforcer_common::{AF_INET, RECORD_ADOPTED, SnapshotEntry};
 use serde::Serialize;
 
 /// One tracked socket. Byte counts are bytes; durations milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Socket {
     pub cookie: u64,
     #[serde(serialize_with = "as_string")]
@@ -45,6 +47,10 @@ pub struct Socket {
     pub bound_dev_if: u32,
     /// Inode of the socket's network namespace (`lsns -t net`, `ls -iL /proc/PID/ns/net`).
     pub netns: u64,
+    /// What the kernel wrote: the 4-tuple, cookie and bound interface a destroy names, and the
+    /// record the kill journal keeps.
+    #[serde(skip)]
+    pub raw: SnapshotEntry,
 }
 
 fn as_string<S: serde::Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -88,14 +94,8 @@ pub fn state_name(state: u8) -> &'static str {
 }
 
 impl Socket {
-    /// A socket of a multi-namespace snapshot.
-    pub fn in_netns((netns, e): &(u64, SnapshotEntry)) -> Self {
-        Self { netns: *netns, ..Self::from(e) }
-    }
-}
-
-impl From<&SnapshotEntry> for Socket {
-    fn from(e: &SnapshotEntry) -> Self {
+    /// A socket of network namespace `netns` (its inode).
+    pub fn new(e: &SnapshotEntry, netns: u64) -> Self {
         let r = &e.record;
         let send_queue = u64::from(e.send_queue());
         Self {
@@ -120,30 +120,9 @@ impl From<&SnapshotEntry> for Socket {
             rtos: e.total_rto.into(),
             cgroup_id: e.cgroup_id,
             bound_dev_if: e.bound_dev_if,
-            netns: 0,
+            netns,
+            raw: *e,
         }
-    }
-}
-
-/// `1.5MiB`-style size for tables (JSON always has exact bytes).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[unit]) }
-}
-
-/// `350ms`, `4.2s`, `3m07s`, `2h05m` for tables.
-pub fn human_ms(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
-        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
     }
 }
 
@@ -178,7 +157,7 @@ mod tests {
             state: 1,
             ..SnapshotEntry::default()
         };
-        let s = Socket::from(&e);
+        let s = Socket::new(&e, 0);
         assert_eq!(s.local.to_string(), "127.0.0.1:8080");
         assert_eq!(s.remote.to_string(), "10.1.2.3:40000");
         assert_eq!((s.send_queue, s.unsent, s.recv_queue), (4000, 2000, 60));
@@ -190,8 +169,8 @@ mod tests {
     fn nothing_outstanding_is_not_stalled() {
         let mut e = SnapshotEntry { now_ns: 5_000_000_000, write_seq: 9, snd_una: 9, ..SnapshotEntry::default() };
         e.record.family = AF_INET;
-        assert_eq!(Socket::from(&e).stalled_ms, 0);
-        assert_eq!(Socket::from(&e).tx_idle_ms, 5000);
+        assert_eq!(Socket::new(&e, 0).stalled_ms, 0);
+        assert_eq!(Socket::new(&e, 0).tx_idle_ms, 5000);
     }
 
     #[test]
@@ -201,17 +180,8 @@ mod tests {
         e.record.local_addr = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
         e.record.remote_addr = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([192, 0, 2, 1])];
         e.record.local_port = 443;
-        let s = Socket::from(&e);
+        let s = Socket::new(&e, 0);
         assert_eq!(s.local.to_string(), "[::1]:443");
         assert_eq!(s.remote.to_string(), "192.0.2.1:0");
-    }
-
-    #[test]
-    fn human_units() {
-        assert_eq!(human_bytes(512), "512B");
-        assert_eq!(human_bytes(1536), "1.5KiB");
-        assert_eq!(human_ms(999), "999ms");
-        assert_eq!(human_ms(4200), "4.2s");
-        assert_eq!(human_ms(187_000), "3m07s");
     }
 }

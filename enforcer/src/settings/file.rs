@@ -1,0 +1,161 @@
+//! The `--config` file: TOML with the same keys as `enforcer run`'s flags. Each value is read
+//! with the flag's own parser (sizes, durations, fairness modes and CIDRs mean the same in both
+//! places), unknown keys are refused, and an error names its key in one line.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::{
+    cli::{PolicyArg, PressureArg, parse_cidr, parse_duration},
+    policy::Fairness,
+    units::{parse_fairness, parse_size},
+};
+
+/// Values read from `--config`; `None` (or empty) where the file is silent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct File {
+    pub cgroup: Option<PathBuf>,
+    pub dry_run: Option<bool>,
+    #[serde(deserialize_with = "positive")]
+    pub max_sockets: Option<u32>,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Option<Duration>,
+    #[serde(deserialize_with = "size")]
+    pub threshold: Option<u64>,
+    pub pressure: Option<PressureArg>,
+    #[serde(deserialize_with = "fairness")]
+    pub fairness: Option<Fairness>,
+    #[serde(deserialize_with = "duration")]
+    pub stall: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub max_drain: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub drain_window: Option<Duration>,
+    pub repeat_kills: Option<usize>,
+    #[serde(deserialize_with = "duration")]
+    pub repeat_window: Option<Duration>,
+    #[serde(deserialize_with = "size")]
+    pub contain_sndbuf: Option<u64>,
+    pub policy: Option<PolicyArg>,
+    pub max_kills: Option<usize>,
+    pub max_kills_per_minute: Option<usize>,
+    pub protect_port: Vec<u16>,
+    pub protect_remote_port: Vec<u16>,
+    #[serde(deserialize_with = "cidrs")]
+    pub protect_cidr: Vec<IpNet>,
+    pub protect_cgroup: Vec<PathBuf>,
+    #[serde(deserialize_with = "positive")]
+    pub max_per_remote: Option<usize>,
+    #[serde(deserialize_with = "duration")]
+    pub idle: Option<Duration>,
+    #[serde(deserialize_with = "address")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl File {
+    /// Parses config text; the error is one line that names the key (`key `stall`: …`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| describe(text, &e))
+    }
+}
+
+/// One line for a TOML error: the key on the line it points at, and what is wrong.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else { return message };
+    let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text[start..].lines().next().unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains('[') => {
+            format!("key `{}` (line {line_no}): {message}", key.trim().trim_matches('"'))
+        }
+        _ => format!("line {line_no}: {message}"),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d).map_err(|_| D::Error::custom("expected a duration string (\"3s\", \"250ms\")"))?;
+    parse_duration(&s).map(Some).map_err(D::Error::custom)
+}
+
+fn address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let bad = || D::Error::custom("expected \"ADDRESS:PORT\", e.g. \"127.0.0.1:9465\"");
+    String::deserialize(d).map_err(|_| bad())?.parse().map(Some).map_err(|_| bad())
+}
+
+fn fairness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fairness>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_fairness(&s).map(Some).map_err(D::Error::custom)
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?.iter().map(|s| parse_cidr(s).map_err(D::Error::custom)).collect()
+}
+
+fn positive<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de> + PartialEq + From<u8>,
+{
+    let n = T::deserialize(d)?;
+    if n == T::from(0) {
+        return Err(D::Error::custom("must be at least 1"));
+    }
+    Ok(Some(n))
+}
+
+/// Plain bytes (`65536`) or a size with its unit (`"64MiB"`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d) {
+        Ok(Size::Bytes(n)) => Ok(Some(n)),
+        Ok(Size::Text(s)) => parse_size(&s).map(Some).map_err(D::Error::custom),
+        Err(_) => Err(D::Error::custom("expected a size: bytes (65536) or a string with a unit (\"64MiB\")")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_errors_name_the_key() {
+        let f = File::parse(
+            "threshold = \"64MiB\"\nstall = \"2s\"\nprotect-port = [22, 2024]\nprotect-cidr = [\"10.0.0.0/8\"]\n\
+             fairness = \"remote-prefix:24\"\npolicy = \"heffner\"\ndry-run = true\nmax-kills = 5\n",
+        )
+        .expect("valid config");
+        assert_eq!(f.threshold, Some(64 << 20));
+        assert_eq!(f.stall, Some(Duration::from_secs(2)));
+        assert_eq!(f.protect_port, [22, 2024]);
+        assert_eq!(f.policy, Some(PolicyArg::Heffner));
+        assert_eq!(f.fairness, Some(Fairness::RemotePrefix { v4: 24, v6: 64 }));
+        assert_eq!(File::parse("threshold = 1000").map(|f| f.threshold).ok(), Some(Some(1000)));
+        assert_eq!(File::parse("").map(|f| f.threshold).ok(), Some(None));
+        for (text, key) in [
+            ("threshold = \"lots\"", "threshold"),
+            ("threshold = -5", "threshold"),
+            ("stall = \"0s\"", "stall"),
+            ("stall = 5", "stall"),
+            ("protect-port = [70000]", "protect-port"),
+            ("max-kills = -1", "max-kills"),
+            ("max-per-remote = 0", "max-per-remote"),
+            ("fairness = \"per-user\"", "fairness"),
+            ("pressure = \"swap\"", "pressure"),
+            ("thresold = 5", "thresold"),
+            ("dry-run = true\nmetrics-addr = \"localhost\"", "metrics-addr"),
+        ] {
+            let err = File::parse(text).err().unwrap_or_else(|| panic!("{text} parsed"));
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+            assert!(!err.contains('\n'), "{text}: {err}");
+        }
+        assert!(File::parse("not toml [").is_err());
+    }
+}
