@@ -4,12 +4,13 @@
 //! processes and reads and destroys from inside each, on a short-lived thread that joins it.
 use std::{
     collections::HashSet,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
 use enforcer_common::SnapshotEntry;
+use rustix::thread::LinkNameSpaceType;
 
 use crate::pins;
 
@@ -69,11 +70,9 @@ pub fn run_in<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> Result<T
     }
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns on a descriptor we own; it changes this short-lived thread only.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("entering network namespace {}", ns.inode));
-            }
+            // setns(2) moves this short-lived thread only.
+            rustix::thread::move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+                .with_context(|| format!("entering network namespace {}", ns.inode))?;
             Ok(f())
         })
         .join()
