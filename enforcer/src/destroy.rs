@@ -10,12 +10,6 @@ use rustix::{
     net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink, sockopt},
 };
 
-/// The seam the agent destroys through (tests of the loop can count instead).
-pub trait Destroy {
-    /// Destroys the socket a snapshot saw: its 4-tuple, cookie and bound interface.
-    fn destroy(&mut self, entry: &SnapshotEntry) -> io::Result<()>;
-}
-
 /// `SOCK_DESTROY` from `linux/sock_diag.h` (libc has no sock_diag constants).
 const SOCK_DESTROY: u16 = 21;
 const IPPROTO_TCP: u8 = 6;
@@ -103,10 +97,9 @@ impl Netlink {
         sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(Duration::from_secs(1)))?;
         Ok(Self { fd, seq: 0 })
     }
-}
 
-impl Destroy for Netlink {
-    fn destroy(&mut self, entry: &SnapshotEntry) -> io::Result<()> {
+    /// Destroys the socket a snapshot saw: its 4-tuple, cookie and bound interface.
+    pub fn destroy(&mut self, entry: &SnapshotEntry) -> io::Result<()> {
         let rec = &entry.record;
         self.seq = self.seq.wrapping_add(1);
         let hdr = libc::nlmsghdr {

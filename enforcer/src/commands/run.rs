@@ -8,7 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunArgs,
-    destroy::{Destroy, Netlink},
+    destroy::Netlink,
     kills::{self, KillEvent},
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
