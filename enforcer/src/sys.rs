@@ -1,8 +1,9 @@
 //! What the agent needs from the host: root, BTF, a cgroup v2 directory, a bpf filesystem.
 //! Each check fails with one line that says what to do.
 use std::{
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    ffi::OsStr,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Component, Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
@@ -89,6 +90,35 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     bail!("{} is not on a bpf filesystem: choose a --pin-dir under a bpffs mount such as {BPFFS_MOUNT}", dir.display())
 }
 
+/// Refuses a pin directory bpffs would refuse to create: it allows no '.' in a name (mkdir fails
+/// with a bare EPERM). Only what would be created on the bpf filesystem counts: the path of the
+/// mount itself may well contain a dot.
+pub fn check_pin_dir_name(dir: &Path) -> Result<()> {
+    let dir = std::path::absolute(dir).with_context(|| format!("resolving pin directory {}", dir.display()))?;
+    // What exists of the path; the rest is to be created. (On bpffs, a name with a dot fails
+    // even to be looked up, so it never "exists".)
+    let Some(existing) = dir.ancestors().find(|a| a.exists()) else { return Ok(()) };
+    // /sys/fs/bpf may be where `ensure_bpffs` is about to mount one.
+    if existing != Path::new(BPFFS_MOUNT) && fs_magic(existing).ok() != Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    if let Some(name) = dotted_name(dir.strip_prefix(existing).unwrap_or(&dir)) {
+        bail!(
+            "pin directory name `{}` contains '.', which bpffs does not allow in names: choose another --pin-dir",
+            name.to_string_lossy()
+        );
+    }
+    Ok(())
+}
+
+/// The first name in `path` that contains a '.' (`.` and `..` themselves are not names).
+fn dotted_name(path: &Path) -> Option<&OsStr> {
+    path.components().find_map(|c| match c {
+        Component::Normal(name) if name.as_bytes().contains(&b'.') => Some(name),
+        _ => None,
+    })
+}
+
 /// Takes an `flock` on directory `dir`: `Some(lock)` held until dropped, or `None` if another
 /// process holds it. The agent holds its pin directory this way for as long as it runs, so a
 /// crashed agent's pins are recognisable whatever its pid became (reused, other namespace).
@@ -111,5 +141,31 @@ pub fn raise_memlock() {
     let unlimited = Rlimit { current: None, maximum: None };
     if let Err(e) = rustix::process::setrlimit(Resource::Memlock, unlimited) {
         tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK; fine on kernels that account BPF memory to cgroups");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_with_a_dot_is_found() {
+        assert_eq!(dotted_name(Path::new("enforcer")), None);
+        assert_eq!(dotted_name(Path::new("a.b")), Some(OsStr::new("a.b")));
+        assert_eq!(dotted_name(Path::new("x/.hidden/y")), Some(OsStr::new(".hidden")));
+        assert_eq!(dotted_name(Path::new("x/../y/./z")), None);
+        assert_eq!(dotted_name(Path::new("")), None);
+    }
+
+    #[test]
+    fn only_names_created_on_bpffs_count() {
+        // Not a bpf filesystem: dots are the business of whatever fails later.
+        let tmp = std::env::temp_dir().join("enforcer.test").join("pins.d");
+        assert!(check_pin_dir_name(&tmp).is_ok());
+        if Path::new(BPFFS_MOUNT).is_dir() {
+            let err = check_pin_dir_name(Path::new("/sys/fs/bpf/a.b/enforcer")).expect_err("a.b");
+            assert!(err.to_string().contains("`a.b` contains '.'"), "{err}");
+            assert!(check_pin_dir_name(Path::new("/sys/fs/bpf/enforcer-test")).is_ok());
+        }
     }
 }
