@@ -58,6 +58,7 @@ pub const AF_INET6: u16 = 10;
 /// and reconciled with the exact kernel state by the snapshot iterator; removed when the kernel
 /// destroys the socket (`tcp_destroy_sock`).
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockRecord {
     /// IPv4 in `[0]`, IPv6 in all four words; network byte order.
@@ -97,6 +98,7 @@ pub const RECORD_ADOPTED: u16 = 1;
 /// Which cgroup the agent watches, for the snapshot to adopt connections that existed before it
 /// started (sock_ops only sees connections established after attach). A frozen `.rodata` global.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WatchConfig {
     /// Cgroup v2 id of the attached cgroup.
@@ -116,6 +118,7 @@ pub const FAULT_TCP_PROBE: u32 = 2;
 
 /// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotEntry {
     pub cookie: u64,
@@ -169,6 +172,7 @@ pub const OFFSET_ABSENT: u32 = u32::MAX;
 /// time (Rust eBPF has no CO-RE relocations). A frozen `.rodata` global, so the verifier sees
 /// each one as a constant.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
     /// `sock_common.skc_cookie` (also valid from a `sock` or `tcp_sock` pointer).
@@ -261,6 +265,7 @@ pub const fn v4_mapped(addr: u32) -> ContainedAddr {
 
 /// The value of a `CONTAINED` entry: how a remote's new connections are limited.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Containment {
     /// Bytes passed to `SO_SNDBUF` when a connection of the remote is established. The kernel
@@ -275,6 +280,7 @@ pub const AGENT_INFO_MAGIC: u32 = 0x656e_6663; // "enfc"
 /// Written once by the agent into the single slot of `AGENT_INFO`: who pinned this directory,
 /// so `enforcer status` can show it and detect a stale or foreign pin.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentInfo {
     pub magic: u32,
@@ -292,6 +298,7 @@ pub const SETTINGS_CHUNK: usize = 4096;
 
 /// One slot of `AGENT_SETTINGS`: a piece of the agent's settings as JSON.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug)]
 pub struct SettingsChunk {
     pub bytes: [u8; SETTINGS_CHUNK],
@@ -312,6 +319,7 @@ pub mod kill_counters {
 
 /// One enforcement decision, as kept in the `KILLS` ring.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KillRecord {
     /// Wall clock, milliseconds since the Unix epoch.
@@ -324,7 +332,7 @@ pub struct KillRecord {
     pub family: u16,
     /// `KillEvent` as u8.
     pub event: u8,
-    /// `KillReason` as u8.
+    /// The decision's `Reason` code (see enforcer's `policy::Reason::code`).
     pub reason: u8,
     pub send_queue: u64,
     /// Send-side memory charged to the socket (`sk_wmem_queued`), what the share counts.
@@ -348,12 +356,31 @@ const _: () = assert!(core::mem::size_of::<SettingsChunk>() == SETTINGS_CHUNK);
 const _: () = assert!(core::mem::size_of::<KillRecord>() == 120);
 const _: () = assert!(core::mem::size_of::<Containment>() == 8);
 const _: () = assert!(core::mem::size_of::<ContainedAddr>() == 16);
+// One u64 and four u32.
+const _: () = assert!(core::mem::size_of::<WatchConfig>() == 24);
+// 27 offsets of 4 bytes.
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 27 * 4);
 
 #[cfg(feature = "user")]
 mod user {
     use super::*;
 
-    // SAFETY: all types are repr(C), with explicit padding fields and only integer members.
+    /// Compiles only for `bytemuck::Pod` types.
+    const fn derives_pod<T: bytemuck::Pod>() {}
+    const _: () = {
+        derives_pod::<SockRecord>();
+        derives_pod::<SnapshotEntry>();
+        derives_pod::<KernelOffsets>();
+        derives_pod::<WatchConfig>();
+        derives_pod::<AgentInfo>();
+        derives_pod::<SettingsChunk>();
+        derives_pod::<KillRecord>();
+        derives_pod::<Containment>();
+    };
+
+    // SAFETY: aya::Pod asks what bytemuck::Pod asks: Copy, no padding, any bit pattern valid.
+    // aya has no derive, but each type derives bytemuck::Pod (checked just above), and that
+    // derive refuses a type that is not repr(C), has padding or has a field that is not Pod.
     unsafe impl aya::Pod for SockRecord {}
     unsafe impl aya::Pod for SnapshotEntry {}
     unsafe impl aya::Pod for KernelOffsets {}
@@ -362,14 +389,4 @@ mod user {
     unsafe impl aya::Pod for SettingsChunk {}
     unsafe impl aya::Pod for KillRecord {}
     unsafe impl aya::Pod for Containment {}
-    unsafe impl bytemuck::Zeroable for KillRecord {}
-    unsafe impl bytemuck::Pod for KillRecord {}
-    unsafe impl bytemuck::Zeroable for SockRecord {}
-    unsafe impl bytemuck::Pod for SockRecord {}
-    unsafe impl bytemuck::Zeroable for SnapshotEntry {}
-    unsafe impl bytemuck::Pod for SnapshotEntry {}
-    unsafe impl bytemuck::Zeroable for KernelOffsets {}
-    unsafe impl bytemuck::Pod for KernelOffsets {}
-    unsafe impl bytemuck::Zeroable for AgentInfo {}
-    unsafe impl bytemuck::Pod for AgentInfo {}
 }

@@ -2,18 +2,13 @@
 //! CONFIG_INET_DIAG_DESTROY). The owner gets ECONNABORTED, the peer an RST. The request names
 //! the 4-tuple *and* the cookie, so a socket that reused the 4-tuple is never hit. It reaches
 //! only sockets in the caller's network namespace.
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::{io, os::fd::OwnedFd, time::Duration};
 
 use enforcer_common::SnapshotEntry;
-
-/// The seam the agent destroys through (tests of the loop can count instead).
-pub trait Destroy {
-    /// Destroys the socket a snapshot saw: its 4-tuple, cookie and bound interface.
-    fn destroy(&mut self, entry: &SnapshotEntry) -> io::Result<()>;
-}
+use rustix::{
+    io::Errno,
+    net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink, sockopt},
+};
 
 /// `SOCK_DESTROY` from `linux/sock_diag.h` (libc has no sock_diag constants).
 const SOCK_DESTROY: u16 = 21;
@@ -21,7 +16,7 @@ const IPPROTO_TCP: u8 = 6;
 
 /// `struct inet_diag_req_v2` with its `inet_diag_sockid` (`linux/inet_diag.h`; not in libc).
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct DiagReq {
     family: u8,
     protocol: u8,
@@ -39,19 +34,51 @@ struct DiagReq {
     cookie: [u32; 2],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Request {
-    hdr: libc::nlmsghdr,
-    req: DiagReq,
+/// Length of `nlmsghdr` on the wire.
+const HDR: usize = 16;
+/// The request: a header, then the `DiagReq` (the header is a multiple of 4 bytes, NLMSG_ALIGN,
+/// so nothing pads between them).
+const REQUEST: usize = HDR + std::mem::size_of::<DiagReq>();
+
+// The wire layouts the kernel expects.
+const _: () = assert!(std::mem::size_of::<DiagReq>() == 56);
+const _: () = assert!(std::mem::size_of::<libc::nlmsghdr>() == HDR);
+// Where `header_bytes` and `read_header` put each field.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(libc::nlmsghdr, nlmsg_len) == 0);
+    assert!(offset_of!(libc::nlmsghdr, nlmsg_type) == 4);
+    assert!(offset_of!(libc::nlmsghdr, nlmsg_flags) == 6);
+    assert!(offset_of!(libc::nlmsghdr, nlmsg_seq) == 8);
+    assert!(offset_of!(libc::nlmsghdr, nlmsg_pid) == 12);
+};
+const _: () = assert!(HDR.is_multiple_of(4));
+const _: () = assert!(std::mem::size_of::<libc::nlmsgerr>() == 4 + HDR);
+
+/// `hdr` as the kernel reads it (native byte order, fields in declaration order).
+fn header_bytes(hdr: &libc::nlmsghdr) -> [u8; HDR] {
+    let mut out = [0u8; HDR];
+    out[0..4].copy_from_slice(&hdr.nlmsg_len.to_ne_bytes());
+    out[4..6].copy_from_slice(&hdr.nlmsg_type.to_ne_bytes());
+    out[6..8].copy_from_slice(&hdr.nlmsg_flags.to_ne_bytes());
+    out[8..12].copy_from_slice(&hdr.nlmsg_seq.to_ne_bytes());
+    out[12..16].copy_from_slice(&hdr.nlmsg_pid.to_ne_bytes());
+    out
 }
 
-// The wire layouts the kernel expects (`nlmsghdr` is 16 bytes and 4-aligned, so the request
-// follows it with no padding).
-const _: () = assert!(std::mem::size_of::<DiagReq>() == 56);
-const _: () = assert!(std::mem::size_of::<libc::nlmsghdr>() == 16);
-const _: () = assert!(std::mem::size_of::<Request>() == 16 + 56);
-const _: () = assert!(std::mem::size_of::<libc::nlmsgerr>() == 4 + 16);
+/// The header at the start of `buf`, if it holds one.
+fn read_header(buf: &[u8]) -> Option<libc::nlmsghdr> {
+    let b: &[u8; HDR] = buf.get(..HDR)?.try_into().ok()?;
+    let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    Some(libc::nlmsghdr {
+        nlmsg_len: u32_at(0),
+        nlmsg_type: u16_at(4),
+        nlmsg_flags: u16_at(6),
+        nlmsg_seq: u32_at(8),
+        nlmsg_pid: u32_at(12),
+    })
+}
 
 pub struct Netlink {
     fd: OwnedFd,
@@ -60,72 +87,53 @@ pub struct Netlink {
 
 impl Netlink {
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned right away.
-        let fd =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            Some(netlink::SOCK_DIAG),
+        )?;
         // A reply that never comes must not hang the agent.
-        let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
-        // SAFETY: setsockopt reads the struct we pass, of the stated size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(Duration::from_secs(1)))?;
         Ok(Self { fd, seq: 0 })
     }
-}
 
-impl Destroy for Netlink {
-    fn destroy(&mut self, entry: &SnapshotEntry) -> io::Result<()> {
+    /// Destroys the socket a snapshot saw: its 4-tuple, cookie and bound interface.
+    pub fn destroy(&mut self, entry: &SnapshotEntry) -> io::Result<()> {
         let rec = &entry.record;
         self.seq = self.seq.wrapping_add(1);
-        let msg = Request {
-            hdr: libc::nlmsghdr {
-                nlmsg_len: std::mem::size_of::<Request>() as u32,
-                nlmsg_type: SOCK_DESTROY,
-                nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-                nlmsg_seq: self.seq,
-                nlmsg_pid: 0,
-            },
-            req: DiagReq {
-                family: rec.family as u8,
-                protocol: IPPROTO_TCP,
-                states: u32::MAX,
-                sport: rec.local_port.to_be(),
-                dport: rec.remote_port.to_be(),
-                src: rec.local_addr,
-                dst: rec.remote_addr,
-                ifindex: entry.bound_dev_if,
-                cookie: [entry.cookie as u32, (entry.cookie >> 32) as u32],
-                ..DiagReq::default()
-            },
+        let hdr = libc::nlmsghdr {
+            nlmsg_len: REQUEST as u32,
+            nlmsg_type: SOCK_DESTROY,
+            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            nlmsg_seq: self.seq,
+            nlmsg_pid: 0,
         };
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: sending a fully initialised repr(C) message of the stated size.
-        let sent = unsafe { libc::send(fd, (&raw const msg).cast(), std::mem::size_of::<Request>(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let req = DiagReq {
+            family: rec.family as u8,
+            protocol: IPPROTO_TCP,
+            states: u32::MAX,
+            sport: rec.local_port.to_be(),
+            dport: rec.remote_port.to_be(),
+            src: rec.local_addr,
+            dst: rec.remote_addr,
+            ifindex: entry.bound_dev_if,
+            cookie: [entry.cookie as u32, (entry.cookie >> 32) as u32],
+            ..DiagReq::default()
+        };
+        let mut msg = [0u8; REQUEST];
+        msg[..HDR].copy_from_slice(&header_bytes(&hdr));
+        msg[HDR..].copy_from_slice(bytemuck::bytes_of(&req));
+        rustix::net::send(&self.fd, &msg, SendFlags::empty())?;
         let mut buf = [0u8; 512];
         loop {
-            // SAFETY: receiving into a buffer we own, of the stated size.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(errno) = ack_errno(&buf[..n as usize], self.seq)? {
+            let n = match rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty()) {
+                Ok((n, _)) => n,
+                // A signal while waiting is no answer; the timeout still bounds each wait.
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(errno) = ack_errno(&buf[..n], self.seq)? {
                 return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) };
             }
         }
@@ -135,22 +143,16 @@ impl Destroy for Netlink {
 /// The error code of the `NLMSG_ERROR` acknowledging request `seq` in one datagram (0: success,
 /// else a negative errno); `None` if the datagram holds no such acknowledgement.
 fn ack_errno(mut buf: &[u8], seq: u32) -> io::Result<Option<i32>> {
-    const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
     let short = || io::Error::new(io::ErrorKind::InvalidData, "short netlink reply");
-    while buf.len() >= HDR {
-        // SAFETY: at least HDR bytes; nlmsghdr is plain integers, read unaligned.
-        let hdr: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    while let Some(hdr) = read_header(buf) {
         let len = hdr.nlmsg_len as usize;
         if len < HDR || len > buf.len() {
             return Err(short());
         }
         if hdr.nlmsg_type == libc::NLMSG_ERROR as u16 && hdr.nlmsg_seq == seq {
-            if len < HDR + std::mem::size_of::<i32>() {
-                return Err(short());
-            }
-            // SAFETY: `nlmsgerr.error` (an i32) follows the header, within `len`.
-            let err: i32 = unsafe { std::ptr::read_unaligned(buf[HDR..].as_ptr().cast()) };
-            return Ok(Some(err));
+            // `nlmsgerr.error`, an i32, follows the header.
+            let err = buf[..len].get(HDR..HDR + 4).ok_or_else(short)?;
+            return Ok(Some(i32::from_ne_bytes([err[0], err[1], err[2], err[3]])));
         }
         // Messages are 4-aligned (NLMSG_ALIGN).
         buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
@@ -162,26 +164,31 @@ fn ack_errno(mut buf: &[u8], seq: u32) -> io::Result<Option<i32>> {
 mod tests {
     use super::*;
 
+    /// An `nlmsgerr` message: header, error, then the header of the request it answers.
     fn message(ty: u16, seq: u32, error: i32) -> Vec<u8> {
-        let err = libc::nlmsgerr {
-            error,
-            // SAFETY: an all-zero nlmsghdr is valid.
-            msg: unsafe { std::mem::zeroed() },
-        };
         let hdr = libc::nlmsghdr {
-            nlmsg_len: (16 + std::mem::size_of::<libc::nlmsgerr>()) as u32,
+            nlmsg_len: (HDR + std::mem::size_of::<libc::nlmsgerr>()) as u32,
             nlmsg_type: ty,
             nlmsg_flags: 0,
             nlmsg_seq: seq,
             nlmsg_pid: 0,
         };
-        let mut out = Vec::new();
-        // SAFETY: viewing plain-integer structs as bytes.
-        unsafe {
-            out.extend_from_slice(std::slice::from_raw_parts((&raw const hdr).cast::<u8>(), 16));
-            out.extend_from_slice(std::slice::from_raw_parts((&raw const err).cast::<u8>(), 20));
-        }
+        let request = libc::nlmsghdr { nlmsg_len: 0, nlmsg_type: 0, nlmsg_flags: 0, nlmsg_seq: 0, nlmsg_pid: 0 };
+        let mut out = header_bytes(&hdr).to_vec();
+        out.extend_from_slice(&error.to_ne_bytes());
+        out.extend_from_slice(&header_bytes(&request));
         out
+    }
+
+    #[test]
+    fn header_bytes_round_trip() {
+        let hdr = libc::nlmsghdr { nlmsg_len: 72, nlmsg_type: 21, nlmsg_flags: 5, nlmsg_seq: 9, nlmsg_pid: 3 };
+        let back = read_header(&header_bytes(&hdr)).expect("a whole header");
+        assert_eq!(
+            (back.nlmsg_len, back.nlmsg_type, back.nlmsg_flags, back.nlmsg_seq, back.nlmsg_pid),
+            (72, 21, 5, 9, 3)
+        );
+        assert!(read_header(&[0; HDR - 1]).is_none());
     }
 
     #[test]

@@ -204,6 +204,7 @@ impl Drop for Loaded {
 /// Creates and locks the pin directory; refuses one a live agent holds and clears the pins of
 /// an agent that died (of any version: nobody holds the lock).
 fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
+    sys::check_pin_dir_name(dir)?;
     sys::ensure_bpffs(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
     // Root only: the maps say which connections exist and who owns them. (Pinned objects are

@@ -1,6 +1,10 @@
 //! Prometheus metrics (`--metrics-addr`): what the agent sees and does each interval, and what
 //! its kernel programs count. Text exposition (OpenMetrics) on `GET /metrics`.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use enforcer_common::stats;
@@ -140,8 +144,24 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?;
     tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { continue };
+            let mut conn = match listener.accept().await {
+                Ok((conn, _)) => {
+                    backoff.succeeded();
+                    conn
+                }
+                // Out of descriptors (EMFILE, ENFILE) or memory: accepting again at once fails
+                // again, so wait rather than spin.
+                Err(e) => {
+                    let (delay, report) = backoff.failed(Instant::now());
+                    if let Some(failures) = report {
+                        tracing::warn!(error = %e, failures, "metrics: accepting a connection failed; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 // The request head, which may come in pieces; nothing after it matters.
@@ -177,9 +197,69 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     Ok(())
 }
 
+/// How the accept loop waits after failures: 100 ms, doubling up to 1 s, from the start again
+/// after a success; and when to log, at most once a second however often it fails.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// The wait after the next failure (`None`: the first wait).
+    next: Option<Duration>,
+    last_report: Option<Instant>,
+    /// Failures since the last report.
+    unreported: u64,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(1);
+    const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+    /// A failure at `now`: how long to wait, and whether to log it (with the failures since the
+    /// last log, this one included).
+    fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
+        let delay = self.next.unwrap_or(Self::FIRST);
+        self.next = Some((delay * 2).min(Self::MAX));
+        self.unreported += 1;
+        let report = self.last_report.is_none_or(|t| now.duration_since(t) >= Self::REPORT_EVERY);
+        if !report {
+            return (delay, None);
+        }
+        self.last_report = Some(now);
+        (delay, Some(std::mem::take(&mut self.unreported)))
+    }
+
+    fn succeeded(&mut self) {
+        self.next = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_logs_once_a_second() {
+        let ms = Duration::from_millis;
+        let start = Instant::now();
+        let mut b = AcceptBackoff::default();
+        // Fails again as soon as each wait is over.
+        let mut now = start;
+        let mut delays = Vec::new();
+        let mut reports = Vec::new();
+        for _ in 0..7 {
+            let (delay, report) = b.failed(now);
+            delays.push(delay);
+            reports.push(report);
+            now += delay;
+        }
+        assert_eq!(delays, [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]);
+        // Logged at 0 ms, then at 1500 ms (after 100+200+400+800) with the four failures since,
+        // then at 2500 ms and 3500 ms.
+        assert_eq!(reports, [Some(1), None, None, None, Some(4), Some(1), Some(1)]);
+        // A success starts the waits over; the log stays limited to once a second.
+        b.succeeded();
+        assert_eq!(b.failed(start + ms(3600)), (ms(100), None));
+        assert_eq!(b.failed(start + ms(4500)), (ms(200), Some(2)));
+    }
 
     #[test]
     fn names_follow_prometheus_conventions() {

@@ -5,11 +5,13 @@
 //! This module knows namespaces only; `snapshot` and `commands::run` use it.
 use std::{
     collections::HashSet,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
+use rustix::thread::LinkNameSpaceType;
+
 /// A network namespace and a path that opens it (`/proc/PID/ns/net` of a process in it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
@@ -73,11 +75,9 @@ pub fn run_in<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> Result<T
     }
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns on a descriptor we own; it changes this short-lived thread only.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("entering network namespace {}", ns.inode));
-            }
+            // setns(2) moves this short-lived thread only.
+            rustix::thread::move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+                .with_context(|| format!("entering network namespace {}", ns.inode))?;
             Ok(f())
         })
         .join()

@@ -56,9 +56,7 @@ impl Source {
 }
 
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
 fn sockstat_tcp_pages(text: &str) -> Option<u64> {

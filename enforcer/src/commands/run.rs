@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::RunArgs,
     contained::Containment,
-    destroy::{Destroy, Netlink},
+    destroy::Netlink,
     journal::{self, Event, Journal},
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
