@@ -46,14 +46,6 @@ fn attack(server: &mut Peer) -> Result<()> {
     Ok(())
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name: utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0u64) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0u64)
-}
-
 pub struct Outcome {
     pub seconds: f64,
     /// The run hit its time limit before the rule was satisfied.
@@ -84,7 +76,7 @@ pub fn enforcer() -> Result<Outcome> {
     );
     let (mut server, _idle, _attackers) = connections(&ns, &cg);
     let pid = agent.pid().context("agent pid")?;
-    let cpu0 = cpu_ticks(pid);
+    let cpu0 = crate::procstat::cpu_time(pid);
     let (t0, started) = (SystemTime::now(), Instant::now());
     attack(&mut server)?;
     let limit = Duration::from_secs(60);
@@ -96,9 +88,7 @@ pub fn enforcer() -> Result<Outcome> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let wall = started.elapsed();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu_ms = (cpu_ticks(pid) - cpu0) as f64 * 1000.0 / hz;
+    let cpu_ms = crate::procstat::cpu_time(pid).saturating_sub(cpu0).as_secs_f64() * 1000.0;
     let last = events
         .iter()
         .filter_map(|e| humantime::parse_rfc3339_weak(e["timestamp"].as_str()?.trim_end_matches('Z')).ok())

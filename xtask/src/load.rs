@@ -23,22 +23,7 @@ pub struct Outcome {
 }
 
 fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|s| s.parse().ok()).collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // utime and stime: fields 14 and 15 of /proc/PID/stat (11 and 12 after the state letter).
-    (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 * 1000.0 / hz
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    crate::procstat::cpu_time(pid).as_secs_f64() * 1000.0
 }
 
 pub fn run() -> Result<Outcome> {
@@ -74,7 +59,7 @@ pub fn run() -> Result<Outcome> {
     let (cpu0, t) = (cpu_ms(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
     let cpu_ms_per_interval = (cpu_ms(pid) - cpu0) / (t.elapsed().as_secs_f64() / INTERVAL_S);
-    let rss = rss_mib(pid);
+    let rss = crate::procstat::rss_mib(pid);
 
     let t0 = SystemTime::now();
     let queued = servers[0].num(&format!("write-range {PER_SERVER} {OFFENDERS} 131072"));

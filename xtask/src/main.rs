@@ -4,6 +4,7 @@ mod bench;
 mod ebpf;
 mod fuzz;
 mod load;
+mod procstat;
 mod setup;
 mod test;
 
@@ -77,6 +78,5 @@ pub fn show(cmd: &Command) -> String {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
