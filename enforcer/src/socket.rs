@@ -7,7 +7,7 @@ use enforcer_common::{AF_INET, RECORD_ADOPTED, SnapshotEntry};
 use serde::Serialize;
 
 /// One tracked socket. Byte counts are bytes; durations milliseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Socket {
     pub cookie: u64,
     #[serde(serialize_with = "as_string")]
