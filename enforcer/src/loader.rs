@@ -25,7 +25,7 @@ use crate::kills::KillEvent;
 
 use crate::{btf, contained, offsets, pins, sys};
 
-/// The object `cargo xtask build-ebpf` built, embedded by build.rs.
+/// The object `cargo xtask build-ebpf` built, embedded by build.rs (empty when it was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
 pub struct LoadOptions<'a> {
@@ -53,6 +53,9 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn load(opts: &LoadOptions<'_>) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this enforcer binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild");
+        }
         let lock = prepare_pin_dir(opts.pin_dir)?;
         let kernel_btf = btf::Btf::from_file(Path::new(btf::VMLINUX)).context("reading kernel BTF")?;
         let offsets = offsets::from_btf(&kernel_btf)?;
