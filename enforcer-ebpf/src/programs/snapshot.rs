@@ -18,6 +18,8 @@ use crate::{
     maps::{SOCKETS, count},
 };
 
+const EOVERFLOW: i64 = 75;
+
 /// States of a connection that can hold data worth watching (not listening, not half-open).
 fn is_connection(state: u8) -> bool {
     // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
@@ -167,8 +169,12 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
     // SAFETY: `meta->seq` is the seq_file of this iteration; `e` lives on our stack.
     let seq = unsafe { *(meta as *const *mut c_void) };
     let size = core::mem::size_of::<SnapshotEntry>() as u32;
-    if unsafe { bpf_seq_write(seq.cast(), (&raw const e) as *mut c_void, size) } != 0 {
-        return Err(());
+    match unsafe { bpf_seq_write(seq.cast(), (&raw const e) as *mut c_void, size) } {
+        0 => Ok(()),
+        // EOVERFLOW: the kernel's buffer for this read() is full (a reader with reads over its
+        // 32 KiB, such as `cat`); the kernel drops this call's output and runs it again for the
+        // same socket at the start of the next read(). Not an error.
+        e if e == -EOVERFLOW => Ok(()),
+        _ => Err(()),
     }
-    Ok(())
 }
