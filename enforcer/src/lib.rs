@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod contained;
 pub mod destroy;
+pub mod kernel_log;
 pub mod kills;
 pub mod loader;
 pub mod metrics;

@@ -23,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::kills::KillEvent;
 
-use crate::{btf, contained, offsets, pins, sys};
+use crate::{btf, contained, kernel_log::KernelLog, offsets, pins, sys};
 
 /// The object `cargo xtask build-ebpf` built, embedded by build.rs (empty when it was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
@@ -42,6 +42,8 @@ pub struct LoadOptions<'a> {
 }
 
 pub struct Loaded {
+    /// Forwards the programs' log lines into the agent's log (`None` when it could not start).
+    _kernel_log: Option<KernelLog>,
     /// Declared before `ebpf` so the pinned link is released first.
     snapshot_link: Option<PinnedLink>,
     ebpf: Ebpf,
@@ -74,12 +76,20 @@ impl Loaded {
             .map_max_entries(names::MAP_SOCKETS, opts.max_sockets)
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
-        let mut loaded =
-            Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new(), _lock: lock };
+        let mut loaded = Self {
+            _kernel_log: None,
+            snapshot_link: None,
+            ebpf,
+            pin_dir: opts.pin_dir.to_owned(),
+            pinned: Vec::new(),
+            _lock: lock,
+        };
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
         loaded.write_info(opts.settings)?;
         loaded.attach(opts.cgroup, &aya_btf)?;
+        // Once every program is loaded (see `KernelLog::start`).
+        loaded._kernel_log = KernelLog::start(&mut loaded.ebpf);
         Ok(loaded)
     }
 
