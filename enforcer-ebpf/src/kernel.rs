@@ -78,6 +78,14 @@ pub fn read_bytes<const N: usize>(src: *const u8) -> Option<[u8; N]> {
     (ret == 0).then_some(buf)
 }
 
+/// An address as `SockRecord` keeps it (words whose bytes are in network order) as the 16 bytes
+/// aya-log prints as IPv6 with `{:i}` (IPv4 ones as `::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn ipv6(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
 /// `a` is after `b` in sequence space.
 #[inline(always)]
 pub fn seq_after(a: u32, b: u32) -> bool {

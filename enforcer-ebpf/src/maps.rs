@@ -37,6 +37,17 @@ pub static KILL_COUNTERS: Array<u64> = Array::with_max_entries(kill_counters::CO
 #[map]
 pub static CONTAINED: LpmTrie<ContainedAddr, Containment> = LpmTrie::with_max_entries(CONTAINED_CAPACITY, 0);
 
+/// Occurrences of rare events that have no `STATS` counter (metrics would count them once per
+/// snapshot, not once per socket), kept only to sample their log lines (`count_rare`).
+#[map]
+pub static LOG_SAMPLES: PerCpuArray<u64> = PerCpuArray::with_max_entries(log_samples::COUNT, 0);
+
+pub mod log_samples {
+    /// The snapshot found a connection to adopt and could not record it (a full map).
+    pub const ADOPT_FAILED: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
 /// Adds one to a `STATS` counter. Per-CPU, so no atomics on the hot path.
 #[inline(always)]
 pub fn count(slot: u32) {
@@ -44,4 +55,32 @@ pub fn count(slot: u32) {
         // SAFETY: the pointer is to this CPU's slot of a live map value.
         unsafe { *v += 1 };
     }
+}
+
+/// Adds one to the `STATS` counter of a rare event and says whether to log this occurrence:
+/// `Some(count on this CPU)` for the 1st, 2nd, 4th, 8th… So a flood of one event (a full map
+/// under a connection storm, an error on every segment) costs a few dozen log records over the
+/// agent's life, not one each; the counter keeps the exact number. For rare events only (errors,
+/// a full map, adoptions), never on a hot path's success branch.
+#[inline(always)]
+pub fn count_rare(slot: u32) -> Option<u64> {
+    sample(&STATS, slot)
+}
+
+/// `count_rare` for an event without a `STATS` counter (`log_samples`).
+#[inline(always)]
+pub fn sample_rare(slot: u32) -> Option<u64> {
+    sample(&LOG_SAMPLES, slot)
+}
+
+#[inline(always)]
+fn sample(counters: &PerCpuArray<u64>, slot: u32) -> Option<u64> {
+    let v = counters.get_ptr_mut(slot)?;
+    // SAFETY: the pointer is to this CPU's slot of a live map value.
+    let n = unsafe {
+        *v += 1;
+        *v
+    };
+    // A power of two (n is at least 1).
+    (n & n.wrapping_sub(1) == 0).then_some(n)
 }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod contained;
 pub mod destroy;
 pub mod journal;
+pub mod kernel_log;
 pub mod loader;
 pub mod metrics;
 pub mod netns;

@@ -20,9 +20,9 @@ use enforcer_common::{
     AGENT_INFO_MAGIC, AgentInfo, LAYOUT_VERSION, SETTINGS_CHUNK, SettingsChunk, WatchConfig, names, stats,
 };
 
-use crate::{btf, offsets, pins, sys};
+use crate::{btf, kernel_log::KernelLog, offsets, pins, sys};
 
-/// The object `cargo xtask build-ebpf` built, embedded by build.rs.
+/// The object `cargo xtask build-ebpf` built, embedded by build.rs (empty when it was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
 pub struct LoadOptions<'a> {
@@ -39,6 +39,8 @@ pub struct LoadOptions<'a> {
 }
 
 pub struct Loaded {
+    /// Forwards the programs' log lines into the agent's log (`None` when it could not start).
+    _kernel_log: Option<KernelLog>,
     /// Declared before `ebpf` so the pinned link is released first.
     snapshot_link: Option<PinnedLink>,
     ebpf: Ebpf,
@@ -50,6 +52,9 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn load(opts: &LoadOptions<'_>) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this enforcer binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild");
+        }
         let lock = prepare_pin_dir(opts.pin_dir)?;
         let kernel_btf = btf::Btf::from_file(Path::new(btf::VMLINUX)).context("reading kernel BTF")?;
         let offsets = offsets::from_btf(&kernel_btf)?;
@@ -69,12 +74,20 @@ impl Loaded {
             .map_max_entries(names::MAP_AGENT_SETTINGS, opts.settings.len().div_ceil(SETTINGS_CHUNK).max(1) as u32)
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
-        let mut loaded =
-            Self { snapshot_link: None, ebpf, pin_dir: opts.pin_dir.to_owned(), pinned: Vec::new(), _lock: lock };
+        let mut loaded = Self {
+            _kernel_log: None,
+            snapshot_link: None,
+            ebpf,
+            pin_dir: opts.pin_dir.to_owned(),
+            pinned: Vec::new(),
+            _lock: lock,
+        };
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
         loaded.write_info(opts.settings)?;
         loaded.attach(opts.cgroup, &aya_btf)?;
+        // Once every program is loaded (see `KernelLog::start`).
+        loaded._kernel_log = KernelLog::start(&mut loaded.ebpf);
         Ok(loaded)
     }
 

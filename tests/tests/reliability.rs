@@ -78,6 +78,34 @@ fn errors_in_kernel_programs_are_counted_and_tcp_carries_on() {
 }
 
 #[test]
+fn kernel_programs_log_into_the_agent_log() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &["--log-format", "json", "--inject-fault", "sockops"]);
+    let (_server, mut client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 0);
+    // The kernel programs write through aya-log; the agent forwards each line into its own log,
+    // with the program's name as target.
+    let kernel_line = |program: &str| {
+        agent
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == program)
+    };
+    let fault = wait_for("sock_ops's line about its injected fault", Duration::from_secs(10), || {
+        kernel_line("enforcer_sockops")
+    });
+    assert_eq!(fault["level"], "WARN", "{fault}");
+    assert!(fault["message"].as_str().unwrap().starts_with("injected fault (--inject-fault sockops)"), "{fault}");
+    // The connection sock_ops failed to record is adopted by the snapshot, which says so.
+    let adopted = wait_for("the snapshot's line about the adoption", Duration::from_secs(10), || {
+        kernel_line("enforcer_snapshot")
+    });
+    let client_addr = client.cmd("addr 0").split(' ').next().unwrap().to_owned();
+    assert_eq!(adopted["level"], "INFO", "{adopted}");
+    assert!(adopted["message"].as_str().unwrap().contains(&format!("remote {client_addr}")), "{adopted}");
+}
+
+#[test]
 fn pins_are_root_only_and_a_foreign_layout_is_refused() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let (ns, cg) = (Netns::new(), Cgroup::new());

@@ -257,3 +257,31 @@ fn connections_from_before_the_agent_are_adopted() {
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.iter().all(|s| field(s, "cgroup_id") == cg.id()), "{all:?}");
 }
+
+#[test]
+fn a_snapshot_larger_than_the_kernel_buffer_counts_no_errors() {
+    // 400 entries of 176 bytes (`SnapshotEntry`): more than the iterator's 32 KiB seq buffer holds. A reader with
+    // large reads (`cat`, here `dd bs=1M`) makes the kernel split the snapshot where the buffer
+    // fills, and show the socket that did not fit again at the next read: no error.
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    let mut server = Peer::start(&ns, Some(&cg));
+    let addr = server.cmd("listen 127.0.0.1:9000");
+    let mut clients = Peer::start(&ns, None);
+    clients.cmd(&format!("connect-many {addr} 400"));
+    server.cmd("wait-accepted 400");
+    wait_for("every connection in the snapshot", Duration::from_secs(10), || {
+        (agent.sockets().len() == 400).then_some(())
+    });
+    let snapshot = agent.pin_dir.join("snapshot");
+    let out =
+        ns.command("dd").arg(format!("if={}", snapshot.display())).args(["bs=1M", "of=/dev/null"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains(&format!("{} bytes", 400 * size_of::<enforcer_common::SnapshotEntry>())),
+        "{err}"
+    );
+    let counters = &agent.status()["counters"];
+    assert_eq!(field(counters, "tracked"), 400, "{counters}");
+    assert_eq!(field(counters, "err_snapshot"), 0, "{counters}");
+}

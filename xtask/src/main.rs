@@ -1,8 +1,10 @@
-//! Developer commands: `cargo xtask build-ebpf`, `cargo xtask test`, `cargo xtask bench`.
+//! Developer commands: `cargo xtask build-ebpf`, `cargo xtask test`, `cargo xtask lint`,
+//! `cargo xtask bench`.
 mod attack;
 mod bench;
 mod ebpf;
 mod fuzz;
+mod lint;
 mod load;
 mod procstat;
 mod setup;
@@ -30,6 +32,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Check formatting (`cargo fmt --check`) and run clippy with warnings denied, on the host
+    /// crates and on the eBPF crate for its target, installing clippy if the toolchain lacks it.
+    Lint,
     /// Measure enforcer's cost (with and without the agent) and its time to destroy attackers;
     /// prints the tables BENCHMARKS.md holds.
     Bench(bench::BenchArgs),
@@ -48,6 +53,7 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Test { args } => test::run(&args),
+        Cmd::Lint => lint::run(),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
     }

@@ -41,13 +41,19 @@ pub fn toolchain() -> Result<Toolchain> {
         eprintln!("xtask: no nightly toolchain; building the eBPF object with stable and RUSTC_BOOTSTRAP=1");
         Toolchain { name: "stable".into(), bootstrap: true }
     };
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", &tc.name]))?;
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("xtask: installing rust-src for the {} toolchain (needed by -Z build-std; about a minute)", tc.name);
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &tc.name]))
-            .context("could not install rust-src: the eBPF object cannot be built without it")?;
-    }
+    component(&tc, "rust-src", "needed by -Z build-std; about a minute")
+        .context("could not install rust-src: the eBPF object cannot be built without it")?;
     Ok(tc)
+}
+
+/// Installs a rustup component of `tc` unless it is there already (`why` says what for).
+pub fn component(tc: &Toolchain, name: &str, why: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", &tc.name]))?;
+    if installed.lines().any(|l| l.starts_with(name)) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {name} for the {} toolchain ({why})", tc.name);
+    run_cmd(Command::new("rustup").args(["component", "add", name, "--toolchain", &tc.name]))
 }
 
 fn cargo_home() -> PathBuf {

@@ -11,12 +11,20 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::{bpf_get_socket_cookie, bpf_seq_write, bpf_skc_to_tcp_sock},
 };
-use enforcer_common::{AF_INET, AF_INET6, OFFSET_ABSENT, RECORD_ADOPTED, SnapshotEntry, SockRecord, stats};
+use aya_log_ebpf::{error, info, warn};
+use enforcer_common::{AF_INET, AF_INET6, OFFSET_ABSENT, RECORD_ADOPTED, SnapshotEntry, SockRecord, names, stats};
 
 use crate::{
-    kernel::{LazyNow, load, off, read_bytes, reconcile, watch},
-    maps::{SOCKETS, count},
+    kernel::{LazyNow, ipv6, load, off, read_bytes, reconcile, watch},
+    maps::{SOCKETS, count_rare, log_samples, sample_rare},
 };
+
+/// The target of this program's log lines in the agent's log.
+const LOG: &str = names::PROG_SNAPSHOT;
+
+const E2BIG: i32 = 7;
+const EEXIST: i32 = 17;
+const EOVERFLOW: i64 = 75;
 
 /// States of a connection that can hold data worth watching (not listening, not half-open).
 fn is_connection(state: u8) -> bool {
@@ -25,8 +33,9 @@ fn is_connection(state: u8) -> bool {
 }
 
 /// Makes a record for a connection of the watched cgroup that sock_ops never saw (it existed
-/// before the agent attached). The rare path: it reads with `bpf_probe_read_kernel`.
-unsafe fn adopt(tp: *const u8, now: u64) -> Option<(u64, *mut SockRecord)> {
+/// before the agent attached). The rare path: it reads with `bpf_probe_read_kernel`, and logs
+/// (sampled, `count_rare`) what it adopts or fails to.
+unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<(u64, *mut SockRecord)> {
     if watch!(adopt) == 0 {
         return None;
     }
@@ -86,9 +95,58 @@ unsafe fn adopt(tp: *const u8, now: u64) -> Option<(u64, *mut SockRecord)> {
     // Assigns a cookie if the socket never had one; tcp_probe and tcp_destroy_sock read it.
     // SAFETY: `tp` is a socket pointer the helper accepts.
     let cookie = unsafe { bpf_get_socket_cookie(tp as *mut c_void) };
-    // A full map leaves the socket untracked (sock_ops counts `map_full` for new connections).
-    SOCKETS.insert(cookie, record, BPF_NOEXIST as u64).ok()?;
-    count(stats::ADOPTED);
+    // A full map leaves the socket untracked; not counted in `map_full`, which counts sockets
+    // (sock_ops, once per connection), where this would count every snapshot again.
+    if let Err(e) = SOCKETS.insert(cookie, record, BPF_NOEXIST as u64) {
+        // EEXIST: sock_ops recorded it since the lookup; the next snapshot reads that record.
+        if e != -EEXIST
+            && let Some(n) = sample_rare(log_samples::ADOPT_FAILED)
+        {
+            if e == -E2BIG {
+                warn!(
+                    ctx,
+                    target: LOG,
+                    "socket map full (--max-sockets): a connection that predates the agent goes untracked \
+                     (count on this CPU: {})",
+                    n
+                );
+            } else {
+                error!(
+                    ctx,
+                    target: LOG,
+                    "adopting a connection that predates the agent failed (errno {}): it goes untracked \
+                     (count on this CPU: {})",
+                    -e,
+                    n
+                );
+            }
+        }
+        return None;
+    }
+    if let Some(n) = count_rare(stats::ADOPTED) {
+        let (port, remote_port) = (record.local_port, record.remote_port);
+        if family == AF_INET {
+            info!(
+                ctx,
+                target: LOG,
+                "adopted a connection that predates the agent: local port {}, remote {:i}:{} (count on this CPU: {})",
+                port,
+                u32::from_be(remote_addr[0]),
+                remote_port,
+                n
+            );
+        } else {
+            info!(
+                ctx,
+                target: LOG,
+                "adopted a connection that predates the agent: local port {}, remote [{:i}]:{} (count on this CPU: {})",
+                port,
+                ipv6(remote_addr),
+                remote_port,
+                n
+            );
+        }
+    }
     Some((cookie, SOCKETS.get_ptr_mut(cookie)?))
 }
 
@@ -96,16 +154,26 @@ unsafe fn adopt(tp: *const u8, now: u64) -> Option<(u64, *mut SockRecord)> {
 #[unsafe(link_section = "iter/tcp")]
 pub fn enforcer_snapshot(ctx: *mut c_void) -> i32 {
     // SAFETY: the context is `struct bpf_iter__tcp { meta; sk_common; uid }`.
-    if unsafe { try_enforcer_snapshot(ctx) }.is_err() {
-        count(stats::ERR_SNAPSHOT);
+    if let Err(e) = unsafe { try_enforcer_snapshot(ctx) }
+        && let Some(n) = count_rare(stats::ERR_SNAPSHOT)
+    {
+        error!(
+            ctx,
+            target: LOG,
+            "writing a socket into the snapshot failed (errno {}): the agent does not see it this interval \
+             (count on this CPU: {})",
+            -e,
+            n
+        );
     }
     0
 }
 
-unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
-    let ctx = ctx as *const *const u8;
+/// `Err(negative errno)` of `bpf_seq_write` when the entry could not be written.
+unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), i64> {
+    let fields = ctx as *const *const u8;
     // SAFETY: context fields 0 (meta) and 1 (sk_common).
-    let (meta, skc) = unsafe { (*ctx, *ctx.add(1)) };
+    let (meta, skc) = unsafe { (*fields, *fields.add(1)) };
     if skc.is_null() || meta.is_null() {
         // The end-of-iteration call.
         return Ok(());
@@ -123,7 +191,7 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
     let (cookie, rec) = match SOCKETS.get_ptr_mut(cookie) {
         Some(rec) => (cookie, rec),
         // SAFETY: as above.
-        None => match unsafe { adopt(tp, now) } {
+        None => match unsafe { adopt(ctx, tp, now) } {
             Some(adopted) => adopted,
             None => return Ok(()),
         },
@@ -167,8 +235,12 @@ unsafe fn try_enforcer_snapshot(ctx: *mut c_void) -> Result<(), ()> {
     // SAFETY: `meta->seq` is the seq_file of this iteration; `e` lives on our stack.
     let seq = unsafe { *(meta as *const *mut c_void) };
     let size = core::mem::size_of::<SnapshotEntry>() as u32;
-    if unsafe { bpf_seq_write(seq.cast(), (&raw const e) as *mut c_void, size) } != 0 {
-        return Err(());
+    match unsafe { bpf_seq_write(seq.cast(), (&raw const e) as *mut c_void, size) } {
+        0 => Ok(()),
+        // EOVERFLOW: the kernel's buffer for this read() is full (a reader with reads over its
+        // 32 KiB, such as `cat`); the kernel drops this call's output and runs it again for the
+        // same socket at the start of the next read(). Not an error.
+        e if e == -EOVERFLOW => Ok(()),
+        e => Err(e),
     }
-    Ok(())
 }

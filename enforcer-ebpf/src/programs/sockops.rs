@@ -11,21 +11,57 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::SockOpsContext,
 };
-use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, stats, v4_mapped};
+use aya_log_ebpf::{error, warn};
+use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, names, stats, v4_mapped};
 
 use crate::{
-    kernel::watch,
-    maps::{CONTAINED, SOCKETS, count},
+    kernel::{ipv6, watch},
+    maps::{CONTAINED, SOCKETS, count, count_rare},
 };
 
+/// The target of this program's log lines in the agent's log.
+const LOG: &str = names::PROG_SOCKOPS;
+
 const E2BIG: i32 = 7;
+/// The error path `--inject-fault sockops` takes (kernel errors are positive errnos here).
+const INJECTED: i32 = -1;
 
 #[sock_ops]
 pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
+    // Only the error paths log, and only sampled (`count_rare`): success logs nothing.
     match try_enforcer_sockops(&ctx) {
         Ok(()) => {}
-        Err(E2BIG) => count(stats::MAP_FULL),
-        Err(_) => count(stats::ERR_SOCKOPS),
+        Err(E2BIG) => {
+            if let Some(n) = count_rare(stats::MAP_FULL) {
+                warn!(
+                    &ctx,
+                    target: LOG,
+                    "socket map full (--max-sockets): a new connection goes untracked (count on this CPU: {})",
+                    n
+                );
+            }
+        }
+        Err(INJECTED) => {
+            if let Some(n) = count_rare(stats::ERR_SOCKOPS) {
+                warn!(
+                    &ctx,
+                    target: LOG,
+                    "injected fault (--inject-fault sockops): a new connection goes untracked (count on this CPU: {})",
+                    n
+                );
+            }
+        }
+        Err(e) => {
+            if let Some(n) = count_rare(stats::ERR_SOCKOPS) {
+                error!(
+                    &ctx,
+                    target: LOG,
+                    "recording a new connection failed (errno {}): it goes untracked (count on this CPU: {})",
+                    e,
+                    n
+                );
+            }
+        }
     }
     // Always "ok": enforcer never changes how TCP behaves.
     1
@@ -37,7 +73,7 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         return Ok(());
     }
     if watch!(fault) & FAULT_SOCKOPS != 0 {
-        return Err(-1);
+        return Err(INJECTED);
     }
     // Every context field is read once, unconditionally and volatile: the verifier refuses a
     // context pointer that the compiler offset in one branch and dereferenced after a merge.
@@ -119,5 +155,17 @@ fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
     // value that lives on our stack.
     let rc =
         unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_SOCKET as i32, SO_SNDBUF as i32, (&raw mut sndbuf).cast(), 4) };
-    count(if rc == 0 { stats::CONTAINED } else { stats::ERR_CONTAIN });
+    if rc == 0 {
+        count(stats::CONTAINED);
+    } else if let Some(n) = count_rare(stats::ERR_CONTAIN) {
+        warn!(
+            ctx,
+            target: LOG,
+            "could not give a connection of contained remote {:i} its small send buffer (errno {}): it carries on \
+             uncontained (count on this CPU: {})",
+            ipv6(addr),
+            -rc,
+            n
+        );
+    }
 }

@@ -10,25 +10,63 @@
 //! drops. Hot path for every socket of the machine: sockets we do not track cost one cookie
 //! read and one hash lookup.
 use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, programs::BtfTracePointContext};
-use enforcer_common::{FAULT_TCP_PROBE, stats};
+use aya_log_ebpf::{error, warn};
+use enforcer_common::{FAULT_TCP_PROBE, names, stats};
 
 use crate::{
     kernel::{LazyNow, load, off, read_bytes, reconcile, seq_after, watch},
-    maps::{SOCKETS, count},
+    maps::{SOCKETS, count_rare},
 };
 
+/// The target of this program's log lines in the agent's log.
+const LOG: &str = names::PROG_TCP_PROBE;
+
 const TH_ACK: u8 = 0x10;
+
+/// Why a segment of a tracked socket was not accounted (its record keeps its old times).
+enum Error {
+    /// `--inject-fault tcp-probe`.
+    Injected,
+    /// `bpf_skc_to_tcp_sock` refused the socket.
+    NotTcp,
+    /// The segment's TCP header could not be read.
+    Header,
+}
 
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn enforcer_tcp_probe(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: tcp_probe's arguments are (struct sock *, const struct sk_buff *).
-    if unsafe { try_enforcer_tcp_probe(&ctx) }.is_err() {
-        count(stats::ERR_TCP_PROBE);
+    let Err(e) = (unsafe { try_enforcer_tcp_probe(&ctx) }) else {
+        // The per-segment path: nothing is counted or logged on success.
+        return 0;
+    };
+    // Sampled (`count_rare`): an error here can repeat on every segment.
+    if let Some(n) = count_rare(stats::ERR_TCP_PROBE) {
+        match e {
+            Error::Injected => warn!(
+                &ctx,
+                target: LOG,
+                "injected fault (--inject-fault tcp-probe): a segment goes unaccounted (count on this CPU: {})",
+                n
+            ),
+            Error::NotTcp => error!(
+                &ctx,
+                target: LOG,
+                "a tracked socket is not a tcp_sock: its segment goes unaccounted (count on this CPU: {})",
+                n
+            ),
+            Error::Header => error!(
+                &ctx,
+                target: LOG,
+                "could not read a segment's TCP header: its ACK goes unaccounted (count on this CPU: {})",
+                n
+            ),
+        }
     }
     0
 }
 
-unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
+unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), Error> {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     // SAFETY: `sk` is a BTF `struct sock *`; the offset is `skc_cookie`'s.
@@ -41,12 +79,12 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
         return Ok(());
     };
     if watch!(fault) & FAULT_TCP_PROBE != 0 {
-        return Err(());
+        return Err(Error::Injected);
     }
     // SAFETY: `sk` is a full socket (tcp_rcv_established), so the cast succeeds; checked anyway.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
     if tp.is_null() {
-        return Err(());
+        return Err(Error::NotTcp);
     }
     // The socket's state before this segment: what the kernel accepted from earlier ones.
     // SAFETY: `tp` is a BTF `struct tcp_sock *`; offsets of u32 fields.
@@ -65,7 +103,7 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), ()> {
     }
     // SAFETY: `skb` is a BTF `struct sk_buff *`; the offset of `data`, the TCP header here.
     let data: *const u8 = unsafe { load(skb, off!(skb_data)) };
-    let th: [u8; 14] = read_bytes(data).ok_or(())?;
+    let th: [u8; 14] = read_bytes(data).ok_or(Error::Header)?;
     let ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
     if th[13] & TH_ACK != 0 && seq_after(ack, snd_una) && !seq_after(ack, snd_nxt) {
         rec.pending_ack = ack;
