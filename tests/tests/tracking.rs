@@ -191,6 +191,22 @@ fn cli_errors_are_one_clear_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a cgroup v2 directory"));
     let out = run(&["run", "--threshold", "lots"]);
     assert_eq!(out.status.code(), Some(2));
+    // bpffs refuses names with a dot: say so, rather than a bare "Operation not permitted".
+    let cg = Cgroup::new();
+    let out = run(&[
+        "run",
+        "--cgroup",
+        cg.path.to_str().unwrap(),
+        "--threshold",
+        "1MiB",
+        "--pin-dir",
+        "/sys/fs/bpf/enforcer.test",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("contains '.'") && err.trim().lines().count() == 1, "{err}");
+    assert!(!std::path::Path::new("/sys/fs/bpf/enforcer.test").exists());
+    drop(cg);
 
     // A bad config value: exit 2, one line naming the key; nothing is loaded.
     let cg = Cgroup::new();
