@@ -92,7 +92,8 @@ pub struct RunArgs {
     /// `protect-port = [22]`); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Destroy nothing; log and record `would_destroy` for every decision.
+    /// Destroy nothing; log and record `would_destroy` for every decision, once per socket while
+    /// the rule keeps choosing it.
     #[arg(long)]
     pub dry_run: bool,
     /// Most sockets tracked at once; beyond it new sockets are counted as `map_full`, not tracked

@@ -1,5 +1,9 @@
 //! `enforcer run`: the agent. Every interval: snapshot, pressure, decide, act.
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::{Context, Result};
 use enforcer_common::{names, stats};
@@ -78,6 +82,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         epoch: Instant::now(),
         metrics,
         destroyers,
+        reported: HashSet::new(),
     };
     loop {
         tokio::select! {
@@ -106,6 +111,10 @@ struct Agent {
     metrics: Arc<Metrics>,
     /// One netlink socket per network namespace it destroys in, by namespace inode.
     destroyers: HashMap<u64, Netlink>,
+    /// Dry run: the sockets the rule chose in the last interval. A dry run reports a socket once
+    /// per episode (until the rule stops choosing it, say when pressure falls), so its log,
+    /// ring and counters count sockets, not intervals, and real history stays in the ring.
+    reported: HashSet<u64>,
 }
 
 /// Time spent in each step of an interval, for the metrics and the debug line.
@@ -164,13 +173,25 @@ impl Agent {
     fn act(&mut self, snap: &Snapshot, plan: Plan, t: Timing) {
         let (pressure, candidates) = (plan.pressure, plan.candidates());
         let allowed = self.settings.max_kills.min(self.storm.available(t.started));
+        // In a dry run, sockets chosen again that were reported in the previous interval: they
+        // count toward this interval's budget as before, but are not reported again.
+        let mut again = HashSet::new();
         let outcome = if candidates == 0 {
             Outcome::default()
         } else {
-            let outcome = plan.execute(allowed, |d| self.carry_out(snap, d, pressure));
-            self.storm.spend(t.started, outcome.acted.len());
+            let outcome = plan.execute(allowed, |d| {
+                if self.settings.dry_run && self.reported.contains(&d.socket.cookie) {
+                    again.insert(d.socket.cookie);
+                    return true;
+                }
+                self.carry_out(snap, d, pressure)
+            });
+            self.storm.spend(t.started, outcome.acted.len() - again.len());
             outcome
         };
+        if self.settings.dry_run {
+            self.reported = outcome.acted.iter().map(|d| d.socket.cookie).collect();
+        }
         if outcome.held_back > 0 {
             // Name the cap that bit: the per-interval one when it was the smaller.
             let cap = if allowed == self.settings.max_kills { "--max-kills" } else { "--max-kills-per-minute" };
@@ -182,7 +203,7 @@ impl Agent {
             );
         }
         let now_ms = t.started.duration_since(self.epoch).as_millis() as u64;
-        for d in &outcome.acted {
+        for d in outcome.acted.iter().filter(|d| !again.contains(&d.socket.cookie)) {
             if let Some(flag) = self.judge.record_destroy(d, now_ms) {
                 self.flag(&flag);
             }
