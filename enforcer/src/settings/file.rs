@@ -61,19 +61,50 @@ impl File {
     }
 }
 
-/// One line for a TOML error: the key on the line it points at, and what is wrong.
+/// One line for a TOML error: the key on the line it points at, where, and what is wrong; for an
+/// unknown key, the known key it most likely meant.
 fn describe(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim().replace('\n', " ");
+    let mut message = e.message().trim().replace('\n', " ");
+    if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next())
+        && let Some(near) = closest(unknown, message.split('`').skip(3).step_by(2))
+    {
+        message = format!("unknown key `{unknown}`; did you mean `{near}`?");
+    }
     let Some(span) = e.span() else { return message };
-    let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-    let line_no = text[..start].matches('\n').count() + 1;
+    let at = span.start.min(text.len());
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let (line_no, column) = (text[..start].matches('\n').count() + 1, text[start..at].chars().count() + 1);
     let line = text[start..].lines().next().unwrap_or_default();
     match line.split_once('=') {
         Some((key, _)) if !key.trim().is_empty() && !key.contains('[') => {
-            format!("key `{}` (line {line_no}): {message}", key.trim().trim_matches('"'))
+            format!("key `{}` (line {line_no}, column {column}): {message}", key.trim().trim_matches('"'))
         }
-        _ => format!("line {line_no}: {message}"),
+        _ => format!("line {line_no}, column {column}: {message}"),
     }
+}
+
+/// The candidate nearest to `word` by edit distance, if it is near enough to be a typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -157,5 +188,9 @@ mod tests {
             assert!(!err.contains('\n'), "{text}: {err}");
         }
         assert!(File::parse("not toml [").is_err());
+        let typo = File::parse("dry-run = true\nthresold = 5").err().unwrap_or_default();
+        assert!(typo.contains("line 2, column 1") && typo.contains("did you mean `threshold`?"), "{typo}");
+        let far = File::parse("colour = 5").err().unwrap_or_default();
+        assert!(far.contains("unknown") && !far.contains("did you mean"), "{far}");
     }
 }
