@@ -80,3 +80,19 @@ fn metrics_are_scraped_and_overflow_is_counted_while_enforcement_goes_on() {
 fn agent_scrape(ns: &Netns, addr: &str) -> String {
     ns.http_get(addr, "/metrics")
 }
+
+#[test]
+fn a_metrics_address_in_use_fails_the_start_before_anything_is_attached() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let mut holder = Peer::start(&ns, None);
+    let addr = holder.cmd("listen 127.0.0.1:9465");
+    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(enforcer_tests::unique("enforcer-test"));
+    let out = Agent::spawn_raw(&ns, &cg, &pin_dir, &["--threshold", "1MiB", "--metrics-addr", &addr]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("listening for metrics on 127.0.0.1:9465"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "{err}");
+    // It failed before loading anything: it never attached, and left no pin directory.
+    assert!(!err.contains("enforcer attached"), "{err}");
+    assert!(!pin_dir.exists(), "{}", pin_dir.display());
+}

@@ -40,6 +40,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         netns::own()?.inode,
         Netlink::open().context("opening a NETLINK_SOCK_DIAG socket (needed to destroy sockets)")?,
     )]);
+    // Bound before anything is attached: a port in use fails the start with nothing to undo.
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = settings.metrics_addr {
+        metrics::serve(addr, metrics.clone()).await?;
+    }
     let mut loaded = Loaded::load(&LoadOptions {
         cgroup: &settings.cgroup,
         cgroup_id: settings.cgroup_id,
@@ -65,12 +70,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(settings.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let metrics = Arc::new(Metrics::new());
     metrics.threshold.set(settings.threshold as i64);
     metrics.map_capacity.set(i64::from(settings.max_sockets));
-    if let Some(addr) = settings.metrics_addr {
-        metrics::serve(addr, metrics.clone()).await?;
-    }
     let mut agent = Agent {
         judge: Judge::new(settings.policy(protected)),
         storm: StormGuard::new(settings.max_kills_per_minute),
