@@ -106,7 +106,7 @@ pub struct RunArgs {
     /// Enforce only while pressure is above this size (16MiB, 100MB, bytes) [default: the
     /// kernel's TCP pressure level, tcp_mem[1] pages; inside a network namespace, where tcp_mem
     /// is not visible, MemTotal/16 as the kernel computes it at boot].
-    #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = parse_threshold, value_name = "SIZE")]
     pub threshold: Option<u64>,
     /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in
     /// /proc/net/sockstat), `cgroup` (socket memory in the cgroup's memory.stat) [default: tracked].
@@ -299,6 +299,9 @@ pub struct KillsArgs {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err(format!("`{s}`: a duration cannot be negative"));
+    }
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 1s, 2m)"))?;
     if d < Duration::from_millis(1) {
         return Err("must be at least 1ms".into());
@@ -306,11 +309,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A CIDR, or a bare address meaning just that address.
+/// A CIDR, or a bare address meaning just that address. Host bits must be clear: `10.0.0.5/8`
+/// is more likely a typo than a way to write `10.0.0.0/8`.
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>()
+    let net = s
+        .parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("`{s}` is not an address or CIDR (examples: 10.0.0.0/8, ::1, 2001:db8::/32)"))
+        .map_err(|_| format!("`{s}` is not an address or CIDR (examples: 10.0.0.0/8, ::1, 2001:db8::/32)"))?;
+    if net != net.trunc() {
+        return Err(format!("`{s}` has host bits set: did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// A threshold: a size (see `units::parse_size`) of at least one byte.
+pub fn parse_threshold(s: &str) -> Result<u64, String> {
+    match crate::units::parse_size(s)? {
+        0 => Err("a threshold of 0 would make every socket an offender: give a size such as 64MiB".into()),
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +340,7 @@ mod tests {
         assert_eq!(parse_cidr("::1").map(|n| n.prefix_len()), Ok(128));
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("example.com").is_err());
+        assert_eq!(parse_cidr("10.0.0.5/8"), Err("`10.0.0.5/8` has host bits set: did you mean 10.0.0.0/8?".into()));
     }
 
     #[test]
@@ -330,6 +348,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err_and(|e| e.contains("negative")));
+        assert!(parse_threshold("0").is_err() && parse_threshold("0MiB").is_err());
+        assert_eq!(parse_threshold("1KiB"), Ok(1024));
     }
 
     #[test]

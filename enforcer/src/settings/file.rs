@@ -12,6 +12,9 @@ use crate::{
     units::{parse_fairness, parse_size},
 };
 
+pub const IDLE_ALONE: &str =
+    "`idle` applies only with `max-per-remote` (it says when a connection over the per-remote cap is idle)";
+
 /// Values read from `--config`; `None` (or empty) where the file is silent.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -22,7 +25,7 @@ pub struct File {
     pub max_sockets: Option<u32>,
     #[serde(deserialize_with = "duration")]
     pub interval: Option<Duration>,
-    #[serde(deserialize_with = "size")]
+    #[serde(deserialize_with = "threshold")]
     pub threshold: Option<u64>,
     pub pressure: Option<PressureArg>,
     #[serde(deserialize_with = "fairness")]
@@ -57,7 +60,11 @@ pub struct File {
 impl File {
     /// Parses config text; the error is one line that names the key (`key `stall`: …`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| describe(text, &e))
+        let file: Self = toml::from_str(text).map_err(|e| describe(text, &e))?;
+        if file.idle.is_some() && file.max_per_remote.is_none() {
+            return Err(IDLE_ALONE.into());
+        }
+        Ok(file)
     }
 }
 
@@ -105,6 +112,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match size(d)? {
+        Some(0) => Err(D::Error::custom(crate::cli::parse_threshold("0").err().unwrap_or_default())),
+        n => Ok(n),
+    }
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -182,6 +196,9 @@ mod tests {
             ("pressure = \"swap\"", "pressure"),
             ("thresold = 5", "thresold"),
             ("dry-run = true\nmetrics-addr = \"localhost\"", "metrics-addr"),
+            ("threshold = 0", "threshold"),
+            ("protect-cidr = [\"10.0.0.5/8\"]", "protect-cidr"),
+            ("idle = \"5m\"", "idle"),
         ] {
             let err = File::parse(text).err().unwrap_or_else(|| panic!("{text} parsed"));
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");

@@ -163,6 +163,11 @@ impl Settings {
         if max_per_remote == Some(0) {
             return Err(usage("--max-per-remote must be at least 1".into()));
         }
+        if args.idle.is_some() && max_per_remote.is_none() {
+            return Err(usage(
+                "--idle applies only with --max-per-remote (it says when a connection over the cap is idle)".into(),
+            ));
+        }
         let which = if args.protect_cgroup.is_empty() { "config key `protect-cgroup`" } else { "--protect-cgroup" };
         let protect_cgroups = pick(args.protect_cgroup, file.protect_cgroup);
         // Checked now, so a typo fails at start rather than protecting nothing.
