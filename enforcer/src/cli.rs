@@ -71,7 +71,7 @@ pub enum Command {
     Man,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PinDirArg {
     /// Directory on a bpf filesystem where the agent pins its maps.
     #[arg(long, env = "ENFORCER_PIN_DIR", default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
@@ -80,7 +80,7 @@ pub struct PinDirArg {
 
 /// Flags of `enforcer run`. Policy flags are optional here so that `--config` can supply them:
 /// a flag given on the command line wins over the file, the file over the default.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     /// cgroup v2 directory whose sockets are tracked [default: the cgroup2 root from /proc/mounts].

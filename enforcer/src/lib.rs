@@ -11,6 +11,7 @@ pub mod kernel_log;
 pub mod loader;
 pub mod metrics;
 pub mod netns;
+pub mod notify;
 pub mod offsets;
 pub mod pins;
 pub mod policy;

@@ -46,6 +46,8 @@ pub struct Loaded {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     pinned: Vec<PathBuf>,
+    /// Wall clock at load, milliseconds since the Unix epoch (for `status`).
+    started_unix_ms: u64,
     /// The pin directory's flock, held while the agent lives (declared last: released last).
     _lock: std::fs::File,
 }
@@ -71,7 +73,7 @@ impl Loaded {
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
             .override_global(names::GLOBAL_WATCH, &watch, true)
             .map_max_entries(names::MAP_SOCKETS, opts.max_sockets)
-            .map_max_entries(names::MAP_AGENT_SETTINGS, opts.settings.len().div_ceil(SETTINGS_CHUNK).max(1) as u32)
+            .map_max_entries(names::MAP_AGENT_SETTINGS, settings_chunks(opts.settings))
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
         let mut loaded = Self {
@@ -80,11 +82,15 @@ impl Loaded {
             ebpf,
             pin_dir: opts.pin_dir.to_owned(),
             pinned: Vec::new(),
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             _lock: lock,
         };
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
-        loaded.write_info(opts.settings)?;
+        loaded.record_settings(opts.settings)?;
         loaded.attach(opts.cgroup, &aya_btf)?;
         // Once every program is loaded (see `KernelLog::start`).
         loaded._kernel_log = KernelLog::start(&mut loaded.ebpf);
@@ -113,20 +119,24 @@ impl Loaded {
     }
 
     /// Who runs, in `AGENT_INFO`, and the settings as JSON, chunk by chunk, in `AGENT_SETTINGS`
-    /// (sized at load time to hold them).
-    fn write_info(&mut self, settings: &str) -> Result<()> {
+    /// (sized at load time to hold them twice over, so reloaded settings fit too). The chunks go
+    /// first and the length last, so a reader sees the old settings or the new ones.
+    pub fn record_settings(&mut self, settings: &str) -> Result<()> {
         let info = AgentInfo {
             magic: AGENT_INFO_MAGIC,
             layout_version: LAYOUT_VERSION,
             pid: std::process::id(),
             settings_len: u32::try_from(settings.len()).context("the agent's settings are over 4 GiB")?,
-            started_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            started_unix_ms: self.started_unix_ms,
         };
         let map = self.ebpf.map_mut(names::MAP_AGENT_SETTINGS).context("eBPF object has no settings map")?;
         let mut chunks: Array<_, SettingsChunk> = Array::try_from(map)?;
+        if settings.len().div_ceil(SETTINGS_CHUNK) > chunks.len() as usize {
+            bail!(
+                "the settings ({} bytes) no longer fit in the pinned settings map: restart the agent",
+                settings.len()
+            );
+        }
         for (i, piece) in settings.as_bytes().chunks(SETTINGS_CHUNK).enumerate() {
             let mut chunk = SettingsChunk { bytes: [0; SETTINGS_CHUNK] };
             chunk.bytes[..piece.len()].copy_from_slice(piece);
@@ -191,6 +201,11 @@ impl Loaded {
     pub fn snapshot_path(&self) -> PathBuf {
         pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT)
     }
+}
+
+/// Slots of `AGENT_SETTINGS` for settings of this length: twice what they need, for a reload.
+fn settings_chunks(settings: &str) -> u32 {
+    (2 * settings.len().div_ceil(SETTINGS_CHUNK)).max(2) as u32
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

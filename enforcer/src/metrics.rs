@@ -24,6 +24,8 @@ type Labels = Vec<(&'static str, &'static str)>;
 
 pub struct Metrics {
     registry: Registry,
+    /// Set after the first interval that took a snapshot: `/readyz` answers 200 from then on.
+    pub ready: std::sync::atomic::AtomicBool,
     pub pressure: Gauge,
     pub threshold: Gauge,
     pub tracked: Gauge,
@@ -74,6 +76,7 @@ impl Metrics {
             program_run_seconds: Family::default(),
             last_kernel: std::sync::Mutex::new(vec![0; stats::COUNT as usize]),
             last_runs: Default::default(),
+            ready: Default::default(),
             registry: Registry::default(),
         };
         r.register_with_unit("pressure", "Current pressure (see --pressure)", Unit::Bytes, m.pressure.clone());
@@ -138,7 +141,8 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the agent exits.
+/// Serves `GET /metrics`, `/healthz` (the agent is alive) and `/readyz` (it is attached and
+/// has taken a snapshot) on `addr` until the agent exits.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?;
@@ -179,10 +183,18 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
                     return;
                 }
                 let request = String::from_utf8_lossy(&buf);
-                let (status, ctype, body) = if request.starts_with("GET /metrics ") {
-                    ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
-                } else {
-                    ("404 Not Found", "text/plain", "enforcer serves /metrics only\n".to_owned())
+                let path = request.strip_prefix("GET ").and_then(|r| r.split(' ').next()).unwrap_or_default();
+                let (status, ctype, body) = match path {
+                    "/metrics" => {
+                        ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+                    }
+                    // Alive: this answer comes from the agent's own runtime.
+                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                    "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => {
+                        ("200 OK", "text/plain", "ready\n".to_owned())
+                    }
+                    "/readyz" => ("503 Service Unavailable", "text/plain", "no snapshot yet\n".to_owned()),
+                    _ => ("404 Not Found", "text/plain", "enforcer serves /metrics, /healthz and /readyz\n".to_owned()),
                 };
                 let head = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -44,6 +44,9 @@ fn the_example_config_and_the_systemd_unit_fit_the_agent() {
     let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
     check_flags(&args);
     assert!(exec.contains("--config /etc/enforcer/enforcer.toml"), "{exec}");
+    // The agent speaks sd_notify and reloads on SIGHUP (tests/tests/lifecycle.rs).
+    assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
+    assert!(unit.lines().any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
     let bounding = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap();
     for cap in CAPS {
         assert!(bounding.split_whitespace().any(|c| c == format!("CAP_{cap}")), "unit lacks CAP_{cap}");
@@ -97,6 +100,10 @@ fn the_kubernetes_manifests_fit_the_agent() {
     assert_eq!(ann["prometheus.io/scrape"].as_str(), Some("true"));
     let port = ann["prometheus.io/port"].as_str().unwrap();
     assert_eq!(c["ports"][0]["containerPort"].as_i64().map(|p| p.to_string()).as_deref(), Some(port));
+    // Probes on the agent's own health endpoints, on that port.
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_str(), c["ports"][0]["name"].as_str());
     let metrics_addr = config.lines().find_map(|l| l.strip_prefix("metrics-addr = ")).unwrap();
     assert!(metrics_addr.trim_matches('"').ends_with(&format!(":{port}")), "{metrics_addr}");
 }

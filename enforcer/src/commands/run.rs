@@ -17,7 +17,7 @@ use crate::{
     journal::{self, Event, Journal},
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
-    netns,
+    netns, notify,
     policy::{Decision, Judge, Outcome, Plan, repeat::Flagged, storm::StormGuard},
     pressure,
     settings::Settings,
@@ -29,7 +29,8 @@ use crate::{
 pub async fn run(args: RunArgs) -> Result<()> {
     sys::require_root("enforcer run")?;
     sys::require_btf()?;
-    let settings = Settings::resolve(args)?;
+    // Kept to resolve the settings again on SIGHUP: the same flags over the config file as it is then.
+    let settings = Settings::resolve(args.clone())?;
     let source = settings.source();
     source.check()?;
     let protected = settings.protected_cgroup_ids()?;
@@ -88,11 +89,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
-            _ = sighup.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => if let Some(interval_ms) = agent.reload(&args) {
+                ticker = tokio::time::interval(std::time::Duration::from_millis(interval_ms));
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            },
             _ = ticker.tick() => agent.interval(),
         }
     }
+    notify::notify("STOPPING=1");
     drop(agent);
     tracing::info!("enforcer detached; pins removed");
     Ok(())
@@ -130,6 +135,10 @@ impl Agent {
     fn interval(&mut self) {
         let started = Instant::now();
         let Some(snap) = self.snapshot() else { return };
+        if !self.metrics.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // Attached, and a snapshot works: ready for /readyz and for systemd.
+            notify::notify("READY=1");
+        }
         let scanned = started.elapsed();
         self.update_gauges(snap.sockets.len());
         let Some(pressure) = self.pressure(&snap) else { return };
@@ -232,6 +241,53 @@ impl Agent {
         );
     }
 
+    /// SIGHUP: the settings resolved again from the same flags and the config file as it is
+    /// now, applied without detaching (policy, protections, threshold, caps, dry run). What the
+    /// kernel side was loaded with (cgroup, pin directory, map size) or the metrics listener
+    /// needs a restart: such a reload, or one with a bad value, is refused whole and the agent
+    /// goes on as it was. Returns the new interval when it changed.
+    fn reload(&mut self, args: &RunArgs) -> Option<u64> {
+        notify::notify("RELOADING=1");
+        let applied = self.try_reload(args);
+        notify::notify("READY=1");
+        match applied {
+            Ok(interval) => interval,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload refused; the agent goes on with the settings it had");
+                None
+            }
+        }
+    }
+
+    fn try_reload(&mut self, args: &RunArgs) -> Result<Option<u64>> {
+        let new = Settings::resolve(args.clone())?;
+        let fixed = self.settings.needs_restart(&new);
+        if !fixed.is_empty() {
+            anyhow::bail!("{} cannot change without a restart", fixed.join(", "));
+        }
+        let source = new.source();
+        source.check()?;
+        let protected = new.protected_cgroup_ids()?;
+        if let Err(e) = self.loaded.record_settings(&serde_json::to_string(&new).context("serialising settings")?) {
+            tracing::warn!(error = %format!("{e:#}"), "the reloaded settings apply, but `enforcer status` shows the old ones");
+        }
+        self.judge.set_policy(new.policy(protected));
+        self.storm.per_minute = new.max_kills_per_minute;
+        self.source = source;
+        self.metrics.threshold.set(new.threshold as i64);
+        if new.dry_run != self.settings.dry_run {
+            self.reported.clear();
+        }
+        let interval = (new.interval_ms != self.settings.interval_ms).then_some(new.interval_ms);
+        tracing::info!(
+            threshold = new.threshold, pressure = self.source.name(), fairness = %new.fairness,
+            policy = ?new.policy, stall_ms = new.stall_ms, interval_ms = new.interval_ms, dry_run = new.dry_run,
+            "settings reloaded{}", if new.dry_run { " (dry run: nothing will be destroyed)" } else { "" }
+        );
+        self.settings = new;
+        Ok(interval)
+    }
+
     /// A restarted service gets a new cgroup (a new id), and new children appear.
     fn refresh_protected_cgroups(&mut self) {
         if self.settings.protect_cgroups.is_empty() {
@@ -299,10 +355,8 @@ impl Agent {
 
     fn release(&mut self, remote: IpNet) {
         tracing::info!(remote = %remote, "repeat offender released: no destroy for a whole --repeat-window");
-        if !self.settings.dry_run
-            && self.settings.contain_sndbuf > 0
-            && let Err(e) = self.containment.release(remote)
-        {
+        // Whatever the mode now: a reload into a dry run must not leave a containment behind.
+        if let Err(e) = self.containment.release(remote) {
             tracing::warn!(remote = %remote, error = %format!("{e:#}"), "could not release the repeat offender");
         }
     }

@@ -97,6 +97,13 @@ impl Judge {
         &mut self.policy
     }
 
+    /// A new policy (the agent reloaded its settings): what the rule remembers of each socket
+    /// and of repeat offenders stays, so a reload neither resets a stall nor pardons a remote.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.repeat.set_rule(policy.repeat);
+        self.policy = policy;
+    }
+
     /// Counts a destroy (or, in a dry run, a decision) against its remote; the remote it makes
     /// a repeat offender, if it does.
     pub fn record_destroy(&mut self, d: &Decision, now_ms: u64) -> Option<Flagged> {

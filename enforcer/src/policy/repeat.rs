@@ -33,6 +33,11 @@ impl RepeatOffenders {
         Self { rule, kills: HashMap::new(), flagged: HashMap::new() }
     }
 
+    /// A new rule (a reload): what was counted and flagged is kept.
+    pub fn set_rule(&mut self, rule: RepeatRule) {
+        self.rule = rule;
+    }
+
     fn prune(rule: RepeatRule, times: &mut VecDeque<u64>, now_ms: u64) {
         while times.front().is_some_and(|t| t.saturating_add(rule.window_ms) <= now_ms) {
             times.pop_front();

@@ -210,6 +210,21 @@ impl Settings {
         })
     }
 
+    /// What differs from `new` that a reload cannot change: the kernel side was loaded,
+    /// attached and pinned with it, or the metrics listener bound to it. Empty when `new` can
+    /// be applied in place.
+    pub fn needs_restart(&self, new: &Settings) -> Vec<&'static str> {
+        [
+            ("cgroup", self.cgroup != new.cgroup || self.cgroup_id != new.cgroup_id),
+            ("pin-dir", self.pin_dir != new.pin_dir),
+            ("max-sockets", self.max_sockets != new.max_sockets),
+            ("metrics-addr", self.metrics_addr != new.metrics_addr),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+    }
+
     /// Where pressure is read.
     pub fn source(&self) -> pressure::Source {
         match self.pressure {
