@@ -60,21 +60,47 @@ fn metrics_are_scraped_and_overflow_is_counted_while_enforcement_goes_on() {
     let scrape = agent_scrape(&ns, addr);
     assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
     let get = |series: &str| sample(&scrape, series).unwrap_or_else(|| panic!("no {series} in:\n{scrape}"));
-    assert!(get("enforcer_kernel_events_total{counter=\"map_full\"}") >= 2.0);
+    assert!(get("enforcer_kernel_events_total{event=\"map_full\"}") >= 2.0);
     assert_eq!(get("enforcer_decisions_total{event=\"destroyed\",reason=\"stalled\"}"), 2.0);
     assert_eq!(get("enforcer_socket_map_capacity"), 2.0);
     assert_eq!(get("enforcer_threshold_bytes"), 65536.0);
-    assert_eq!(get("enforcer_kernel_events_total{counter=\"err_sockops\"}"), 0.0);
-    for name in
-        ["enforcer_pressure_bytes", "enforcer_tracked_sockets", "enforcer_socket_map_entries", "enforcer_offenders"]
-    {
+    assert_eq!(get("enforcer_kernel_errors_total{error=\"sockops\"}"), 0.0);
+    assert_eq!(get("enforcer_dry_run"), 0.0);
+    assert_eq!(get(&format!("enforcer_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
+    for name in [
+        "enforcer_pressure_bytes",
+        "enforcer_tracked_sockets",
+        "enforcer_socket_map_entries",
+        "enforcer_offenders",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
         get(name);
     }
+    promtool_accepts(&scrape);
     assert!(scrape.contains("# TYPE enforcer_scan_duration_seconds histogram"), "{scrape}");
     assert!(scrape.contains("enforcer_program_runs_total{program=\"enforcer_tcp_probe\"}"), "{scrape}");
     assert!(agent_scrape(&ns, addr).contains("enforcer_tracked_sockets 2"));
     let other = ns.http_get(addr, "/");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+}
+
+/// `promtool check metrics` (Prometheus's own linter) finds nothing wrong with a scrape.
+fn promtool_accepts(scrape: &str) {
+    let body = scrape.split_once("\r\n\r\n").map_or(scrape, |(_, b)| b);
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `cargo xtask test` installs it)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{body}");
 }
 
 fn agent_scrape(ns: &Netns, addr: &str) -> String {

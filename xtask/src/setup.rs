@@ -112,11 +112,16 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
     Ok(in_cargo)
 }
 
-/// Debian packages the integration tests use: `ip` (network namespaces) and `nsenter`.
+/// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, and
+/// `promtool` (Prometheus's linter, run on a real scrape).
 pub fn test_packages() -> Result<()> {
-    let missing: Vec<&str> = [("ip", "iproute2"), ("nsenter", "util-linux")]
+    let on_path = |bin: &str| {
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+            || Path::new(&format!("/usr/sbin/{bin}")).exists()
+    };
+    let missing: Vec<&str> = [("ip", "iproute2"), ("nsenter", "util-linux"), ("promtool", "prometheus")]
         .into_iter()
-        .filter(|(bin, _)| !quiet_ok(Command::new(bin).arg("-V")) && !Path::new(&format!("/usr/sbin/{bin}")).exists())
+        .filter(|(bin, _)| !on_path(bin))
         .map(|(_, pkg)| pkg)
         .collect();
     if missing.is_empty() {
@@ -131,7 +136,10 @@ pub fn test_packages() -> Result<()> {
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
     run_cmd(
-        Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("could not install {}", missing.join(" ")))
 }

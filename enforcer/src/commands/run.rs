@@ -72,6 +72,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(settings.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     metrics.threshold.set(settings.threshold as i64);
+    metrics.dry_run.set(i64::from(settings.dry_run));
     metrics.map_capacity.set(i64::from(settings.max_sockets));
     let mut agent = Agent {
         judge: Judge::new(settings.policy(protected)),
@@ -275,6 +276,7 @@ impl Agent {
         self.storm.per_minute = new.max_kills_per_minute;
         self.source = source;
         self.metrics.threshold.set(new.threshold as i64);
+        self.metrics.dry_run.set(i64::from(new.dry_run));
         if new.dry_run != self.settings.dry_run {
             self.reported.clear();
         }

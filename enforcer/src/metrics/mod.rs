@@ -1,0 +1,197 @@
+//! Prometheus metrics (`--metrics-addr`): what the agent sees and does each interval, what its
+//! kernel programs count, and the process itself. Served by [`http`], in OpenMetrics or in the
+//! classic text format ([`exposition`]).
+mod exposition;
+mod http;
+mod process;
+
+use std::time::Duration;
+
+use enforcer_common::stats;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::{Registry, Unit},
+};
+
+pub use self::{exposition::Format, http::serve};
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Set after the first interval that took a snapshot: `/readyz` answers 200 from then on.
+    pub ready: std::sync::atomic::AtomicBool,
+    pub pressure: Gauge,
+    pub threshold: Gauge,
+    pub tracked: Gauge,
+    pub offenders: Gauge,
+    pub map_entries: Gauge,
+    pub map_capacity: Gauge,
+    /// Decisions by `event` (destroyed, would_destroy, destroy_failed) and `reason`.
+    pub decisions: Family<Labels, Counter>,
+    pub held_back: Counter,
+    /// Remotes that became repeat offenders, and how many are flagged now.
+    pub repeat_offenders: Counter,
+    pub repeat_offenders_flagged: Gauge,
+    pub scan_seconds: Histogram,
+    pub policy_seconds: Histogram,
+    /// 1 in a dry run.
+    pub dry_run: Gauge,
+    /// Mirrors of the kernel programs' counters (`STATS`): events by `event`, errors by `error`.
+    kernel: Family<Labels, Counter>,
+    kernel_errors: Family<Labels, Counter>,
+    process: process::Process,
+    /// Run count and run time of each program (needs `sysctl kernel.bpf_stats_enabled=1`).
+    program_runs: Family<Labels, Counter>,
+    program_run_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    last_kernel: std::sync::Mutex<Vec<u64>>,
+    last_runs: std::sync::Mutex<std::collections::HashMap<&'static str, (u64, Duration)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let m = Self {
+            pressure: Gauge::default(),
+            threshold: Gauge::default(),
+            tracked: Gauge::default(),
+            offenders: Gauge::default(),
+            map_entries: Gauge::default(),
+            map_capacity: Gauge::default(),
+            decisions: Family::default(),
+            held_back: Counter::default(),
+            repeat_offenders: Counter::default(),
+            repeat_offenders_flagged: Gauge::default(),
+            scan_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            policy_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
+            dry_run: Gauge::default(),
+            kernel: Family::default(),
+            kernel_errors: Family::default(),
+            process: process::Process::default(),
+            program_runs: Family::default(),
+            program_run_seconds: Family::default(),
+            last_kernel: std::sync::Mutex::new(vec![0; stats::COUNT as usize]),
+            last_runs: Default::default(),
+            ready: Default::default(),
+            registry: Registry::default(),
+        };
+        m.process.register(&mut root);
+        let r = root.sub_registry_with_prefix("enforcer");
+        r.register(
+            "build",
+            "The enforcer binary serving these metrics",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        r.register("dry_run", "1 while the agent destroys nothing (--dry-run)", m.dry_run.clone());
+        r.register_with_unit("pressure", "Current pressure (see --pressure)", Unit::Bytes, m.pressure.clone());
+        r.register_with_unit("threshold", "Pressure above which the rule applies", Unit::Bytes, m.threshold.clone());
+        r.register(
+            "tracked_sockets",
+            "Tracked sockets in the last snapshot, in every network namespace the agent reaches",
+            m.tracked.clone(),
+        );
+        r.register("offenders", "Sockets chosen by the rule in the last interval", m.offenders.clone());
+        r.register("socket_map_entries", "Records in the socket map", m.map_entries.clone());
+        r.register("socket_map_capacity", "Capacity of the socket map (--max-sockets)", m.map_capacity.clone());
+        r.register("decisions", "Enforcement decisions by event and reason", m.decisions.clone());
+        r.register("held_back", "Decisions held back by --max-kills or --max-kills-per-minute", m.held_back.clone());
+        r.register(
+            "repeat_offenders",
+            "Remotes that became repeat offenders (--repeat-kills destroys within --repeat-window)",
+            m.repeat_offenders.clone(),
+        );
+        r.register(
+            "repeat_offenders_flagged",
+            "Remotes flagged as repeat offenders now",
+            m.repeat_offenders_flagged.clone(),
+        );
+        r.register_with_unit("scan_duration", "Time to take a snapshot", Unit::Seconds, m.scan_seconds.clone());
+        r.register_with_unit("policy_duration", "Time to apply the rule", Unit::Seconds, m.policy_seconds.clone());
+        r.register(
+            "kernel_events",
+            "Events the kernel programs counted: tracked, map_full, removed, adopted, contained",
+            m.kernel.clone(),
+        );
+        r.register(
+            "kernel_errors",
+            "Errors the kernel programs failed open on: sockops, tcp_probe, snapshot, contain",
+            m.kernel_errors.clone(),
+        );
+        r.register("program_runs", "Runs of each eBPF program (kernel.bpf_stats_enabled=1)", m.program_runs.clone());
+        r.register_with_unit(
+            "program_run",
+            "Run time of each eBPF program (kernel.bpf_stats_enabled=1)",
+            Unit::Seconds,
+            m.program_run_seconds.clone(),
+        );
+        Self { registry: root, ..m }
+    }
+
+    /// Brings the mirrors of the kernel counters up to date (counters only ever grow).
+    pub fn kernel_counters(&self, now: &[u64]) {
+        let mut last = self.last_kernel.lock().unwrap_or_else(|e| e.into_inner());
+        for ((name, &v), prev) in stats::NAMES.iter().zip(now).zip(last.iter_mut()) {
+            let counter = match name.strip_prefix("err_") {
+                Some(error) => self.kernel_errors.get_or_create(&vec![("error", error)]),
+                None => self.kernel.get_or_create(&vec![("event", *name)]),
+            };
+            counter.inc_by(v.saturating_sub(*prev));
+            *prev = v;
+        }
+    }
+
+    /// Brings a program's run statistics up to date.
+    pub fn program_stats(&self, program: &'static str, runs: u64, time: Duration) {
+        let mut last = self.last_runs.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.entry(program).or_insert((0, Duration::ZERO));
+        let labels = vec![("program", program)];
+        self.program_runs.get_or_create(&labels).inc_by(runs.saturating_sub(prev.0));
+        self.program_run_seconds.get_or_create(&labels).inc_by(time.saturating_sub(prev.1).as_secs_f64());
+        *prev = (runs, time);
+    }
+
+    /// The exposition of every metric in `format`, the process's own read now.
+    pub fn encode(&self, format: Format) -> String {
+        self.process.update();
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        format.convert(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.pressure.set(5);
+        m.decisions.get_or_create(&vec![("event", "destroyed"), ("reason", "stalled")]).inc();
+        m.kernel_counters(&[3, 1, 2, 4, 0, 0, 0]);
+        m.kernel_counters(&[5, 1, 2, 4, 0, 0, 0]);
+        let text = m.encode(Format::OpenMetrics);
+        assert!(text.contains("enforcer_pressure_bytes 5"), "{text}");
+        assert!(text.contains(r#"enforcer_decisions_total{event="destroyed",reason="stalled"} 1"#), "{text}");
+        assert!(text.contains(r#"enforcer_kernel_events_total{event="tracked"} 5"#), "{text}");
+        assert!(text.contains(r#"enforcer_kernel_errors_total{error="sockops"} 4"#), "{text}");
+        assert!(text.contains("# TYPE enforcer_scan_duration_seconds histogram"), "{text}");
+        assert!(text.contains(r#"enforcer_build_info{version=""#), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
