@@ -290,6 +290,8 @@ pub struct AgentInfo {
     pub settings_len: u32,
     /// Wall clock at start, milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
+    /// The agent's version (`CARGO_PKG_VERSION`), NUL-padded.
+    pub version: [u8; 24],
 }
 
 /// Bytes of one slot of `AGENT_SETTINGS`. The agent sizes that array at load time to hold its
@@ -351,7 +353,7 @@ pub struct KillRecord {
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
 const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
-const _: () = assert!(core::mem::size_of::<AgentInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<AgentInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<SettingsChunk>() == SETTINGS_CHUNK);
 const _: () = assert!(core::mem::size_of::<KillRecord>() == 120);
 const _: () = assert!(core::mem::size_of::<Containment>() == 8);

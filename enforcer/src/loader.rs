@@ -128,6 +128,7 @@ impl Loaded {
             pid: std::process::id(),
             settings_len: u32::try_from(settings.len()).context("the agent's settings are over 4 GiB")?,
             started_unix_ms: self.started_unix_ms,
+            version: version_bytes(),
         };
         let map = self.ebpf.map_mut(names::MAP_AGENT_SETTINGS).context("eBPF object has no settings map")?;
         let mut chunks: Array<_, SettingsChunk> = Array::try_from(map)?;
@@ -201,6 +202,15 @@ impl Loaded {
     pub fn snapshot_path(&self) -> PathBuf {
         pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT)
     }
+}
+
+/// This binary's version as `AgentInfo` keeps it (cut to fit, NUL-padded).
+fn version_bytes() -> [u8; 24] {
+    let mut out = [0u8; 24];
+    let v = env!("CARGO_PKG_VERSION").as_bytes();
+    let n = v.len().min(out.len());
+    out[..n].copy_from_slice(&v[..n]);
+    out
 }
 
 /// Slots of `AGENT_SETTINGS` for settings of this length: twice what they need, for a reload.

@@ -70,6 +70,12 @@ impl PinDir {
         &self.info
     }
 
+    /// The running agent's version.
+    pub fn version(&self) -> String {
+        let v = &self.info.version;
+        String::from_utf8_lossy(&v[..v.iter().position(|b| *b == 0).unwrap_or(v.len())]).into_owned()
+    }
+
     /// The settings the agent runs with.
     pub fn settings(&self) -> &Settings {
         &self.settings

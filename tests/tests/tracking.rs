@@ -152,8 +152,18 @@ fn settings_of_any_length_are_recorded_whole() {
     // 600 protected networks: about 12 KiB of settings, three times the old 4 KiB limit.
     let cidrs: Vec<String> = (0..600).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
     let args: Vec<&str> = cidrs.iter().flat_map(|c| ["--protect-cidr", c.as_str()]).collect();
-    let agent = Agent::start(&ns, &cg, &args);
-    let settings = &agent.status()["settings"];
+    let agent = Agent::start(&ns, &cg, &[&["--threshold", "1MiB"], args.as_slice()].concat());
+    let status = agent.status();
+    // Who runs, since when, and the pressure against the threshold.
+    assert_eq!(status["agent"]["version"], env!("CARGO_PKG_VERSION"), "{status}");
+    assert!(status["agent"]["uptime_ms"].as_u64().is_some(), "{status}");
+    assert_eq!(status["pressure"]["threshold"], 1 << 20, "{status}");
+    assert_eq!(status["pressure"]["over"], false, "{status}");
+    let text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains(&format!("enforcer {}", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains("of 1.0MiB (tracked): under the threshold"), "{text}");
+    assert!(text.contains("networks 10.0.0.0/24 10.0.1.0/24"), "{text}");
+    let settings = &status["settings"];
     let recorded: Vec<&str> =
         settings["protect_cidrs"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(recorded, cidrs, "the CLI reads back every protected network");

@@ -30,9 +30,25 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     let kc = journal::counters(&pins)?;
     let counter_map: serde_json::Map<String, Value> =
         stats::NAMES.iter().zip(counters).map(|(n, v)| ((*n).to_owned(), json!(v))).collect();
+    let source = settings.source();
+    let pressure = source.read(&snapshot).ok();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let uptime_ms = now_ms.saturating_sub(info.started_unix_ms);
 
     let status = json!({
-        "agent": { "pid": info.pid, "started_unix_ms": info.started_unix_ms },
+        "agent": {
+            "pid": info.pid,
+            "version": pins.version(),
+            "started_unix_ms": info.started_unix_ms,
+            "uptime_ms": uptime_ms,
+        },
+        // As the agent reads it (`null` if it cannot be read from here).
+        "pressure": {
+            "bytes": pressure,
+            "threshold": settings.threshold,
+            "source": source.name(),
+            "over": pressure.map(|p| p > settings.threshold),
+        },
         "settings": settings,
         "sockets": {
             // In every network namespace the agent reaches (see `enforcer sockets`), and how many
@@ -68,7 +84,27 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         .map(|(n, v)| format!("{} {v}", &n[4..]))
         .collect();
     let s = settings;
-    writeln!(out, "agent      pid {}, watching {} (cgroup id {})", info.pid, s.cgroup.display(), s.cgroup_id)?;
+    writeln!(
+        out,
+        "agent      pid {}, enforcer {}, up {}, watching {} (cgroup id {})",
+        info.pid,
+        pins.version(),
+        human_ms(uptime_ms),
+        s.cgroup.display(),
+        s.cgroup_id
+    )?;
+    writeln!(
+        out,
+        "pressure   {} of {} ({}){}",
+        pressure.map_or_else(|| "unknown".to_owned(), human_bytes),
+        human_bytes(s.threshold),
+        source.name(),
+        match pressure {
+            Some(p) if p > s.threshold => ": OVER the threshold, the rule applies",
+            Some(_) => ": under the threshold",
+            None => "",
+        }
+    )?;
     writeln!(
         out,
         "rule       threshold {} ({} pressure), fairness {}, stall {}, max-drain {} over {}, policy {}{}",
@@ -80,6 +116,15 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         human_ms(s.drain_window_ms),
         s.policy.to_possible_value().map_or_else(|| "?".to_owned(), |v| v.get_name().to_owned()),
         if s.dry_run { ", DRY RUN" } else { "" }
+    )?;
+    let list = |items: Vec<String>| if items.is_empty() { "-".to_owned() } else { items.join(" ") };
+    writeln!(
+        out,
+        "protected  local ports {}; remote ports {}; networks {}; cgroups {}",
+        list(s.protect_ports.iter().map(u16::to_string).collect()),
+        list(s.protect_remote_ports.iter().map(u16::to_string).collect()),
+        list(s.protect_cidrs.iter().map(ToString::to_string).collect()),
+        list(s.protect_cgroups.iter().map(|p| p.display().to_string()).collect()),
     )?;
     let plural = if namespaces.len() == 1 { "" } else { "s" };
     writeln!(out, "sockets    {} tracked, in {} network namespace{plural}", snapshot.len(), namespaces.len())?;
