@@ -230,6 +230,16 @@ pub enum PolicyArg {
     Heffner,
 }
 
+impl PolicyArg {
+    /// As `--policy` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Budget => "budget",
+            Self::Heffner => "heffner",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum SortKey {
     /// Largest send queue first.

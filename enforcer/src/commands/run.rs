@@ -60,7 +60,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tracing::info!(
         cgroup = %settings.cgroup.display(), cgroup_id = settings.cgroup_id, pin_dir = %settings.pin_dir.display(),
         threshold = settings.threshold, pressure = source.name(), fairness = %settings.fairness,
-        policy = ?settings.policy, stall_ms = settings.stall_ms, drain_window_ms = settings.drain_window_ms,
+        policy = settings.policy.name(), stall_ms = settings.stall_ms, drain_window_ms = settings.drain_window_ms,
         dry_run = settings.dry_run,
         "enforcer attached{}", if settings.dry_run { " (dry run: nothing will be destroyed)" } else { "" }
     );
@@ -283,7 +283,7 @@ impl Agent {
         let interval = (new.interval_ms != self.settings.interval_ms).then_some(new.interval_ms);
         tracing::info!(
             threshold = new.threshold, pressure = self.source.name(), fairness = %new.fairness,
-            policy = ?new.policy, stall_ms = new.stall_ms, interval_ms = new.interval_ms, dry_run = new.dry_run,
+            policy = new.policy.name(), stall_ms = new.stall_ms, interval_ms = new.interval_ms, dry_run = new.dry_run,
             "settings reloaded{}", if new.dry_run { " (dry run: nothing will be destroyed)" } else { "" }
         );
         self.settings = new;

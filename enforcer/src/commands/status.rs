@@ -2,7 +2,6 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use clap::ValueEnum;
 use enforcer_common::{kill_counters, stats};
 use serde_json::{Value, json};
 
@@ -114,7 +113,7 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         human_ms(s.stall_ms),
         human_ms(s.max_drain_ms),
         human_ms(s.drain_window_ms),
-        s.policy.to_possible_value().map_or_else(|| "?".to_owned(), |v| v.get_name().to_owned()),
+        s.policy.name(),
         if s.dry_run { ", DRY RUN" } else { "" }
     )?;
     let list = |items: Vec<String>| if items.is_empty() { "-".to_owned() } else { items.join(" ") };
