@@ -60,6 +60,9 @@ impl Loaded {
         let lock = prepare_pin_dir(opts.pin_dir)?;
         let kernel_btf = btf::Btf::from_file(Path::new(btf::VMLINUX)).context("reading kernel BTF")?;
         let offsets = offsets::from_btf(&kernel_btf)?;
+        if let Some(line) = offsets::lacking(&offsets) {
+            tracing::warn!("{line}");
+        }
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for program attach points")?;
 
         let watch = WatchConfig {

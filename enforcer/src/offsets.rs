@@ -7,11 +7,17 @@ use crate::btf::Btf;
 /// The offset of a field this kernel does not have; the programs read 0 instead.
 pub const ABSENT: u32 = enforcer_common::OFFSET_ABSENT;
 
+/// The oldest kernel with every field enforcer cannot do without: `cgroup.ancestors`, which
+/// the snapshot uses to tell a socket of the watched cgroup from others, is a 6.0 addition.
+const OLDEST: &str = "6.0";
+
 /// Finds every offset in `KernelOffsets`, checking each field's size so a kernel that changed a
 /// type is refused instead of misread.
 pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
     let field = |structure: &str, path: &str, size: u32| -> Result<u32> {
-        let m = btf.member(structure, path).with_context(|| format!("looking up {structure}.{path} in kernel BTF"))?;
+        let m = btf.member(structure, path).with_context(|| {
+            format!("looking up {structure}.{path} in kernel BTF (enforcer needs Linux {OLDEST} or newer)")
+        })?;
         if m.size != size {
             bail!("{structure}.{path} is {} bytes in this kernel, enforcer expects {size}", m.size);
         }
@@ -51,4 +57,28 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         // A flexible array: no size of its own.
         cgroup_ancestors: field("cgroup", "ancestors", 0)?,
     })
+}
+
+/// What this kernel lacks of the fields enforcer can do without, and what degrades: one line
+/// for the agent's start-up log, `None` when it has them all.
+pub fn lacking(offsets: &KernelOffsets) -> Option<String> {
+    let optional = [(offsets.tp_total_rto, "tcp_sock.total_rto (Linux 6.7+): RTO counts read 0")];
+    let absent: Vec<&str> = optional.iter().filter(|(off, _)| *off == ABSENT).map(|(_, what)| *what).collect();
+    (!absent.is_empty()).then(|| format!("this kernel lacks {}", absent.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_without_total_rto_is_named_in_one_line() {
+        let mut o = KernelOffsets::default();
+        assert_eq!(lacking(&o), None);
+        o.tp_total_rto = ABSENT;
+        assert_eq!(
+            lacking(&o).as_deref(),
+            Some("this kernel lacks tcp_sock.total_rto (Linux 6.7+): RTO counts read 0")
+        );
+    }
 }

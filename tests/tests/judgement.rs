@@ -73,7 +73,9 @@ fn stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not()
     let agent = s.agent(&["--threshold", "6MiB", "--fairness", "remote-ip"]);
     // A reader that makes progress, holding megabytes (over its share, draining in seconds).
     let progressing = reader(&mut s, "127.0.0.99", 64 << 10, 100);
-    let stalled: Vec<Conn> = (10..20).map(|i| s.zero_window(9000, &format!("127.0.0.{i}"), 384 << 10)).collect();
+    // 320 KiB each: the kernel charges a 4 KiB-window peer's queue 1.4x on 6.18 (458 KB) and
+    // 1.6x on 6.1 (526 KB), both under the share; 384 KiB came within 4 % of it on 6.18.
+    let stalled: Vec<Conn> = (10..20).map(|i| s.zero_window(9000, &format!("127.0.0.{i}"), 320 << 10)).collect();
     for c in &stalled {
         let x = agent.sockets().into_iter().find(|x| x["remote"] == c.remote.as_str()).unwrap();
         assert!(field(&x, "charged") < threshold / 11, "a stalled peer is over its share: {x}");

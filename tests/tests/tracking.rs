@@ -130,6 +130,24 @@ fn ipv6_zero_window() {
 }
 
 #[test]
+fn the_agent_says_in_one_line_what_this_kernel_lacks() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    let log = agent.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("this kernel lacks")).collect();
+    // The kernel's own BTF as the oracle (a distribution may backport the field): a member
+    // name is a NUL-terminated string there; `tcp_info.tcpi_total_rto` does not match.
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+    let has_total_rto = btf.windows(11).any(|w| w == b"\0total_rto\0");
+    if has_total_rto {
+        assert!(lines.is_empty(), "a kernel with tcp_sock.total_rto lacks nothing: {lines:?}");
+    } else {
+        assert_eq!(lines.len(), 1, "{log}");
+        assert!(lines[0].contains("tcp_sock.total_rto") && lines[0].contains("RTO counts read 0"), "{log}");
+    }
+}
+
+#[test]
 fn agent_exit_leaves_nothing_behind() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let mut agent = Agent::start(&ns, &cg, &[]);

@@ -8,8 +8,7 @@ use crate::{root, run_cmd, setup};
 pub const TARGET: &str = "bpfel-unknown-none";
 
 pub fn object() -> PathBuf {
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    target_dir.join(TARGET).join("release/enforcer")
+    crate::target_dir().join(TARGET).join("release/enforcer")
 }
 
 pub fn build() -> Result<PathBuf> {

@@ -9,6 +9,7 @@ mod load;
 mod procstat;
 mod setup;
 mod test;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -27,8 +28,17 @@ enum Cmd {
     /// Build the eBPF object, installing rust-src and bpf-linker first if they are missing.
     BuildEbpf,
     /// Run every test: unit tests, then the integration tests against the real kernel (root),
-    /// one at a time. Arguments after `--` go to the integration test binary (e.g. a filter).
+    /// one at a time. Arguments after `--` go to the integration test binaries (e.g. a filter).
     Test {
+        /// `host`: this machine's kernel. A version (`6.1`, `6.12`): the newest Debian
+        /// linux-image-VERSION.*-cloud-amd64 (or a full package name), booted in QEMU with the
+        /// kernel tests inside; unit tests and `deploy` run on the host leg only.
+        #[arg(long, default_value = "host")]
+        kernel: String,
+        /// With --kernel VERSION: the test files to run in the guest, comma-separated
+        /// (default: every kernel test file).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -52,7 +62,13 @@ fn main() {
 fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
-        Cmd::Test { args } => test::run(&args),
+        Cmd::Test { kernel, only, args } if kernel == "host" => {
+            if !only.is_empty() {
+                bail!("--only chooses the test files of a --kernel run; on the host, give a filter after `--`");
+            }
+            test::run(&args)
+        }
+        Cmd::Test { kernel, only, args } => vm::run(&kernel, &only, &args),
         Cmd::Lint => lint::run(),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
@@ -62,6 +78,11 @@ fn run() -> Result<()> {
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
 /// Runs a command, echoing it, and fails with the command line if it fails.

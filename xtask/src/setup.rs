@@ -16,7 +16,7 @@ fn quiet_ok(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {}", crate::show(cmd)))?;
     if !out.status.success() {
         bail!("`{}` failed: {}", crate::show(cmd), String::from_utf8_lossy(&out.stderr).trim());
@@ -115,23 +115,30 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
 /// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, and
 /// `promtool` (Prometheus's linter, run on a real scrape).
 pub fn test_packages() -> Result<()> {
-    let on_path = |bin: &str| {
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-            || Path::new(&format!("/usr/sbin/{bin}")).exists()
-    };
-    let missing: Vec<&str> = [("ip", "iproute2"), ("nsenter", "util-linux"), ("promtool", "prometheus")]
-        .into_iter()
-        .filter(|(bin, _)| !on_path(bin))
-        .map(|(_, pkg)| pkg)
-        .collect();
+    packages(&[("ip", "iproute2"), ("nsenter", "util-linux"), ("promtool", "prometheus")])
+}
+
+/// A program on PATH or in /usr/sbin or /sbin (root's PATH may lack them).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Installs the Debian package of each `(program, package)` whose program is missing.
+pub fn packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> =
+        wanted.iter().filter(|(bin, _)| find_program(bin).is_none()).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !Path::new("/usr/bin/apt-get").exists() {
-        bail!(
-            "the integration tests need these packages, and apt-get is not here to install them: {}",
-            missing.join(" ")
-        );
+        bail!("these Debian packages are needed, and apt-get is not here to install them: {}", missing.join(" "));
+    }
+    if !crate::is_root() {
+        bail!("these Debian packages are needed; install them as root: apt-get install {}", missing.join(" "));
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
