@@ -112,14 +112,28 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
     Ok(in_cargo)
 }
 
-/// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, and
-/// `promtool` (Prometheus's linter, run on a real scrape).
+/// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, `unshare`,
+/// `promtool` (Prometheus's linter, run on a real scrape), and for `deploy`: `systemd-analyze`
+/// (the unit's score and verify), `man` (verify looks the unit's man page up), the kernel's
+/// system call numbers (the unit's filter, applied by the tests' `seccomp-exec`).
 pub fn test_packages() -> Result<()> {
-    packages(&[("ip", "iproute2"), ("nsenter", "util-linux"), ("promtool", "prometheus")])
+    packages(&[
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+        ("promtool", "prometheus"),
+        ("systemd-analyze", "systemd"),
+        ("man", "man-db"),
+        ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "linux-libc-dev"),
+    ])
 }
 
-/// A program on PATH or in /usr/sbin or /sbin (root's PATH may lack them).
+/// A program on PATH or in /usr/sbin or /sbin (root's PATH may lack them); an absolute path
+/// (a file a package brings that is no program) if it exists.
 pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.starts_with('/') {
+        return Some(PathBuf::from(name)).filter(|p| p.exists());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
