@@ -69,6 +69,12 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout: `enforcer man > /usr/local/share/man/man1/enforcer.1`.
     Man,
+    /// Mount a bpf filesystem at /sys/fs/bpf unless one is there, and exit (root).
+    ///
+    /// `enforcer run` does the same at start, in its own mount namespace; the Kubernetes
+    /// DaemonSet runs this in a privileged init container whose /sys/fs/bpf propagates to the
+    /// node, so the agent container itself needs no privileged mode.
+    MountBpffs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -20,6 +20,7 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("the integration tests load BPF programs and create network namespaces: run `cargo xtask test` as root");
     }
     setup::test_packages()?;
+    setup::test_python_tools()?;
     // The binary users run, with the object embedded.
     run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "enforcer"]))?;
     let bin = root().join("target/release/enforcer");
@@ -29,6 +30,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .current_dir(root())
             .args(["test", "-p", "enforcer-tests", "--tests", "--", "--test-threads=1"])
             .args(args)
-            .env("ENFORCER_BIN", bin),
+            .env("ENFORCER_BIN", bin)
+            .env("ENFORCER_PYTHON_TOOLS", setup::python_tools()),
     )
 }
