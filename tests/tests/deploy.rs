@@ -7,6 +7,8 @@ use std::{path::Path, process::Command};
 use enforcer_tests::{enforcer_bin, unique};
 use yaml_rust2::{Yaml, YamlLoader};
 
+#[path = "deploy/dist.rs"]
+mod dist;
 #[path = "deploy/kubernetes.rs"]
 mod kubernetes;
 #[path = "deploy/systemd.rs"]

@@ -115,7 +115,8 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
 /// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, `unshare`,
 /// `promtool` (Prometheus's linter, run on a real scrape), and for `deploy`: `systemd-analyze`
 /// (the unit's score and verify), `man` (verify looks the unit's man page up), the kernel's
-/// system call numbers (the unit's filter, applied by the tests' `seccomp-exec`).
+/// system call numbers (the unit's filter, applied by the tests' `seccomp-exec`), `skopeo` and
+/// `umoci` (the OCI image of `cargo xtask dist`, read as a runtime would).
 pub fn test_packages() -> Result<()> {
     packages(&[
         ("ip", "iproute2"),
@@ -124,6 +125,8 @@ pub fn test_packages() -> Result<()> {
         ("promtool", "prometheus"),
         ("systemd-analyze", "systemd"),
         ("man", "man-db"),
+        ("skopeo", "skopeo"),
+        ("umoci", "umoci"),
         ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "linux-libc-dev"),
     ])
 }

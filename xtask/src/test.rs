@@ -3,7 +3,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{ebpf, is_root, root, run_cmd, setup};
+use crate::{dist, ebpf, is_root, root, run_cmd, setup};
 
 pub fn run(args: &[String]) -> Result<()> {
     ebpf::build()?;
@@ -24,6 +24,8 @@ pub fn run(args: &[String]) -> Result<()> {
     // The binary users run, with the object embedded.
     run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "enforcer"]))?;
     let bin = root().join("target/release/enforcer");
+    // The release artifacts, which tests/tests/deploy/dist.rs takes apart.
+    dist::run()?;
     // One at a time: the tests share the kernel (cgroups, bpffs, tracepoints).
     run_cmd(
         Command::new("cargo")

@@ -82,7 +82,12 @@ fn filter(allow: &[u32], families: &[u32]) -> Vec<libc::sock_filter> {
     for nr in [libc::SYS_unshare, libc::SYS_clone] {
         block(
             nr,
-            vec![stmt(LD_W_ABS, arg(0)), jump(JSET_K, NS_FLAGS_BUT_NET, 0, 1), errno(libc::EPERM), stmt(RET_K, RET_ALLOW)],
+            vec![
+                stmt(LD_W_ABS, arg(0)),
+                jump(JSET_K, NS_FLAGS_BUT_NET, 0, 1),
+                errno(libc::EPERM),
+                stmt(RET_K, RET_ALLOW),
+            ],
         );
     }
     block(libc::SYS_clone3, vec![errno(libc::ENOSYS)]);

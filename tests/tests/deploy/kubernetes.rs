@@ -118,7 +118,8 @@ fn mount_bpffs_mounts_one_where_there_is_none() {
          grep -c ' /sys/fs/bpf bpf ' /proc/self/mounts; {bin} mount-bpffs; grep -c ' /sys/fs/bpf bpf ' /proc/self/mounts",
         bin = bin.display()
     );
-    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let out =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     // tmpfs, then bpf; the second run finds it and mounts nothing more.

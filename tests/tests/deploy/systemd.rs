@@ -12,8 +12,9 @@ const UNIT: &str = "systemd/enforcer.service";
 const MAX_EXPOSURE: f64 = 4.5;
 
 /// A program the test needs, or a failure that says which package brings it.
-fn tool(name: &str, package: &str) -> String {
-    let found = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file());
+pub(super) fn tool(name: &str, package: &str) -> String {
+    let found =
+        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file());
     let p = found.unwrap_or_else(|| {
         panic!("{name} is not installed: install the Debian package {package} (`cargo xtask test` does)")
     });
@@ -185,7 +186,8 @@ fn the_agent_works_under_the_units_system_call_filter() {
     let wrapper = Path::new(env!("CARGO_BIN_EXE_seccomp-exec"));
 
     let (agent_ns, pod_ns, cg) = (Netns::new(), Netns::new(), Cgroup::new());
-    let flags = ["--log-format", "json", "--interval", "250ms", "--threshold", "1MiB", "--metrics-addr", "127.0.0.1:9465"];
+    let flags =
+        ["--log-format", "json", "--interval", "250ms", "--threshold", "1MiB", "--metrics-addr", "127.0.0.1:9465"];
     let mut agent = Agent::start_wrapped(&agent_ns, &cg, wrapper, &filter_env(&allow, &unit), &flags);
     let pid = agent.pid().unwrap();
     wait_for("/readyz to answer 200", Duration::from_secs(10), || {
