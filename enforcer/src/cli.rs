@@ -68,7 +68,18 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff) to stdout: `enforcer man > /usr/local/share/man/man1/enforcer.1`.
-    Man,
+    Man {
+        /// Write every page instead, enforcer.1 and one per command (enforcer-run.1 with all of
+        /// run's options, ...), into this directory (the release tarball and package do).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Mount a bpf filesystem at /sys/fs/bpf unless one is there, and exit (root).
+    ///
+    /// `enforcer run` does the same at start, in its own mount namespace; the Kubernetes
+    /// DaemonSet runs this in a privileged init container whose /sys/fs/bpf propagates to the
+    /// node, so the agent container itself needs no privileged mode.
+    MountBpffs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -49,9 +49,16 @@ async fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cli::Cli::command(), "enforcer", &mut std::io::stdout());
             Ok(())
         }
-        cli::Command::Man => clap_mangen::Man::new(cli::Cli::command())
+        cli::Command::MountBpffs => {
+            init_logging(cli.log_format, "info");
+            // ensure_bpffs takes a pin directory and makes sure its parent is a bpffs.
+            enforcer::sys::ensure_bpffs(&std::path::Path::new(enforcer::sys::BPFFS_MOUNT).join("enforcer"))
+        }
+        cli::Command::Man { dir: None } => clap_mangen::Man::new(cli::Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|e| anyhow::anyhow!("writing the man page: {e}")),
+        cli::Command::Man { dir: Some(dir) } => clap_mangen::generate_to(cli::Cli::command(), &dir)
+            .map_err(|e| anyhow::anyhow!("writing the man pages into {}: {e}", dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

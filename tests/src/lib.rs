@@ -195,12 +195,23 @@ impl Agent {
 
     /// Like `start`, with the pin directory given (to restart on the same pins).
     pub fn start_at(ns: &Netns, cg: &Cgroup, pin_dir: PathBuf, extra: &[&str]) -> Self {
+        Self::launch(ns.command(enforcer_bin()), ns, cg, pin_dir, extra)
+    }
+
+    /// Like `start`, with `program` (a wrapper that execs the agent, e.g. `seccomp-exec`)
+    /// started in its place with `env`.
+    pub fn start_wrapped(ns: &Netns, cg: &Cgroup, program: &Path, env: &[(&str, String)], extra: &[&str]) -> Self {
+        let mut cmd = ns.command(program);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        Self::launch(cmd, ns, cg, PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test")), extra)
+    }
+
+    fn launch(mut cmd: Command, ns: &Netns, cg: &Cgroup, pin_dir: PathBuf, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique("enforcer-agent")));
         let logfile = std::fs::File::create(&log).unwrap();
         // Snapshots every 200 ms unless the test sets its own interval.
         let interval: &[&str] = if extra.contains(&"--interval") { &[] } else { &["--interval", "200ms"] };
-        let child = ns
-            .command(enforcer_bin())
+        let child = cmd
             .arg("run")
             .args(interval)
             .arg("--cgroup")

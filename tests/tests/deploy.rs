@@ -7,6 +7,13 @@ use std::{path::Path, process::Command};
 use enforcer_tests::{enforcer_bin, unique};
 use yaml_rust2::{Yaml, YamlLoader};
 
+#[path = "deploy/dist.rs"]
+mod dist;
+#[path = "deploy/kubernetes.rs"]
+mod kubernetes;
+#[path = "deploy/systemd.rs"]
+mod systemd;
+
 /// The capabilities the agent uses (see deploy/systemd/enforcer.service for why each).
 const CAPS: [&str; 5] = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"];
 

@@ -1,7 +1,8 @@
 //! Developer commands: `cargo xtask build-ebpf`, `cargo xtask test`, `cargo xtask lint`,
-//! `cargo xtask bench`.
+//! `cargo xtask bench`, `cargo xtask dist`.
 mod attack;
 mod bench;
+mod dist;
 mod ebpf;
 mod fuzz;
 mod lint;
@@ -50,6 +51,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Fuzz the size, duration, CIDR, fairness and config parsers for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
+    /// Build the release artifacts in target/dist/: a tarball (static binary with the eBPF
+    /// object, unit, example config, man pages, completions), a Debian package, an OCI image.
+    Dist,
 }
 
 fn main() {
@@ -72,6 +76,7 @@ fn run() -> Result<()> {
         Cmd::Lint => lint::run(),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Dist => dist::run(),
     }
 }
 

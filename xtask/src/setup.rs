@@ -112,14 +112,31 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
     Ok(in_cargo)
 }
 
-/// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, and
-/// `promtool` (Prometheus's linter, run on a real scrape).
+/// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, `unshare`,
+/// `promtool` (Prometheus's linter, run on a real scrape), and for `deploy`: `systemd-analyze`
+/// (the unit's score and verify), `man` (verify looks the unit's man page up), the kernel's
+/// system call numbers (the unit's filter, applied by the tests' `seccomp-exec`), `skopeo` and
+/// `umoci` (the OCI image of `cargo xtask dist`, read as a runtime would).
 pub fn test_packages() -> Result<()> {
-    packages(&[("ip", "iproute2"), ("nsenter", "util-linux"), ("promtool", "prometheus")])
+    packages(&[
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+        ("promtool", "prometheus"),
+        ("systemd-analyze", "systemd"),
+        ("man", "man-db"),
+        ("skopeo", "skopeo"),
+        ("umoci", "umoci"),
+        ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "linux-libc-dev"),
+    ])
 }
 
-/// A program on PATH or in /usr/sbin or /sbin (root's PATH may lack them).
+/// A program on PATH or in /usr/sbin or /sbin (root's PATH may lack them); an absolute path
+/// (a file a package brings that is no program) if it exists.
 pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.starts_with('/') {
+        return Some(PathBuf::from(name)).filter(|p| p.exists());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
@@ -134,6 +151,11 @@ pub fn packages(wanted: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs Debian packages with apt-get, or says why it cannot.
+fn apt_install(missing: &[&str]) -> Result<()> {
     if !Path::new("/usr/bin/apt-get").exists() {
         bail!("these Debian packages are needed, and apt-get is not here to install them: {}", missing.join(" "));
     }
@@ -145,8 +167,36 @@ pub fn packages(wanted: &[(&str, &str)]) -> Result<()> {
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("could not install {}", missing.join(" ")))
+}
+
+/// kubernetes-validate, pinned: the Kubernetes JSON schemas ship inside the package, so the
+/// manifests are validated offline (tests/tests/deploy.rs).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Where Python tools the tests run are installed: a virtualenv under the target directory,
+/// so nothing lands in the system's Python.
+pub fn python_tools() -> PathBuf {
+    crate::target_dir().join("tools/venv")
+}
+
+/// Installs the PyPI tools the tests run into `python_tools()` unless they are there.
+pub fn test_python_tools() -> Result<()> {
+    let venv = python_tools();
+    if venv.join("bin/kubernetes-validate").is_file() {
+        return Ok(());
+    }
+    packages(&[("python3", "python3")])?;
+    // Debian splits ensurepip (which venv needs to bootstrap pip) out of python3.
+    if !quiet_ok(Command::new("python3").args(["-c", "import ensurepip"])) {
+        apt_install(&["python3-venv"])?;
+    }
+    eprintln!("xtask: installing {KUBERNETES_VALIDATE} from PyPI into {} (the Kubernetes schemas)", venv.display());
+    run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("could not make a Python virtualenv (Debian: apt-get install python3-venv)")?;
+    run_cmd(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
+        .with_context(|| format!("could not install {KUBERNETES_VALIDATE} from PyPI"))
 }

@@ -3,7 +3,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{ebpf, is_root, root, run_cmd, setup};
+use crate::{dist, ebpf, is_root, root, run_cmd, setup};
 
 pub fn run(args: &[String]) -> Result<()> {
     ebpf::build()?;
@@ -20,15 +20,19 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("the integration tests load BPF programs and create network namespaces: run `cargo xtask test` as root");
     }
     setup::test_packages()?;
+    setup::test_python_tools()?;
     // The binary users run, with the object embedded.
     run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "enforcer"]))?;
     let bin = root().join("target/release/enforcer");
+    // The release artifacts, which tests/tests/deploy/dist.rs takes apart.
+    dist::run()?;
     // One at a time: the tests share the kernel (cgroups, bpffs, tracepoints).
     run_cmd(
         Command::new("cargo")
             .current_dir(root())
             .args(["test", "-p", "enforcer-tests", "--tests", "--", "--test-threads=1"])
             .args(args)
-            .env("ENFORCER_BIN", bin),
+            .env("ENFORCER_BIN", bin)
+            .env("ENFORCER_PYTHON_TOOLS", setup::python_tools()),
     )
 }
