@@ -253,6 +253,7 @@ pub enum SortKey {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = SOCKETS_HELP)]
 pub struct SocketsArgs {
     #[command(flatten)]
     pub pins: PinDirArg,
@@ -264,13 +265,55 @@ pub struct SocketsArgs {
     /// Show at most N sockets (after sorting).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Only sockets whose remote address is in CIDR (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub remote: Option<IpNet>,
-    /// Only sockets whose local or remote port is P.
+    /// Show the process holding each socket (PID and comm), as `ss -p` does: a netlink lookup
+    /// per socket and a scan of its cgroup's descriptors.
+    #[arg(short = 'p', long)]
+    pub processes: bool,
+    /// Only IPv4 addresses (an IPv4 peer of a dual-stack socket counts).
+    #[arg(short = '4', long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6 addresses.
+    #[arg(short = '6', long)]
+    pub ipv6: bool,
+    /// Only sockets in this TCP state, named as ss names them: established, fin-wait-1,
+    /// close-wait… (repeatable).
+    #[arg(long, value_name = "STATE", value_parser = crate::filter::parse_state)]
+    pub state: Vec<u8>,
+    /// Only sockets whose local end is ADDR, CIDR, ADDR:PORT or :PORT (repeatable).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::filter::parse_endpoint)]
+    pub local: Vec<crate::filter::Endpoint>,
+    /// Only sockets whose remote end is ADDR, CIDR (10.0.0.0/8, 2001:db8::/32), ADDR:PORT or
+    /// :PORT (repeatable).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::filter::parse_endpoint)]
+    pub remote: Vec<crate::filter::Endpoint>,
+    /// Only sockets whose local (source) port is P (repeatable).
     #[arg(long, value_name = "P")]
-    pub port: Option<u16>,
+    pub sport: Vec<u16>,
+    /// Only sockets whose remote (destination) port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub dport: Vec<u16>,
+    /// Only sockets whose local or remote port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub port: Vec<u16>,
+    /// Only sockets of this cgroup or one below it: a directory on the cgroup2 mount
+    /// (/sys/fs/cgroup/system.slice) or its path below the mount (/system.slice).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Only sockets of this network namespace: its inode (`lsns -t net`), a path
+    /// (/run/netns/NAME, /proc/PID/ns/net) or a name under /run/netns.
+    #[arg(long, value_name = "NETNS", value_parser = crate::filter::parse_netns)]
+    pub netns: Option<u64>,
 }
+
+const SOCKETS_HELP: &str = "\
+Filters: a socket is listed when it passes every filter given; a repeatable filter passes when
+any of its values matches.
+
+Examples:
+  enforcer sockets --sort stalled --limit 20
+  enforcer sockets -4 --state established --sport 443 --remote 203.0.113.0/24 --remote 198.51.100.7
+  enforcer sockets --cgroup /system.slice/nginx.service -p --json
+  enforcer sockets --netns /run/netns/blue --local 10.0.0.1:8080";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -297,6 +340,7 @@ pub struct TopArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = KILLS_HELP)]
 pub struct KillsArgs {
     #[command(flatten)]
     pub pins: PinDirArg,
@@ -306,6 +350,52 @@ pub struct KillsArgs {
     /// Show at most N decisions.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Only decisions of the last DURATION (e.g. 10m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Only these events (repeatable).
+    #[arg(long, value_enum, value_name = "EVENT")]
+    pub event: Vec<EventArg>,
+    /// Only decisions with this reason: stalled, slow_drain, stalled_under_share,
+    /// repeat_offender, remote_cap (repeatable).
+    #[arg(long, value_name = "REASON", value_parser = crate::filter::parse_reason)]
+    pub reason: Vec<crate::policy::Reason>,
+    /// Print the kept decisions that pass the filters, oldest first, then every new one as the
+    /// agent makes it: one JSON object per line, until interrupted or the agent stops.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+const KILLS_HELP: &str = "\
+Each decision names the socket (4-tuple), its network namespace (inode), its cgroup's path and
+the process that held it when it was judged (pid and comm; none for a socket its application
+had already closed).
+
+Examples:
+  enforcer kills --since 1h --event destroyed
+  enforcer kills --reason stalled --reason slow_drain --json
+  enforcer kills --follow | jq -c 'select(.cgroup | startswith(\"/kubepods\"))'";
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum EventArg {
+    #[value(name = "destroyed")]
+    Destroyed,
+    /// A dry run's decision.
+    #[value(name = "would_destroy", alias = "would-destroy")]
+    WouldDestroy,
+    #[value(name = "destroy_failed", alias = "destroy-failed")]
+    DestroyFailed,
+}
+
+impl EventArg {
+    /// As the kill log and `kills --json` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Destroyed => "destroyed",
+            Self::WouldDestroy => "would_destroy",
+            Self::DestroyFailed => "destroy_failed",
+        }
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
         }
         cli::Command::Kills(args) => {
             init_logging(cli.log_format, "warn");
-            commands::kills::run(args)
+            commands::kills::run(args).await
         }
         cli::Command::Top(args) => {
             init_logging(cli.log_format, "warn");
