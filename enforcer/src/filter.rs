@@ -39,15 +39,16 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(Endpoint { net: Some(IpNet::from(a.ip())), port: Some(a.port()) });
     }
-    if let Some(port) = s.strip_prefix(':').or_else(|| s.strip_prefix("*:")) {
-        return Ok(Endpoint { net: None, port: Some(port.parse().map_err(|_| bad())?) });
-    }
     // A network without a port: its own message (host bits set, prefix too long) says more.
     if s.rsplit_once('/').is_some_and(|(_, len)| !len.contains(':')) {
         return Ok(Endpoint { net: Some(parse_cidr(s)?), port: None });
     }
+    // An address (`::1` too, before it is taken for a port).
     if let Ok(net) = parse_cidr(s) {
         return Ok(Endpoint { net: Some(net), port: None });
+    }
+    if let Some(port) = s.strip_prefix(':').or_else(|| s.strip_prefix("*:")) {
+        return Ok(Endpoint { net: None, port: Some(port.parse().map_err(|_| bad())?) });
     }
     // A network with a port (`10.0.0.0/8:80`, `[2001:db8::/32]:443`).
     let (net, port) = s.rsplit_once(':').ok_or_else(bad)?;
@@ -170,6 +171,7 @@ mod tests {
         assert_eq!(e("10.0.0.0/8"), Endpoint { net: parse_cidr("10.0.0.0/8").ok(), port: None });
         assert_eq!(e("10.0.0.0/8:80").port, Some(80));
         assert_eq!(e("2001:db8::1").port, None);
+        assert_eq!(e("::1").net.map(|n| n.prefix_len()), Some(128));
         assert!(parse_endpoint("10.0.0.1:http").is_err());
         assert!(parse_endpoint("10.0.0.5/8").is_err_and(|m| m.contains("host bits")));
     }
