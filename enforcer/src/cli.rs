@@ -20,13 +20,15 @@ namespace (e.g. `nsenter --net=/run/netns/NS enforcer sockets`)."
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format on stderr [default: text; for `run`, the config file's `log-format` if set].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
@@ -56,8 +58,13 @@ pub enum Command {
     /// A live view, refreshed like `top`: pressure against threshold, then the sockets holding
     /// the most, with stalled time, drain estimate and whether the agent's rule picks them now.
     Top(TopArgs),
-    /// Check a config file without running anything: prints nothing and exits 0 when it is
-    /// valid, one line naming the bad key and exits 2 when not.
+    /// Check a config file without running anything: prints nothing and exits 0 when `enforcer
+    /// run --config FILE` would accept it, one line naming the bad key and exits 2 when not.
+    ///
+    /// Checks what `run` checks before it loads anything: every value, and that the cgroup and
+    /// the protected cgroups exist, the pin directory is on a bpf filesystem (or under
+    /// /sys/fs/bpf, where run mounts one) and the pressure source can be read. Flags and
+    /// ENFORCER_PIN_DIR are not applied: it checks the file alone.
     CheckConfig {
         /// The TOML file (e.g. /etc/enforcer/enforcer.toml).
         file: PathBuf,
@@ -80,14 +87,16 @@ pub struct PinDirArg {
 
 /// Flags of `enforcer run`. Policy flags are optional here so that `--config` can supply them:
 /// a flag given on the command line wins over the file, the file over the default.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 #[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     /// cgroup v2 directory whose sockets are tracked [default: the cgroup2 root from /proc/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    #[command(flatten)]
-    pub pins: PinDirArg,
+    /// Directory on a bpf filesystem where the agent pins its maps (one agent per directory)
+    /// [default: /sys/fs/bpf/enforcer].
+    #[arg(long, env = "ENFORCER_PIN_DIR", value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
     /// TOML file with the same keys as these flags (e.g. `threshold = "64MiB"`,
     /// `protect-port = [22]`); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
@@ -181,6 +190,9 @@ pub struct RunArgs {
     /// Test only: make these kernel programs fail (sockops, tcp-probe), to show errors fail open.
     #[arg(long, hide = true, value_delimiter = ',', value_enum)]
     pub inject_fault: Vec<FaultArg>,
+    /// The global --log-format, when given (`main` copies it here: the config file may set it).
+    #[arg(skip)]
+    pub log_format: Option<LogFormat>,
     /// Idle time for --max-per-remote [default: 5m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub idle: Option<Duration>,

@@ -1,6 +1,7 @@
 //! enforcer: destroys TCP connections that hold more than their fair share of memory without
 //! making progress. The binary (`main.rs`) is a thin shell over these modules; the library
 //! exists so the parsers and the policy can be fuzzed and tested on their own.
+pub mod attached;
 pub mod attribution;
 pub mod btf;
 pub mod cli;

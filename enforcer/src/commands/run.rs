@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attached,
     attribution::Attributor,
     cli::RunArgs,
     contained::Containment,
@@ -35,6 +36,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let source = settings.source();
     source.check()?;
     let protected = settings.protected_cgroup_ids()?;
+    attached::refuse_second_agent(&settings.cgroup)?;
     sys::raise_memlock();
     // One netlink socket per network namespace, made on first use there; the agent's own now,
     // so a host without sock_diag fails at start rather than at the first decision.
