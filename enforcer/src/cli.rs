@@ -337,18 +337,50 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = TOP_HELP)]
 pub struct TopArgs {
     #[command(flatten)]
     pub pins: PinDirArg,
     /// Refresh every DURATION.
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Duration,
-    /// Show the N sockets holding the most.
-    #[arg(long, default_value_t = 20, value_name = "N")]
-    pub limit: usize,
-    /// Stop after N refreshes (default: until interrupted); output is plain text when not a tty.
+    /// Show at most N sockets [default: as many as the window fits; 20 when not a terminal].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// The column to sort by at start (keys change it).
+    #[arg(long, value_enum, default_value_t = TopSort::Charged)]
+    pub sort: TopSort,
+    /// Print one view as JSON and exit: pressure, threshold and every socket with its share,
+    /// stall, drain estimate and whether the rule chooses it now.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after N refreshes (default: until q, Esc or Ctrl-C); when stdout is not a terminal
+    /// the views are printed one after another as plain text.
     #[arg(long, value_name = "N")]
     pub iterations: Option<u64>,
+}
+
+const TOP_HELP: &str = "\
+Keys: q or Esc quits; c sorts by charged memory, s by send queue, t by stalled time, d by drain
+estimate, a by age; the same key again reverses the order.
+
+Examples:
+  enforcer top
+  enforcer top --sort stalled --interval 500ms
+  enforcer top --json | jq '.sockets[] | select(.chosen != null)'";
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TopSort {
+    /// Most charged memory first.
+    Charged,
+    /// Largest send queue first.
+    SendQueue,
+    /// Longest stalled first.
+    Stalled,
+    /// Longest drain estimate first.
+    Drain,
+    /// Oldest first.
+    Age,
 }
 
 #[derive(Debug, Args)]

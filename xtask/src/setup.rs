@@ -112,10 +112,10 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
     Ok(in_cargo)
 }
 
-/// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`, and
-/// `promtool` (Prometheus's linter, run on a real scrape).
+/// Debian packages the integration tests use: `ip` (network namespaces), `nsenter`,
+/// `promtool` (Prometheus's linter, run on a real scrape) and `tmux` (a terminal for `top`).
 pub fn test_packages() -> Result<()> {
-    packages(&[("ip", "iproute2"), ("nsenter", "util-linux"), ("promtool", "prometheus")])
+    packages(&[("ip", "iproute2"), ("nsenter", "util-linux"), ("promtool", "prometheus"), ("tmux", "tmux")])
 }
 
 /// A program on PATH or in /usr/sbin or /sbin (root's PATH may lack them).
