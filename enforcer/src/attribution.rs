@@ -155,7 +155,11 @@ fn socket_inode(link: &Path) -> Option<u64> {
 }
 
 fn cgroup_pids(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
 }
 
 fn all_pids() -> Vec<u32> {

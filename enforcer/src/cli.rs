@@ -34,7 +34,6 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once at start-up")]
 pub enum Command {
     /// Run the agent: load and attach the eBPF programs, pin their maps, watch (root).
     ///

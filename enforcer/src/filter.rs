@@ -3,11 +3,7 @@
 //! resolve what needs the system (a namespace path to its inode, a cgroup's path) first.
 //!
 //! Within one repeatable flag any value may match; across flags every one must.
-use std::{
-    net::SocketAddr,
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::{net::SocketAddr, os::unix::fs::MetadataExt, path::Path};
 
 use ipnet::IpNet;
 

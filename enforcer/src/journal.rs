@@ -142,7 +142,9 @@ impl Follower {
     }
 
     fn total(&self) -> Result<u64, PinError> {
-        self.counters.get(&kill_counters::NEXT, 0).map_err(|source| PinError::Map { path: names::PIN_KILL_COUNTERS.into(), source })
+        self.counters
+            .get(&kill_counters::NEXT, 0)
+            .map_err(|source| PinError::Map { path: names::PIN_KILL_COUNTERS.into(), source })
     }
 
     /// The decisions recorded since the last call, oldest first, and how many were overwritten
@@ -212,7 +214,14 @@ fn why(d: &Decision) -> String {
 /// One line a decision: JSON fields in `--log-format json`, `key=value` pairs in text. `who`
 /// says whose socket it was (namespace, cgroup path, process), so two namespaces' kills can be
 /// told apart by more than a port.
-pub fn log(event: Event, d: &Decision, who: &Attribution, pressure: u64, threshold: u64, error: Option<&std::io::Error>) {
+pub fn log(
+    event: Event,
+    d: &Decision,
+    who: &Attribution,
+    pressure: u64,
+    threshold: u64,
+    error: Option<&std::io::Error>,
+) {
     let s = &d.socket;
     let why = why(d);
     let errno = error.and_then(std::io::Error::raw_os_error).map(errno_name);

@@ -93,7 +93,10 @@ fn check_config_refuses_what_run_refuses() {
         let (check_err, run_err) = (String::from_utf8_lossy(&check.stderr), String::from_utf8_lossy(&run.stderr));
         assert_eq!(check.status.code(), Some(2), "check-config accepted or failed otherwise:\n{text}\n{check_err}");
         assert_eq!(run.status.code(), Some(2), "run accepted or failed otherwise:\n{text}\n{run_err}");
-        assert!(check_err.contains(says) && run_err.contains(says), "{text}\ncheck-config: {check_err}\nrun: {run_err}");
+        assert!(
+            check_err.contains(says) && run_err.contains(says),
+            "{text}\ncheck-config: {check_err}\nrun: {run_err}"
+        );
         assert_eq!(check_err.lines().count(), 1, "{check_err}");
         assert!(!pin_dir.exists(), "a refused run pinned something");
     }

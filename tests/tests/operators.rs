@@ -60,7 +60,10 @@ fn kills_and_sockets_name_namespace_cgroup_and_process() {
     });
     // The log line: namespace, cgroup path, process, in fields and in the message.
     assert_eq!((field(&e, "netns"), field(&e, "cgroup_id")), (pod, cg.id()), "{e}");
-    assert_eq!((e["cgroup"].as_str(), field(&e, "pid"), e["comm"].as_str()), (Some(path.as_str()), pid, Some("tcp-peer")));
+    assert_eq!(
+        (e["cgroup"].as_str(), field(&e, "pid"), e["comm"].as_str()),
+        (Some(path.as_str()), pid, Some("tcp-peer"))
+    );
     assert!(e["message"].as_str().unwrap().contains(&format!("tcp-peer pid {pid}, cgroup {path}")), "{e}");
     // The ring keeps the same.
     let kills: Vec<Value> = serde_json::from_slice(&agent.cli(&["kills", "--json"]).stdout).unwrap();
@@ -140,15 +143,15 @@ fn kills_filter_and_follow_streams_json_lines() {
     let mut s = Setup::new();
     let mut agent = s.agent(&["--threshold", "1MiB", "--stall", "1s"]);
     // Follow from before the first decision: every line must come from the stream.
-    let mut follow = Reaped(s
-        .ns
-        .command(enforcer_bin())
-        .args(["kills", "--follow", "--event", "destroyed", "--pin-dir"])
-        .arg(&agent.pin_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap());
+    let mut follow = Reaped(
+        s.ns.command(enforcer_bin())
+            .args(["kills", "--follow", "--event", "destroyed", "--pin-dir"])
+            .arg(&agent.pin_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, lines) = mpsc::channel::<Value>();
     let stdout = follow.0.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -159,7 +162,8 @@ fn kills_filter_and_follow_streams_json_lines() {
             }
         }
     });
-    let next = |what: &str| lines.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no line for {what}"));
+    let next =
+        |what: &str| lines.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no line for {what}"));
 
     let first = s.zero_window(9000, "127.0.0.1", 2 << 20);
     let k = next("the first attacker");

@@ -81,7 +81,17 @@ fn print_table(out: &mut impl Write, kills: &[Kill]) -> Result<()> {
     writeln!(
         out,
         "{:<24}  {:<14}  {:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:<19}  {:<7}  {:>10}  {:<20}  CGROUP",
-        "TIME (UTC)", "EVENT", "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "REASON", "ERRNO", "NETNS",
+        "TIME (UTC)",
+        "EVENT",
+        "LOCAL",
+        "REMOTE",
+        "CHARGED",
+        "SEND-Q",
+        "SHARE",
+        "STALLED",
+        "REASON",
+        "ERRNO",
+        "NETNS",
         "PROCESS"
     )?;
     for k in kills {

@@ -33,7 +33,13 @@ pub fn run(args: SocketsArgs) -> Result<()> {
     let snap = pins.snapshot()?;
     let mut who = Attributor::new();
     let filter = SocketFilter {
-        ipv4: if args.ipv4 { Some(true) } else if args.ipv6 { Some(false) } else { None },
+        ipv4: if args.ipv4 {
+            Some(true)
+        } else if args.ipv6 {
+            Some(false)
+        } else {
+            None
+        },
         states: args.state,
         local: args.local,
         remote: args.remote,
@@ -95,11 +101,23 @@ fn print_table(out: &mut impl Write, rows: &[(&Socket, Attribution)], processes:
     let lw = width(&|s, _| s.local.to_string(), 5);
     let rw = width(&|s, _| s.remote.to_string(), 6);
     let cw = width(&|_, a| cgroup_cell(a), 6);
-    let process = |a: &Attribution| a.process.as_ref().map_or_else(|| "-".to_owned(), |p| format!("{}/{}", p.pid, p.comm));
+    let process =
+        |a: &Attribution| a.process.as_ref().map_or_else(|| "-".to_owned(), |p| format!("{}/{}", p.pid, p.comm));
     let process_head = if processes { "PROCESS" } else { "" };
     let head = format!(
         "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:<cw$}  {process_head}",
-        "LOCAL", "REMOTE", "STATE", "SEND-Q", "CHARGED", "UNSENT", "RECV-Q", "PEER-WND", "STALLED", "AGE", "RETRANS", "NETNS",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "SEND-Q",
+        "CHARGED",
+        "UNSENT",
+        "RECV-Q",
+        "PEER-WND",
+        "STALLED",
+        "AGE",
+        "RETRANS",
+        "NETNS",
         "CGROUP",
     );
     writeln!(out, "{}", head.trim_end())?;

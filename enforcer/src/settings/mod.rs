@@ -200,7 +200,9 @@ impl Settings {
             None => PathBuf::from(crate::pins::DEFAULT_PIN_DIR),
         };
         // Checked here rather than when pinning, so `check-config` refuses what `run` refuses.
-        sys::check_pin_dir_name(&pin_dir).and_then(|()| sys::check_bpffs(&pin_dir)).map_err(|e| usage(format!("{e:#}")))?;
+        sys::check_pin_dir_name(&pin_dir)
+            .and_then(|()| sys::check_bpffs(&pin_dir))
+            .map_err(|e| usage(format!("{e:#}")))?;
         let which = if args.protect_cgroup.is_empty() { "config key `protect-cgroup`" } else { "--protect-cgroup" };
         let protect_cgroups = pick(args.protect_cgroup, file.protect_cgroup);
         // Checked now, so a typo fails at start rather than protecting nothing.

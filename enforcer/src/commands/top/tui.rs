@@ -96,16 +96,23 @@ fn draw(f: &mut Frame, view: &View, sort: TopSort, reverse: bool, limit: Option<
     let ratio = if view.threshold == 0 { 1.0 } else { (view.pressure as f64 / view.threshold as f64).min(1.0) };
     let colour = if view.over { Color::Red } else { Color::Green };
     f.render_widget(
-        Gauge::default()
-            .gauge_style(Style::default().fg(colour))
-            .ratio(ratio)
-            .label(format!("{} / {}", human_bytes(view.pressure), human_bytes(view.threshold))),
+        Gauge::default().gauge_style(Style::default().fg(colour)).ratio(ratio).label(format!(
+            "{} / {}",
+            human_bytes(view.pressure),
+            human_bytes(view.threshold)
+        )),
         gauge,
     );
 
     let header = TableRow::new(COLUMNS.iter().map(|(title, key)| {
         let mark = match key {
-            Some(k) if *k == sort => if reverse { "▲" } else { "▼" },
+            Some(k) if *k == sort => {
+                if reverse {
+                    "▲"
+                } else {
+                    "▼"
+                }
+            }
             _ => "",
         };
         Cell::from(format!("{title}{mark}"))
@@ -158,7 +165,14 @@ mod tests {
     #[test]
     fn draws_into_a_small_window() {
         use ratatui::{Terminal, backend::TestBackend};
-        let view = View { pressure: 3 << 20, threshold: 4 << 20, source: "tracked", over: false, dry_run: false, sockets: vec![] };
+        let view = View {
+            pressure: 3 << 20,
+            threshold: 4 << 20,
+            source: "tracked",
+            over: false,
+            dry_run: false,
+            sockets: vec![],
+        };
         let mut t = Terminal::new(TestBackend::new(140, 6)).expect("terminal");
         t.draw(|f| draw(f, &view, TopSort::Charged, false, None)).expect("draw");
         let screen: String = t.backend().buffer().content().iter().map(|c| c.symbol()).collect();
