@@ -75,8 +75,8 @@ pub fn refuse_second_agent(cgroup: &Path) -> Result<()> {
     if let Some(p) = other {
         let pid = holder(p.id()).map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
         bail!(
-            "another enforcer agent ({pid}) already watches cgroup {} (its sock_ops program, id {}, is attached \
-             there): one cgroup takes one agent; stop it first",
+            "another enforcer agent ({pid}) is running on cgroup {} (its sock_ops program, id {}, is attached \
+             there): one cgroup takes one agent, whatever its --pin-dir; stop that one first",
             cgroup.display(),
             p.id()
         );

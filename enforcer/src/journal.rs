@@ -125,6 +125,8 @@ pub fn read(pins: &PinDir) -> Result<Vec<KillRecord>, PinError> {
 pub struct Follower {
     ring: Array<MapData, KillRecord>,
     counters: Array<MapData, u64>,
+    /// The pins, for errors.
+    paths: (std::path::PathBuf, std::path::PathBuf),
     /// Decisions ever recorded that this reader has passed.
     next: u64,
 }
@@ -132,11 +134,11 @@ pub struct Follower {
 impl Follower {
     /// Starts at the oldest decision the ring still keeps.
     pub fn open(pins: &PinDir) -> Result<Self, PinError> {
-        let (path, map) = pins.map(names::PIN_KILLS)?;
-        let ring = Array::try_from(map).map_err(|source| PinError::Map { path, source })?;
-        let (path, map) = pins.map(names::PIN_KILL_COUNTERS)?;
-        let counters = Array::try_from(map).map_err(|source| PinError::Map { path, source })?;
-        let mut f = Self { ring, counters, next: 0 };
+        let (ring_path, map) = pins.map(names::PIN_KILLS)?;
+        let ring = Array::try_from(map).map_err(|source| PinError::Map { path: ring_path.clone(), source })?;
+        let (counters_path, map) = pins.map(names::PIN_KILL_COUNTERS)?;
+        let counters = Array::try_from(map).map_err(|source| PinError::Map { path: counters_path.clone(), source })?;
+        let mut f = Self { ring, counters, paths: (ring_path, counters_path), next: 0 };
         f.next = f.total()?.saturating_sub(u64::from(KILL_RING));
         Ok(f)
     }
@@ -144,7 +146,7 @@ impl Follower {
     fn total(&self) -> Result<u64, PinError> {
         self.counters
             .get(&kill_counters::NEXT, 0)
-            .map_err(|source| PinError::Map { path: names::PIN_KILL_COUNTERS.into(), source })
+            .map_err(|source| PinError::Map { path: self.paths.1.clone(), source })
     }
 
     /// The decisions recorded since the last call, oldest first, and how many were overwritten
@@ -157,7 +159,7 @@ impl Follower {
             .map(|i| {
                 self.ring
                     .get(&((i % u64::from(KILL_RING)) as u32), 0)
-                    .map_err(|source| PinError::Map { path: names::PIN_KILLS.into(), source })
+                    .map_err(|source| PinError::Map { path: self.paths.0.clone(), source })
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.next = total;

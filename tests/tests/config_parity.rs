@@ -149,7 +149,7 @@ fn a_second_agent_on_the_same_cgroup_is_refused() {
     let out = Agent::spawn_raw(&ns, &cg, &other, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("another enforcer agent (pid {pid}) already watches cgroup")), "{err}");
+    assert!(err.contains(&format!("another enforcer agent (pid {pid}) is running on cgroup")), "{err}");
     assert!(!other.exists(), "the refused agent pinned something");
     // A cgroup below is another cgroup: allowed. (Only the same one is refused.)
     let child = cg.child("child");

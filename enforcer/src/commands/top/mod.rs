@@ -162,18 +162,20 @@ async fn plain(observer: &mut Observer, args: &TopArgs) -> Result<()> {
         view.sort(args.sort, false);
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", headline(&view))?;
+        // CHOSEN last, as before the CGROUP column came: scripts read it at the end of a row.
+        let rows: Vec<[String; 9]> = view.sockets.iter().take(args.limit.unwrap_or(20)).map(cells).collect();
+        let cw = rows.iter().map(|c| c[8].len()).max().unwrap_or(0).max(6);
         writeln!(
             out,
-            "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<19}  CGROUP",
-            "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "DRAIN", "CHOSEN"
+            "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<cw$}  CHOSEN",
+            "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "DRAIN", "CGROUP"
         )?;
-        for r in view.sockets.iter().take(args.limit.unwrap_or(20)) {
-            let c = cells(r);
-            writeln!(
-                out,
-                "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<19}  {}",
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
-            )?;
+        for c in &rows {
+            let line = format!(
+                "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<cw$}  {}",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[8], c[7]
+            );
+            writeln!(out, "{}", line.trim_end())?;
         }
         writeln!(out)?;
         out.flush()?;
