@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -322,7 +322,7 @@ pub mod kill_counters {
 /// One enforcement decision, as kept in the `KILLS` ring.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KillRecord {
     /// Wall clock, milliseconds since the Unix epoch.
     pub unix_ms: u64,
@@ -348,6 +348,54 @@ pub struct KillRecord {
     /// errno of a failed destroy, else 0.
     pub error: i32,
     pub _pad: u32,
+    /// Inode of the socket's network namespace.
+    pub netns: u64,
+    /// Cgroup v2 id of the socket's owner.
+    pub cgroup_id: u64,
+    /// A process holding the socket when it was judged, 0 when none was found.
+    pub pid: u32,
+    pub _pad2: u32,
+    /// That process's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// The cgroup's path below the cgroup2 mount (`/system.slice/nginx.service`), NUL-padded;
+    /// a longer path keeps its end (which names the pod or service) behind a leading `...`.
+    pub cgroup: [u8; KILL_CGROUP_LEN],
+}
+
+/// Bytes of `KillRecord::cgroup`: a Kubernetes pod's container scope fits (and bytemuck has
+/// `Pod` for arrays of this length).
+pub const KILL_CGROUP_LEN: usize = 256;
+
+// Arrays over 32 elements have no `Default`.
+impl Default for KillRecord {
+    fn default() -> Self {
+        Self {
+            unix_ms: 0,
+            cookie: 0,
+            local_addr: [0; 4],
+            remote_addr: [0; 4],
+            local_port: 0,
+            remote_port: 0,
+            family: 0,
+            event: 0,
+            reason: 0,
+            send_queue: 0,
+            charged: 0,
+            fair_share: 0,
+            stalled_ms: 0,
+            drain_estimate_ms: 0,
+            pressure: 0,
+            threshold: 0,
+            error: 0,
+            _pad: 0,
+            netns: 0,
+            cgroup_id: 0,
+            pid: 0,
+            _pad2: 0,
+            comm: [0; 16],
+            cgroup: [0; KILL_CGROUP_LEN],
+        }
+    }
 }
 
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
@@ -355,7 +403,7 @@ const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
 const _: () = assert!(core::mem::size_of::<AgentInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<SettingsChunk>() == SETTINGS_CHUNK);
-const _: () = assert!(core::mem::size_of::<KillRecord>() == 120);
+const _: () = assert!(core::mem::size_of::<KillRecord>() == 416);
 const _: () = assert!(core::mem::size_of::<Containment>() == 8);
 const _: () = assert!(core::mem::size_of::<ContainedAddr>() == 16);
 // One u64 and four u32.

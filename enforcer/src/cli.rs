@@ -20,19 +20,20 @@ namespace (e.g. `nsenter --net=/run/netns/NS enforcer sockets`)."
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format on stderr [default: text; for `run`, the config file's `log-format` if set].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once at start-up")]
 pub enum Command {
     /// Run the agent: load and attach the eBPF programs, pin their maps, watch (root).
     ///
@@ -56,8 +57,13 @@ pub enum Command {
     /// A live view, refreshed like `top`: pressure against threshold, then the sockets holding
     /// the most, with stalled time, drain estimate and whether the agent's rule picks them now.
     Top(TopArgs),
-    /// Check a config file without running anything: prints nothing and exits 0 when it is
-    /// valid, one line naming the bad key and exits 2 when not.
+    /// Check a config file without running anything: prints nothing and exits 0 when `enforcer
+    /// run --config FILE` would accept it, one line naming the bad key and exits 2 when not.
+    ///
+    /// Checks what `run` checks before it loads anything: every value, and that the cgroup and
+    /// the protected cgroups exist, the pin directory is on a bpf filesystem (or under
+    /// /sys/fs/bpf, where run mounts one) and the pressure source can be read. Flags and
+    /// ENFORCER_PIN_DIR are not applied: it checks the file alone.
     CheckConfig {
         /// The TOML file (e.g. /etc/enforcer/enforcer.toml).
         file: PathBuf,
@@ -91,14 +97,16 @@ pub struct PinDirArg {
 
 /// Flags of `enforcer run`. Policy flags are optional here so that `--config` can supply them:
 /// a flag given on the command line wins over the file, the file over the default.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 #[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     /// cgroup v2 directory whose sockets are tracked [default: the cgroup2 root from /proc/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    #[command(flatten)]
-    pub pins: PinDirArg,
+    /// Directory on a bpf filesystem where the agent pins its maps (one agent per directory)
+    /// [default: /sys/fs/bpf/enforcer].
+    #[arg(long, env = "ENFORCER_PIN_DIR", value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
     /// TOML file with the same keys as these flags (e.g. `threshold = "64MiB"`,
     /// `protect-port = [22]`); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
@@ -192,6 +200,9 @@ pub struct RunArgs {
     /// Test only: make these kernel programs fail (sockops, tcp-probe), to show errors fail open.
     #[arg(long, hide = true, value_delimiter = ',', value_enum)]
     pub inject_fault: Vec<FaultArg>,
+    /// The global --log-format, when given (`main` copies it here: the config file may set it).
+    #[arg(skip)]
+    pub log_format: Option<LogFormat>,
     /// Idle time for --max-per-remote [default: 5m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub idle: Option<Duration>,
@@ -264,6 +275,7 @@ pub enum SortKey {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = SOCKETS_HELP)]
 pub struct SocketsArgs {
     #[command(flatten)]
     pub pins: PinDirArg,
@@ -275,13 +287,55 @@ pub struct SocketsArgs {
     /// Show at most N sockets (after sorting).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Only sockets whose remote address is in CIDR (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub remote: Option<IpNet>,
-    /// Only sockets whose local or remote port is P.
+    /// Show the process holding each socket (PID and comm), as `ss -p` does: a netlink lookup
+    /// per socket and a scan of its cgroup's descriptors.
+    #[arg(short = 'p', long)]
+    pub processes: bool,
+    /// Only IPv4 addresses (an IPv4 peer of a dual-stack socket counts).
+    #[arg(short = '4', long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6 addresses.
+    #[arg(short = '6', long)]
+    pub ipv6: bool,
+    /// Only sockets in this TCP state, named as ss names them: established, fin-wait-1,
+    /// close-wait… (repeatable).
+    #[arg(long, value_name = "STATE", value_parser = crate::filter::parse_state)]
+    pub state: Vec<u8>,
+    /// Only sockets whose local end is ADDR, CIDR, ADDR:PORT or :PORT (repeatable).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::filter::parse_endpoint)]
+    pub local: Vec<crate::filter::Endpoint>,
+    /// Only sockets whose remote end is ADDR, CIDR (10.0.0.0/8, 2001:db8::/32), ADDR:PORT or
+    /// :PORT (repeatable).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::filter::parse_endpoint)]
+    pub remote: Vec<crate::filter::Endpoint>,
+    /// Only sockets whose local (source) port is P (repeatable).
     #[arg(long, value_name = "P")]
-    pub port: Option<u16>,
+    pub sport: Vec<u16>,
+    /// Only sockets whose remote (destination) port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub dport: Vec<u16>,
+    /// Only sockets whose local or remote port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub port: Vec<u16>,
+    /// Only sockets of this cgroup or one below it: a directory on the cgroup2 mount
+    /// (/sys/fs/cgroup/system.slice) or its path below the mount (/system.slice).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Only sockets of this network namespace: its inode (`lsns -t net`), a path
+    /// (/run/netns/NAME, /proc/PID/ns/net) or a name under /run/netns.
+    #[arg(long, value_name = "NETNS", value_parser = crate::filter::parse_netns)]
+    pub netns: Option<u64>,
 }
+
+const SOCKETS_HELP: &str = "\
+Filters: a socket is listed when it passes every filter given; a repeatable filter passes when
+any of its values matches.
+
+Examples:
+  enforcer sockets --sort stalled --limit 20
+  enforcer sockets -4 --state established --sport 443 --remote 203.0.113.0/24 --remote 198.51.100.7
+  enforcer sockets --cgroup /system.slice/nginx.service -p --json
+  enforcer sockets --netns /run/netns/blue --local 10.0.0.1:8080";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -293,21 +347,54 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = TOP_HELP)]
 pub struct TopArgs {
     #[command(flatten)]
     pub pins: PinDirArg,
     /// Refresh every DURATION.
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Duration,
-    /// Show the N sockets holding the most.
-    #[arg(long, default_value_t = 20, value_name = "N")]
-    pub limit: usize,
-    /// Stop after N refreshes (default: until interrupted); output is plain text when not a tty.
+    /// Show at most N sockets [default: as many as the window fits; 20 when not a terminal].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// The column to sort by at start (keys change it).
+    #[arg(long, value_enum, default_value_t = TopSort::Charged)]
+    pub sort: TopSort,
+    /// Print one view as JSON and exit: pressure, threshold and every socket with its share,
+    /// stall, drain estimate and whether the rule chooses it now.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after N refreshes (default: until q, Esc or Ctrl-C); when stdout is not a terminal
+    /// the views are printed one after another as plain text.
     #[arg(long, value_name = "N")]
     pub iterations: Option<u64>,
 }
 
+const TOP_HELP: &str = "\
+Keys: q or Esc quits; c sorts by charged memory, s by send queue, t by stalled time, d by drain
+estimate, a by age; the same key again reverses the order.
+
+Examples:
+  enforcer top
+  enforcer top --sort stalled --interval 500ms
+  enforcer top --json | jq '.sockets[] | select(.chosen != null)'";
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TopSort {
+    /// Most charged memory first.
+    Charged,
+    /// Largest send queue first.
+    SendQueue,
+    /// Longest stalled first.
+    Stalled,
+    /// Longest drain estimate first.
+    Drain,
+    /// Oldest first.
+    Age,
+}
+
 #[derive(Debug, Args)]
+#[command(after_long_help = KILLS_HELP)]
 pub struct KillsArgs {
     #[command(flatten)]
     pub pins: PinDirArg,
@@ -317,6 +404,52 @@ pub struct KillsArgs {
     /// Show at most N decisions.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Only decisions of the last DURATION (e.g. 10m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Only these events (repeatable).
+    #[arg(long, value_enum, value_name = "EVENT")]
+    pub event: Vec<EventArg>,
+    /// Only decisions with this reason: stalled, slow_drain, stalled_under_share,
+    /// repeat_offender, remote_cap (repeatable).
+    #[arg(long, value_name = "REASON", value_parser = crate::filter::parse_reason)]
+    pub reason: Vec<crate::policy::Reason>,
+    /// Print the kept decisions that pass the filters, oldest first, then every new one as the
+    /// agent makes it: one JSON object per line, until interrupted or the agent stops.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+const KILLS_HELP: &str = "\
+Each decision names the socket (4-tuple), its network namespace (inode), its cgroup's path and
+the process that held it when it was judged (pid and comm; none for a socket its application
+had already closed).
+
+Examples:
+  enforcer kills --since 1h --event destroyed
+  enforcer kills --reason stalled --reason slow_drain --json
+  enforcer kills --follow | jq -c 'select(.cgroup | startswith(\"/kubepods\"))'";
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum EventArg {
+    #[value(name = "destroyed")]
+    Destroyed,
+    /// A dry run's decision.
+    #[value(name = "would_destroy", alias = "would-destroy")]
+    WouldDestroy,
+    #[value(name = "destroy_failed", alias = "destroy-failed")]
+    DestroyFailed,
+}
+
+impl EventArg {
+    /// As the kill log and `kills --json` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Destroyed => "destroyed",
+            Self::WouldDestroy => "would_destroy",
+            Self::DestroyFailed => "destroy_failed",
+        }
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -1,7 +1,9 @@
 //! Destroying a socket: netlink `SOCK_DESTROY` (what `ss -K` does; needs
 //! CONFIG_INET_DIAG_DESTROY). The owner gets ECONNABORTED, the peer an RST. The request names
 //! the 4-tuple *and* the cookie, so a socket that reused the 4-tuple is never hit. It reaches
-//! only sockets in the caller's network namespace.
+//! only sockets in the caller's network namespace. The same request, sent as
+//! `SOCK_DIAG_BY_FAMILY`, looks a socket up instead: its inode, which names it in `/proc/PID/fd`
+//! (`attribution` uses that to find the process holding it).
 use std::{io, os::fd::OwnedFd, time::Duration};
 
 use enforcer_common::SnapshotEntry;
@@ -12,6 +14,11 @@ use rustix::{
 
 /// `SOCK_DESTROY` from `linux/sock_diag.h` (libc has no sock_diag constants).
 const SOCK_DESTROY: u16 = 21;
+/// `SOCK_DIAG_BY_FAMILY`: without `NLM_F_DUMP`, the exact lookup of one socket.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// Where `inet_diag_msg.idiag_inode` sits in a reply: after the header, family/state/timer/
+/// retrans (4), the sockid (48), expires, rqueue, wqueue and uid (4 each).
+const REPLY_INODE: usize = HDR + 68;
 const IPPROTO_TCP: u8 = 6;
 
 /// `struct inet_diag_req_v2` with its `inet_diag_sockid` (`linux/inet_diag.h`; not in libc).
@@ -100,12 +107,50 @@ impl Netlink {
 
     /// Destroys the socket a snapshot saw: its 4-tuple, cookie and bound interface.
     pub fn destroy(&mut self, entry: &SnapshotEntry) -> io::Result<()> {
+        self.send(entry, SOCK_DESTROY, libc::NLM_F_ACK as u16)?;
+        let mut buf = [0u8; 512];
+        loop {
+            let n = self.recv(&mut buf)?;
+            if let Some(errno) = ack_errno(&buf[..n], self.seq)? {
+                return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) };
+            }
+        }
+    }
+
+    /// The inode of the socket a snapshot saw (`socket:[INODE]` in `/proc/PID/fd`), `None` when
+    /// the kernel no longer finds it (closed, or already destroyed and unhashed). 0 is an
+    /// orphan: no file holds it any more.
+    pub fn inode(&mut self, entry: &SnapshotEntry) -> io::Result<Option<u32>> {
+        self.send(entry, SOCK_DIAG_BY_FAMILY, 0)?;
+        let mut buf = [0u8; 512];
+        loop {
+            let n = self.recv(&mut buf)?;
+            let reply = &buf[..n];
+            if let Some(hdr) = read_header(reply)
+                && hdr.nlmsg_type == SOCK_DIAG_BY_FAMILY
+                && hdr.nlmsg_seq == self.seq
+            {
+                let b = reply
+                    .get(REPLY_INODE..REPLY_INODE + 4)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply"))?;
+                return Ok(Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])));
+            }
+            match ack_errno(reply, self.seq)? {
+                Some(0) | None => {}
+                Some(errno) if -errno == libc::ENOENT || -errno == libc::ESTALE => return Ok(None),
+                Some(errno) => return Err(io::Error::from_raw_os_error(-errno)),
+            }
+        }
+    }
+
+    /// Sends the request that names `entry` exactly, as message `kind`.
+    fn send(&mut self, entry: &SnapshotEntry, kind: u16, flags: u16) -> io::Result<()> {
         let rec = &entry.record;
         self.seq = self.seq.wrapping_add(1);
         let hdr = libc::nlmsghdr {
             nlmsg_len: REQUEST as u32,
-            nlmsg_type: SOCK_DESTROY,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            nlmsg_type: kind,
+            nlmsg_flags: libc::NLM_F_REQUEST as u16 | flags,
             nlmsg_seq: self.seq,
             nlmsg_pid: 0,
         };
@@ -125,16 +170,16 @@ impl Netlink {
         msg[..HDR].copy_from_slice(&header_bytes(&hdr));
         msg[HDR..].copy_from_slice(bytemuck::bytes_of(&req));
         rustix::net::send(&self.fd, &msg, SendFlags::empty())?;
-        let mut buf = [0u8; 512];
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let n = match rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty()) {
-                Ok((n, _)) => n,
+            match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::empty()) {
+                Ok((n, _)) => return Ok(n),
                 // A signal while waiting is no answer; the timeout still bounds each wait.
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
-            };
-            if let Some(errno) = ack_errno(&buf[..n], self.seq)? {
-                return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) };
             }
         }
     }

@@ -9,6 +9,7 @@ use enforcer_common::{KILL_RING, KillRecord, kill_counters, names};
 use serde::Serialize;
 
 use crate::{
+    attribution::{self, Attribution},
     pins::{PinDir, PinError},
     policy::{Decision, Reason, repeat::Flagged},
     socket,
@@ -120,6 +121,52 @@ pub fn read(pins: &PinDir) -> Result<Vec<KillRecord>, PinError> {
     (0..kept).map(|i| ring.get(&(((total - 1 - i) % u64::from(KILL_RING)) as u32), 0).map_err(err)).collect()
 }
 
+/// Reads a running agent's ring as it grows: each decision once, oldest first.
+pub struct Follower {
+    ring: Array<MapData, KillRecord>,
+    counters: Array<MapData, u64>,
+    /// The pins, for errors.
+    paths: (std::path::PathBuf, std::path::PathBuf),
+    /// Decisions ever recorded that this reader has passed.
+    next: u64,
+}
+
+impl Follower {
+    /// Starts at the oldest decision the ring still keeps.
+    pub fn open(pins: &PinDir) -> Result<Self, PinError> {
+        let (ring_path, map) = pins.map(names::PIN_KILLS)?;
+        let ring = Array::try_from(map).map_err(|source| PinError::Map { path: ring_path.clone(), source })?;
+        let (counters_path, map) = pins.map(names::PIN_KILL_COUNTERS)?;
+        let counters = Array::try_from(map).map_err(|source| PinError::Map { path: counters_path.clone(), source })?;
+        let mut f = Self { ring, counters, paths: (ring_path, counters_path), next: 0 };
+        f.next = f.total()?.saturating_sub(u64::from(KILL_RING));
+        Ok(f)
+    }
+
+    fn total(&self) -> Result<u64, PinError> {
+        self.counters
+            .get(&kill_counters::NEXT, 0)
+            .map_err(|source| PinError::Map { path: self.paths.1.clone(), source })
+    }
+
+    /// The decisions recorded since the last call, oldest first, and how many were overwritten
+    /// before they could be read (more than the ring holds arrived in between).
+    pub fn poll(&mut self) -> Result<(Vec<KillRecord>, u64), PinError> {
+        let total = self.total()?;
+        let first = self.next.max(total.saturating_sub(u64::from(KILL_RING)));
+        let lost = first - self.next;
+        let out = (first..total)
+            .map(|i| {
+                self.ring
+                    .get(&((i % u64::from(KILL_RING)) as u32), 0)
+                    .map_err(|source| PinError::Map { path: self.paths.0.clone(), source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.next = total;
+        Ok((out, lost))
+    }
+}
+
 /// The symbolic name of an errno a destroy can fail with (`ENOENT`), for logs and JSON.
 pub fn errno_name(errno: i32) -> &'static str {
     match errno {
@@ -166,11 +213,25 @@ fn why(d: &Decision) -> String {
     }
 }
 
-/// One line a decision: JSON fields in `--log-format json`, `key=value` pairs in text.
-pub fn log(event: Event, d: &Decision, pressure: u64, threshold: u64, error: Option<&std::io::Error>) {
+/// One line a decision: JSON fields in `--log-format json`, `key=value` pairs in text. `who`
+/// says whose socket it was (namespace, cgroup path, process), so two namespaces' kills can be
+/// told apart by more than a port.
+pub fn log(
+    event: Event,
+    d: &Decision,
+    who: &Attribution,
+    pressure: u64,
+    threshold: u64,
+    error: Option<&std::io::Error>,
+) {
     let s = &d.socket;
     let why = why(d);
     let errno = error.and_then(std::io::Error::raw_os_error).map(errno_name);
+    let (pid, comm) = (who.process.as_ref().map(|p| p.pid), who.process.as_ref().map(|p| p.comm.as_str()));
+    let owner = match &who.process {
+        Some(p) => format!(" ({} pid {}, cgroup {})", p.comm, p.pid, who.cgroup.as_deref().unwrap_or("?")),
+        None => format!(" (cgroup {})", who.cgroup.as_deref().unwrap_or("?")),
+    };
     macro_rules! emit {
         ($level:ident) => {
             tracing::$level!(
@@ -179,7 +240,8 @@ pub fn log(event: Event, d: &Decision, pressure: u64, threshold: u64, error: Opt
                 stalled_ms = s.stalled_ms, drain_estimate_ms = d.drain_estimate_ms,
                 offending_ms = d.offending_ms, evidence = d.evidence, pressure, threshold,
                 reason = d.reason.as_str(), error = error.map(|e| e.to_string()), errno,
-                "{} {} -> {}: {why}", event.as_str(), s.local, s.remote
+                netns = who.netns, cgroup_id = who.cgroup_id, cgroup = who.cgroup.as_deref(), pid, comm,
+                "{} {} -> {}{owner}: {why}", event.as_str(), s.local, s.remote
             )
         };
     }
@@ -204,7 +266,7 @@ pub fn log_repeat_offender(f: &Flagged, contained: Option<u64>) {
 }
 
 /// The ring's record of a decision.
-pub fn record(event: Event, d: &Decision, pressure: u64, threshold: u64, errno: i32) -> KillRecord {
+pub fn record(event: Event, d: &Decision, who: &Attribution, pressure: u64, threshold: u64, errno: i32) -> KillRecord {
     let raw = &d.socket.raw.record;
     KillRecord {
         unix_ms: std::time::SystemTime::now()
@@ -228,6 +290,12 @@ pub fn record(event: Event, d: &Decision, pressure: u64, threshold: u64, errno: 
         threshold,
         error: errno,
         _pad: 0,
+        netns: who.netns,
+        cgroup_id: who.cgroup_id,
+        pid: who.process.as_ref().map_or(0, |p| p.pid),
+        _pad2: 0,
+        comm: attribution::fixed(who.process.as_ref().map_or("", |p| p.comm.as_str())),
+        cgroup: attribution::fixed(who.cgroup.as_deref().unwrap_or("")),
     }
 }
 
@@ -252,6 +320,14 @@ pub struct Kill {
     pub error: i32,
     /// `ENOENT` and the like; empty when the destroy worked.
     pub errno: &'static str,
+    /// Inode of the socket's network namespace.
+    pub netns: u64,
+    pub cgroup_id: u64,
+    /// The cgroup's path below the cgroup2 mount, `None` if it was gone when judged.
+    pub cgroup: Option<String>,
+    /// A process holding the socket when it was judged, if one was found.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
 }
 
 fn as_string<S: serde::Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -276,6 +352,11 @@ impl From<&KillRecord> for Kill {
             reason: reason_from_code(r.reason).map_or("unknown", Reason::as_str),
             error: r.error,
             errno: errno_name(r.error),
+            netns: r.netns,
+            cgroup_id: r.cgroup_id,
+            cgroup: Some(attribution::unfixed(&r.cgroup)).filter(|c| !c.is_empty()),
+            pid: (r.pid != 0).then_some(r.pid),
+            comm: (r.pid != 0).then(|| attribution::unfixed(&r.comm)),
         }
     }
 }

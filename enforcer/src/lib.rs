@@ -1,11 +1,14 @@
 //! enforcer: destroys TCP connections that hold more than their fair share of memory without
 //! making progress. The binary (`main.rs`) is a thin shell over these modules; the library
 //! exists so the parsers and the policy can be fuzzed and tested on their own.
+pub mod attached;
+pub mod attribution;
 pub mod btf;
 pub mod cli;
 pub mod commands;
 pub mod contained;
 pub mod destroy;
+pub mod filter;
 pub mod journal;
 pub mod kernel_log;
 pub mod loader;

@@ -19,32 +19,31 @@ fn init_logging(format: cli::LogFormat, default_level: &str) {
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Run(args) => {
-            init_logging(cli.log_format, "info");
+        cli::Command::Run(mut args) => {
+            init_logging(settings::log_format(cli.log_format, args.config.as_deref()), "info");
+            args.log_format = cli.log_format;
             commands::run::run(args).await
         }
         cli::Command::Sockets(args) => {
-            init_logging(cli.log_format, "warn");
+            init_logging(cli.log_format.unwrap_or_default(), "warn");
             commands::sockets::run(args)
         }
         cli::Command::Status(args) => {
-            init_logging(cli.log_format, "warn");
+            init_logging(cli.log_format.unwrap_or_default(), "warn");
             commands::status::run(args)
         }
         cli::Command::Kills(args) => {
-            init_logging(cli.log_format, "warn");
-            commands::kills::run(args)
+            init_logging(cli.log_format.unwrap_or_default(), "warn");
+            commands::kills::run(args).await
         }
         cli::Command::Top(args) => {
-            init_logging(cli.log_format, "warn");
+            init_logging(cli.log_format.unwrap_or_default(), "warn");
             commands::top::run(args).await
         }
-        cli::Command::CheckConfig { file } => std::fs::read_to_string(&file)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
-            .and_then(|text| {
-                settings::check_config_text(&text)
-                    .map_err(|e| settings::UsageError(format!("config {}: {e}", file.display())).into())
-            }),
+        cli::Command::CheckConfig { file } => {
+            init_logging(cli.log_format.unwrap_or_default(), "warn");
+            settings::check_config(&file).map(|_| ())
+        }
         cli::Command::Completions { shell } => {
             clap_complete::generate(shell, &mut cli::Cli::command(), "enforcer", &mut std::io::stdout());
             Ok(())

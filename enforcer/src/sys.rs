@@ -77,17 +77,27 @@ pub fn cgroup2_level(path: &Path) -> Result<u32> {
 /// Makes sure `dir`'s parent is on a bpf filesystem, mounting one at /sys/fs/bpf if that is
 /// where it should be and nothing is mounted there.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    check_bpffs(dir)?;
     let parent = dir.parent().unwrap_or(Path::new("/"));
-    if fs_magic(parent).ok() == Some(BPF_FS_MAGIC) {
-        return Ok(());
-    }
-    if parent == Path::new(BPFFS_MOUNT) {
+    if fs_magic(parent).ok() != Some(BPF_FS_MAGIC) {
         rustix::mount::mount("bpf", BPFFS_MOUNT, "bpf", rustix::mount::MountFlags::empty(), None)
             .with_context(|| format!("mounting a bpf filesystem at {BPFFS_MOUNT}"))?;
         tracing::info!(path = BPFFS_MOUNT, "mounted a bpf filesystem");
+    }
+    Ok(())
+}
+
+/// Whether [`ensure_bpffs`] would accept `dir`, mounting nothing: its parent is on a bpf
+/// filesystem, or is /sys/fs/bpf (where one would be mounted).
+pub fn check_bpffs(dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if parent == Path::new(BPFFS_MOUNT) || fs_magic(parent).ok() == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
-    bail!("{} is not on a bpf filesystem: choose a --pin-dir under a bpffs mount such as {BPFFS_MOUNT}", dir.display())
+    bail!(
+        "pin directory {} is not on a bpf filesystem: choose a --pin-dir under a bpffs mount such as {BPFFS_MOUNT}",
+        dir.display()
+    )
 }
 
 /// Refuses a pin directory bpffs would refuse to create: it allows no '.' in a name (mkdir fails

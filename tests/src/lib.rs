@@ -142,6 +142,14 @@ impl Cgroup {
         Self { path }
     }
 
+    /// A cgroup below this one, removed on drop like any other (declare it after its parent,
+    /// so it goes first).
+    pub fn child(&self, name: &str) -> Self {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
     pub fn id(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&self.path).unwrap().ino()
@@ -390,6 +398,11 @@ impl Peer {
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         Self { child, stdin, stdout }
+    }
+
+    /// The peer's process id (nsenter and `sh -c … exec` keep it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends one command and returns what follows `ok`; panics on `err`.

@@ -231,7 +231,8 @@ fn cli_errors_are_one_clear_line() {
         "/sys/fs/bpf/enforcer.test",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Bad input, refused when the settings are resolved (as `check-config` refuses it): exit 2.
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("contains '.'") && err.trim().lines().count() == 1, "{err}");
     assert!(!std::path::Path::new("/sys/fs/bpf/enforcer.test").exists());
     drop(cg);

@@ -116,7 +116,8 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
 /// `promtool` (Prometheus's linter, run on a real scrape), and for `deploy`: `systemd-analyze`
 /// (the unit's score and verify), `man` (verify looks the unit's man page up), the kernel's
 /// system call numbers (the unit's filter, applied by the tests' `seccomp-exec`), `skopeo` and
-/// `umoci` (the OCI image of `cargo xtask dist`, read as a runtime would).
+/// `umoci` (the OCI image of `cargo xtask dist`, read as a runtime would) and `tmux` (a
+/// terminal for `top`).
 pub fn test_packages() -> Result<()> {
     packages(&[
         ("ip", "iproute2"),
@@ -127,6 +128,7 @@ pub fn test_packages() -> Result<()> {
         ("man", "man-db"),
         ("skopeo", "skopeo"),
         ("umoci", "umoci"),
+        ("tmux", "tmux"),
         ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "linux-libc-dev"),
     ])
 }

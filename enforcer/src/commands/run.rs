@@ -11,6 +11,8 @@ use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attached,
+    attribution::Attributor,
     cli::RunArgs,
     contained::Containment,
     destroy::Netlink,
@@ -34,6 +36,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let source = settings.source();
     source.check()?;
     let protected = settings.protected_cgroup_ids()?;
+    attached::refuse_second_agent(&settings.cgroup)?;
     sys::raise_memlock();
     // One netlink socket per network namespace, made on first use there; the agent's own now,
     // so a host without sock_diag fails at start rather than at the first decision.
@@ -86,6 +89,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics,
         destroyers,
         reported: HashSet::new(),
+        attribution: Attributor::new(),
     };
     loop {
         tokio::select! {
@@ -122,6 +126,8 @@ struct Agent {
     /// per episode (until the rule stops choosing it, say when pressure falls), so its log,
     /// ring and counters count sockets, not intervals, and real history stays in the ring.
     reported: HashSet<u64>,
+    /// Names the namespace, cgroup path and process of each socket decided on.
+    attribution: Attributor,
 }
 
 /// Time spent in each step of an interval, for the metrics and the debug line.
@@ -228,6 +234,7 @@ impl Agent {
         m.repeat_offenders_flagged.set(self.judge.repeat_offenders() as i64);
         // Netlink sockets of namespaces that are gone would keep them alive.
         self.destroyers.retain(|inode, _| snap.namespace(*inode).is_some());
+        self.attribution.retain_namespaces(|inode| snap.namespace(inode).is_some());
         tracing::debug!(
             sockets = snap.sockets.len(),
             pressure,
@@ -326,6 +333,8 @@ impl Agent {
     /// journals it. True when it freed the socket's memory (or would have, in a dry run).
     fn carry_out(&mut self, snap: &Snapshot, d: &Decision, pressure: u64) -> bool {
         let threshold = self.settings.threshold;
+        // Before the destroy: netlink finds a destroyed socket no more.
+        let who = self.attribution.attribute(&d.socket, snap.namespace(d.socket.netns));
         let (event, err) = if self.settings.dry_run {
             (Event::WouldDestroy, None)
         } else {
@@ -334,10 +343,10 @@ impl Agent {
                 Err(e) => (Event::DestroyFailed, Some(e)),
             }
         };
-        journal::log(event, d, pressure, threshold, err.as_ref());
+        journal::log(event, d, &who, pressure, threshold, err.as_ref());
         self.metrics.decisions.get_or_create(&vec![("event", event.as_str()), ("reason", d.reason.as_str())]).inc();
         let errno = err.as_ref().and_then(std::io::Error::raw_os_error).unwrap_or(0);
-        if let Err(e) = self.journal.write(journal::record(event, d, pressure, threshold, errno)) {
+        if let Err(e) = self.journal.write(journal::record(event, d, &who, pressure, threshold, errno)) {
             tracing::warn!(error = %format!("{e:#}"), "could not record the decision in the pinned ring");
         }
         err.is_none()

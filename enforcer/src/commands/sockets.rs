@@ -1,49 +1,111 @@
-//! `enforcer sockets`: a fresh snapshot as a table or JSON.
+//! `enforcer sockets`: a fresh snapshot, filtered like ss, as a table or JSON. Every row names
+//! its namespace and cgroup path; with `-p`, the process holding it.
 use std::{cmp::Reverse, io::Write};
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use crate::{
+    attribution::{Attribution, Attributor},
     cli::{SocketsArgs, SortKey},
+    filter::SocketFilter,
     pins::PinDir,
     socket::Socket,
     sys,
     units::{human_bytes, human_ms},
 };
 
+/// One row: the socket and whose it is.
+#[derive(Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    socket: &'a Socket,
+    /// The cgroup's path below the cgroup2 mount; `null` if it is gone.
+    cgroup: Option<String>,
+    /// With `-p`: a process holding the socket; `null` when none was found or not asked.
+    pid: Option<u32>,
+    comm: Option<String>,
+}
+
 pub fn run(args: SocketsArgs) -> Result<()> {
     sys::require_root("enforcer sockets")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let mut sockets = pins.snapshot()?.sockets;
-    sockets.retain(|s| {
-        args.remote.is_none_or(|net| net.contains(&s.remote.ip()))
-            && args.port.is_none_or(|p| s.local.port() == p || s.remote.port() == p)
-    });
+    let snap = pins.snapshot()?;
+    let mut who = Attributor::new();
+    let filter = SocketFilter {
+        ipv4: if args.ipv4 {
+            Some(true)
+        } else if args.ipv6 {
+            Some(false)
+        } else {
+            None
+        },
+        states: args.state,
+        local: args.local,
+        remote: args.remote,
+        sports: args.sport,
+        dports: args.dport,
+        ports: args.port,
+        cgroup: args.cgroup.as_deref().map(|c| who.cgroups.relative(c)),
+        netns: args.netns,
+    };
+    let mut rows: Vec<(&Socket, Attribution)> = snap
+        .sockets
+        .iter()
+        .map(|s| (s, who.place(s)))
+        .filter(|(s, a)| filter.matches(s, a.cgroup.as_deref()))
+        .collect();
     match args.sort {
-        SortKey::SendQueue => sockets.sort_by_key(|s| Reverse(s.send_queue)),
-        SortKey::Charged => sockets.sort_by_key(|s| Reverse(s.charged)),
-        SortKey::Stalled => sockets.sort_by_key(|s| Reverse(s.stalled_ms)),
-        SortKey::Age => sockets.sort_by_key(|s| Reverse(s.age_ms)),
+        SortKey::SendQueue => rows.sort_by_key(|(s, _)| Reverse(s.send_queue)),
+        SortKey::Charged => rows.sort_by_key(|(s, _)| Reverse(s.charged)),
+        SortKey::Stalled => rows.sort_by_key(|(s, _)| Reverse(s.stalled_ms)),
+        SortKey::Age => rows.sort_by_key(|(s, _)| Reverse(s.age_ms)),
     }
     if let Some(n) = args.limit {
-        sockets.truncate(n);
+        rows.truncate(n);
+    }
+    // After filtering and the limit: a lookup per socket listed, not per socket tracked.
+    if args.processes {
+        for (s, a) in &mut rows {
+            *a = who.attribute(s, snap.namespace(s.netns));
+        }
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &sockets).context("writing JSON")?;
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .map(|(socket, a)| Row {
+                socket,
+                cgroup: a.cgroup,
+                pid: a.process.as_ref().map(|p| p.pid),
+                comm: a.process.map(|p| p.comm),
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &rows).context("writing JSON")?;
         writeln!(out)?;
     } else {
-        print_table(&mut out, &sockets)?;
+        print_table(&mut out, &rows, args.processes)?;
     }
     Ok(())
 }
 
-fn print_table(out: &mut impl Write, sockets: &[Socket]) -> Result<()> {
-    let width = |f: fn(&Socket) -> String, min: usize| sockets.iter().map(|s| f(s).len()).max().unwrap_or(0).max(min);
-    let (lw, rw) = (width(|s| s.local.to_string(), 5), width(|s| s.remote.to_string(), 6));
-    writeln!(
-        out,
-        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
+/// The cgroup column: the path, or the id of a cgroup that is gone.
+fn cgroup_cell(a: &Attribution) -> String {
+    a.cgroup.clone().unwrap_or_else(|| a.cgroup_id.to_string())
+}
+
+fn print_table(out: &mut impl Write, rows: &[(&Socket, Attribution)], processes: bool) -> Result<()> {
+    let width = |f: &dyn Fn(&Socket, &Attribution) -> String, min: usize| {
+        rows.iter().map(|(s, a)| f(s, a).len()).max().unwrap_or(0).max(min)
+    };
+    let lw = width(&|s, _| s.local.to_string(), 5);
+    let rw = width(&|s, _| s.remote.to_string(), 6);
+    let cw = width(&|_, a| cgroup_cell(a), 6);
+    let process =
+        |a: &Attribution| a.process.as_ref().map_or_else(|| "-".to_owned(), |p| format!("{}/{}", p.pid, p.comm));
+    let process_head = if processes { "PROCESS" } else { "" };
+    let head = format!(
+        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:<cw$}  {process_head}",
         "LOCAL",
         "REMOTE",
         "STATE",
@@ -55,13 +117,14 @@ fn print_table(out: &mut impl Write, sockets: &[Socket]) -> Result<()> {
         "STALLED",
         "AGE",
         "RETRANS",
+        "NETNS",
         "CGROUP",
-        "NETNS"
-    )?;
-    for s in sockets {
-        writeln!(
-            out,
-            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:>10}",
+    );
+    writeln!(out, "{}", head.trim_end())?;
+    for (s, a) in rows {
+        let process = if processes { process(a) } else { String::new() };
+        let line = format!(
+            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:<cw$}  {process}",
             s.local.to_string(),
             s.remote.to_string(),
             s.state,
@@ -73,11 +136,12 @@ fn print_table(out: &mut impl Write, sockets: &[Socket]) -> Result<()> {
             human_ms(s.stalled_ms),
             human_ms(s.age_ms),
             s.retransmits,
-            s.cgroup_id,
             s.netns,
-        )?;
+            cgroup_cell(a),
+        );
+        writeln!(out, "{}", line.trim_end())?;
     }
-    if sockets.is_empty() {
+    if rows.is_empty() {
         writeln!(out, "(no tracked sockets)")?;
     }
     Ok(())

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::{
-    cli::{PolicyArg, PressureArg, parse_cidr, parse_duration},
+    cli::{LogFormat, PolicyArg, PressureArg, parse_cidr, parse_duration},
     policy::Fairness,
     units::{parse_fairness, parse_size},
 };
@@ -20,6 +20,9 @@ pub const IDLE_ALONE: &str =
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct File {
     pub cgroup: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    /// Applies at start (a reload cannot change it).
+    pub log_format: Option<LogFormat>,
     pub dry_run: Option<bool>,
     #[serde(deserialize_with = "positive")]
     pub max_sockets: Option<u32>,

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 pub use self::file::File;
 use crate::{
-    cli::{FaultArg, PolicyArg, PressureArg, RunArgs},
+    cli::{FaultArg, LogFormat, PolicyArg, PressureArg, RunArgs},
     policy::{self, Fairness, Kind, Protect},
     pressure, sys,
 };
@@ -48,6 +48,9 @@ pub struct Settings {
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub pin_dir: PathBuf,
+    /// Chosen at start, before the settings are resolved (see [`log_format`]).
+    #[serde(default)]
+    pub log_format: LogFormat,
     pub dry_run: bool,
     pub max_sockets: u32,
     pub interval_ms: u64,
@@ -87,6 +90,30 @@ fn from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fairness, D::Erro
 /// Checks config text the way `--config` does; for fuzzing and tools. Errors name the key.
 pub fn check_config_text(text: &str) -> Result<(), String> {
     File::parse(text).map(|_| ())
+}
+
+/// `enforcer check-config FILE`: the settings `enforcer run --config FILE` would start with, or
+/// what it would refuse, found the way `run` finds it (nothing loaded, nothing attached).
+/// Every refusal is a [`UsageError`]; only an unreadable file is not.
+pub fn check_config(path: &std::path::Path) -> anyhow::Result<Settings> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let args = RunArgs { config: Some(path.to_owned()), ..RunArgs::default() };
+    let settings = Settings::resolve(args).map_err(|e| match e.downcast::<UsageError>() {
+        Ok(u) => u.into(),
+        Err(e) => usage(format!("config {}: {e:#}", path.display())),
+    })?;
+    settings.source().check().map_err(|e| usage(format!("config {}: {e:#}", path.display())))?;
+    Ok(settings)
+}
+
+/// The log format `enforcer run` starts with: the flag's, else the config file's (read
+/// leniently: a bad file is reported once the settings are resolved), else text.
+pub fn log_format(flag: Option<LogFormat>, config: Option<&std::path::Path>) -> LogFormat {
+    flag.or_else(|| {
+        let text = std::fs::read_to_string(config?).ok()?;
+        File::parse(&text).ok()?.log_format
+    })
+    .unwrap_or_default()
 }
 
 /// Cgroup ids of every protected directory and every cgroup below them. Resolved again every
@@ -168,6 +195,14 @@ impl Settings {
                 "--idle applies only with --max-per-remote (it says when a connection over the cap is idle)".into(),
             ));
         }
+        let pin_dir = match args.pin_dir.or(file.pin_dir) {
+            Some(dir) => dir,
+            None => PathBuf::from(crate::pins::DEFAULT_PIN_DIR),
+        };
+        // Checked here rather than when pinning, so `check-config` refuses what `run` refuses.
+        sys::check_pin_dir_name(&pin_dir)
+            .and_then(|()| sys::check_bpffs(&pin_dir))
+            .map_err(|e| usage(format!("{e:#}")))?;
         let which = if args.protect_cgroup.is_empty() { "config key `protect-cgroup`" } else { "--protect-cgroup" };
         let protect_cgroups = pick(args.protect_cgroup, file.protect_cgroup);
         // Checked now, so a typo fails at start rather than protecting nothing.
@@ -175,7 +210,8 @@ impl Settings {
         Ok(Self {
             cgroup,
             cgroup_id,
-            pin_dir: args.pins.pin_dir,
+            pin_dir,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             dry_run: args.dry_run || file.dry_run.unwrap_or(false),
             max_sockets: args.max_sockets.or(file.max_sockets).unwrap_or(enforcer_common::DEFAULT_MAX_SOCKETS),
             interval_ms,
@@ -217,6 +253,7 @@ impl Settings {
         [
             ("cgroup", self.cgroup != new.cgroup || self.cgroup_id != new.cgroup_id),
             ("pin-dir", self.pin_dir != new.pin_dir),
+            ("log-format", self.log_format != new.log_format),
             ("max-sockets", self.max_sockets != new.max_sockets),
             ("metrics-addr", self.metrics_addr != new.metrics_addr),
         ]
@@ -278,6 +315,7 @@ mod tests {
             cgroup: "/sys/fs/cgroup/x".into(),
             cgroup_id: 7,
             pin_dir: "/sys/fs/bpf/enforcer".into(),
+            log_format: LogFormat::Json,
             dry_run: true,
             max_sockets: 10,
             interval_ms: 250,

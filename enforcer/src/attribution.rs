@@ -1,0 +1,310 @@
+//! Who a socket belongs to, in an operator's words: its network namespace (inode), its cgroup's
+//! path (which names the pod or service; the kernel gives only the id) and a process holding it
+//! (pid and comm). The agent attributes each socket it decides on; `enforcer sockets` every row
+//! (the process only with `-p`, as it costs a lookup per socket).
+//!
+//! - cgroup id → path: the id is the inode of the cgroup's directory on the cgroup2 mount, so
+//!   one walk of the mount maps every id; kept, and walked again on a miss (at most once a
+//!   second: a cgroup that is already gone must not cost a walk per socket).
+//! - socket → process: netlink `SOCK_DIAG_BY_FAMILY` gives the socket's inode (from inside its
+//!   namespace, by 4-tuple and cookie), and the `socket:[INODE]` link in `/proc/PID/fd` its
+//!   holder. Only the processes of the socket's own cgroup are scanned first (a socket is
+//!   charged to the cgroup of the process that made it, which usually still holds it); then
+//!   every process. Each scan is kept as an inode index and reused while it answers.
+//!
+//! Imports `destroy` (the netlink socket), `netns`, `snapshot`, `socket`, `sys`.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{destroy::Netlink, netns::Namespace, socket::Socket, sys};
+
+/// A cgroup walk or a process scan that missed is not repeated sooner than this.
+const RESCAN_AFTER: Duration = Duration::from_secs(1);
+
+/// A process holding a socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What is known of a socket's owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Attribution {
+    /// Inode of its network namespace (`lsns -t net`).
+    pub netns: u64,
+    pub cgroup_id: u64,
+    /// The cgroup's path below the cgroup2 mount (`/system.slice/nginx.service`), if the
+    /// cgroup still exists.
+    pub cgroup: Option<String>,
+    /// A process holding it (the lowest pid when several do), if one was found: none holds an
+    /// orphan (closed by its application, still draining), and one in another cgroup may be
+    /// missed.
+    pub process: Option<Process>,
+}
+
+/// Cgroup ids to paths, from walks of the cgroup2 mount.
+#[derive(Debug)]
+pub struct CgroupPaths {
+    root: Option<PathBuf>,
+    paths: HashMap<u64, String>,
+    walked: Option<Instant>,
+}
+
+impl CgroupPaths {
+    pub fn new() -> Self {
+        // Without a cgroup2 mount no socket has a path; that is no reason to fail a listing.
+        Self { root: sys::cgroup2_root().ok(), paths: HashMap::new(), walked: None }
+    }
+
+    /// The cgroup2 mount, when there is one.
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    /// The path of cgroup `id` below the mount (`/` for the root cgroup).
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return Some(p.clone());
+        }
+        if self.walked.is_some_and(|t| t.elapsed() < RESCAN_AFTER) {
+            return None;
+        }
+        self.walk();
+        self.paths.get(&id).cloned()
+    }
+
+    fn walk(&mut self) {
+        self.walked = Some(Instant::now());
+        let Some(root) = self.root.clone() else { return };
+        self.paths.clear();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let rel = dir.strip_prefix(&root).map(|r| format!("/{}", r.display())).unwrap_or_default();
+            self.paths.insert(meta.ino(), rel);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+    }
+
+    /// `path` as this module writes cgroup paths: below the mount, from `/`. Takes a path on
+    /// the mount (`/sys/fs/cgroup/system.slice`) or one already below it (`/system.slice`).
+    pub fn relative(&self, path: &Path) -> String {
+        let below = self.root.as_deref().and_then(|root| path.strip_prefix(root).ok());
+        let rel = below.unwrap_or(path).display().to_string();
+        format!("/{}", rel.trim_matches('/'))
+    }
+}
+
+impl Default for CgroupPaths {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether cgroup path `path` is `dir` or below it (whole components: `/a/b` is not below `/a/bc`).
+pub fn cgroup_within(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    dir.is_empty() || path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Socket inodes to their holders, from one scan of some processes' descriptors.
+struct FdIndex {
+    built: Instant,
+    holders: HashMap<u64, Process>,
+}
+
+impl FdIndex {
+    fn scan(pids: impl Iterator<Item = u32>) -> Self {
+        let mut holders = HashMap::new();
+        for pid in pids {
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+            let mut comm = None;
+            for fd in fds.flatten() {
+                let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+                let Some(inode) = socket_inode(&link) else { continue };
+                let comm = comm.get_or_insert_with(|| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_owned()
+                });
+                match holders.get(&inode) {
+                    Some(Process { pid: held, .. }) if *held < pid => {}
+                    _ => {
+                        holders.insert(inode, Process { pid, comm: comm.clone() });
+                    }
+                }
+            }
+        }
+        Self { built: Instant::now(), holders }
+    }
+
+    fn fresh(&self) -> bool {
+        self.built.elapsed() < RESCAN_AFTER
+    }
+}
+
+/// The inode in a `socket:[INODE]` descriptor link.
+fn socket_inode(link: &Path) -> Option<u64> {
+    link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Attributes sockets, keeping what it learnt (cgroup paths, descriptor scans, one netlink
+/// socket per namespace) from one call to the next.
+#[derive(Default)]
+pub struct Attributor {
+    pub cgroups: CgroupPaths,
+    /// Per namespace inode: a netlink socket made inside it (it keeps that namespace).
+    diag: HashMap<u64, Netlink>,
+    /// Scans of one cgroup's processes, by cgroup id; 0 is every process.
+    fds: HashMap<u64, FdIndex>,
+}
+
+impl Attributor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Namespace and cgroup: cheap (a walk of the cgroup mount now and then).
+    pub fn place(&mut self, s: &Socket) -> Attribution {
+        Attribution { netns: s.netns, cgroup_id: s.cgroup_id, cgroup: self.cgroups.path(s.cgroup_id), process: None }
+    }
+
+    /// Namespace, cgroup and a process holding `s`, which lives in namespace `ns` (from the
+    /// snapshot that saw it; `None` if gone). Must run before a destroy: a destroyed socket is
+    /// unhashed and netlink no longer finds it.
+    pub fn attribute(&mut self, s: &Socket, ns: Option<&Namespace>) -> Attribution {
+        let mut a = self.place(s);
+        a.process = ns.and_then(|ns| self.process(s, ns, a.cgroup.as_deref()));
+        a
+    }
+
+    fn process(&mut self, s: &Socket, ns: &Namespace, cgroup: Option<&str>) -> Option<Process> {
+        let inode = match self.inode(s, ns) {
+            Ok(Some(inode)) if inode != 0 => u64::from(inode),
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::debug!(netns = ns.inode, error = %format!("{e:#}"), "looking up a socket's inode");
+                return None;
+            }
+        };
+        let own = cgroup.and_then(|c| self.cgroups.root().map(|r| r.join(c.trim_start_matches('/'))));
+        if let Some(dir) = own
+            && let Some(p) = self.holder(s.cgroup_id, inode, || cgroup_pids(&dir))
+        {
+            return Some(p);
+        }
+        self.holder(0, inode, all_pids)
+    }
+
+    /// The holder of `inode` in scan `key`, scanning again (once per `RESCAN_AFTER`) on a miss.
+    fn holder(&mut self, key: u64, inode: u64, pids: impl FnOnce() -> Vec<u32>) -> Option<Process> {
+        if let Some(index) = self.fds.get(&key) {
+            if let Some(p) = index.holders.get(&inode) {
+                return Some(p.clone());
+            }
+            if index.fresh() {
+                return None;
+            }
+        }
+        let index = FdIndex::scan(pids().into_iter());
+        let found = index.holders.get(&inode).cloned();
+        self.fds.insert(key, index);
+        found
+    }
+
+    fn inode(&mut self, s: &Socket, ns: &Namespace) -> anyhow::Result<Option<u32>> {
+        let nl = match self.diag.entry(ns.inode) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(crate::netns::run_in(ns, Netlink::open)??),
+        };
+        Ok(nl.inode(&s.raw)?)
+    }
+
+    /// Forgets what belongs to namespaces and cgroups no longer in use, so a long-running
+    /// agent holds no netlink socket of a namespace that is gone (it would keep it alive).
+    pub fn retain_namespaces(&mut self, alive: impl Fn(u64) -> bool) {
+        self.diag.retain(|inode, _| alive(*inode));
+        self.fds.retain(|_, index| index.fresh());
+    }
+}
+
+/// `text` in `N` bytes, NUL-padded; a longer one keeps its end behind `...` (the end of a
+/// cgroup path names the pod or service).
+pub fn fixed<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    if text.len() <= N {
+        out[..text.len()].copy_from_slice(text.as_bytes());
+        return out;
+    }
+    let mut start = text.len() - (N - 3);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail = &text.as_bytes()[start..];
+    out[..3].copy_from_slice(b"...");
+    out[3..3 + tail.len()].copy_from_slice(tail);
+    out
+}
+
+/// The text in a NUL-padded field.
+pub fn unfixed(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_fields_keep_the_end_of_long_text() {
+        assert_eq!(unfixed(&fixed::<16>("nginx")), "nginx");
+        assert_eq!(unfixed(&fixed::<8>("/a/b/c/d/e")), "...c/d/e");
+        assert_eq!(unfixed(&fixed::<8>("12345678")), "12345678");
+        // Never cuts a character in two.
+        assert_eq!(unfixed(&fixed::<8>("/ééééé")), "...éé");
+    }
+
+    #[test]
+    fn cgroup_prefixes_match_whole_components() {
+        assert!(cgroup_within("/a/b", "/a"));
+        assert!(cgroup_within("/a", "/a/"));
+        assert!(cgroup_within("/anything", "/"));
+        assert!(!cgroup_within("/a/bc", "/a/b"));
+        assert!(!cgroup_within("/b", "/a"));
+    }
+
+    #[test]
+    fn reads_socket_links() {
+        assert_eq!(socket_inode(Path::new("socket:[12345]")), Some(12345));
+        assert_eq!(socket_inode(Path::new("pipe:[12345]")), None);
+        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+    }
+
+    #[test]
+    fn relative_cgroup_paths() {
+        let c = CgroupPaths { root: Some("/sys/fs/cgroup".into()), paths: HashMap::new(), walked: None };
+        assert_eq!(c.relative(Path::new("/sys/fs/cgroup/system.slice/x.service")), "/system.slice/x.service");
+        assert_eq!(c.relative(Path::new("/system.slice/")), "/system.slice");
+        assert_eq!(c.relative(Path::new("/sys/fs/cgroup")), "/");
+    }
+}

@@ -1,0 +1,227 @@
+//! `enforcer top`: a live view like bcc's tcptop. It runs the agent's own policy code on fresh
+//! snapshots with the settings the agent recorded, so "chosen" means what the agent means.
+//! This file builds each view ([`View`]) and prints it as JSON or plain text; `tui.rs` draws it
+//! on a terminal.
+mod tui;
+
+use std::{
+    cmp::Reverse,
+    collections::HashMap,
+    io::{IsTerminal, Write},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::{
+    attribution::Attributor,
+    cli::{TopArgs, TopSort},
+    pins::PinDir,
+    policy::Judge,
+    pressure,
+    settings::Settings,
+    socket::Socket,
+    sys,
+    units::{human_bytes, human_ms},
+};
+
+/// One socket of a view.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub socket: Socket,
+    /// The cgroup's path below the cgroup2 mount, if it still exists.
+    pub cgroup: Option<String>,
+    pub fair_share: u64,
+    /// What the rule counts (bounded by what the snapshots saw), in ms.
+    pub judged_stalled_ms: u64,
+    pub drain_estimate_ms: Option<u64>,
+    /// The reason the rule would destroy it now, if it would.
+    pub chosen: Option<&'static str>,
+}
+
+/// What `top` shows at one refresh.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub pressure: u64,
+    pub threshold: u64,
+    /// Where pressure is read (`tracked`, `kernel`, `cgroup`).
+    pub source: &'static str,
+    pub over: bool,
+    pub dry_run: bool,
+    pub sockets: Vec<Row>,
+}
+
+impl View {
+    pub fn chosen(&self) -> usize {
+        self.sockets.iter().filter(|r| r.chosen.is_some()).count()
+    }
+
+    /// Sorts the rows by `key`, largest first (smallest first when `reverse`).
+    pub fn sort(&mut self, key: TopSort, reverse: bool) {
+        let k = |r: &Row| match key {
+            TopSort::Charged => r.socket.charged,
+            TopSort::SendQueue => r.socket.send_queue,
+            TopSort::Stalled => r.judged_stalled_ms,
+            TopSort::Drain => r.drain_estimate_ms.unwrap_or(0),
+            TopSort::Age => r.socket.age_ms,
+        };
+        self.sockets.sort_by_key(|r| Reverse(k(r)));
+        if reverse {
+            self.sockets.reverse();
+        }
+    }
+}
+
+/// Takes views from a running agent's pins, judging each with the agent's rule.
+pub struct Observer {
+    pins: PinDir,
+    settings: Settings,
+    source: pressure::Source,
+    judge: Judge,
+    epoch: Instant,
+    who: Attributor,
+}
+
+impl Observer {
+    pub fn open(args: &TopArgs) -> Result<Self> {
+        let pins = PinDir::open(&args.pins.pin_dir)?;
+        let settings = pins.settings().clone();
+        // A protected cgroup that is gone protects nothing.
+        let judge = Judge::new(settings.policy(settings.protected_cgroup_ids().unwrap_or_default()));
+        Ok(Self { source: settings.source(), settings, pins, judge, epoch: Instant::now(), who: Attributor::new() })
+    }
+
+    /// A fresh snapshot, judged.
+    pub fn view(&mut self) -> Result<View> {
+        let sockets = self.pins.snapshot()?.sockets;
+        let pressure = self.source.read(&sockets)?;
+        let plan = self.judge.judge(&sockets, self.epoch.elapsed().as_millis() as u64, pressure);
+        let assessments = plan.assessments.clone();
+        // What the agent would do with these sockets: every destroy succeeding.
+        let chosen: HashMap<u64, &'static str> =
+            plan.execute(usize::MAX, |_| true).acted.iter().map(|d| (d.socket.cookie, d.reason.as_str())).collect();
+        let threshold = self.settings.threshold;
+        let rows = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, socket)| {
+                let a = assessments.get(i).copied().unwrap_or_default();
+                Row {
+                    cgroup: self.who.place(&socket).cgroup,
+                    fair_share: a.fair_share,
+                    judged_stalled_ms: a.stalled_ms,
+                    drain_estimate_ms: a.drain_estimate_ms,
+                    chosen: chosen.get(&socket.cookie).copied(),
+                    socket,
+                }
+            })
+            .collect();
+        Ok(View {
+            pressure,
+            threshold,
+            source: self.source.name(),
+            over: pressure > threshold,
+            dry_run: self.settings.dry_run,
+            sockets: rows,
+        })
+    }
+}
+
+pub async fn run(args: TopArgs) -> Result<()> {
+    sys::require_root("enforcer top")?;
+    let mut observer = Observer::open(&args)?;
+    if args.json {
+        let mut view = observer.view()?;
+        view.sort(args.sort, false);
+        view.sockets.truncate(args.limit.unwrap_or(usize::MAX));
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &view).context("writing JSON")?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        return tui::run(&mut observer, &args);
+    }
+    plain(&mut observer, &args).await
+}
+
+/// Views one after another as plain text, for a pipe or a file.
+async fn plain(observer: &mut Observer, args: &TopArgs) -> Result<()> {
+    let mut ticker = tokio::time::interval(args.interval);
+    for round in 0.. {
+        if args.iterations.is_some_and(|n| round >= n) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = ticker.tick() => {}
+        }
+        let mut view = observer.view()?;
+        view.sort(args.sort, false);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", headline(&view))?;
+        // CHOSEN last, as before the CGROUP column came: scripts read it at the end of a row.
+        let rows: Vec<[String; 9]> = view.sockets.iter().take(args.limit.unwrap_or(20)).map(cells).collect();
+        let cw = rows.iter().map(|c| c[8].len()).max().unwrap_or(0).max(6);
+        writeln!(
+            out,
+            "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<cw$}  CHOSEN",
+            "LOCAL", "REMOTE", "CHARGED", "SEND-Q", "SHARE", "STALLED", "DRAIN", "CGROUP"
+        )?;
+        for c in &rows {
+            let line = format!(
+                "{:<22}  {:<22}  {:>9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<cw$}  {}",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[8], c[7]
+            );
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        writeln!(out)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The line above the table.
+pub fn headline(v: &View) -> String {
+    format!(
+        "enforcer top  pressure {} {} threshold {} ({})  {} sockets, {} chosen now{}",
+        human_bytes(v.pressure),
+        if v.over { "OVER" } else { "under" },
+        human_bytes(v.threshold),
+        v.source,
+        v.sockets.len(),
+        v.chosen(),
+        if v.dry_run { " (agent in dry run)" } else { "" }
+    )
+}
+
+/// A row's cells, in the order of [`COLUMNS`].
+pub fn cells(r: &Row) -> [String; 9] {
+    let s = &r.socket;
+    [
+        s.local.to_string(),
+        s.remote.to_string(),
+        human_bytes(s.charged),
+        human_bytes(s.send_queue),
+        human_bytes(r.fair_share),
+        human_ms(r.judged_stalled_ms),
+        r.drain_estimate_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+        r.chosen.unwrap_or("").to_owned(),
+        r.cgroup.clone().unwrap_or_else(|| s.cgroup_id.to_string()),
+    ]
+}
+
+/// Column titles, and the key that sorts by each (if any).
+pub const COLUMNS: [(&str, Option<TopSort>); 9] = [
+    ("LOCAL", None),
+    ("REMOTE", None),
+    ("CHARGED", Some(TopSort::Charged)),
+    ("SEND-Q", Some(TopSort::SendQueue)),
+    ("SHARE", None),
+    ("STALLED", Some(TopSort::Stalled)),
+    ("DRAIN", Some(TopSort::Drain)),
+    ("CHOSEN", None),
+    ("CGROUP", None),
+];
