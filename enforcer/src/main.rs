@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         cli::Command::MountBpffs => {
-            init_logging(cli.log_format, "info");
+            init_logging(cli.log_format.unwrap_or_default(), "info");
             // ensure_bpffs takes a pin directory and makes sure its parent is a bpffs.
             enforcer::sys::ensure_bpffs(&std::path::Path::new(enforcer::sys::BPFFS_MOUNT).join("enforcer"))
         }
