@@ -33,6 +33,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_bound_dev_if: 0,
     cgroup_level: 0,
     cgroup_ancestors: 0,
+    skc_net: 0,
+    net_inum: 0,
 };
 
 /// Overridden by the loader: the watched cgroup (see `WatchConfig`).

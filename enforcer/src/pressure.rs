@@ -3,7 +3,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::socket::Socket;
 
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -35,13 +34,15 @@ impl Source {
                 dir.display()
             );
         }
-        self.read(&[]).map(|_| ())
+        self.read(0).map(|_| ())
     }
 
     /// Current pressure in bytes.
-    pub fn read(&self, sockets: &[Socket]) -> Result<u64> {
+    /// The pressure now; `tracked` is what every tracked connection is charged, summed (the
+    /// scan's summary), which the `tracked` source returns as it is.
+    pub fn read(&self, tracked: u64) -> Result<u64> {
         match self {
-            Self::Tracked => Ok(sockets.iter().map(|s| s.charged).sum()),
+            Self::Tracked => Ok(tracked),
             Self::Kernel => {
                 let text = std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
                 Ok(sockstat_tcp_pages(&text).context("no `TCP: … mem N` line in /proc/net/sockstat")? * page_size())

@@ -32,8 +32,8 @@ pub struct Metrics {
     pub threshold: Gauge,
     pub tracked: Gauge,
     pub offenders: Gauge,
-    pub map_entries: Gauge,
-    pub map_capacity: Gauge,
+    /// Sockets the last scan wrote out for the rule (0 while pressure is well below the threshold).
+    pub scanned_out: Gauge,
     /// Decisions by `event` (destroyed, would_destroy, destroy_failed) and `reason`.
     pub decisions: Family<Labels, Counter>,
     pub held_back: Counter,
@@ -69,8 +69,7 @@ impl Metrics {
             threshold: Gauge::default(),
             tracked: Gauge::default(),
             offenders: Gauge::default(),
-            map_entries: Gauge::default(),
-            map_capacity: Gauge::default(),
+            scanned_out: Gauge::default(),
             decisions: Family::default(),
             held_back: Counter::default(),
             repeat_offenders: Counter::default(),
@@ -100,12 +99,15 @@ impl Metrics {
         r.register_with_unit("threshold", "Pressure above which the rule applies", Unit::Bytes, m.threshold.clone());
         r.register(
             "tracked_sockets",
-            "Tracked sockets in the last snapshot, in every network namespace the agent reaches",
+            "Tracked connections in the last scan, in every network namespace",
             m.tracked.clone(),
         );
         r.register("offenders", "Sockets chosen by the rule in the last interval", m.offenders.clone());
-        r.register("socket_map_entries", "Records in the socket map", m.map_entries.clone());
-        r.register("socket_map_capacity", "Capacity of the socket map (--max-sockets)", m.map_capacity.clone());
+        r.register(
+            "scanned_out_sockets",
+            "Sockets the last scan wrote out for the rule: those holding memory (every one with --max-per-remote), none while pressure is under half the threshold",
+            m.scanned_out.clone(),
+        );
         r.register("decisions", "Enforcement decisions by event and reason", m.decisions.clone());
         r.register("held_back", "Decisions held back by --max-kills or --max-kills-per-minute", m.held_back.clone());
         r.register(
@@ -122,12 +124,12 @@ impl Metrics {
         r.register_with_unit("policy_duration", "Time to apply the rule", Unit::Seconds, m.policy_seconds.clone());
         r.register(
             "kernel_events",
-            "Events the kernel programs counted: tracked, map_full, removed, adopted, contained",
+            "Events the kernel programs counted: tracked, adopted, contained",
             m.kernel.clone(),
         );
         r.register(
             "kernel_errors",
-            "Errors the kernel programs failed open on: sockops, tcp_probe, snapshot, contain",
+            "Errors the kernel programs failed open on: storage (no memory for a record), sockops, tcp_probe, snapshot, contain",
             m.kernel_errors.clone(),
         );
         r.register("program_runs", "Runs of each eBPF program (kernel.bpf_stats_enabled=1)", m.program_runs.clone());

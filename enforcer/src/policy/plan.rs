@@ -133,7 +133,7 @@ mod tests {
             sock(2, "192.0.2.2:1", 5 << 20, 5000, 0),
             sock(3, "192.0.2.3:1", 4 << 20, 5000, 0),
         ];
-        let plan = Judge::new(policy(8 << 20)).judge(&sockets, 1000, 12 << 20);
+        let plan = Judge::new(policy(8 << 20)).judge_all(&sockets, 1000, 12 << 20);
         let mut tried = Vec::new();
         let out = plan.execute(100, |d| {
             tried.push(d.socket.cookie);
@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn failures_are_bounded() {
         let sockets: Vec<_> = (1..=1000).map(|c| sock(c, "192.0.2.1:1", 1 << 20, 5000, 0)).collect();
-        let plan = Judge::new(policy(1 << 20)).judge(&sockets, 1000, 1 << 30);
+        let plan = Judge::new(policy(1 << 20)).judge_all(&sockets, 1000, 1 << 30);
         let mut calls = 0;
         let out = plan.execute(10_000, |_| {
             calls += 1;
