@@ -71,7 +71,6 @@ pub mod names {
     ];
 }
 
-
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 

@@ -29,7 +29,9 @@ pub static RECORDS: SkStorage<SockRecord> = SkStorage::new();
 pub unsafe fn record(sk: *mut c_void, init: Option<&SockRecord>) -> Option<&'static mut SockRecord> {
     let map = core::ptr::from_ref(&RECORDS).cast_mut().cast::<c_void>();
     let (value, flags) = match init {
-        Some(r) => (core::ptr::from_ref(r).cast_mut().cast::<c_void>(), aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64),
+        Some(r) => {
+            (core::ptr::from_ref(r).cast_mut().cast::<c_void>(), aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64)
+        }
         None => (core::ptr::null_mut(), 0),
     };
     // SAFETY: `map` is the storage map above; the caller vouches for `sk`; `value` is null or
@@ -51,8 +53,7 @@ pub static SCAN_SUMMARY: Array<ScanSummary> = Array::with_max_entries(1, 0);
 /// remote, a per-remote cap). Entries of older scans are recognised by their generation and
 /// recycled, so the agent never clears it; LRU so that churn through many remotes cannot fill it.
 #[map]
-pub static REMOTE_COUNTS: LruHashMap<RemoteKey, RemoteCount> =
-    LruHashMap::with_max_entries(REMOTE_COUNTS_CAPACITY, 0);
+pub static REMOTE_COUNTS: LruHashMap<RemoteKey, RemoteCount> = LruHashMap::with_max_entries(REMOTE_COUNTS_CAPACITY, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

@@ -79,11 +79,8 @@ impl IterLink {
     /// A link of `prog` (an iterator program); with `map`, a map-element iterator over it.
     pub fn create(prog: BorrowedFd<'_>, map: Option<BorrowedFd<'_>>) -> io::Result<Self> {
         let info = map.map(|m| IterLinkInfo { map_fd: m.as_raw_fd() as u32, _pad: 0 });
-        let mut attr = LinkCreate {
-            prog_fd: prog.as_raw_fd() as u32,
-            attach_type: BPF_TRACE_ITER,
-            ..LinkCreate::default()
-        };
+        let mut attr =
+            LinkCreate { prog_fd: prog.as_raw_fd() as u32, attach_type: BPF_TRACE_ITER, ..LinkCreate::default() };
         if let Some(info) = &info {
             attr.iter_info = std::ptr::from_ref(info) as u64;
             attr.iter_info_len = std::mem::size_of::<IterLinkInfo>() as u32;
@@ -102,8 +99,13 @@ impl IterLink {
     pub fn pin(&self, path: &Path) -> io::Result<()> {
         let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the pin path"))?;
-        let mut attr =
-            ObjPin { pathname: c.as_ptr() as u64, bpf_fd: self.fd.as_raw_fd() as u32, file_flags: 0, path_fd: 0, _pad: 0 };
+        let mut attr = ObjPin {
+            pathname: c.as_ptr() as u64,
+            bpf_fd: self.fd.as_raw_fd() as u32,
+            file_flags: 0,
+            path_fd: 0,
+            _pad: 0,
+        };
         // SAFETY: as in `bpf_fd`; `c` outlives the call.
         let rc = unsafe {
             libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, std::ptr::from_mut(&mut attr), std::mem::size_of::<ObjPin>())

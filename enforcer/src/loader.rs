@@ -182,8 +182,10 @@ impl Loaded {
             IterLink::create(fd.as_fd(), map).with_context(|| format!("creating the iterator link of {name}"))
         };
         let adopt = link(names::PROG_ADOPT, names::ITER_TCP, None)?;
-        let by_records = link(names::PROG_SNAPSHOT, names::ITER_SK_STORAGE, Some(records.as_fd()))
-            .and_then(|snapshot| Ok((snapshot, link(names::PROG_SCAN, names::ITER_SK_STORAGE, Some(records.as_fd()))?)));
+        let by_records =
+            link(names::PROG_SNAPSHOT, names::ITER_SK_STORAGE, Some(records.as_fd())).and_then(|snapshot| {
+                Ok((snapshot, link(names::PROG_SCAN, names::ITER_SK_STORAGE, Some(records.as_fd()))?))
+            });
         let (walk, snapshot, scan) = match by_records {
             Ok((snapshot, scan)) => (Walk::Records, snapshot, scan),
             Err(e) => {
@@ -243,12 +245,12 @@ impl Loaded {
             names::PROG_SCAN_TCP,
             names::PROG_ADOPT,
         ]
-            .into_iter()
-            .filter_map(|name| {
-                let info = self.ebpf.program(name)?.info().ok()?;
-                Some((name, info.run_count(), info.run_time()))
-            })
-            .collect()
+        .into_iter()
+        .filter_map(|name| {
+            let info = self.ebpf.program(name)?.info().ok()?;
+            Some((name, info.run_count(), info.run_time()))
+        })
+        .collect()
     }
 
     /// Hands a map over to the module that owns its layout (the journal, the contained trie).
@@ -256,7 +258,6 @@ impl Loaded {
     pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
         self.ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name} (or it was taken)"))
     }
-
 }
 
 /// This binary's version as `AgentInfo` keeps it (cut to fit, NUL-padded).

@@ -195,8 +195,13 @@ impl Scanner {
     pub fn scan(&mut self, mode: u32, groups: Option<(u32, u32)>, namespaces: &[Namespace]) -> Result<ScanSummary> {
         self.generation += 1;
         let (group_v4, group_v6) = groups.unwrap_or_default();
-        let params =
-            ScanParams { mode, count_remotes: u32::from(groups.is_some()), group_v4, group_v6, generation: self.generation };
+        let params = ScanParams {
+            mode,
+            count_remotes: u32::from(groups.is_some()),
+            group_v4,
+            group_v6,
+            generation: self.generation,
+        };
         self.params.set(0, params, 0).context("writing the scan's parameters")?;
         self.summary.set(0, ScanSummary::default(), 0).context("clearing the scan's summary")?;
         let link = &self.link;

@@ -178,7 +178,8 @@ mod tests {
     fn a_stall_is_no_older_than_the_data() {
         // Last ACK ten minutes ago, nothing outstanding at the last snapshot 300 ms ago, a
         // backlog now: stalled for 300 ms, not ten minutes.
-        let mut e = SnapshotEntry { now_ns: 600_000_000_000, write_seq: 5000, snd_una: 1000, ..SnapshotEntry::default() };
+        let mut e =
+            SnapshotEntry { now_ns: 600_000_000_000, write_seq: 5000, snd_una: 1000, ..SnapshotEntry::default() };
         e.record.family = AF_INET;
         e.record.tx_progress_ns = 1;
         e.record.empty_seen_ns = 599_700_000_000;

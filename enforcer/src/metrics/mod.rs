@@ -36,6 +36,7 @@ pub struct Metrics {
     pub scanned_out: Gauge,
     /// Decisions by `event` (destroyed, would_destroy, destroy_failed) and `reason`.
     pub decisions: Family<Labels, Counter>,
+    pub scans: Family<Labels, Counter>,
     pub held_back: Counter,
     /// Remotes that became repeat offenders, and how many are flagged now.
     pub repeat_offenders: Counter,
@@ -71,6 +72,7 @@ impl Metrics {
             offenders: Gauge::default(),
             scanned_out: Gauge::default(),
             decisions: Family::default(),
+            scans: Family::default(),
             held_back: Counter::default(),
             repeat_offenders: Counter::default(),
             repeat_offenders_flagged: Gauge::default(),
@@ -109,6 +111,11 @@ impl Metrics {
             m.scanned_out.clone(),
         );
         r.register("decisions", "Enforcement decisions by event and reason", m.decisions.clone());
+        r.register(
+            "scans",
+            "Intervals by what was read: skipped (the kernel's TCP memory bounds pressure under half the threshold), summary, candidates, all",
+            m.scans.clone(),
+        );
         r.register("held_back", "Decisions held back by --max-kills or --max-kills-per-minute", m.held_back.clone());
         r.register(
             "repeat_offenders",
