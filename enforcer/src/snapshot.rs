@@ -144,7 +144,7 @@ fn read_walk(
 /// records map changed between two read()s of one iteration.
 fn parse(bytes: &[u8], out: &mut Vec<SnapshotEntry>, seen: &mut HashSet<u64>) -> Result<(), ()> {
     let size = std::mem::size_of::<SnapshotEntry>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(());
     }
     out.clear();
