@@ -20,19 +20,13 @@ use crate::{
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
     netns, notify,
-    policy::{Decision, Fairness, Judge, Outcome, Plan, Population, repeat::Flagged, storm::StormGuard},
+    policy::{self, Decision, Fairness, Judge, Outcome, Plan, Population, repeat::Flagged, storm::StormGuard},
     pressure,
     settings::Settings,
     snapshot::{Scanner, Walk},
     socket::Socket,
     sys,
 };
-
-/// While the last pressure read was under this percentage of the threshold, an interval's scan
-/// reads a summary only: nothing can be chosen, and pressure would have to double within one
-/// interval to cross the threshold unseen. (A summary that finds pressure above it is followed
-/// at once by a scan of the candidates.)
-const SUMMARY_ONLY_BELOW_PERCENT: u64 = 50;
 
 /// An interval walks the sockets at least this often, even while the kernel's own memory figures
 /// show pressure is well below the threshold, so the tracked-sockets gauge stays fresh.
@@ -214,7 +208,9 @@ impl Agent {
         let s = &self.settings;
         // A per-remote cap judges idle connections, which hold nothing: it needs them all.
         let full = s.max_per_remote.is_some();
-        let low = |p: u64| p.saturating_mul(100) < s.threshold.saturating_mul(SUMMARY_ONLY_BELOW_PERCENT);
+        // While the last pressure was quiet, the scan reads a summary only; a summary that finds
+        // pressure above the line is followed at once by a scan of the candidates.
+        let low = |p: u64| policy::quiet(p, s.threshold);
         let mut mode = match self.last_pressure {
             _ if full => scan_mode::ALL,
             Some(p) if low(p) => scan_mode::SUMMARY,

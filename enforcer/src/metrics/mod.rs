@@ -191,8 +191,8 @@ mod tests {
         let m = Metrics::new();
         m.pressure.set(5);
         m.decisions.get_or_create(&vec![("event", "destroyed"), ("reason", "stalled")]).inc();
-        m.kernel_counters(&[3, 1, 2, 4, 0, 0, 0]);
-        m.kernel_counters(&[5, 1, 2, 4, 0, 0, 0]);
+        m.kernel_counters(&[3, 1, 2, 4, 0, 0, 0, 0]);
+        m.kernel_counters(&[5, 1, 4, 4, 0, 0, 0, 0]);
         let text = m.encode(Format::OpenMetrics);
         assert!(text.contains("enforcer_pressure_bytes 5"), "{text}");
         assert!(text.contains(r#"enforcer_decisions_total{event="destroyed",reason="stalled"} 1"#), "{text}");

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use super::{
     Decision, ESCALATE_AFTER_INTERVALS, Policy, Population, Reason,
     plan::Plan,
+    quiet,
     repeat::{Flagged, RepeatOffenders},
 };
 use crate::socket::Socket;
@@ -124,6 +125,9 @@ impl Judge {
         let released = self.repeat.expire(now_ms);
         let p = &self.policy;
         let over = pressure > p.threshold;
+        // Quiet pressure keeps no history: the same as an interval the agent did not judge
+        // (`rest`), so reading a summary only changes nothing.
+        let keep = !quiet(pressure, p.threshold);
         self.over_streak = if over { self.over_streak.saturating_add(1) } else { 0 };
         let mut plan = Plan::new(pressure, p.threshold, p.kind, self.over_streak >= ESCALATE_AFTER_INTERVALS);
         plan.released = released;
@@ -133,7 +137,7 @@ impl Judge {
         plan.assessments.reserve(sockets.len());
         for s in sockets {
             let share = population.share(p.fairness, p.threshold, s);
-            let h = remember(s, prev.remove(&s.cookie), share, now_ms, p.drain_window_ms);
+            let h = remember(s, prev.remove(&s.cookie), share, now_ms, p.drain_window_ms).filter(|_| keep);
             let drain = h.as_ref().and_then(|o| o.drain_estimate_ms(s, now_ms, p.drain_window_ms));
             let a = Assessment { fair_share: share, stalled_ms: s.stalled_ms, drain_estimate_ms: drain };
             if over && !p.protect.covers(s) {

@@ -18,6 +18,8 @@
 //! - a destroy that failed frees nothing: the next candidate is taken ([`plan`]).
 pub mod judge;
 pub mod plan;
+#[cfg(test)]
+mod property;
 pub mod repeat;
 pub mod storm;
 
@@ -118,6 +120,17 @@ pub struct Policy {
 /// become candidates: long enough that the fair-share rule had its chance, short enough that a
 /// spread attack cannot hold memory for long.
 pub const ESCALATE_AFTER_INTERVALS: u32 = 4;
+
+/// Pressure under this percentage of the threshold is quiet: nothing can be chosen for memory,
+/// and the rule keeps no over-share history (a slow drain is measured from the moment pressure
+/// reaches this line). The agent then reads a summary of the sockets, or nothing at all: pressure
+/// would have to double within one interval to cross the threshold unseen.
+pub const QUIET_BELOW_PERCENT: u64 = 50;
+
+/// Whether `pressure` is quiet against `threshold` ([`QUIET_BELOW_PERCENT`]).
+pub fn quiet(pressure: u64, threshold: u64) -> bool {
+    pressure.saturating_mul(100) < threshold.saturating_mul(QUIET_BELOW_PERCENT)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
