@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use enforcer_common::{names, scan_mode};
+use enforcer_common::{names, scan_mode, stats};
 use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -103,6 +103,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         scanner,
         last_pressure: None,
         last_walk: None,
+        record_failures: 0,
         journal,
         containment,
         epoch: Instant::now(),
@@ -138,6 +139,9 @@ struct Agent {
     last_pressure: Option<u64>,
     /// When the sockets were last walked.
     last_walk: Option<Instant>,
+    /// Connections the kernel failed to give a record (sock_ops errors, no memory), as of the
+    /// last interval: when it grows, adoption runs again.
+    record_failures: u64,
     journal: Journal,
     containment: Containment,
     /// The rule and what it remembers across snapshots.
@@ -171,6 +175,7 @@ impl Agent {
     fn interval(&mut self) {
         let started = Instant::now();
         self.namespaces = None;
+        self.adopt_unrecorded();
         let Some((pressure, population)) = self.scan() else { return };
         if !self.metrics.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
             // Attached, and a scan works: ready for /readyz and for systemd.
@@ -423,6 +428,24 @@ impl Agent {
             Ok(ids) => self.judge.policy_mut().protect.cgroups = ids,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "re-reading --protect-cgroup; keeping the previous set")
+            }
+        }
+    }
+
+    /// sock_ops gives every connection its record when it is established; when that failed
+    /// (an error, no memory for the record), the connection is found by running adoption again
+    /// in each namespace, the walk the agent otherwise makes once, at start.
+    fn adopt_unrecorded(&mut self) {
+        let Ok(k) = self.loaded.stats() else { return };
+        let failures = k[stats::ERR_SOCKOPS as usize] + k[stats::ERR_STORAGE as usize];
+        if failures <= self.record_failures {
+            return;
+        }
+        self.record_failures = failures;
+        let listed = self.namespaces.get_or_insert_with(|| namespaces_of(&self.settings.cgroup));
+        for ns in listed.iter() {
+            if let Err(e) = self.loaded.adopt_in(ns) {
+                tracing::debug!(netns = ns.inode, error = %format!("{e:#}"), "adoption after a failed record");
             }
         }
     }
