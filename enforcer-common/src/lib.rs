@@ -110,10 +110,15 @@ pub struct SockRecord {
     /// drops (bad checksum, out of window) must not count as progress.
     pub pending_ns: u64,
     pub pending_ack: u32,
-    pub _pad1: u32,
-    /// The last time a snapshot or scan saw nothing outstanding (`write_seq == snd_una`); 0 if
-    /// none has. A backlog queued since then cannot have been stalled for longer.
-    pub empty_seen_ns: u64,
+    /// 1 when `pending_ack` acknowledged everything written at the time (`write_seq`): once
+    /// confirmed, the queue was drained then.
+    pub pending_drains: u32,
+    /// When a scan first saw the current backlog outstanding (ns); 0 while none is known to be:
+    /// a scan saw nothing outstanding, or an acknowledgement drained the queue since. A stall is
+    /// counted from the later of this and the last progress, so data queued while nobody looked
+    /// (after an idle spell, or while the agent skipped its walks) is never taken as older than
+    /// the first look at it: a stall can be underestimated by one interval, never overestimated.
+    pub outstanding_since_ns: u64,
 }
 
 /// The record was made by the snapshot for a connection that already existed when the agent
@@ -191,10 +196,10 @@ impl SnapshotEntry {
     pub fn recv_queue(&self) -> u32 {
         self.rcv_nxt.wrapping_sub(self.copied_seq)
     }
-    /// Since when the queue has been stalled (ns): the last progress, or the last time a
-    /// snapshot saw nothing outstanding, whichever is later. Meaningful while `send_queue() > 0`.
+    /// Since when the queue has been stalled (ns): the last progress, or the first time a scan
+    /// saw this backlog, whichever is later. Meaningful while `send_queue() > 0`.
     pub fn stalled_since_ns(&self) -> u64 {
-        self.record.tx_progress_ns.max(self.record.empty_seen_ns)
+        self.record.tx_progress_ns.max(self.record.outstanding_since_ns)
     }
 }
 

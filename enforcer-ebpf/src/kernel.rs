@@ -131,8 +131,12 @@ impl LazyNow {
 #[inline(always)]
 pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: &mut LazyNow) {
     if snd_una != rec.snd_una {
-        rec.tx_progress_ns =
-            if rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una) { rec.pending_ns } else { now.get() };
+        let confirmed = rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una);
+        rec.tx_progress_ns = if confirmed { rec.pending_ns } else { now.get() };
+        if confirmed && rec.pending_drains != 0 {
+            // That acknowledgement emptied the queue: whatever is outstanding now came later.
+            rec.outstanding_since_ns = 0;
+        }
         rec.snd_una = snd_una;
         rec.pending_ns = 0;
     }

@@ -176,16 +176,16 @@ mod tests {
 
     #[test]
     fn a_stall_is_no_older_than_the_data() {
-        // Last ACK ten minutes ago, nothing outstanding at the last snapshot 300 ms ago, a
-        // backlog now: stalled for 300 ms, not ten minutes.
+        // Last ACK ten minutes ago, this backlog first seen by a scan 300 ms ago: stalled for
+        // 300 ms, not ten minutes.
         let mut e =
             SnapshotEntry { now_ns: 600_000_000_000, write_seq: 5000, snd_una: 1000, ..SnapshotEntry::default() };
         e.record.family = AF_INET;
         e.record.tx_progress_ns = 1;
-        e.record.empty_seen_ns = 599_700_000_000;
+        e.record.outstanding_since_ns = 599_700_000_000;
         assert_eq!(Socket::new(&e).stalled_ms, 300);
         assert_eq!(Socket::new(&e).tx_idle_ms, 599_999);
-        // Progress after the empty snapshot dates the stall.
+        // Progress since then dates the stall.
         e.record.tx_progress_ns = 599_900_000_000;
         assert_eq!(Socket::new(&e).stalled_ms, 100);
     }

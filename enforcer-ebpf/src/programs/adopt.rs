@@ -81,8 +81,8 @@ unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
         rcv_nxt: unsafe { load(tp, off!(tp_rcv_nxt)) },
         pending_ns: 0,
         pending_ack: 0,
-        _pad1: 0,
-        empty_seen_ns: 0,
+        pending_drains: 0,
+        outstanding_since_ns: 0,
     };
     // Assigns a cookie if the socket never had one: tcp_probe skips sockets without, and a
     // destroy names it.

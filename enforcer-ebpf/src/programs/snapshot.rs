@@ -16,8 +16,8 @@
 //! Both reconcile the record: where `snd_una`/`rcv_nxt` moved without `tcp_probe` seeing it
 //! (segments in states other than ESTABLISHED go through `tcp_rcv_state_process`), progress is
 //! dated to now, so a draining socket is never reported as stalled for longer than one read;
-//! and a connection seen with nothing outstanding has that noted (`empty_seen_ns`), which bounds
-//! any later stall.
+//! and the first scan to see a backlog notes when (`outstanding_since_ns`), which bounds its
+//! stall from below the truth, never above.
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_seq_write, bpf_skc_to_tcp_sock};
@@ -208,7 +208,9 @@ unsafe fn visit(
 
     reconcile(rec, e.snd_una, e.rcv_nxt, e.snd_wnd, &mut LazyNow::at(now));
     if e.write_seq == e.snd_una {
-        rec.empty_seen_ns = now;
+        rec.outstanding_since_ns = 0;
+    } else if rec.outstanding_since_ns == 0 {
+        rec.outstanding_since_ns = now;
     }
     e.record = *rec;
 

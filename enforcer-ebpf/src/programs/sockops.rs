@@ -132,8 +132,8 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         rcv_nxt: seqs[1],
         pending_ns: 0,
         pending_ack: 0,
-        _pad1: 0,
-        empty_seen_ns: 0,
+        pending_drains: 0,
+        outstanding_since_ns: 0,
     };
     let recorded = if sk.is_null() {
         Err(NO_STORAGE)

@@ -93,6 +93,8 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), Error
     let (snd_una, snd_nxt, rcv_nxt, snd_wnd): (u32, u32, u32, u32) = unsafe {
         (load(tp, off!(tp_snd_una)), load(tp, off!(tp_snd_nxt)), load(tp, off!(tp_rcv_nxt)), load(tp, off!(tp_snd_wnd)))
     };
+    // SAFETY: as above.
+    let write_seq: u32 = unsafe { load(tp, off!(tp_write_seq)) };
     let mut now = LazyNow::new();
     reconcile(rec, snd_una, rcv_nxt, snd_wnd, &mut now);
 
@@ -107,6 +109,7 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), Error
     let ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
     if th[13] & TH_ACK != 0 && seq_after(ack, snd_una) && !seq_after(ack, snd_nxt) {
         rec.pending_ack = ack;
+        rec.pending_drains = u32::from(ack == write_seq);
         rec.pending_ns = now.get();
     }
     Ok(())
