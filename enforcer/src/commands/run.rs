@@ -20,7 +20,7 @@ use crate::{
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
     netns, notify,
-    policy::{self, Decision, Fairness, Judge, Outcome, Plan, Population, repeat::Flagged, storm::StormGuard},
+    policy::{self, Decision, Fairness, Judge, Outcome, Plan, Population, Taken, repeat::Flagged, storm::StormGuard},
     pressure,
     settings::Settings,
     snapshot::{Scanner, Walk},
@@ -29,8 +29,10 @@ use crate::{
 };
 
 /// An interval walks the sockets at least this often, even while the kernel's own memory figures
-/// show pressure is well below the threshold, so the tracked-sockets gauge stays fresh.
-const WALK_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// show pressure is well below the threshold, so the tracked-sockets gauge is never older. (No
+/// decision depends on it: a stall is dated from the first walk that sees the backlog.) A walk
+/// costs about 1 µs per TCP socket of the watched namespaces with `iter/tcp` (BENCHMARKS.md).
+const WALK_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn run(args: RunArgs) -> Result<()> {
     sys::require_root("enforcer run")?;
@@ -152,9 +154,10 @@ struct Agent {
     metrics: Arc<Metrics>,
     /// One netlink socket per network namespace it destroys in, by namespace inode.
     destroyers: HashMap<u64, Netlink>,
-    /// Dry run: the sockets the rule chose in the last interval. A dry run reports a socket once
-    /// per episode (until the rule stops choosing it, say when pressure falls), so its log,
-    /// ring and counters count sockets, not intervals, and real history stays in the ring.
+    /// Dry run: the sockets reported in this episode, kept while the rule keeps them among its
+    /// candidates (carried out or held back by a cap). A dry run reports a socket once per
+    /// episode (until the rule stops choosing it, say when pressure falls), so its log, ring
+    /// and counters count sockets, not intervals, and real history stays in the ring.
     reported: HashSet<u64>,
     /// Names the namespace, cgroup path and process of each socket decided on.
     attribution: Attributor,
@@ -310,24 +313,30 @@ impl Agent {
     fn act(&mut self, sockets: &[Socket], plan: Plan, t: Timing) {
         let (pressure, candidates) = (plan.pressure, plan.candidates());
         let allowed = self.settings.max_kills.min(self.storm.available(t.started));
-        // In a dry run, sockets chosen again that were reported in the previous interval: they
-        // count toward this interval's budget as before, but are not reported again.
-        let mut again = HashSet::new();
+        // In a dry run, sockets chosen again that were reported earlier in the episode: taken as
+        // gone, as a real run would have destroyed them, so they are not reported again and do
+        // not use up the caps; the next candidates are reported as a real run would destroy them.
+        let still: HashSet<u64> = if self.settings.dry_run { plan.cookies().collect() } else { HashSet::new() };
         let outcome = if candidates == 0 {
             Outcome::default()
         } else {
-            let outcome = plan.execute(allowed, |d| {
+            let outcome = plan.carry_out(allowed, |d| {
                 if self.settings.dry_run && self.reported.contains(&d.socket.cookie) {
-                    again.insert(d.socket.cookie);
-                    return true;
+                    Taken::Gone
+                } else if self.carry_out(d, pressure) {
+                    Taken::Done
+                } else {
+                    Taken::Failed
                 }
-                self.carry_out(d, pressure)
             });
-            self.storm.spend(t.started, outcome.acted.len() - again.len());
+            self.storm.spend(t.started, outcome.acted.len());
             outcome
         };
         if self.settings.dry_run {
-            self.reported = outcome.acted.iter().map(|d| d.socket.cookie).collect();
+            // A socket leaves the episode when the rule no longer names it at all, not when a
+            // cap held it back for an interval.
+            self.reported.retain(|c| still.contains(c));
+            self.reported.extend(outcome.acted.iter().map(|d| d.socket.cookie));
         }
         if outcome.held_back > 0 {
             // Name the cap that bit: the per-interval one when it was the smaller.
@@ -340,7 +349,7 @@ impl Agent {
             );
         }
         let now_ms = t.started.duration_since(self.epoch).as_millis() as u64;
-        for d in outcome.acted.iter().filter(|d| !again.contains(&d.socket.cookie)) {
+        for d in &outcome.acted {
             if let Some(flag) = self.judge.record_destroy(d, now_ms) {
                 self.flag(&flag);
             }

@@ -101,7 +101,7 @@ impl Metrics {
         r.register_with_unit("threshold", "Pressure above which the rule applies", Unit::Bytes, m.threshold.clone());
         r.register(
             "tracked_sockets",
-            "Tracked connections in the last scan, in every network namespace",
+            "Tracked connections in the last walk, in every network namespace (while pressure is quiet, walks are up to a minute apart)",
             m.tracked.clone(),
         );
         r.register("offenders", "Sockets chosen by the rule in the last interval", m.offenders.clone());

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 pub use self::{
     judge::{Assessment, Judge},
-    plan::{Outcome, Plan},
+    plan::{Outcome, Plan, Taken},
 };
 use crate::socket::Socket;
 
