@@ -7,11 +7,15 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
-    pub const MAP_SOCKETS: &str = "SOCKETS";
+    /// The socket-local storage map of `SockRecord`s.
+    pub const MAP_RECORDS: &str = "RECORDS";
+    pub const MAP_SCAN_PARAMS: &str = "SCAN_PARAMS";
+    pub const MAP_SCAN_SUMMARY: &str = "SCAN_SUMMARY";
+    pub const MAP_REMOTE_COUNTS: &str = "REMOTE_COUNTS";
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_AGENT_INFO: &str = "AGENT_INFO";
     pub const MAP_AGENT_SETTINGS: &str = "AGENT_SETTINGS";
@@ -23,13 +27,22 @@ pub mod names {
 
     pub const PROG_SOCKOPS: &str = "enforcer_sockops";
     pub const PROG_TCP_PROBE: &str = "enforcer_tcp_probe";
-    pub const PROG_TCP_DESTROY: &str = "enforcer_tcp_destroy";
+    /// Every tracked socket, for the CLI (the pinned snapshot).
     pub const PROG_SNAPSHOT: &str = "enforcer_snapshot";
+    /// The agent's scan: sums every tracked socket, emits the ones its rule could act on.
+    pub const PROG_SCAN: &str = "enforcer_scan";
+    /// The same over `iter/tcp`, per network namespace, for kernels that refuse map-element
+    /// iterators.
+    pub const PROG_SNAPSHOT_TCP: &str = "enforcer_snapshot_tcp";
+    pub const PROG_SCAN_TCP: &str = "enforcer_scan_tcp";
+    /// Gives connections that predate the agent a record (`iter/tcp`, run once per namespace).
+    pub const PROG_ADOPT: &str = "enforcer_adopt";
 
     /// Kernel tracepoints the `tp_btf` programs attach to.
     pub const TP_TCP_PROBE: &str = "tcp_probe";
-    pub const TP_TCP_DESTROY: &str = "tcp_destroy_sock";
-    /// `iter/<this>`.
+    /// `iter/<this>` of the snapshot and the scan: they walk the records, not the TCP tables.
+    pub const ITER_SK_STORAGE: &str = "bpf_sk_storage_map";
+    /// `iter/<this>` of adoption: every TCP socket of the reader's network namespace.
     pub const ITER_TCP: &str = "tcp";
 
     pub const PIN_SOCKETS: &str = "sockets";
@@ -39,24 +52,33 @@ pub mod names {
     pub const PIN_KILLS: &str = "kills";
     pub const PIN_KILL_COUNTERS: &str = "kill_counters";
     pub const PIN_CONTAINED: &str = "contained";
-    /// The pinned `iter/tcp` link: reading this file runs the snapshot.
+    /// The pinned snapshot link: reading this file runs the snapshot (every namespace at once).
     pub const PIN_SNAPSHOT: &str = "snapshot";
+    /// Instead of `snapshot` on kernels that refuse map-element iterators: reading this file
+    /// runs the snapshot over the reader's network namespace.
+    pub const PIN_SNAPSHOT_TCP: &str = "snapshot_tcp";
     /// Every pin the agent makes, for cleaning up after an agent that died.
-    pub const ALL_PINS: [&str; 8] =
-        [PIN_SNAPSHOT, PIN_SOCKETS, PIN_STATS, PIN_INFO, PIN_SETTINGS, PIN_KILLS, PIN_KILL_COUNTERS, PIN_CONTAINED];
+    pub const ALL_PINS: [&str; 9] = [
+        PIN_SNAPSHOT,
+        PIN_SNAPSHOT_TCP,
+        PIN_SOCKETS,
+        PIN_STATS,
+        PIN_INFO,
+        PIN_SETTINGS,
+        PIN_KILLS,
+        PIN_KILL_COUNTERS,
+        PIN_CONTAINED,
+    ];
 }
-
-/// Default capacity of the socket map (`--max-sockets`).
-pub const DEFAULT_MAX_SOCKETS: u32 = 131_072;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// The tracker's record of one socket, the value of the `SOCKETS` map (key: socket cookie, `u64`).
+/// The tracker's record of one socket, in the socket's own storage (`RECORDS`).
 ///
 /// Written by the sock_ops program at establishment, kept current by the `tcp_probe` tracepoint
-/// and reconciled with the exact kernel state by the snapshot iterator; removed when the kernel
-/// destroys the socket (`tcp_destroy_sock`).
+/// and reconciled with the exact kernel state by the snapshot and the scan; freed by the kernel
+/// with the socket.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,7 +110,15 @@ pub struct SockRecord {
     /// drops (bad checksum, out of window) must not count as progress.
     pub pending_ns: u64,
     pub pending_ack: u32,
-    pub _pad1: u32,
+    /// 1 when `pending_ack` acknowledged everything written at the time (`write_seq`): once
+    /// confirmed, the queue was drained then.
+    pub pending_drains: u32,
+    /// When a scan first saw the current backlog outstanding (ns); 0 while none is known to be:
+    /// a scan saw nothing outstanding, or an acknowledgement drained the queue since. A stall is
+    /// counted from the later of this and the last progress, so data queued while nobody looked
+    /// (after an idle spell, or while the agent skipped its walks) is never taken as older than
+    /// the first look at it: a stall can be underestimated by one interval, never overestimated.
+    pub outstanding_since_ns: u64,
 }
 
 /// The record was made by the snapshot for a connection that already existed when the agent
@@ -148,6 +178,9 @@ pub struct SnapshotEntry {
     /// inherited from a bound listener), 0 if none. The kernel's lookup for SOCK_DESTROY only
     /// finds a bound socket when the request names this interface.
     pub bound_dev_if: u32,
+    /// Inode of the socket's network namespace (`ls -iL /proc/PID/ns/net`).
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 impl SnapshotEntry {
@@ -163,6 +196,108 @@ impl SnapshotEntry {
     pub fn recv_queue(&self) -> u32 {
         self.rcv_nxt.wrapping_sub(self.copied_seq)
     }
+    /// Since when the queue has been stalled (ns): the last progress, or the first time a scan
+    /// saw this backlog, whichever is later. Meaningful while `send_queue() > 0`.
+    pub fn stalled_since_ns(&self) -> u64 {
+        self.record.tx_progress_ns.max(self.record.outstanding_since_ns)
+    }
+}
+
+/// `ScanParams::mode`: what the agent's scan writes out. Every mode fills `ScanSummary`.
+pub mod scan_mode {
+    /// Nothing: pressure is well below the threshold, the summary is all the agent needs.
+    pub const SUMMARY: u32 = 0;
+    /// The sockets the rule could act on (see `ScanParams::emits`).
+    pub const CANDIDATES: u32 = 1;
+    /// Every socket (a per-remote cap judges idle sockets whatever they hold).
+    pub const ALL: u32 = 2;
+}
+
+/// What the agent asks of its scan, written into `SCAN_PARAMS` before each read.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanParams {
+    /// A `scan_mode` constant.
+    pub mode: u32,
+    /// 0: do not count connections per remote. Otherwise the scan counts each socket against
+    /// its remote address masked to `group_v4` bits (IPv4, and IPv4-mapped IPv6) or `group_v6`
+    /// bits (IPv6) in `REMOTE_COUNTS`, and each new remote in `ScanSummary::remotes`.
+    pub count_remotes: u32,
+    pub group_v4: u32,
+    pub group_v6: u32,
+    /// Tags this scan's `REMOTE_COUNTS` entries: an entry of another generation counts as 0,
+    /// so the agent never has to clear the map.
+    pub generation: u64,
+}
+
+impl ScanParams {
+    /// Whether the scan writes out this socket. `CANDIDATES` keeps exactly the sockets the rule
+    /// could decide on from their memory: every rule but the per-remote cap needs charged
+    /// memory (a socket that holds nothing frees nothing), and a socket is over its share only
+    /// when it holds something, so what is left out would never be chosen nor remembered
+    /// (enforcer's property test `filtered_scan_decides_like_the_full_snapshot` holds it to that).
+    pub fn emits(&self, e: &SnapshotEntry) -> bool {
+        match self.mode {
+            scan_mode::ALL => true,
+            scan_mode::CANDIDATES => e.wmem_queued > 0,
+            _ => false,
+        }
+    }
+}
+
+/// What the agent's scan adds up over every tracked connection, emitted or not.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Tracked connections (states that can hold data).
+    pub sockets: u64,
+    /// Their `sk_wmem_queued`, summed: the `tracked` pressure.
+    pub charged: u64,
+    /// Their unacknowledged bytes, summed.
+    pub send_queue: u64,
+    /// Sockets written out.
+    pub emitted: u64,
+    /// Distinct remote groups (when the scan counts remotes).
+    pub remotes: u64,
+}
+
+/// A key of `REMOTE_COUNTS`: a remote address (IPv6 words, IPv4 mapped) masked to its group.
+pub type RemoteKey = [u32; 4];
+
+/// A value of `REMOTE_COUNTS`.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteCount {
+    /// The `ScanParams::generation` that counted it.
+    pub generation: u64,
+    pub connections: u64,
+}
+
+/// Capacity of `REMOTE_COUNTS` (an LRU map: the oldest generations go first).
+pub const REMOTE_COUNTS_CAPACITY: u32 = 262_144;
+
+/// `addr` (as `SockRecord` keeps it, IPv4 in word 0 for `AF_INET`) as a `REMOTE_COUNTS` key:
+/// IPv4 mapped into IPv6, masked to `v4` or `v6` leading bits.
+pub fn remote_key(family: u16, addr: [u32; 4], v4: u32, v6: u32) -> RemoteKey {
+    let (mut words, bits) = if family == AF_INET {
+        (v4_mapped(addr[0]), V4_MAPPED_PREFIX + v4.min(32))
+    } else if addr[0] == 0 && addr[1] == 0 && addr[2] == 0x0000_ffff_u32.to_be() {
+        (addr, V4_MAPPED_PREFIX + v4.min(32))
+    } else {
+        (addr, v6.min(128))
+    };
+    let mut i = 0;
+    while i < 4 {
+        let keep = bits.saturating_sub(32 * i as u32).min(32);
+        // Words hold bytes in network order: build the mask big-endian, store it native.
+        let mask = if keep == 0 { 0 } else { (u32::MAX << (32 - keep)).to_be() };
+        words[i] &= mask;
+        i += 1;
+    }
+    words
 }
 
 /// An offset in `KernelOffsets` for a field the running kernel does not have.
@@ -207,36 +342,36 @@ pub struct KernelOffsets {
     /// `cgroup.level` and `cgroup.ancestors`.
     pub cgroup_level: u32,
     pub cgroup_ancestors: u32,
+    /// `sock_common.skc_net.net` and `net.ns.inum`: a socket's network namespace.
+    pub skc_net: u32,
+    pub net_inum: u32,
 }
 
 /// Counters in the per-CPU `STATS` array, one slot each.
 pub mod stats {
     /// Sockets the sock_ops program started tracking.
     pub const TRACKED: u32 = 0;
-    /// Sockets not tracked because the map was full (`--max-sockets`).
-    pub const MAP_FULL: u32 = 1;
-    /// Records removed when the kernel destroyed the socket.
-    pub const REMOVED: u32 = 2;
-    /// Errors in the sock_ops program (other than a full map).
-    pub const ERR_SOCKOPS: u32 = 3;
+    /// Sockets left untracked because the kernel could not allocate their record.
+    pub const ERR_STORAGE: u32 = 1;
+    /// Errors in the sock_ops program (other than a record that could not be allocated).
+    pub const ERR_SOCKOPS: u32 = 2;
     /// Errors in the `tcp_probe` program (unreadable segment header).
-    pub const ERR_TCP_PROBE: u32 = 4;
-    /// Errors in the snapshot iterator (a socket that could not be written out).
-    pub const ERR_SNAPSHOT: u32 = 5;
-    /// Connections the snapshot adopted (they predate the agent).
-    pub const ADOPTED: u32 = 6;
+    pub const ERR_TCP_PROBE: u32 = 3;
+    /// Errors in the snapshot or the scan (a socket that could not be written out).
+    pub const ERR_SNAPSHOT: u32 = 4;
+    /// Connections adoption gave a record (they predate the agent).
+    pub const ADOPTED: u32 = 5;
     /// New connections of a contained remote whose send buffer sock_ops made small.
-    pub const CONTAINED: u32 = 7;
+    pub const CONTAINED: u32 = 6;
     /// Connections of a contained remote whose send buffer could not be set (they carry on
     /// uncontained).
-    pub const ERR_CONTAIN: u32 = 8;
-    pub const COUNT: u32 = 9;
+    pub const ERR_CONTAIN: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Names for display, indexed by slot.
     pub const NAMES: [&str; COUNT as usize] = [
         "tracked",
-        "map_full",
-        "removed",
+        "err_storage",
         "err_sockops",
         "err_tcp_probe",
         "err_snapshot",
@@ -399,8 +534,11 @@ impl Default for KillRecord {
 }
 
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
-const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 192);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 104);
+const _: () = assert!(core::mem::size_of::<ScanParams>() == 24);
+const _: () = assert!(core::mem::size_of::<ScanSummary>() == 40);
+const _: () = assert!(core::mem::size_of::<RemoteCount>() == 16);
 const _: () = assert!(core::mem::size_of::<AgentInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<SettingsChunk>() == SETTINGS_CHUNK);
 const _: () = assert!(core::mem::size_of::<KillRecord>() == 416);
@@ -408,8 +546,8 @@ const _: () = assert!(core::mem::size_of::<Containment>() == 8);
 const _: () = assert!(core::mem::size_of::<ContainedAddr>() == 16);
 // One u64 and four u32.
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 24);
-// 27 offsets of 4 bytes.
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 27 * 4);
+// 29 offsets of 4 bytes.
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 29 * 4);
 
 #[cfg(feature = "user")]
 mod user {
@@ -426,6 +564,9 @@ mod user {
         derives_pod::<SettingsChunk>();
         derives_pod::<KillRecord>();
         derives_pod::<Containment>();
+        derives_pod::<ScanParams>();
+        derives_pod::<ScanSummary>();
+        derives_pod::<RemoteCount>();
     };
 
     // SAFETY: aya::Pod asks what bytemuck::Pod asks: Copy, no padding, any bit pattern valid.
@@ -439,4 +580,7 @@ mod user {
     unsafe impl aya::Pod for SettingsChunk {}
     unsafe impl aya::Pod for KillRecord {}
     unsafe impl aya::Pod for Containment {}
+    unsafe impl aya::Pod for ScanParams {}
+    unsafe impl aya::Pod for ScanSummary {}
+    unsafe impl aya::Pod for RemoteCount {}
 }

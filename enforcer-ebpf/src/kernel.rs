@@ -33,6 +33,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_bound_dev_if: 0,
     cgroup_level: 0,
     cgroup_ancestors: 0,
+    skc_net: 0,
+    net_inum: 0,
 };
 
 /// Overridden by the loader: the watched cgroup (see `WatchConfig`).
@@ -129,8 +131,12 @@ impl LazyNow {
 #[inline(always)]
 pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: &mut LazyNow) {
     if snd_una != rec.snd_una {
-        rec.tx_progress_ns =
-            if rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una) { rec.pending_ns } else { now.get() };
+        let confirmed = rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una);
+        rec.tx_progress_ns = if confirmed { rec.pending_ns } else { now.get() };
+        if confirmed && rec.pending_drains != 0 {
+            // That acknowledgement emptied the queue: whatever is outstanding now came later.
+            rec.outstanding_since_ns = 0;
+        }
         rec.snd_una = snd_una;
         rec.pending_ns = 0;
     }

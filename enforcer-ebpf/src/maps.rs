@@ -1,18 +1,59 @@
-//! The maps shared by all programs. Capacities are set by the loader (`--max-sockets`).
+//! The maps shared by all programs.
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
+    macros::{btf_map, map},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use enforcer_common::{
-    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, DEFAULT_MAX_SOCKETS, KILL_RING, KillRecord,
-    SettingsChunk, SockRecord, kill_counters, stats,
+    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING, KillRecord, REMOTE_COUNTS_CAPACITY,
+    RemoteCount, RemoteKey, ScanParams, ScanSummary, SettingsChunk, SockRecord, kill_counters, stats,
 };
 
-/// Tracked sockets by cookie. Not preallocated: kernel memory grows with the sockets tracked,
-/// not with the capacity.
+/// The tracked sockets' records, in socket-local storage: a record lives in its socket, so the
+/// kernel frees it with the socket (no delete on any hot path, no tracepoint on destruction),
+/// a lookup is a pointer walk from the socket rather than a hash, and there is no capacity to
+/// fill. The snapshot walks this map (`iter/bpf_sk_storage_map`), visiting tracked sockets only.
+#[btf_map]
+pub static RECORDS: SkStorage<SockRecord> = SkStorage::new();
+
+/// The record of `sk` (any socket pointer the helper accepts), `None` if it has none. With
+/// `create`, makes one from `init` when it has none.
+///
+/// # Safety
+/// `sk` must be a socket pointer the verifier accepts for `bpf_sk_storage_get` (a BTF `struct
+/// sock *`, or a sock_ops context's full socket).
+#[inline(always)]
+pub unsafe fn record(sk: *mut c_void, init: Option<&SockRecord>) -> Option<&'static mut SockRecord> {
+    let map = core::ptr::from_ref(&RECORDS).cast_mut().cast::<c_void>();
+    let (value, flags) = match init {
+        Some(r) => {
+            (core::ptr::from_ref(r).cast_mut().cast::<c_void>(), aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64)
+        }
+        None => (core::ptr::null_mut(), 0),
+    };
+    // SAFETY: `map` is the storage map above; the caller vouches for `sk`; `value` is null or
+    // a record on the caller's stack that the helper copies.
+    let rec = unsafe { bpf_sk_storage_get(map, sk, value, flags) }.cast::<SockRecord>();
+    // SAFETY: the helper returns null or a pointer to the socket's record, which lives as
+    // long as the socket (longer than this program run).
+    unsafe { rec.as_mut() }
+}
+
+/// The agent's parameters for its own scan (`enforcer_scan`), written before each read.
 #[map]
-pub static SOCKETS: HashMap<u64, SockRecord> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, BPF_F_NO_PREALLOC);
+pub static SCAN_PARAMS: Array<ScanParams> = Array::with_max_entries(1, 0);
+/// What the agent's scan adds up over every tracked socket, whether it emits the socket or not.
+/// Zeroed by the agent before each read; one reader at a time (the pin directory's lock).
+#[map]
+pub static SCAN_SUMMARY: Array<ScanSummary> = Array::with_max_entries(1, 0);
+/// Connections per remote group, counted by the scan when the rule needs them (fairness per
+/// remote, a per-remote cap). Entries of older scans are recognised by their generation and
+/// recycled, so the agent never clears it; LRU so that churn through many remotes cannot fill it.
+#[map]
+pub static REMOTE_COUNTS: LruHashMap<RemoteKey, RemoteCount> = LruHashMap::with_max_entries(REMOTE_COUNTS_CAPACITY, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

@@ -115,10 +115,6 @@ pub struct RunArgs {
     /// the rule keeps choosing it.
     #[arg(long)]
     pub dry_run: bool,
-    /// Most sockets tracked at once; beyond it new sockets are counted as `map_full`, not tracked
-    /// [default: 131072].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
-    pub max_sockets: Option<u32>,
     /// How often a snapshot is taken and the rule applied (e.g. 250ms, 1s) [default: 1s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Option<Duration>,

@@ -151,9 +151,9 @@ mod tests {
 
     fn socket(local: &str, remote: &str, state: u8) -> Socket {
         let (l, r): (SocketAddr, SocketAddr) = (local.parse().expect("local"), remote.parse().expect("remote"));
-        let mut e = SnapshotEntry { state, ..SnapshotEntry::default() };
+        let mut e = SnapshotEntry { state, netns: 7, ..SnapshotEntry::default() };
         e.record.family = AF_INET;
-        let mut s = Socket::new(&e, 7);
+        let mut s = Socket::new(&e);
         (s.local, s.remote) = (l, r);
         s
     }

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod contained;
 pub mod destroy;
 pub mod filter;
+pub mod iter_link;
 pub mod journal;
 pub mod kernel_log;
 pub mod loader;

@@ -4,23 +4,21 @@
 //! exits (or fails half-way through start-up) leaves nothing behind.
 use std::{
     fs::File,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::Array,
-    programs::{
-        BtfTracePoint, CgroupAttachMode, Iter, SockOps,
-        links::{FdLink, PinnedLink},
-    },
+    maps::{Array, Map},
+    programs::{BtfTracePoint, CgroupAttachMode, Iter, SockOps},
 };
 use enforcer_common::{
     AGENT_INFO_MAGIC, AgentInfo, LAYOUT_VERSION, SETTINGS_CHUNK, SettingsChunk, WatchConfig, names, stats,
 };
 
-use crate::{btf, kernel_log::KernelLog, offsets, pins, sys};
+use crate::{btf, iter_link::IterLink, kernel_log::KernelLog, netns, offsets, pins, snapshot::Walk, sys};
 
 /// The object `cargo xtask build-ebpf` built, embedded by build.rs (empty when it was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
@@ -33,7 +31,6 @@ pub struct LoadOptions<'a> {
     /// `FAULT_*` bits, for tests of failing open.
     pub fault: u32,
     pub pin_dir: &'a Path,
-    pub max_sockets: u32,
     /// JSON of the agent's settings, shown by `enforcer status`.
     pub settings: &'a str,
 }
@@ -41,8 +38,13 @@ pub struct LoadOptions<'a> {
 pub struct Loaded {
     /// Forwards the programs' log lines into the agent's log (`None` when it could not start).
     _kernel_log: Option<KernelLog>,
-    /// Declared before `ebpf` so the pinned link is released first.
-    snapshot_link: Option<PinnedLink>,
+    /// The iterator links, declared before `ebpf` so they are released first. The snapshot's
+    /// is pinned (the CLI reads it); the scan's is handed to the agent's `Scanner`.
+    snapshot_link: Option<IterLink>,
+    scan_link: Option<IterLink>,
+    adopt_link: Option<IterLink>,
+    /// Which walk the snapshot and scan links make.
+    walk: Walk,
     ebpf: Ebpf,
     pin_dir: PathBuf,
     pinned: Vec<PathBuf>,
@@ -75,13 +77,15 @@ impl Loaded {
         let ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
             .override_global(names::GLOBAL_WATCH, &watch, true)
-            .map_max_entries(names::MAP_SOCKETS, opts.max_sockets)
             .map_max_entries(names::MAP_AGENT_SETTINGS, settings_chunks(opts.settings))
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
         let mut loaded = Self {
             _kernel_log: None,
             snapshot_link: None,
+            scan_link: None,
+            adopt_link: None,
+            walk: Walk::Records,
             ebpf,
             pin_dir: opts.pin_dir.to_owned(),
             pinned: Vec::new(),
@@ -102,7 +106,7 @@ impl Loaded {
 
     fn pin_maps(&mut self) -> Result<()> {
         for (map, pin) in [
-            (names::MAP_SOCKETS, names::PIN_SOCKETS),
+            (names::MAP_RECORDS, names::PIN_SOCKETS),
             (names::MAP_STATS, names::PIN_STATS),
             (names::MAP_AGENT_INFO, names::PIN_INFO),
             (names::MAP_AGENT_SETTINGS, names::PIN_SETTINGS),
@@ -161,22 +165,67 @@ impl Loaded {
         prog.attach(&cgroup_fd, CgroupAttachMode::Single)
             .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
 
-        for (name, tracepoint) in
-            [(names::PROG_TCP_PROBE, names::TP_TCP_PROBE), (names::PROG_TCP_DESTROY, names::TP_TCP_DESTROY)]
-        {
-            let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?.try_into()?;
-            prog.load(tracepoint, btf).with_context(|| format!("loading the {tracepoint} tracepoint program"))?;
-            prog.attach().with_context(|| format!("attaching to tracepoint tcp:{tracepoint}"))?;
-        }
+        let prog: &mut BtfTracePoint = program(&mut self.ebpf, names::PROG_TCP_PROBE)?.try_into()?;
+        prog.load(names::TP_TCP_PROBE, btf).context("loading the tcp_probe tracepoint program")?;
+        prog.attach().with_context(|| format!("attaching to tracepoint tcp:{}", names::TP_TCP_PROBE))?;
 
-        let prog: &mut Iter = program(&mut self.ebpf, names::PROG_SNAPSHOT)?.try_into()?;
-        prog.load(names::ITER_TCP, btf).context("loading the iter/tcp snapshot program")?;
-        let link_id = prog.attach().context("creating the snapshot iterator")?;
-        let link: FdLink = prog.take_link(link_id)?.try_into()?;
-        let path = pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT);
-        let pinned = link.pin(&path).with_context(|| format!("pinning the snapshot iterator at {}", path.display()))?;
-        self.snapshot_link = Some(pinned);
+        // Adoption walks a namespace's sockets; the snapshot and the scan walk the records map
+        // where the kernel allows it, each namespace's sockets otherwise.
+        let records = self.ebpf.map(names::MAP_RECORDS).context("eBPF object has no records map")?;
+        let Map::SkStorage(records) = records else { bail!("{} is not a socket storage map", names::MAP_RECORDS) };
+        let records = records.fd().as_fd().try_clone_to_owned().context("duplicating the records map's fd")?;
+        let ebpf = &mut self.ebpf;
+        let mut link = |name: &str, iter: &str, map: Option<std::os::fd::BorrowedFd<'_>>| -> Result<IterLink> {
+            let prog: &mut Iter = program(ebpf, name)?.try_into()?;
+            prog.load(iter, btf).with_context(|| format!("loading the iter/{iter} program {name}"))?;
+            let fd = prog.fd().with_context(|| format!("{name} has no fd"))?;
+            IterLink::create(fd.as_fd(), map).with_context(|| format!("creating the iterator link of {name}"))
+        };
+        let adopt = link(names::PROG_ADOPT, names::ITER_TCP, None)?;
+        let by_records =
+            link(names::PROG_SNAPSHOT, names::ITER_SK_STORAGE, Some(records.as_fd())).and_then(|snapshot| {
+                Ok((snapshot, link(names::PROG_SCAN, names::ITER_SK_STORAGE, Some(records.as_fd()))?))
+            });
+        let (walk, snapshot, scan) = match by_records {
+            Ok((snapshot, scan)) => (Walk::Records, snapshot, scan),
+            Err(e) => {
+                // One line, once: the agent works the same, at a cost that grows with every
+                // TCP socket of the watched namespaces rather than with the tracked ones.
+                // The verifier's log follows the error: the first line says why.
+                let why = format!("{e:#}");
+                tracing::info!(
+                    error = why.lines().next().unwrap_or_default(),
+                    "this kernel refuses map-element iterators: the snapshot walks each network namespace's TCP \
+                     sockets (iter/tcp) instead of the records"
+                );
+                let snapshot = link(names::PROG_SNAPSHOT_TCP, names::ITER_TCP, None)?;
+                (Walk::Tcp, snapshot, link(names::PROG_SCAN_TCP, names::ITER_TCP, None)?)
+            }
+        };
+        let path = pins::PinDir::path(&self.pin_dir, walk.pin());
+        snapshot.pin(&path).with_context(|| format!("pinning the snapshot iterator at {}", path.display()))?;
+        self.pinned.push(path);
+        self.walk = walk;
+        (self.snapshot_link, self.scan_link, self.adopt_link) = (Some(snapshot), Some(scan), Some(adopt));
         Ok(())
+    }
+
+    /// Gives a record to every connection of the watched cgroup in `ns` that was established
+    /// before sock_ops was attached. Once per namespace is enough: later connections get theirs
+    /// from sock_ops.
+    pub fn adopt_in(&self, ns: &netns::Namespace) -> Result<()> {
+        let link = self.adopt_link.as_ref().context("adoption is not attached")?;
+        // An iter/tcp reader walks the namespace its maker is in.
+        netns::run_in(ns, || -> std::io::Result<()> {
+            let mut sink = Vec::new();
+            std::io::Read::read_to_end(&mut link.reader()?, &mut sink).map(drop)
+        })?
+        .with_context(|| format!("adopting the connections of network namespace {}", ns.inode))
+    }
+
+    /// Hands the scan's link over to the agent's `Scanner` (once), with the walk it makes.
+    pub fn take_scan_link(&mut self) -> Result<(IterLink, Walk)> {
+        Ok((self.scan_link.take().context("the scan link was taken")?, self.walk))
     }
 
     /// The kernel programs' counters, summed over CPUs.
@@ -187,23 +236,27 @@ impl Loaded {
 
     /// Run count and run time of each program (zero unless kernel.bpf_stats_enabled=1).
     pub fn program_stats(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
-        [names::PROG_SOCKOPS, names::PROG_TCP_PROBE, names::PROG_TCP_DESTROY, names::PROG_SNAPSHOT]
-            .into_iter()
-            .filter_map(|name| {
-                let info = self.ebpf.program(name)?.info().ok()?;
-                Some((name, info.run_count(), info.run_time()))
-            })
-            .collect()
+        [
+            names::PROG_SOCKOPS,
+            names::PROG_TCP_PROBE,
+            names::PROG_SNAPSHOT,
+            names::PROG_SCAN,
+            names::PROG_SNAPSHOT_TCP,
+            names::PROG_SCAN_TCP,
+            names::PROG_ADOPT,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let info = self.ebpf.program(name)?.info().ok()?;
+            Some((name, info.run_count(), info.run_time()))
+        })
+        .collect()
     }
 
     /// Hands a map over to the module that owns its layout (the journal, the contained trie).
     /// Its pin stays, and is removed with the others when `Loaded` is dropped.
     pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
         self.ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name} (or it was taken)"))
-    }
-
-    pub fn snapshot_path(&self) -> PathBuf {
-        pins::PinDir::path(&self.pin_dir, names::PIN_SNAPSHOT)
     }
 }
 
@@ -227,11 +280,6 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 
 impl Drop for Loaded {
     fn drop(&mut self) {
-        if let Some(link) = self.snapshot_link.take()
-            && let Err(e) = link.unpin()
-        {
-            tracing::warn!(error = %e, "could not remove the snapshot pin");
-        }
         for path in self.pinned.drain(..) {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove pin");

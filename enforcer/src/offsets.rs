@@ -56,6 +56,8 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         cgroup_level: field("cgroup", "level", 4)?,
         // A flexible array: no size of its own.
         cgroup_ancestors: field("cgroup", "ancestors", 0)?,
+        skc_net: field("sock_common", "skc_net.net", 8)?,
+        net_inum: field("net", "ns.inum", 4)?,
     })
 }
 

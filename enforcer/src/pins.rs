@@ -81,9 +81,9 @@ impl PinDir {
         &self.settings
     }
 
-    /// A snapshot in every network namespace of the agent's cgroup.
+    /// Every connection the agent tracks, of every network namespace of its cgroup.
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        Snapshot::of_cgroup(&Self::path(&self.dir, names::PIN_SNAPSHOT), &self.settings.cgroup)
+        Snapshot::read(&self.dir, &self.settings.cgroup)
     }
 
     /// The pinned map `pin` (a `names::PIN_*`) and its path, for the modules that own its layout.
@@ -97,18 +97,6 @@ impl PinDir {
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], PinError> {
         let path = Self::path(&self.dir, names::PIN_STATS);
         sum_stats(&open_map(&path)?).map_err(|source| PinError::Map { path, source })
-    }
-
-    /// Records in the socket map (all namespaces) and its capacity.
-    pub fn occupancy(&self) -> Result<(u64, u32), PinError> {
-        let path = Self::path(&self.dir, names::PIN_SOCKETS);
-        let err = |source| PinError::Map { path: path.clone(), source };
-        let data = aya::maps::MapData::from_pin(&path).map_err(err)?;
-        let capacity = data.info().map_err(err)?.max_entries();
-        let map = aya::maps::Map::from_map_data(data).map_err(err)?;
-        let hash: aya::maps::HashMap<_, u64, enforcer_common::SockRecord> = map.try_into().map_err(err)?;
-        let used = hash.keys().filter(Result::is_ok).count() as u64;
-        Ok((used, capacity))
     }
 }
 

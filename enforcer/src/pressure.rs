@@ -3,8 +3,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::socket::Socket;
-
 #[derive(Debug, Clone)]
 pub enum Source {
     /// Send-side memory the kernel charges the tracked sockets (`sk_wmem_queued`).
@@ -35,13 +33,15 @@ impl Source {
                 dir.display()
             );
         }
-        self.read(&[]).map(|_| ())
+        self.read(0).map(|_| ())
     }
 
     /// Current pressure in bytes.
-    pub fn read(&self, sockets: &[Socket]) -> Result<u64> {
+    /// The pressure now; `tracked` is what every tracked connection is charged, summed (the
+    /// scan's summary), which the `tracked` source returns as it is.
+    pub fn read(&self, tracked: u64) -> Result<u64> {
         match self {
-            Self::Tracked => Ok(sockets.iter().map(|s| s.charged).sum()),
+            Self::Tracked => Ok(tracked),
             Self::Kernel => {
                 let text = std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
                 Ok(sockstat_tcp_pages(&text).context("no `TCP: … mem N` line in /proc/net/sockstat")? * page_size())
@@ -53,6 +53,39 @@ impl Source {
             }
         }
     }
+}
+
+impl Source {
+    /// Pressure known without walking the sockets, or a bound above it. `kernel` and `cgroup`
+    /// are read as they are. `tracked` is bounded by the kernel's TCP memory: every byte a TCP
+    /// socket queues (`sk_wmem_queued`) is charged to `tcp_memory_allocated` (sockstat's `mem`,
+    /// global, whatever the namespace), which lags behind by at most each CPU's reserve
+    /// (`net.core.mem_pcpu_rsv` pages, 1 MiB where the sysctl is absent). `None` when the bound
+    /// cannot be read: the caller walks the sockets.
+    pub fn without_scan(&self) -> Option<u64> {
+        match self {
+            Self::Tracked => {
+                let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+                let pages = sockstat_tcp_pages(&text)?;
+                let reserve = std::fs::read_to_string("/proc/sys/net/core/mem_pcpu_rsv")
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .map_or(1 << 20, |p| p * page_size());
+                let cpus = possible_cpus(&std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?)?;
+                Some(pages * page_size() + cpus * reserve)
+            }
+            Self::Kernel | Self::Cgroup(_) => self.read(0).ok(),
+        }
+    }
+}
+
+/// CPUs in a kernel CPU list (`0-3,8-11`).
+fn possible_cpus(list: &str) -> Option<u64> {
+    list.trim().split(',').try_fold(0, |n, range| {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+        Some(n + b.checked_sub(a)? + 1)
+    })
 }
 
 pub fn page_size() -> u64 {
@@ -113,5 +146,8 @@ mod tests {
         assert_eq!(sockstat_tcp_pages(sockstat), Some(37));
         assert_eq!(memory_stat_sock("anon 1\nsock 8192\nshmem 0\n"), Some(8192));
         assert_eq!(memory_stat_sock("anon 1\n"), None);
+        assert_eq!(possible_cpus("0-1\n"), Some(2));
+        assert_eq!(possible_cpus("0-3,8-11,16"), Some(9));
+        assert_eq!(possible_cpus("3-1"), None);
     }
 }

@@ -28,7 +28,9 @@ pub struct Socket {
     pub peer_window: u64,
     /// How long the peer's window has been zero; 0 while open.
     pub zero_window_ms: u64,
-    /// Time since `snd_una` last advanced while data is outstanding; 0 when nothing is.
+    /// Time since `snd_una` last advanced while data is outstanding, and no longer than since a
+    /// snapshot last saw nothing outstanding (a backlog is no older than its data); 0 when
+    /// nothing is outstanding.
     pub stalled_ms: u64,
     /// Time since new data last arrived from the peer.
     pub rx_idle_ms: u64,
@@ -94,8 +96,7 @@ pub fn state_name(state: u8) -> &'static str {
 }
 
 impl Socket {
-    /// A socket of network namespace `netns` (its inode).
-    pub fn new(e: &SnapshotEntry, netns: u64) -> Self {
+    pub fn new(e: &SnapshotEntry) -> Self {
         let r = &e.record;
         let send_queue = u64::from(e.send_queue());
         Self {
@@ -109,7 +110,7 @@ impl Socket {
             charged: e.wmem_queued.into(),
             peer_window: e.snd_wnd.into(),
             zero_window_ms: if r.zero_window_since_ns == 0 { 0 } else { ms_since(e.now_ns, r.zero_window_since_ns) },
-            stalled_ms: if send_queue == 0 { 0 } else { ms_since(e.now_ns, r.tx_progress_ns) },
+            stalled_ms: if send_queue == 0 { 0 } else { ms_since(e.now_ns, e.stalled_since_ns()) },
             rx_idle_ms: ms_since(e.now_ns, r.rx_progress_ns),
             tx_idle_ms: ms_since(e.now_ns, r.tx_progress_ns),
             age_ms: ms_since(e.now_ns, r.created_ns),
@@ -120,7 +121,7 @@ impl Socket {
             rtos: e.total_rto.into(),
             cgroup_id: e.cgroup_id,
             bound_dev_if: e.bound_dev_if,
-            netns,
+            netns: e.netns.into(),
             raw: *e,
         }
     }
@@ -157,7 +158,7 @@ mod tests {
             state: 1,
             ..SnapshotEntry::default()
         };
-        let s = Socket::new(&e, 0);
+        let s = Socket::new(&e);
         assert_eq!(s.local.to_string(), "127.0.0.1:8080");
         assert_eq!(s.remote.to_string(), "10.1.2.3:40000");
         assert_eq!((s.send_queue, s.unsent, s.recv_queue), (4000, 2000, 60));
@@ -169,8 +170,24 @@ mod tests {
     fn nothing_outstanding_is_not_stalled() {
         let mut e = SnapshotEntry { now_ns: 5_000_000_000, write_seq: 9, snd_una: 9, ..SnapshotEntry::default() };
         e.record.family = AF_INET;
-        assert_eq!(Socket::new(&e, 0).stalled_ms, 0);
-        assert_eq!(Socket::new(&e, 0).tx_idle_ms, 5000);
+        assert_eq!(Socket::new(&e).stalled_ms, 0);
+        assert_eq!(Socket::new(&e).tx_idle_ms, 5000);
+    }
+
+    #[test]
+    fn a_stall_is_no_older_than_the_data() {
+        // Last ACK ten minutes ago, this backlog first seen by a scan 300 ms ago: stalled for
+        // 300 ms, not ten minutes.
+        let mut e =
+            SnapshotEntry { now_ns: 600_000_000_000, write_seq: 5000, snd_una: 1000, ..SnapshotEntry::default() };
+        e.record.family = AF_INET;
+        e.record.tx_progress_ns = 1;
+        e.record.outstanding_since_ns = 599_700_000_000;
+        assert_eq!(Socket::new(&e).stalled_ms, 300);
+        assert_eq!(Socket::new(&e).tx_idle_ms, 599_999);
+        // Progress since then dates the stall.
+        e.record.tx_progress_ns = 599_900_000_000;
+        assert_eq!(Socket::new(&e).stalled_ms, 100);
     }
 
     #[test]
@@ -180,7 +197,7 @@ mod tests {
         e.record.local_addr = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
         e.record.remote_addr = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([192, 0, 2, 1])];
         e.record.local_port = 443;
-        let s = Socket::new(&e, 0);
+        let s = Socket::new(&e);
         assert_eq!(s.local.to_string(), "[::1]:443");
         assert_eq!(s.remote.to_string(), "192.0.2.1:0");
     }

@@ -94,6 +94,24 @@ fn dry_run_destroys_nothing_and_reports_would_destroy() {
     assert_eq!(ring.as_array().map(Vec::len), Some(1), "{ring}");
 }
 
+/// With a cap of one destroy per interval, a dry run reports the offenders one interval after
+/// another, as a real run would destroy them, each once: one reported earlier counts as gone,
+/// not as the interval's one.
+#[test]
+fn a_capped_dry_run_reports_each_offender_once_in_turn() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--threshold", "1MiB", "--dry-run", "--max-kills", "1", "--policy", "heffner"]);
+    let attackers: Vec<Conn> = (0..3).map(|i| s.zero_window(9000, &format!("127.0.0.{}", 2 + i), 2 << 20)).collect();
+    wait_for("each attacker reported", Duration::from_secs(20), || {
+        let reported = remotes(&agent.events_of("would_destroy"));
+        attackers.iter().all(|c| reported.contains(&c.remote)).then_some(())
+    });
+    thread::sleep(Duration::from_millis(2000));
+    let would = agent.events_of("would_destroy");
+    assert_eq!(would.len(), 3, "each offender once: {would:?}");
+    assert!(agent.events_of("destroyed").is_empty());
+}
+
 #[test]
 fn remote_ip_fairness_gives_one_share_per_address() {
     let mut s = Setup::new();

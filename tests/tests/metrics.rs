@@ -1,7 +1,7 @@
-//! The Prometheus endpoint, scraped for real, and map overflow as it shows there.
+//! The Prometheus endpoint, scraped for real while enforcement goes on.
 #![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
-use std::time::Duration;
+use std::{thread, time::Duration};
 
 use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, wait_for};
 
@@ -11,29 +11,18 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
 }
 
 #[test]
-fn metrics_are_scraped_and_overflow_is_counted_while_enforcement_goes_on() {
+fn metrics_are_scraped_while_enforcement_goes_on() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let addr = "127.0.0.1:9465";
     let agent = Agent::start(
         &ns,
         &cg,
-        &[
-            "--log-format",
-            "json",
-            "--metrics-addr",
-            addr,
-            "--max-sockets",
-            "2",
-            "--threshold",
-            "64KiB",
-            "--policy",
-            "heffner",
-        ],
+        &["--log-format", "json", "--metrics-addr", addr, "--threshold", "64KiB", "--policy", "heffner"],
     );
     let mut server = Peer::start(&ns, Some(&cg));
     let listen = server.cmd("listen 127.0.0.1:9000");
     let mut clients = Peer::start(&ns, None);
-    // Two zero-window attackers fill the map; two idle connections find it full.
+    // Two zero-window attackers and two idle connections.
     for (i, rcvbuf) in [4096, 4096, 0, 0].into_iter().enumerate() {
         clients.cmd(&format!("connect {listen} {rcvbuf}"));
         server.cmd(&format!("wait-accepted {}", i + 1));
@@ -46,23 +35,21 @@ fn metrics_are_scraped_and_overflow_is_counted_while_enforcement_goes_on() {
     assert_eq!(server.num("soerror 0"), 103);
     assert_eq!(server.num("soerror 1"), 103);
     // The server closes what was aborted, as a real one does on ECONNABORTED; the kernel frees
-    // the sockets, their records go, and the snapshot adopts the two that found the map full.
+    // the sockets with their records, and the idle two remain.
     server.cmd("close 0");
     server.cmd("close 1");
-    wait_for("the idle connections to be adopted", Duration::from_secs(10), || {
-        (agent.sockets().len() == 2).then_some(())
-    });
+    wait_for("the aborted sockets to be freed", Duration::from_secs(10), || (agent.sockets().len() == 2).then_some(()));
     assert_eq!(server.num("soerror 2"), 0);
     assert_eq!(server.num("soerror 3"), 0);
     let status = agent.status();
-    assert!(field(&status["sockets"], "map_full") >= 2, "{status}");
+    assert_eq!(field(&status["counters"], "tracked"), 4, "{status}");
 
     let scrape = agent_scrape(&ns, addr);
     assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
     let get = |series: &str| sample(&scrape, series).unwrap_or_else(|| panic!("no {series} in:\n{scrape}"));
-    assert!(get("enforcer_kernel_events_total{event=\"map_full\"}") >= 2.0);
+    assert_eq!(get("enforcer_kernel_events_total{event=\"tracked\"}"), 4.0);
+    assert_eq!(get("enforcer_kernel_errors_total{error=\"storage\"}"), 0.0);
     assert_eq!(get("enforcer_decisions_total{event=\"destroyed\",reason=\"stalled\"}"), 2.0);
-    assert_eq!(get("enforcer_socket_map_capacity"), 2.0);
     assert_eq!(get("enforcer_threshold_bytes"), 65536.0);
     assert_eq!(get("enforcer_kernel_errors_total{error=\"sockops\"}"), 0.0);
     assert_eq!(get("enforcer_dry_run"), 0.0);
@@ -70,7 +57,7 @@ fn metrics_are_scraped_and_overflow_is_counted_while_enforcement_goes_on() {
     for name in [
         "enforcer_pressure_bytes",
         "enforcer_tracked_sockets",
-        "enforcer_socket_map_entries",
+        "enforcer_scanned_out_sockets",
         "enforcer_offenders",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
@@ -82,7 +69,10 @@ fn metrics_are_scraped_and_overflow_is_counted_while_enforcement_goes_on() {
     promtool_accepts(&scrape);
     assert!(scrape.contains("# TYPE enforcer_scan_duration_seconds histogram"), "{scrape}");
     assert!(scrape.contains("enforcer_program_runs_total{program=\"enforcer_tcp_probe\"}"), "{scrape}");
-    assert!(agent_scrape(&ns, addr).contains("enforcer_tracked_sockets 2"));
+    // The gauge follows the scan of the next interval.
+    wait_for("the tracked-sockets gauge to follow the closes", Duration::from_secs(5), || {
+        agent_scrape(&ns, addr).contains("enforcer_tracked_sockets 2").then_some(())
+    });
     let other = ns.http_get(addr, "/");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
@@ -121,4 +111,59 @@ fn a_metrics_address_in_use_fails_the_start_before_anything_is_attached() {
     // It failed before loading anything: it never attached, and left no pin directory.
     assert!(!err.contains("enforcer attached"), "{err}");
     assert!(!pin_dir.exists(), "{}", pin_dir.display());
+}
+
+/// What the agent relies on to skip a walk: the kernel's TCP memory (sockstat's `mem`, global)
+/// plus each CPU's reserve is never below what the tracked sockets are charged. Checked against
+/// real queues; then, with the threshold far above, the agent skips its walks and says so.
+#[test]
+fn the_kernels_tcp_memory_bounds_the_tracked_pressure_and_idle_intervals_skip_the_walk() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let addr = "127.0.0.1:9467";
+    let agent = Agent::start(&ns, &cg, &["--metrics-addr", addr, "--threshold", "4GiB", "--interval", "100ms"]);
+    let mut server = Peer::start(&ns, Some(&cg));
+    let listen = server.cmd("listen 127.0.0.1:9000");
+    let mut clients = Peer::start(&ns, None);
+    clients.cmd(&format!("connect-many {listen} 8 4096"));
+    server.cmd("wait-accepted 8");
+    let queued = server.num("write-range 0 8 1048576");
+    assert!(queued > 4 << 20, "only {queued} bytes queued");
+
+    let page = 4096;
+    let cpus: u64 = {
+        let list = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+        list.trim()
+            .split(',')
+            .map(|r| r.split_once('-').map_or(1, |(a, b)| b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1))
+            .sum()
+    };
+    let reserve = std::fs::read_to_string("/proc/sys/net/core/mem_pcpu_rsv")
+        .map_or(1 << 20, |t| t.trim().parse::<u64>().unwrap() * page);
+    for _ in 0..5 {
+        let charged = field(&agent.status()["queued"], "charged_bytes");
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+        let mem: u64 = sockstat
+            .lines()
+            .find(|l| l.starts_with("TCP:"))
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(charged > 4 << 20, "charged {charged}");
+        assert!(
+            charged <= mem * page + cpus * reserve,
+            "charged {charged} > sockstat {mem} pages + {cpus} × {reserve}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    wait_for("intervals that skip the walk", Duration::from_secs(5), || {
+        (sample(&agent_scrape(&ns, addr), "enforcer_scans_total{kind=\"skipped\"}")? >= 5.0).then_some(())
+    });
+    // The first interval always walks.
+    let scrape = agent_scrape(&ns, addr);
+    let walks: f64 = ["summary", "candidates"]
+        .iter()
+        .filter_map(|k| sample(&scrape, &format!("enforcer_scans_total{{kind=\"{k}\"}}")))
+        .sum();
+    assert!(walks >= 1.0, "{scrape}");
 }

@@ -22,7 +22,7 @@ fn sigkill_and_restart_leaks_nothing_and_enforcement_goes_on() {
     });
 
     first.sigkill();
-    assert!(pin_dir.join("snapshot").exists(), "a killed agent cannot remove its pins");
+    assert!(pin_dir.join("info").exists(), "a killed agent cannot remove its pins");
 
     // A new agent on the same pins: the stale ones go, the attacker is adopted and destroyed.
     let mut second =
@@ -61,9 +61,10 @@ fn errors_in_kernel_programs_are_counted_and_tcp_carries_on() {
     let agent = Agent::start(&ns, &cg, &["--inject-fault", "sockops,tcp-probe"]);
     let (mut server, mut client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 0);
     client.cmd("read-loop 0 65536 1");
-    // The failing sock_ops leaves the socket to the snapshot, which adopts it; from then on
-    // every segment makes the failing tcp_probe run.
-    wait_for("the snapshot to adopt the connection", Duration::from_secs(10), || {
+    // The failing sock_ops leaves the socket unrecorded; the agent sees the error count grow
+    // and runs adoption again, which records it; from then on every segment makes the failing
+    // tcp_probe run.
+    wait_for("adoption to record the connection", Duration::from_secs(10), || {
         (agent.sockets().len() == 1).then_some(())
     });
     for _ in 0..20 {
@@ -96,10 +97,8 @@ fn kernel_programs_log_into_the_agent_log() {
     });
     assert_eq!(fault["level"], "WARN", "{fault}");
     assert!(fault["message"].as_str().unwrap().starts_with("injected fault (--inject-fault sockops)"), "{fault}");
-    // The connection sock_ops failed to record is adopted by the snapshot, which says so.
-    let adopted = wait_for("the snapshot's line about the adoption", Duration::from_secs(10), || {
-        kernel_line("enforcer_snapshot")
-    });
+    // The connection sock_ops failed to record is adopted, and adoption says so.
+    let adopted = wait_for("adoption's line", Duration::from_secs(10), || kernel_line("enforcer_adopt"));
     let client_addr = client.cmd("addr 0").split(' ').next().unwrap().to_owned();
     assert_eq!(adopted["level"], "INFO", "{adopted}");
     assert!(adopted["message"].as_str().unwrap().contains(&format!("remote {client_addr}")), "{adopted}");

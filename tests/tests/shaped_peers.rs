@@ -99,3 +99,72 @@ fn one_byte_window_peers_are_destroyed_as_slow() {
     let destroyed = agent.events_of("destroyed");
     assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
 }
+
+/// The kernel's TCP memory (`/proc/net/sockstat`, global), in bytes.
+fn sockstat_mem() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let pages: u64 = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    pages * 4096
+}
+
+/// A peer on a slow path: after a twelve-second idle spell, its first ACK of a new response
+/// comes 300 ms late (and the kernel's retransmission timer, backed off meanwhile, adds to it). While it was idle the agent skipped its walks (pressure quiet by the
+/// kernel's own figures), so no scan saw its queue empty lately; the backlog must still be
+/// dated from the first scan that saw it, not from the last ACK twelve seconds earlier. The
+/// zero-window peer that pushes pressure over the threshold at the same moment is destroyed.
+#[test]
+fn a_slow_path_peer_after_an_idle_spell_is_not_taken_as_stalled() {
+    let mut s = TunSetup::new();
+    let threshold = (4 * sockstat_mem()).max(16 * MIB);
+    let addr = "127.0.0.1:9468";
+    let agent = s.agent(&[
+        "--pressure",
+        "kernel",
+        "--policy",
+        "heffner",
+        "--threshold",
+        &threshold.to_string(),
+        "--stall",
+        "1s",
+        "--metrics-addr",
+        addr,
+    ]);
+    let slow = s.connect("10.77.0.4", MIB as u32, Some(7));
+    assert_eq!(s.write(&slow, 16 * MIB, 1000), 1000);
+    wait_for("the first response acknowledged", Duration::from_secs(5), || (s.outq(&slow) == 0).then_some(()));
+    let attacker = s.connect("10.77.0.5", MIB as u32, Some(7));
+    s.tun.cmd(&format!("window {} 0", attacker.tun));
+    std::thread::sleep(Duration::from_secs(12));
+    let scrape = s.ns.http_get(addr, "/metrics");
+    let skipped = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("enforcer_scans_total{kind=\"skipped\"} ")?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(skipped > 10.0, "the agent never skipped a walk, so nothing is tested:\n{scrape}");
+
+    // At once: a 12 MiB response to the slow peer, over its share (threshold / 2 connections),
+    // acknowledged only after 300 ms; the attacker's queue takes pressure over the threshold.
+    s.tun.cmd(&format!("ack {} none", slow.tun));
+    assert_eq!(s.write(&slow, 32 * MIB, 12 * MIB), 12 * MIB);
+    assert_eq!(s.write(&attacker, 2 * threshold, threshold), threshold);
+    std::thread::sleep(Duration::from_millis(300));
+    s.tun.cmd(&format!("ack {} all", slow.tun));
+
+    let e = wait_for("the attacker to be destroyed", Duration::from_secs(10), || {
+        agent.events_of("destroyed").into_iter().next()
+    });
+    assert_eq!(e["remote"], attacker.remote.as_str(), "{e}");
+    let destroyed = || agent.events_of("destroyed").iter().map(|e| e.to_string()).collect::<Vec<_>>();
+    wait_for("the slow peer to take its response", Duration::from_secs(20), || {
+        let d = destroyed();
+        assert_eq!(d.len(), 1, "the slow peer was destroyed too: {d:?}");
+        (s.outq(&slow) == 0).then_some(())
+    });
+    assert_ne!(s.tun.stats(slow.tun).state, "reset");
+}

@@ -32,6 +32,9 @@ pub fn build() -> Result<PathBuf> {
             .context("building PATH")?;
         cmd.env("PATH", joined);
     }
+    // BTF for the object (as aya-build gives it): the records map is socket-local storage, which
+    // the kernel creates only with BTF for its key and value (a `#[btf_map]`).
+    cmd.env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-Cdebuginfo=2 -Clink-arg=--btf");
     if tc.bootstrap {
         cmd.env("RUSTC_BOOTSTRAP", "1");
     }

@@ -1,4 +1,4 @@
+mod adopt;
 mod snapshot;
 mod sockops;
-mod tcp_destroy;
 mod tcp_probe;

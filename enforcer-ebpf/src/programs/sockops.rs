@@ -2,8 +2,8 @@
 //! give a new connection of a contained remote its small send buffer.
 //!
 //! Nothing else runs here: no callback flags are enabled, so the program sees only the callbacks
-//! the kernel always makes. Progress comes from `tcp_probe`, removal from `tcp_destroy_sock`,
-//! exact queue state from the snapshot iterator.
+//! the kernel always makes. Progress comes from `tcp_probe`, exact queue state from the
+//! snapshot and the scan; the kernel frees the record with the socket.
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, SO_SNDBUF, SOL_SOCKET},
     helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt},
@@ -16,13 +16,14 @@ use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, names, stats
 
 use crate::{
     kernel::{ipv6, watch},
-    maps::{CONTAINED, SOCKETS, count, count_rare},
+    maps::{CONTAINED, count, count_rare, record},
 };
 
 /// The target of this program's log lines in the agent's log.
 const LOG: &str = names::PROG_SOCKOPS;
 
-const E2BIG: i32 = 7;
+/// The kernel could not allocate the socket's record (or the context had no full socket).
+const NO_STORAGE: i32 = 12; // ENOMEM
 /// The error path `--inject-fault sockops` takes (kernel errors are positive errnos here).
 const INJECTED: i32 = -1;
 
@@ -31,12 +32,12 @@ pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
     // Only the error paths log, and only sampled (`count_rare`): success logs nothing.
     match try_enforcer_sockops(&ctx) {
         Ok(()) => {}
-        Err(E2BIG) => {
-            if let Some(n) = count_rare(stats::MAP_FULL) {
+        Err(NO_STORAGE) => {
+            if let Some(n) = count_rare(stats::ERR_STORAGE) {
                 warn!(
                     &ctx,
                     target: LOG,
-                    "socket map full (--max-sockets): a new connection goes untracked (count on this CPU: {})",
+                    "no memory for a new connection's record: it goes untracked (count on this CPU: {})",
                     n
                 );
             }
@@ -102,14 +103,20 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
             [rv(&raw const (*ops).snd_una), rv(&raw const (*ops).rcv_nxt)],
         )
     };
+    // SAFETY: the context's full socket (established callbacks always have one), or null.
+    let sk = unsafe { rv_sk(ops) };
     let (local_addr, remote_addr) = match family {
         AF_INET => ([ip4[0], 0, 0, 0], [ip4[1], 0, 0, 0]),
         AF_INET6 => (ip6[0], ip6[1]),
         _ => return Ok(()),
     };
+    // Assigns the socket its cookie: tcp_probe skips sockets without one, and a destroy names it.
     // SAFETY: the helpers take the sock_ops context the kernel passed in.
-    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx.ops.cast()), crate::kernel::now()) };
-    let record = SockRecord {
+    let now = unsafe {
+        bpf_get_socket_cookie(ctx.ops.cast());
+        crate::kernel::now()
+    };
+    let fresh = SockRecord {
         local_addr,
         remote_addr,
         local_port: ports[0] as u16,
@@ -125,15 +132,34 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         rcv_nxt: seqs[1],
         pending_ns: 0,
         pending_ack: 0,
-        _pad1: 0,
+        pending_drains: 0,
+        outstanding_since_ns: 0,
     };
-    let recorded = SOCKETS.insert(cookie, record, 0).map_err(|e| -e);
-    if recorded.is_ok() {
-        count(stats::TRACKED);
-    }
-    // Also when the record failed: filling the socket map must not let a remote escape.
+    let recorded = if sk.is_null() {
+        Err(NO_STORAGE)
+    } else {
+        // SAFETY: a full socket from the sock_ops context.
+        match unsafe { record(sk, Some(&fresh)) } {
+            Some(_) => {
+                count(stats::TRACKED);
+                Ok(())
+            }
+            None => Err(NO_STORAGE),
+        }
+    };
+    // Also when the record failed: a remote must not escape containment that way.
     contain(ctx, family, remote_addr);
     recorded
+}
+
+/// `ctx->sk`: the context's full socket, null when there is none.
+///
+/// # Safety
+/// `ops` is the program's context.
+#[inline(always)]
+unsafe fn rv_sk(ops: *mut aya_ebpf::bindings::bpf_sock_ops) -> *mut core::ffi::c_void {
+    // SAFETY: a plain read of a context field at a constant offset.
+    unsafe { core::ptr::read_volatile(&raw const (*ops).__bindgen_anon_2.sk) }.cast()
 }
 
 /// Gives a new connection of a contained remote the remote's small send buffer, before the

@@ -7,15 +7,16 @@
 //! earlier segments and `skb->data` is the TCP header. Only the kernel's own state counts as
 //! progress; this segment's acknowledgement is kept as a candidate and dates the progress once
 //! the kernel's `snd_una` confirms it, so a peer cannot fake progress with segments the kernel
-//! drops. Hot path for every socket of the machine: sockets we do not track cost one cookie
-//! read and one hash lookup.
+//! drops. Hot path for every socket of the machine: a socket that never had a cookie (nobody
+//! tracks it) costs one load; another untracked one a storage lookup that finds the socket has
+//! no storage at all; a tracked one a pointer walk to its record, no hash.
 use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::{error, warn};
 use enforcer_common::{FAULT_TCP_PROBE, names, stats};
 
 use crate::{
     kernel::{LazyNow, load, off, read_bytes, reconcile, seq_after, watch},
-    maps::{SOCKETS, count_rare},
+    maps::{count_rare, record},
 };
 
 /// The target of this program's log lines in the agent's log.
@@ -72,10 +73,11 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), Error
     // SAFETY: `sk` is a BTF `struct sock *`; the offset is `skc_cookie`'s.
     let cookie: u64 = unsafe { load(sk, off!(sk_cookie)) };
     if cookie == 0 {
-        // No cookie was ever asked for: not a socket we track.
+        // No cookie was ever asked for: not a socket we track (sock_ops and adoption ask).
         return Ok(());
     }
-    let Some(rec) = SOCKETS.get_ptr_mut(cookie) else {
+    // SAFETY: `sk` is a BTF `struct sock *`.
+    let Some(rec) = (unsafe { record(sk as *mut _, None) }) else {
         return Ok(());
     };
     if watch!(fault) & FAULT_TCP_PROBE != 0 {
@@ -91,8 +93,8 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), Error
     let (snd_una, snd_nxt, rcv_nxt, snd_wnd): (u32, u32, u32, u32) = unsafe {
         (load(tp, off!(tp_snd_una)), load(tp, off!(tp_snd_nxt)), load(tp, off!(tp_rcv_nxt)), load(tp, off!(tp_snd_wnd)))
     };
-    // SAFETY: a map value pointer from a successful lookup; racing writers only store times.
-    let rec = unsafe { &mut *rec };
+    // SAFETY: as above.
+    let write_seq: u32 = unsafe { load(tp, off!(tp_write_seq)) };
     let mut now = LazyNow::new();
     reconcile(rec, snd_una, rcv_nxt, snd_wnd, &mut now);
 
@@ -107,6 +109,7 @@ unsafe fn try_enforcer_tcp_probe(ctx: &BtfTracePointContext) -> Result<(), Error
     let ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
     if th[13] & TH_ACK != 0 && seq_after(ack, snd_una) && !seq_after(ack, snd_nxt) {
         rec.pending_ack = ack;
+        rec.pending_drains = u32::from(ack == write_seq);
         rec.pending_ns = now.get();
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use enforcer_common::{names, stats};
+use enforcer_common::{names, scan_mode, stats};
 use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -20,13 +20,19 @@ use crate::{
     loader::{LoadOptions, Loaded},
     metrics::{self, Metrics},
     netns, notify,
-    policy::{Decision, Judge, Outcome, Plan, repeat::Flagged, storm::StormGuard},
+    policy::{self, Decision, Fairness, Judge, Outcome, Plan, Population, Taken, repeat::Flagged, storm::StormGuard},
     pressure,
     settings::Settings,
-    snapshot::Snapshot,
+    snapshot::{Scanner, Walk},
     socket::Socket,
     sys,
 };
+
+/// An interval walks the sockets at least this often, even while the kernel's own memory figures
+/// show pressure is well below the threshold, so the tracked-sockets gauge is never older. (No
+/// decision depends on it: a stall is dated from the first walk that sees the backlog.) A walk
+/// costs about 1 µs per TCP socket of the watched namespaces with `iter/tcp` (BENCHMARKS.md).
+const WALK_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn run(args: RunArgs) -> Result<()> {
     sys::require_root("enforcer run")?;
@@ -55,16 +61,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
         cgroup_level: sys::cgroup2_level(&settings.cgroup)?,
         fault: settings.fault,
         pin_dir: &settings.pin_dir,
-        max_sockets: settings.max_sockets,
         settings: &serde_json::to_string(&settings).context("serialising settings")?,
     })?;
     let journal = Journal::new(loaded.take_map(names::MAP_KILLS)?, loaded.take_map(names::MAP_KILL_COUNTERS)?)?;
+    let (scan_link, walk) = loaded.take_scan_link()?;
+    let scanner = Scanner::new(
+        scan_link,
+        walk,
+        loaded.take_map(names::MAP_SCAN_PARAMS)?,
+        loaded.take_map(names::MAP_SCAN_SUMMARY)?,
+        loaded.take_map(names::MAP_REMOTE_COUNTS)?,
+    )?;
+    // Connections established before sock_ops was attached get their records now; every later
+    // one gets it from sock_ops, whatever namespace it is in.
+    for ns in namespaces_of(&settings.cgroup) {
+        if let Err(e) = loaded.adopt_in(&ns) {
+            tracing::warn!(netns = ns.inode, error = %format!("{e:#}"), "adoption failed: connections that predate the agent there stay untracked");
+        }
+    }
     let containment = Containment::new(loaded.take_map(names::MAP_CONTAINED)?)?;
     tracing::info!(
         cgroup = %settings.cgroup.display(), cgroup_id = settings.cgroup_id, pin_dir = %settings.pin_dir.display(),
         threshold = settings.threshold, pressure = source.name(), fairness = %settings.fairness,
         policy = settings.policy.name(), stall_ms = settings.stall_ms, drain_window_ms = settings.drain_window_ms,
-        dry_run = settings.dry_run,
+        dry_run = settings.dry_run, walk = walk.name(),
         "enforcer attached{}", if settings.dry_run { " (dry run: nothing will be destroyed)" } else { "" }
     );
 
@@ -76,13 +96,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     metrics.threshold.set(settings.threshold as i64);
     metrics.dry_run.set(i64::from(settings.dry_run));
-    metrics.map_capacity.set(i64::from(settings.max_sockets));
     let mut agent = Agent {
         judge: Judge::new(settings.policy(protected)),
         storm: StormGuard::new(settings.max_kills_per_minute),
         source,
         settings,
         loaded,
+        scanner,
+        last_pressure: None,
+        last_walk: None,
+        record_failures: 0,
         journal,
         containment,
         epoch: Instant::now(),
@@ -90,6 +113,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         destroyers,
         reported: HashSet::new(),
         attribution: Attributor::new(),
+        namespaces: None,
     };
     loop {
         tokio::select! {
@@ -112,6 +136,14 @@ struct Agent {
     settings: Settings,
     source: pressure::Source,
     loaded: Loaded,
+    scanner: Scanner,
+    /// The pressure the last interval read, which chooses what the next scan writes out.
+    last_pressure: Option<u64>,
+    /// When the sockets were last walked.
+    last_walk: Option<Instant>,
+    /// Connections the kernel failed to give a record (sock_ops errors, no memory), as of the
+    /// last interval: when it grows, adoption runs again.
+    record_failures: u64,
     journal: Journal,
     containment: Containment,
     /// The rule and what it remembers across snapshots.
@@ -122,12 +154,16 @@ struct Agent {
     metrics: Arc<Metrics>,
     /// One netlink socket per network namespace it destroys in, by namespace inode.
     destroyers: HashMap<u64, Netlink>,
-    /// Dry run: the sockets the rule chose in the last interval. A dry run reports a socket once
-    /// per episode (until the rule stops choosing it, say when pressure falls), so its log,
-    /// ring and counters count sockets, not intervals, and real history stays in the ring.
+    /// Dry run: the sockets reported in this episode, kept while the rule keeps them among its
+    /// candidates (carried out or held back by a cap). A dry run reports a socket once per
+    /// episode (until the rule stops choosing it, say when pressure falls), so its log, ring
+    /// and counters count sockets, not intervals, and real history stays in the ring.
     reported: HashSet<u64>,
     /// Names the namespace, cgroup path and process of each socket decided on.
     attribution: Attributor,
+    /// The network namespaces of the cgroup's processes, listed once per interval: at its start
+    /// for the `iter/tcp` walk, which reads inside each; on the first decision otherwise.
+    namespaces: Option<Vec<netns::Namespace>>,
 }
 
 /// Time spent in each step of an interval, for the metrics and the debug line.
@@ -138,48 +174,135 @@ struct Timing {
 }
 
 impl Agent {
-    /// One interval: snapshot → pressure → decide → act. A step that fails skips the rest.
+    /// One interval: scan → pressure → decide → act. A step that fails skips the rest.
     fn interval(&mut self) {
         let started = Instant::now();
-        let Some(snap) = self.snapshot() else { return };
+        self.namespaces = None;
+        self.adopt_unrecorded();
+        let Some((pressure, population)) = self.scan() else { return };
         if !self.metrics.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            // Attached, and a snapshot works: ready for /readyz and for systemd.
+            // Attached, and a scan works: ready for /readyz and for systemd.
             notify::notify("READY=1");
         }
         let scanned = started.elapsed();
-        self.update_gauges(snap.sockets.len());
-        let Some(pressure) = self.pressure(&snap) else { return };
-        let plan = self.decide(&snap, started, pressure);
-        let timing = Timing { started, scanned, decided: started.elapsed() };
-        self.act(&snap, plan, timing);
-    }
-
-    /// Every tracked socket in every network namespace of the watched cgroup's processes.
-    fn snapshot(&self) -> Option<Snapshot> {
-        match Snapshot::of_cgroup(&self.loaded.snapshot_path(), &self.settings.cgroup) {
-            Ok(snap) => Some(snap),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "snapshot failed; nothing enforced this interval");
-                None
-            }
-        }
-    }
-
-    fn pressure(&self, snap: &Snapshot) -> Option<u64> {
-        match self.source.read(&snap.sockets) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "reading pressure failed; nothing enforced this interval");
-                None
-            }
-        }
-    }
-
-    /// Judges the snapshot; releases the repeat offenders the judgement let go.
-    fn decide(&mut self, snap: &Snapshot, started: Instant, pressure: u64) -> Plan {
-        self.refresh_protected_cgroups();
+        self.update_gauges();
         let now_ms = started.duration_since(self.epoch).as_millis() as u64;
-        let plan = self.judge.judge(&snap.sockets, now_ms, pressure);
+        let Some((population, sockets)) = population else {
+            // Well below the threshold: nothing to judge.
+            for remote in self.judge.rest(now_ms) {
+                self.release(remote);
+            }
+            self.metrics.pressure.set(pressure as i64);
+            self.metrics.offenders.set(0);
+            self.metrics.scan_seconds.observe(scanned.as_secs_f64());
+            tracing::debug!(
+                pressure,
+                threshold = self.settings.threshold,
+                scan_us = scanned.as_micros() as u64,
+                "interval (summary only)"
+            );
+            return;
+        };
+        let plan = self.decide(&sockets, &population, now_ms, pressure);
+        let timing = Timing { started, scanned, decided: started.elapsed() };
+        self.act(&sockets, plan, timing);
+    }
+
+    /// The scan, in the mode the last pressure calls for: the pressure, and — unless pressure
+    /// is well below the threshold — the sockets to judge with the population they share the
+    /// threshold with. `None` when the scan or the pressure could not be read.
+    #[expect(clippy::type_complexity, reason = "one private call site")]
+    fn scan(&mut self) -> Option<(u64, Option<(Population, Vec<Socket>)>)> {
+        let s = &self.settings;
+        // A per-remote cap judges idle connections, which hold nothing: it needs them all.
+        let full = s.max_per_remote.is_some();
+        // While the last pressure was quiet, the scan reads a summary only; a summary that finds
+        // pressure above the line is followed at once by a scan of the candidates.
+        let low = |p: u64| policy::quiet(p, s.threshold);
+        let mut mode = match self.last_pressure {
+            _ if full => scan_mode::ALL,
+            Some(p) if low(p) => scan_mode::SUMMARY,
+            _ => scan_mode::CANDIDATES,
+        };
+        // Pressure well below the threshold by the kernel's own figures, read without a walk:
+        // nothing can be chosen, so nothing is walked.
+        let recent = self.last_walk.is_some_and(|t| t.elapsed() < WALK_AT_LEAST_EVERY);
+        if !full
+            && recent
+            && let Some(bound) = self.source.without_scan()
+            && low(bound)
+        {
+            self.metrics.scans.get_or_create(&vec![("kind", "skipped")]).inc();
+            // `tracked` pressure is what the last walk read; the others are read as they are.
+            let pressure = match self.source {
+                pressure::Source::Tracked => self.last_pressure.unwrap_or_default(),
+                _ => bound,
+            };
+            return Some((pressure, None));
+        }
+        let groups = match s.fairness {
+            Fairness::Connection => None,
+            _ if full => None,
+            Fairness::RemoteIp => Some((32, 128)),
+            Fairness::RemotePrefix { v4, v6 } => Some((u32::from(v4), u32::from(v6))),
+        };
+        loop {
+            let namespaces: &[netns::Namespace] = match self.scanner.walk() {
+                Walk::Records => &[],
+                Walk::Tcp => self.namespaces.get_or_insert_with(|| namespaces_of(&s.cgroup)),
+            };
+            let summary = match self.scanner.scan(mode, groups.filter(|_| mode != scan_mode::SUMMARY), namespaces) {
+                Ok(summary) => summary,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "scan failed; nothing enforced this interval");
+                    return None;
+                }
+            };
+            let pressure = match self.source.read(summary.charged) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reading pressure failed; nothing enforced this interval");
+                    return None;
+                }
+            };
+            self.last_pressure = Some(pressure);
+            self.last_walk = Some(Instant::now());
+            let kind = match mode {
+                scan_mode::SUMMARY => "summary",
+                scan_mode::CANDIDATES => "candidates",
+                _ => "all",
+            };
+            self.metrics.scans.get_or_create(&vec![("kind", kind)]).inc();
+            self.metrics.tracked.set(summary.sockets as i64);
+            self.metrics.scanned_out.set(summary.emitted as i64);
+            if mode == scan_mode::SUMMARY {
+                if low(pressure) {
+                    return Some((pressure, None));
+                }
+                // Pressure rose past the line since the last interval: scan the candidates now.
+                mode = scan_mode::CANDIDATES;
+                continue;
+            }
+            let sockets: Vec<Socket> = self.scanner.entries().iter().map(Socket::new).collect();
+            let population = if mode == scan_mode::ALL {
+                Population::of(s.fairness, &sockets)
+            } else {
+                let mut per_remote = std::collections::HashMap::new();
+                if groups.is_some() {
+                    for (sock, e) in sockets.iter().zip(self.scanner.entries()) {
+                        per_remote.insert(s.fairness.group(sock.remote.ip()), self.scanner.remote_count(e));
+                    }
+                }
+                Population { connections: summary.sockets, remotes: summary.remotes, per_remote }
+            };
+            return Some((pressure, Some((population, sockets))));
+        }
+    }
+
+    /// Judges the sockets; releases the repeat offenders the judgement let go.
+    fn decide(&mut self, sockets: &[Socket], population: &Population, now_ms: u64, pressure: u64) -> Plan {
+        self.refresh_protected_cgroups();
+        let plan = self.judge.judge(sockets, population, now_ms, pressure);
         for remote in &plan.released {
             self.release(*remote);
         }
@@ -187,27 +310,33 @@ impl Agent {
     }
 
     /// Carries the plan out within the kill caps, remembers what was destroyed, and accounts.
-    fn act(&mut self, snap: &Snapshot, plan: Plan, t: Timing) {
+    fn act(&mut self, sockets: &[Socket], plan: Plan, t: Timing) {
         let (pressure, candidates) = (plan.pressure, plan.candidates());
         let allowed = self.settings.max_kills.min(self.storm.available(t.started));
-        // In a dry run, sockets chosen again that were reported in the previous interval: they
-        // count toward this interval's budget as before, but are not reported again.
-        let mut again = HashSet::new();
+        // In a dry run, sockets chosen again that were reported earlier in the episode: taken as
+        // gone, as a real run would have destroyed them, so they are not reported again and do
+        // not use up the caps; the next candidates are reported as a real run would destroy them.
+        let still: HashSet<u64> = if self.settings.dry_run { plan.cookies().collect() } else { HashSet::new() };
         let outcome = if candidates == 0 {
             Outcome::default()
         } else {
-            let outcome = plan.execute(allowed, |d| {
+            let outcome = plan.carry_out(allowed, |d| {
                 if self.settings.dry_run && self.reported.contains(&d.socket.cookie) {
-                    again.insert(d.socket.cookie);
-                    return true;
+                    Taken::Gone
+                } else if self.carry_out(d, pressure) {
+                    Taken::Done
+                } else {
+                    Taken::Failed
                 }
-                self.carry_out(snap, d, pressure)
             });
-            self.storm.spend(t.started, outcome.acted.len() - again.len());
+            self.storm.spend(t.started, outcome.acted.len());
             outcome
         };
         if self.settings.dry_run {
-            self.reported = outcome.acted.iter().map(|d| d.socket.cookie).collect();
+            // A socket leaves the episode when the rule no longer names it at all, not when a
+            // cap held it back for an interval.
+            self.reported.retain(|c| still.contains(c));
+            self.reported.extend(outcome.acted.iter().map(|d| d.socket.cookie));
         }
         if outcome.held_back > 0 {
             // Name the cap that bit: the per-interval one when it was the smaller.
@@ -220,7 +349,7 @@ impl Agent {
             );
         }
         let now_ms = t.started.duration_since(self.epoch).as_millis() as u64;
-        for d in outcome.acted.iter().filter(|d| !again.contains(&d.socket.cookie)) {
+        for d in &outcome.acted {
             if let Some(flag) = self.judge.record_destroy(d, now_ms) {
                 self.flag(&flag);
             }
@@ -233,10 +362,12 @@ impl Agent {
         m.held_back.inc_by(outcome.held_back as u64);
         m.repeat_offenders_flagged.set(self.judge.repeat_offenders() as i64);
         // Netlink sockets of namespaces that are gone would keep them alive.
-        self.destroyers.retain(|inode, _| snap.namespace(*inode).is_some());
-        self.attribution.retain_namespaces(|inode| snap.namespace(inode).is_some());
+        if let Some(listed) = &self.namespaces {
+            self.destroyers.retain(|inode, _| listed.iter().any(|n| n.inode == *inode));
+            self.attribution.retain_namespaces(|inode| listed.iter().any(|n| n.inode == inode));
+        }
         tracing::debug!(
-            sockets = snap.sockets.len(),
+            sockets = sockets.len(),
             pressure,
             threshold = self.settings.threshold,
             candidates,
@@ -310,18 +441,29 @@ impl Agent {
         }
     }
 
-    /// Gauges and kernel counters, every interval.
-    fn update_gauges(&self, tracked: usize) {
-        let m = &self.metrics;
-        m.tracked.set(tracked as i64);
-        match self.loaded.stats() {
-            Ok(k) => {
-                m.kernel_counters(&k);
-                // Inserts (sock_ops and adoption) minus removals: the records in the map.
-                let entries = (k[stats::TRACKED as usize] + k[stats::ADOPTED as usize])
-                    .saturating_sub(k[stats::REMOVED as usize]);
-                m.map_entries.set(entries as i64);
+    /// sock_ops gives every connection its record when it is established; when that failed
+    /// (an error, no memory for the record), the connection is found by running adoption again
+    /// in each namespace, the walk the agent otherwise makes once, at start.
+    fn adopt_unrecorded(&mut self) {
+        let Ok(k) = self.loaded.stats() else { return };
+        let failures = k[stats::ERR_SOCKOPS as usize] + k[stats::ERR_STORAGE as usize];
+        if failures <= self.record_failures {
+            return;
+        }
+        self.record_failures = failures;
+        let listed = self.namespaces.get_or_insert_with(|| namespaces_of(&self.settings.cgroup));
+        for ns in listed.iter() {
+            if let Err(e) = self.loaded.adopt_in(ns) {
+                tracing::debug!(netns = ns.inode, error = %format!("{e:#}"), "adoption after a failed record");
             }
+        }
+    }
+
+    /// Kernel counters and program statistics, every interval.
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        match self.loaded.stats() {
+            Ok(k) => m.kernel_counters(&k),
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "reading kernel counters"),
         }
         for (name, runs, time) in self.loaded.program_stats() {
@@ -331,14 +473,18 @@ impl Agent {
 
     /// Carries out one decision: destroys the socket (or, in a dry run, only says so), logs and
     /// journals it. True when it freed the socket's memory (or would have, in a dry run).
-    fn carry_out(&mut self, snap: &Snapshot, d: &Decision, pressure: u64) -> bool {
+    fn carry_out(&mut self, d: &Decision, pressure: u64) -> bool {
         let threshold = self.settings.threshold;
+        // A destroy must be sent from inside the socket's namespace, reached through a process
+        // of the cgroup that is in it; the process holding the socket is looked for there.
+        let listed = self.namespaces.get_or_insert_with(|| namespaces_of(&self.settings.cgroup));
+        let ns = listed.iter().find(|n| n.inode == d.socket.netns);
         // Before the destroy: netlink finds a destroyed socket no more.
-        let who = self.attribution.attribute(&d.socket, snap.namespace(d.socket.netns));
+        let who = self.attribution.attribute(&d.socket, ns);
         let (event, err) = if self.settings.dry_run {
             (Event::WouldDestroy, None)
         } else {
-            match destroy_in(&mut self.destroyers, snap.namespace(d.socket.netns), &d.socket) {
+            match destroy_in(&mut self.destroyers, ns, &d.socket) {
                 Ok(()) => (Event::Destroyed, None),
                 Err(e) => (Event::DestroyFailed, Some(e)),
             }
@@ -369,6 +515,18 @@ impl Agent {
         // Whatever the mode now: a reload into a dry run must not leave a containment behind.
         if let Err(e) = self.containment.release(remote) {
             tracing::warn!(remote = %remote, error = %format!("{e:#}"), "could not release the repeat offender");
+        }
+    }
+}
+
+/// The agent's own network namespace, then every one a process of `cgroup` is in; the own one
+/// alone if the cgroup's cannot be listed.
+fn namespaces_of(cgroup: &std::path::Path) -> Vec<netns::Namespace> {
+    match netns::of_cgroup(cgroup) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "listing the cgroup's network namespaces; using the own one only");
+            netns::own().into_iter().collect()
         }
     }
 }

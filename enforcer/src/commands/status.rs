@@ -24,13 +24,12 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     // Repeat offenders whose new connections the kernel gives a small send buffer.
     let contained = contained::read(&pins)?;
     let recv_queue: u64 = snapshot.iter().map(|s| s.recv_queue).sum();
-    let (records, capacity) = pins.occupancy()?;
     let counters = pins.stats()?;
     let kc = journal::counters(&pins)?;
     let counter_map: serde_json::Map<String, Value> =
         stats::NAMES.iter().zip(counters).map(|(n, v)| ((*n).to_owned(), json!(v))).collect();
     let source = settings.source();
-    let pressure = source.read(&snapshot).ok();
+    let pressure = source.read(charged).ok();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let uptime_ms = now_ms.saturating_sub(info.started_unix_ms);
 
@@ -54,9 +53,9 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
             // namespaces hold them.
             "tracked": snapshot.len(),
             "network_namespaces": namespaces.len(),
-            "map_records": records,
-            "map_capacity": capacity,
-            "map_full": counters[stats::MAP_FULL as usize],
+            // Records live in their sockets: no capacity. A connection goes untracked only when
+            // the kernel cannot allocate its record.
+            "untracked_no_memory": counters[stats::ERR_STORAGE as usize],
         },
         "queued": { "send_queue_bytes": send_queue, "charged_bytes": charged, "recv_queue_bytes": recv_queue },
         "contained": contained
@@ -129,11 +128,6 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     writeln!(out, "sockets    {} tracked, in {} network namespace{plural}", snapshot.len(), namespaces.len())?;
     writeln!(
         out,
-        "map        {records} / {capacity} records, {} sockets not tracked (map full)",
-        counters[stats::MAP_FULL as usize]
-    )?;
-    writeln!(
-        out,
         "queued     {} send ({} charged), {} receive",
         human_bytes(send_queue),
         human_bytes(charged),
@@ -148,9 +142,9 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "lifetime   {} tracked, {} removed",
+        "lifetime   {} tracked at establishment, {} adopted",
         counters[stats::TRACKED as usize],
-        counters[stats::REMOVED as usize]
+        counters[stats::ADOPTED as usize]
     )?;
     writeln!(
         out,

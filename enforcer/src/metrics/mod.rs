@@ -32,10 +32,11 @@ pub struct Metrics {
     pub threshold: Gauge,
     pub tracked: Gauge,
     pub offenders: Gauge,
-    pub map_entries: Gauge,
-    pub map_capacity: Gauge,
+    /// Sockets the last scan wrote out for the rule (0 while pressure is well below the threshold).
+    pub scanned_out: Gauge,
     /// Decisions by `event` (destroyed, would_destroy, destroy_failed) and `reason`.
     pub decisions: Family<Labels, Counter>,
+    pub scans: Family<Labels, Counter>,
     pub held_back: Counter,
     /// Remotes that became repeat offenders, and how many are flagged now.
     pub repeat_offenders: Counter,
@@ -69,9 +70,9 @@ impl Metrics {
             threshold: Gauge::default(),
             tracked: Gauge::default(),
             offenders: Gauge::default(),
-            map_entries: Gauge::default(),
-            map_capacity: Gauge::default(),
+            scanned_out: Gauge::default(),
             decisions: Family::default(),
+            scans: Family::default(),
             held_back: Counter::default(),
             repeat_offenders: Counter::default(),
             repeat_offenders_flagged: Gauge::default(),
@@ -100,13 +101,21 @@ impl Metrics {
         r.register_with_unit("threshold", "Pressure above which the rule applies", Unit::Bytes, m.threshold.clone());
         r.register(
             "tracked_sockets",
-            "Tracked sockets in the last snapshot, in every network namespace the agent reaches",
+            "Tracked connections in the last walk, in every network namespace (while pressure is quiet, walks are up to a minute apart)",
             m.tracked.clone(),
         );
         r.register("offenders", "Sockets chosen by the rule in the last interval", m.offenders.clone());
-        r.register("socket_map_entries", "Records in the socket map", m.map_entries.clone());
-        r.register("socket_map_capacity", "Capacity of the socket map (--max-sockets)", m.map_capacity.clone());
+        r.register(
+            "scanned_out_sockets",
+            "Sockets the last scan wrote out for the rule: those holding memory (every one with --max-per-remote), none while pressure is under half the threshold",
+            m.scanned_out.clone(),
+        );
         r.register("decisions", "Enforcement decisions by event and reason", m.decisions.clone());
+        r.register(
+            "scans",
+            "Intervals by what was read: skipped (the kernel's TCP memory bounds pressure under half the threshold), summary, candidates, all",
+            m.scans.clone(),
+        );
         r.register("held_back", "Decisions held back by --max-kills or --max-kills-per-minute", m.held_back.clone());
         r.register(
             "repeat_offenders",
@@ -122,12 +131,12 @@ impl Metrics {
         r.register_with_unit("policy_duration", "Time to apply the rule", Unit::Seconds, m.policy_seconds.clone());
         r.register(
             "kernel_events",
-            "Events the kernel programs counted: tracked, map_full, removed, adopted, contained",
+            "Events the kernel programs counted: tracked, adopted, contained",
             m.kernel.clone(),
         );
         r.register(
             "kernel_errors",
-            "Errors the kernel programs failed open on: sockops, tcp_probe, snapshot, contain",
+            "Errors the kernel programs failed open on: storage (no memory for a record), sockops, tcp_probe, snapshot, contain",
             m.kernel_errors.clone(),
         );
         r.register("program_runs", "Runs of each eBPF program (kernel.bpf_stats_enabled=1)", m.program_runs.clone());
@@ -182,8 +191,8 @@ mod tests {
         let m = Metrics::new();
         m.pressure.set(5);
         m.decisions.get_or_create(&vec![("event", "destroyed"), ("reason", "stalled")]).inc();
-        m.kernel_counters(&[3, 1, 2, 4, 0, 0, 0]);
-        m.kernel_counters(&[5, 1, 2, 4, 0, 0, 0]);
+        m.kernel_counters(&[3, 1, 2, 4, 0, 0, 0, 0]);
+        m.kernel_counters(&[5, 1, 4, 4, 0, 0, 0, 0]);
         let text = m.encode(Format::OpenMetrics);
         assert!(text.contains("enforcer_pressure_bytes 5"), "{text}");
         assert!(text.contains(r#"enforcer_decisions_total{event="destroyed",reason="stalled"} 1"#), "{text}");

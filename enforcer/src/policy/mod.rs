@@ -18,17 +18,22 @@
 //! - a destroy that failed frees nothing: the next candidate is taken ([`plan`]).
 pub mod judge;
 pub mod plan;
+#[cfg(test)]
+mod property;
 pub mod repeat;
 pub mod storm;
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use ipnet::IpNet;
 use serde::Serialize;
 
 pub use self::{
     judge::{Assessment, Judge},
-    plan::{Outcome, Plan},
+    plan::{Outcome, Plan, Taken},
 };
 use crate::socket::Socket;
 
@@ -116,6 +121,17 @@ pub struct Policy {
 /// spread attack cannot hold memory for long.
 pub const ESCALATE_AFTER_INTERVALS: u32 = 4;
 
+/// Pressure under this percentage of the threshold is quiet: nothing can be chosen for memory,
+/// and the rule keeps no over-share history (a slow drain is measured from the moment pressure
+/// reaches this line). The agent then reads a summary of the sockets, or nothing at all: pressure
+/// would have to double within one interval to cross the threshold unseen.
+pub const QUIET_BELOW_PERCENT: u64 = 50;
+
+/// Whether `pressure` is quiet against `threshold` ([`QUIET_BELOW_PERCENT`]).
+pub fn quiet(pressure: u64, threshold: u64) -> bool {
+    pressure.saturating_mul(100) < threshold.saturating_mul(QUIET_BELOW_PERCENT)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -161,20 +177,39 @@ pub struct Decision {
     pub evidence: u64,
 }
 
-/// The fair share of every socket, in snapshot order, of memory `threshold`.
-pub fn fair_shares(fairness: Fairness, sockets: &[Socket], threshold: u64) -> Vec<u64> {
-    if sockets.is_empty() {
-        return Vec::new();
-    }
-    match fairness {
-        Fairness::Connection => vec![threshold / sockets.len() as u64; sockets.len()],
-        Fairness::RemoteIp | Fairness::RemotePrefix { .. } => {
-            let mut per_group: std::collections::HashMap<IpNet, u64> = std::collections::HashMap::new();
+/// What the fair shares divide the threshold among: every tracked connection, also those the
+/// scan did not write out (they hold nothing, but they count). The agent's scan counts them in
+/// the kernel; a full snapshot counts them here ([`Population::of`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Population {
+    pub connections: u64,
+    /// Distinct remote groups (`Fairness::group`); used by the per-remote modes only.
+    pub remotes: u64,
+    /// Connections per remote group, for at least every group of the sockets judged; a group
+    /// missing here counts as one connection.
+    pub per_remote: HashMap<IpNet, u64>,
+}
+
+impl Population {
+    /// Counts a full snapshot.
+    pub fn of(fairness: Fairness, sockets: &[Socket]) -> Self {
+        let mut per_remote: HashMap<IpNet, u64> = HashMap::new();
+        if fairness != Fairness::Connection {
             for s in sockets {
-                *per_group.entry(fairness.group(s.remote.ip())).or_default() += 1;
+                *per_remote.entry(fairness.group(s.remote.ip())).or_default() += 1;
             }
-            let per_remote = threshold / per_group.len() as u64;
-            sockets.iter().map(|s| per_remote / per_group[&fairness.group(s.remote.ip())]).collect()
+        }
+        Self { connections: sockets.len() as u64, remotes: per_remote.len() as u64, per_remote }
+    }
+
+    /// The fair share of `s` of memory `threshold`.
+    pub fn share(&self, fairness: Fairness, threshold: u64, s: &Socket) -> u64 {
+        match fairness {
+            Fairness::Connection => threshold / self.connections.max(1),
+            Fairness::RemoteIp | Fairness::RemotePrefix { .. } => {
+                let n = self.per_remote.get(&fairness.group(s.remote.ip())).copied().unwrap_or(1);
+                threshold / self.remotes.max(1) / n.max(1)
+            }
         }
     }
 }
@@ -236,12 +271,17 @@ pub(crate) mod testing {
 mod tests {
     use super::{testing::sock, *};
 
+    fn shares(fairness: Fairness, sockets: &[Socket], threshold: u64) -> Vec<u64> {
+        let p = Population::of(fairness, sockets);
+        sockets.iter().map(|s| p.share(fairness, threshold, s)).collect()
+    }
+
     #[test]
     fn remote_fairness_gives_one_share_per_remote() {
         // One remote with 10 connections, another with 1; threshold 4 MiB split in two.
         let mut sockets: Vec<Socket> = (1..=10).map(|c| sock(c, "192.0.2.1:1", 500 << 10, 5000, 0)).collect();
         sockets.push(sock(11, "192.0.2.2:1", 500 << 10, 5000, 0));
-        let shares = fair_shares(Fairness::RemoteIp, &sockets, 4 << 20);
+        let shares = shares(Fairness::RemoteIp, &sockets, 4 << 20);
         assert_eq!(shares[0], (2 << 20) / 10);
         assert_eq!(shares[10], 2 << 20);
     }
@@ -253,8 +293,7 @@ mod tests {
             sock(2, "192.0.2.200:1", 0, 0, 0),
             sock(3, "[2001:db8::1]:1", 0, 0, 0),
         ];
-        let shares = fair_shares(Fairness::RemotePrefix { v4: 24, v6: 64 }, &sockets, 1200);
-        assert_eq!(shares, [300, 300, 600]);
+        assert_eq!(shares(Fairness::RemotePrefix { v4: 24, v6: 64 }, &sockets, 1200), [300, 300, 600]);
         let f = Fairness::RemotePrefix { v4: 24, v6: 64 };
         assert_eq!(f.group("192.0.2.200".parse().expect("ip")).to_string(), "192.0.2.0/24");
         assert_eq!(Fairness::RemoteIp.group("192.0.2.200".parse().expect("ip")).to_string(), "192.0.2.200/32");

@@ -31,6 +31,17 @@ pub struct Plan {
     pub released: Vec<IpNet>,
 }
 
+/// What became of one decision ([`Plan::carry_out`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Destroyed (or, in a dry run, reported).
+    Done,
+    /// The destroy failed: the socket holds its memory.
+    Failed,
+    /// Already gone: taken before in this episode.
+    Gone,
+}
+
 /// What carrying out a plan did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -65,6 +76,16 @@ impl Plan {
         }
     }
 
+    /// The sockets of every candidate, carried out or not.
+    pub fn cookies(&self) -> impl Iterator<Item = u64> + '_ {
+        self.sweep
+            .iter()
+            .chain(&self.offenders)
+            .chain(&self.escalation)
+            .chain(&self.remote_cap)
+            .map(|d| d.socket.cookie)
+    }
+
     /// How many candidates the rule has (before budget and caps).
     pub fn candidates(&self) -> usize {
         self.sweep.len() + self.offenders.len() + self.escalation.len() + self.remote_cap.len()
@@ -73,6 +94,14 @@ impl Plan {
     /// Carries the plan out: `act` destroys one socket and says whether it worked. At most
     /// `allowed` succeed; the budget counts only what succeeded.
     pub fn execute(self, allowed: usize, mut act: impl FnMut(&Decision) -> bool) -> Outcome {
+        self.carry_out(allowed, |d| if act(d) { Taken::Done } else { Taken::Failed })
+    }
+
+    /// [`Plan::execute`], where `act` may also say a socket is already gone ([`Taken::Gone`]: a
+    /// dry run's socket reported earlier in the episode, which a real run would have destroyed
+    /// then): it frees its memory in the projection, but neither uses up `allowed` nor counts as
+    /// acted or failed.
+    pub fn carry_out(self, allowed: usize, mut act: impl FnMut(&Decision) -> Taken) -> Outcome {
         let mut out = Outcome::default();
         let mut projected = self.pressure;
         let mut done = std::collections::HashSet::new();
@@ -84,11 +113,15 @@ impl Plan {
                 // Counted as if it went, so the count says how many the rule wanted.
                 out.held_back += 1;
                 *projected = projected.saturating_sub(d.socket.charged);
-            } else if act(&d) {
-                *projected = projected.saturating_sub(d.socket.charged);
-                out.acted.push(d);
-            } else {
-                out.failed += 1;
+                return;
+            }
+            match act(&d) {
+                Taken::Done => {
+                    *projected = projected.saturating_sub(d.socket.charged);
+                    out.acted.push(d);
+                }
+                Taken::Gone => *projected = projected.saturating_sub(d.socket.charged),
+                Taken::Failed => out.failed += 1,
             }
         };
         if self.pressure > self.threshold {
@@ -133,7 +166,7 @@ mod tests {
             sock(2, "192.0.2.2:1", 5 << 20, 5000, 0),
             sock(3, "192.0.2.3:1", 4 << 20, 5000, 0),
         ];
-        let plan = Judge::new(policy(8 << 20)).judge(&sockets, 1000, 12 << 20);
+        let plan = Judge::new(policy(8 << 20)).judge_all(&sockets, 1000, 12 << 20);
         let mut tried = Vec::new();
         let out = plan.execute(100, |d| {
             tried.push(d.socket.cookie);
@@ -147,12 +180,26 @@ mod tests {
     #[test]
     fn failures_are_bounded() {
         let sockets: Vec<_> = (1..=1000).map(|c| sock(c, "192.0.2.1:1", 1 << 20, 5000, 0)).collect();
-        let plan = Judge::new(policy(1 << 20)).judge(&sockets, 1000, 1 << 30);
+        let plan = Judge::new(policy(1 << 20)).judge_all(&sockets, 1000, 1 << 30);
         let mut calls = 0;
         let out = plan.execute(10_000, |_| {
             calls += 1;
             false
         });
         assert_eq!((calls, out.failed), (super::MAX_FAILURES_PER_INTERVAL, super::MAX_FAILURES_PER_INTERVAL));
+    }
+
+    #[test]
+    fn a_dry_run_takes_what_it_reported_as_gone() {
+        // Three stalled offenders, one per interval (--max-kills 1), as a dry run sees them on
+        // its third interval: the first two were reported and count as destroyed, so the third
+        // is reported now, and none of it uses up the cap or counts as a failure.
+        let sockets: Vec<_> = (1..=3).map(|c| sock(c, "192.0.2.1:1", (4 - c) << 20, 5000, 0)).collect();
+        let mut p = policy(1 << 20);
+        p.kind = super::Kind::Heffner;
+        let plan = Judge::new(p).judge_all(&sockets, 1000, 8 << 20);
+        let out = plan.carry_out(1, |d| if d.socket.cookie == 3 { super::Taken::Done } else { super::Taken::Gone });
+        assert_eq!(out.acted.iter().map(|d| d.socket.cookie).collect::<Vec<_>>(), [3]);
+        assert_eq!((out.failed, out.held_back), (0, 0));
     }
 }

@@ -24,8 +24,6 @@ pub struct File {
     /// Applies at start (a reload cannot change it).
     pub log_format: Option<LogFormat>,
     pub dry_run: Option<bool>,
-    #[serde(deserialize_with = "positive")]
-    pub max_sockets: Option<u32>,
     #[serde(deserialize_with = "duration")]
     pub interval: Option<Duration>,
     #[serde(deserialize_with = "threshold")]

@@ -52,7 +52,6 @@ pub struct Settings {
     #[serde(default)]
     pub log_format: LogFormat,
     pub dry_run: bool,
-    pub max_sockets: u32,
     pub interval_ms: u64,
     pub threshold: u64,
     pub pressure: PressureArg,
@@ -213,7 +212,6 @@ impl Settings {
             pin_dir,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             dry_run: args.dry_run || file.dry_run.unwrap_or(false),
-            max_sockets: args.max_sockets.or(file.max_sockets).unwrap_or(enforcer_common::DEFAULT_MAX_SOCKETS),
             interval_ms,
             threshold,
             pressure: args.pressure.or(file.pressure).unwrap_or(PressureArg::Tracked),
@@ -254,7 +252,6 @@ impl Settings {
             ("cgroup", self.cgroup != new.cgroup || self.cgroup_id != new.cgroup_id),
             ("pin-dir", self.pin_dir != new.pin_dir),
             ("log-format", self.log_format != new.log_format),
-            ("max-sockets", self.max_sockets != new.max_sockets),
             ("metrics-addr", self.metrics_addr != new.metrics_addr),
         ]
         .into_iter()
@@ -317,7 +314,6 @@ mod tests {
             pin_dir: "/sys/fs/bpf/enforcer".into(),
             log_format: LogFormat::Json,
             dry_run: true,
-            max_sockets: 10,
             interval_ms: 250,
             threshold: 1 << 20,
             pressure: PressureArg::Cgroup,

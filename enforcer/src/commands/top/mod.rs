@@ -96,8 +96,8 @@ impl Observer {
     /// A fresh snapshot, judged.
     pub fn view(&mut self) -> Result<View> {
         let sockets = self.pins.snapshot()?.sockets;
-        let pressure = self.source.read(&sockets)?;
-        let plan = self.judge.judge(&sockets, self.epoch.elapsed().as_millis() as u64, pressure);
+        let pressure = self.source.read(sockets.iter().map(|s| s.charged).sum())?;
+        let plan = self.judge.judge_all(&sockets, self.epoch.elapsed().as_millis() as u64, pressure);
         let assessments = plan.assessments.clone();
         // What the agent would do with these sockets: every destroy succeeding.
         let chosen: HashMap<u64, &'static str> =

@@ -1,0 +1,157 @@
+//! `iter/tcp`: adoption. Gives a record to each connection of the watched cgroup that
+//! sock_ops never saw because it was established before the agent attached. The agent reads
+//! this iterator once per network namespace at start (and for a namespace it sees for the first
+//! time): every connection established later gets its record from sock_ops, and a socket keeps
+//! the cgroup it was created in, so nothing else can appear unrecorded.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use aya_log_ebpf::{error, info};
+use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SockRecord, names, stats};
+
+use crate::{
+    kernel::{ipv6, load, off, read_bytes, watch},
+    maps::{count_rare, log_samples, record, sample_rare},
+};
+
+/// The target of this program's log lines in the agent's log.
+const LOG: &str = names::PROG_ADOPT;
+
+/// States of a connection that can hold data worth watching (not listening, not half-open).
+pub fn is_connection(state: u8) -> bool {
+    // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+    matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
+}
+
+/// Makes a record for a connection of the watched cgroup that sock_ops never saw (it existed
+/// before the agent attached). It reads with `bpf_probe_read_kernel`, and logs (sampled,
+/// `count_rare`) what it adopts or fails to.
+unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
+    if watch!(adopt) == 0 {
+        return None;
+    }
+    // SAFETY (all loads): `tp` is a BTF `struct tcp_sock *`; offsets of the named fields.
+    let state: u8 = unsafe { load(tp, off!(sk_state)) };
+    if !is_connection(state) {
+        return None;
+    }
+    // In the watched subtree when the socket's cgroup has the watched one as ancestor at its level.
+    let cgroup: *const u8 = unsafe { load(tp, off!(sk_cgroup)) };
+    if cgroup.is_null() {
+        return None;
+    }
+    let level = i32::from_ne_bytes(read_bytes::<4>(unsafe { cgroup.add(off!(cgroup_level) as usize) })?);
+    let want = watch!(cgroup_level);
+    if level < want as i32 {
+        return None;
+    }
+    let slot = off!(cgroup_ancestors) as usize + want as usize * 8;
+    let ancestor = usize::from_ne_bytes(read_bytes::<8>(unsafe { cgroup.add(slot) })?) as *const u8;
+    let kn = usize::from_ne_bytes(read_bytes::<8>(unsafe { ancestor.add(off!(cgroup_kn) as usize) })?) as *const u8;
+    if u64::from_ne_bytes(read_bytes::<8>(unsafe { kn.add(off!(kn_id) as usize) })?) != watch!(cgroup_id) {
+        return None;
+    }
+    let family: u16 = unsafe { load(tp, off!(skc_family)) };
+    let (local_addr, remote_addr) = match family {
+        AF_INET => unsafe { ([load(tp, off!(skc_rcv_saddr)), 0, 0, 0], [load(tp, off!(skc_daddr)), 0, 0, 0]) },
+        AF_INET6 => {
+            let words = |b: [u8; 16]| {
+                let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                [w(0), w(4), w(8), w(12)]
+            };
+            let local = read_bytes::<16>(unsafe { tp.add(off!(skc_v6_rcv_saddr) as usize) })?;
+            let remote = read_bytes::<16>(unsafe { tp.add(off!(skc_v6_daddr) as usize) })?;
+            (words(local), words(remote))
+        }
+        _ => return None,
+    };
+    let snd_wnd: u32 = unsafe { load(tp, off!(tp_snd_wnd)) };
+    let fresh = SockRecord {
+        local_addr,
+        remote_addr,
+        local_port: unsafe { load(tp, off!(skc_num)) },
+        remote_port: u16::from_be(unsafe { load(tp, off!(skc_dport)) }),
+        family,
+        flags: RECORD_ADOPTED,
+        created_ns: now,
+        tx_progress_ns: now,
+        rx_progress_ns: now,
+        zero_window_since_ns: if snd_wnd == 0 { now } else { 0 },
+        snd_una: unsafe { load(tp, off!(tp_snd_una)) },
+        rcv_nxt: unsafe { load(tp, off!(tp_rcv_nxt)) },
+        pending_ns: 0,
+        pending_ack: 0,
+        pending_drains: 0,
+        outstanding_since_ns: 0,
+    };
+    // Assigns a cookie if the socket never had one: tcp_probe skips sockets without, and a
+    // destroy names it.
+    // SAFETY: `tp` is a socket pointer the helper accepts.
+    unsafe { bpf_get_socket_cookie(tp as *mut c_void) };
+    // If sock_ops recorded it since the lookup, this returns that record and changes nothing.
+    // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with a `struct sock`.
+    if unsafe { record(tp as *mut c_void, Some(&fresh)) }.is_none() {
+        if let Some(n) = sample_rare(log_samples::ADOPT_FAILED) {
+            error!(
+                ctx,
+                target: LOG,
+                "no memory for the record of a connection that predates the agent: it goes untracked \
+                 (count on this CPU: {})",
+                n
+            );
+        }
+        return None;
+    }
+    if let Some(n) = count_rare(stats::ADOPTED) {
+        let (port, remote_port) = (fresh.local_port, fresh.remote_port);
+        if family == AF_INET {
+            info!(
+                ctx,
+                target: LOG,
+                "adopted a connection that predates the agent: local port {}, remote {:i}:{} (count on this CPU: {})",
+                port,
+                u32::from_be(remote_addr[0]),
+                remote_port,
+                n
+            );
+        } else {
+            info!(
+                ctx,
+                target: LOG,
+                "adopted a connection that predates the agent: local port {}, remote [{:i}]:{} (count on this CPU: {})",
+                port,
+                ipv6(remote_addr),
+                remote_port,
+                n
+            );
+        }
+    }
+    Some(())
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn enforcer_adopt(ctx: *mut c_void) -> i32 {
+    let fields = ctx as *const *const u8;
+    // SAFETY: the context is `struct bpf_iter__tcp { meta; sk_common; uid }`.
+    let skc = unsafe { *fields.add(1) };
+    if skc.is_null() {
+        // The end-of-iteration call.
+        return 0;
+    }
+    // NULL for time-wait and request sockets: they hold no send queue.
+    // SAFETY: `skc` is a BTF `struct sock_common *`.
+    let tp = unsafe { bpf_skc_to_tcp_sock(skc as *mut _) } as *const u8;
+    if tp.is_null() {
+        return 0;
+    }
+    // Already recorded (by sock_ops, or an earlier adoption).
+    // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with a `struct sock`.
+    if unsafe { record(tp as *mut c_void, None) }.is_some() {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { adopt(ctx, tp, crate::kernel::now()) };
+    // Writes nothing: the snapshot reads the records.
+    0
+}
