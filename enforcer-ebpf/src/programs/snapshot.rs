@@ -246,7 +246,7 @@ unsafe fn visit(
 fn count_remote(params: &ScanParams, s: &mut ScanSummary, r: &SockRecord) {
     let key = remote_key(r.family, r.remote_addr, params.group_v4, params.group_v6);
     // SAFETY: null or a live value of the map; only the agent's scan writes it, one at a time.
-    match REMOTE_COUNTS.get_ptr_mut(&key).and_then(|c| unsafe { c.as_mut() }) {
+    match REMOTE_COUNTS.get_ptr_mut(key).and_then(|c| unsafe { c.as_mut() }) {
         Some(c) if c.generation == params.generation => c.connections += 1,
         Some(c) => {
             // Left by an older scan: this scan's first connection of the group.
@@ -258,7 +258,7 @@ fn count_remote(params: &ScanParams, s: &mut ScanSummary, r: &SockRecord) {
             let fresh = RemoteCount { generation: params.generation, connections: 1 };
             // An LRU map makes room by evicting; should the update still fail, the group counts
             // as a remote with this one connection (the agent reads a missing count as 1).
-            let _ = REMOTE_COUNTS.insert(&key, &fresh, 0);
+            let _ = REMOTE_COUNTS.insert(key, fresh, 0);
             s.remotes += 1;
         }
     }
