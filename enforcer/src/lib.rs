@@ -13,6 +13,7 @@ pub mod iter_link;
 pub mod journal;
 pub mod kernel_log;
 pub mod loader;
+pub mod man;
 pub mod metrics;
 pub mod netns;
 pub mod notify;

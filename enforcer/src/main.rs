@@ -53,10 +53,9 @@ async fn main() -> ExitCode {
             // ensure_bpffs takes a pin directory and makes sure its parent is a bpffs.
             enforcer::sys::ensure_bpffs(&std::path::Path::new(enforcer::sys::BPFFS_MOUNT).join("enforcer"))
         }
-        cli::Command::Man { dir: None } => clap_mangen::Man::new(cli::Cli::command())
-            .render(&mut std::io::stdout())
+        cli::Command::Man { dir: None } => enforcer::man::render(cli::Cli::command(), &mut std::io::stdout())
             .map_err(|e| anyhow::anyhow!("writing the man page: {e}")),
-        cli::Command::Man { dir: Some(dir) } => clap_mangen::generate_to(cli::Cli::command(), &dir)
+        cli::Command::Man { dir: Some(dir) } => enforcer::man::write_all(cli::Cli::command(), &dir)
             .map_err(|e| anyhow::anyhow!("writing the man pages into {}: {e}", dir.display())),
     };
     match result {

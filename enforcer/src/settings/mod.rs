@@ -1,7 +1,7 @@
 //! The agent's settings: command-line flags over `--config` TOML ([`file`]) over defaults,
 //! validated once into [`Settings`]. The agent records them in its pins; `status` shows them
 //! and `top` rebuilds the agent's rule from them with the same [`Settings::policy`].
-mod file;
+pub(crate) mod file;
 
 use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
 
