@@ -191,10 +191,11 @@ impl Loaded {
             Err(e) => {
                 // One line, once: the agent works the same, at a cost that grows with every
                 // TCP socket of the watched namespaces rather than with the tracked ones.
-                // The verifier's log follows the error: the first line says why.
+                // The verifier's log follows the error: what comes before it says why.
                 let why = format!("{e:#}");
+                let why = why.lines().next().unwrap_or_default();
                 tracing::info!(
-                    error = why.lines().next().unwrap_or_default(),
+                    error = why.split(". Verifier output").next().unwrap_or(why),
                     "this kernel refuses map-element iterators: the snapshot walks each network namespace's TCP \
                      sockets (iter/tcp) instead of the records"
                 );

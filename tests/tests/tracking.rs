@@ -146,6 +146,27 @@ fn the_agent_says_in_one_line_what_this_kernel_lacks() {
     }
 }
 
+/// The walk the agent chose is in its start line, the pin matches it, and the records walk is
+/// given up only with one line saying the kernel refused map-element iterators.
+#[test]
+fn the_agent_says_which_walk_it_makes() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &[]);
+    let log = agent.log_text();
+    let attached = log.lines().find(|l| l.contains("enforcer attached")).unwrap_or_else(|| panic!("{log}"));
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("refuses map-element iterators")).collect();
+    // Printed, so a kernel run shows which walk its kernel allows (`-- --nocapture`).
+    eprintln!("walk on this kernel: {attached}");
+    if attached.contains("walk=\"records\"") {
+        assert!(refused.is_empty(), "{log}");
+        assert!(agent.pin_dir.join("snapshot").exists() && !agent.pin_dir.join("snapshot_tcp").exists());
+    } else {
+        assert!(attached.contains("walk=\"tcp\""), "{log}");
+        assert_eq!(refused.len(), 1, "{log}");
+        assert!(agent.pin_dir.join("snapshot_tcp").exists() && !agent.pin_dir.join("snapshot").exists());
+    }
+}
+
 #[test]
 fn agent_exit_leaves_nothing_behind() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
