@@ -455,3 +455,23 @@ pub fn enforcer_programs_loaded() -> Vec<String> {
 pub fn field(v: &Value, name: &str) -> u64 {
     v[name].as_u64().unwrap_or_else(|| panic!("field {name} missing or not a number in {v}"))
 }
+
+/// The kernel's TCP memory in bytes: `/proc/net/sockstat`'s `TCP: … mem PAGES` (global, whatever
+/// the namespace).
+pub fn sockstat_tcp_mem() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").expect("reading /proc/net/sockstat");
+    let pages: u64 = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("a `TCP: … mem N` line");
+    pages * page_size()
+}
+
+/// The kernel's page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the running kernel.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}

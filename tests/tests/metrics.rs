@@ -3,7 +3,7 @@
 
 use std::{thread, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, wait_for};
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, page_size, sockstat_tcp_mem, wait_for};
 
 /// The value of one sample line (`name{labels} value`) in a scrape.
 fn sample(scrape: &str, series: &str) -> Option<f64> {
@@ -129,7 +129,7 @@ fn the_kernels_tcp_memory_bounds_the_tracked_pressure_and_idle_intervals_skip_th
     let queued = server.num("write-range 0 8 1048576");
     assert!(queued > 4 << 20, "only {queued} bytes queued");
 
-    let page = 4096;
+    let page = page_size();
     let cpus: u64 = {
         let list = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
         list.trim()
@@ -141,19 +141,9 @@ fn the_kernels_tcp_memory_bounds_the_tracked_pressure_and_idle_intervals_skip_th
         .map_or(1 << 20, |t| t.trim().parse::<u64>().unwrap() * page);
     for _ in 0..5 {
         let charged = field(&agent.status()["queued"], "charged_bytes");
-        let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap();
-        let mem: u64 = sockstat
-            .lines()
-            .find(|l| l.starts_with("TCP:"))
-            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let mem = sockstat_tcp_mem();
         assert!(charged > 4 << 20, "charged {charged}");
-        assert!(
-            charged <= mem * page + cpus * reserve,
-            "charged {charged} > sockstat {mem} pages + {cpus} × {reserve}"
-        );
+        assert!(charged <= mem + cpus * reserve, "charged {charged} > sockstat {mem} bytes + {cpus} × {reserve}");
         thread::sleep(Duration::from_millis(100));
     }
     wait_for("intervals that skip the walk", Duration::from_secs(5), || {

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use enforcer_tests::{Agent, TunConn, TunSetup, charged, field, wait_for};
+use enforcer_tests::{Agent, TunConn, TunSetup, charged, field, sockstat_tcp_mem, wait_for};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -100,19 +100,6 @@ fn one_byte_window_peers_are_destroyed_as_slow() {
     assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
 }
 
-/// The kernel's TCP memory (`/proc/net/sockstat`, global), in bytes.
-fn sockstat_mem() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
-    let pages: u64 = text
-        .lines()
-        .find(|l| l.starts_with("TCP:"))
-        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
-        .unwrap()
-        .parse()
-        .unwrap();
-    pages * 4096
-}
-
 /// A peer on a slow path: after a twelve-second idle spell, its first ACK of a new response
 /// comes 300 ms late (and the kernel's retransmission timer, backed off meanwhile, adds to it). While it was idle the agent skipped its walks (pressure quiet by the
 /// kernel's own figures), so no scan saw its queue empty lately; the backlog must still be
@@ -121,7 +108,7 @@ fn sockstat_mem() -> u64 {
 #[test]
 fn a_slow_path_peer_after_an_idle_spell_is_not_taken_as_stalled() {
     let mut s = TunSetup::new();
-    let threshold = (4 * sockstat_mem()).max(16 * MIB);
+    let threshold = (4 * sockstat_tcp_mem()).max(16 * MIB);
     let addr = "127.0.0.1:9468";
     let agent = s.agent(&[
         "--pressure",

@@ -33,7 +33,27 @@ use std::{
 
 type Conns = Arc<(Mutex<Vec<Option<Arc<TcpStream>>>>, Condvar)>;
 
+/// Lets this process hold as many connections as the kernel allows a process (root may raise
+/// the hard limit): the default soft limit, 1024 in the VM legs' guest, is far below what
+/// `connect-many` asks for.
+fn raise_fd_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse().ok());
+    let want = libc::rlimit { rlim_cur: nr_open.unwrap_or(65536), rlim_max: nr_open.unwrap_or(65536) };
+    // SAFETY: setrlimit/getrlimit with valid pointers to rlimit values on our stack.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            // Not root: up to the hard limit.
+            let mut have = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut have) == 0 {
+                have.rlim_cur = have.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &have);
+            }
+        }
+    }
+}
+
 fn main() {
+    raise_fd_limit();
     let conns: Conns = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
