@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 
 /// Map, program and pin names. The pin directory holds one file per name in `PIN_*`.
 pub mod names {
@@ -26,7 +26,6 @@ pub mod names {
     pub const GLOBAL_WATCH: &str = "WATCH";
 
     pub const PROG_SOCKOPS: &str = "enforcer_sockops";
-    pub const PROG_TCP_PROBE: &str = "enforcer_tcp_probe";
     /// Every tracked socket, for the CLI (the pinned snapshot).
     pub const PROG_SNAPSHOT: &str = "enforcer_snapshot";
     /// The agent's scan: sums every tracked socket, emits the ones its rule could act on.
@@ -39,7 +38,6 @@ pub mod names {
     pub const PROG_ADOPT: &str = "enforcer_adopt";
 
     /// Kernel tracepoints the `tp_btf` programs attach to.
-    pub const TP_TCP_PROBE: &str = "tcp_probe";
     /// `iter/<this>` of the snapshot and the scan: they walk the records, not the TCP tables.
     pub const ITER_SK_STORAGE: &str = "bpf_sk_storage_map";
     /// `iter/<this>` of adoption: every TCP socket of the reader's network namespace.
@@ -76,9 +74,9 @@ pub const AF_INET6: u16 = 10;
 
 /// The tracker's record of one socket, in the socket's own storage (`RECORDS`).
 ///
-/// Written by the sock_ops program at establishment, kept current by the `tcp_probe` tracepoint
-/// and reconciled with the exact kernel state by the snapshot and the scan; freed by the kernel
-/// with the socket.
+/// Written by the sock_ops program at establishment, kept current by its RTT callback (each
+/// ACK of new data the kernel accepted) and reconciled with the exact kernel state by the
+/// snapshot and the scan; freed by the kernel with the socket.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,14 +103,6 @@ pub struct SockRecord {
     pub snd_una: u32,
     /// `rcv_nxt` as of `rx_progress_ns`.
     pub rcv_nxt: u32,
-    /// When a segment arrived acknowledging up to `pending_ack` (0: none pending). Progress is
-    /// dated to it only once the kernel's own `snd_una` has got there: a segment the kernel
-    /// drops (bad checksum, out of window) must not count as progress.
-    pub pending_ns: u64,
-    pub pending_ack: u32,
-    /// 1 when `pending_ack` acknowledged everything written at the time (`write_seq`): once
-    /// confirmed, the queue was drained then.
-    pub pending_drains: u32,
     /// When a scan first saw the current backlog outstanding (ns); 0 while none is known to be:
     /// a scan saw nothing outstanding, or an acknowledgement drained the queue since. A stall is
     /// counted from the later of this and the last progress, so data queued while nobody looked
@@ -144,7 +134,6 @@ pub struct WatchConfig {
 }
 
 pub const FAULT_SOCKOPS: u32 = 1;
-pub const FAULT_TCP_PROBE: u32 = 2;
 
 /// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
 #[repr(C)]
@@ -355,30 +344,20 @@ pub mod stats {
     pub const ERR_STORAGE: u32 = 1;
     /// Errors in the sock_ops program (other than a record that could not be allocated).
     pub const ERR_SOCKOPS: u32 = 2;
-    /// Errors in the `tcp_probe` program (unreadable segment header).
-    pub const ERR_TCP_PROBE: u32 = 3;
     /// Errors in the snapshot or the scan (a socket that could not be written out).
-    pub const ERR_SNAPSHOT: u32 = 4;
+    pub const ERR_SNAPSHOT: u32 = 3;
     /// Connections adoption gave a record (they predate the agent).
-    pub const ADOPTED: u32 = 5;
+    pub const ADOPTED: u32 = 4;
     /// New connections of a contained remote whose send buffer sock_ops made small.
-    pub const CONTAINED: u32 = 6;
+    pub const CONTAINED: u32 = 5;
     /// Connections of a contained remote whose send buffer could not be set (they carry on
     /// uncontained).
-    pub const ERR_CONTAIN: u32 = 7;
-    pub const COUNT: u32 = 8;
+    pub const ERR_CONTAIN: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Names for display, indexed by slot.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "tracked",
-        "err_storage",
-        "err_sockops",
-        "err_tcp_probe",
-        "err_snapshot",
-        "adopted",
-        "contained",
-        "err_contain",
-    ];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["tracked", "err_storage", "err_sockops", "err_snapshot", "adopted", "contained", "err_contain"];
 }
 
 /// Capacity of the `CONTAINED` trie (remotes or prefixes contained at once).
@@ -534,8 +513,8 @@ impl Default for KillRecord {
 }
 
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
-const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 192);
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 104);
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 88);
 const _: () = assert!(core::mem::size_of::<ScanParams>() == 24);
 const _: () = assert!(core::mem::size_of::<ScanSummary>() == 40);
 const _: () = assert!(core::mem::size_of::<RemoteCount>() == 16);

@@ -88,12 +88,6 @@ pub fn ipv6(words: [u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
-/// `a` is after `b` in sequence space.
-#[inline(always)]
-pub fn seq_after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
-}
-
 /// CLOCK_MONOTONIC in ns, the clock of every timestamp in the maps. (The cheaper coarse clock
 /// is refused to tracing programs, and mixing clocks would skew durations.)
 #[inline(always)]
@@ -102,51 +96,24 @@ pub fn now() -> u64 {
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
 }
 
-/// The clock, read at most once however many times it is asked for: most segments change
-/// nothing and need no time at all.
-pub struct LazyNow(u64);
-
-impl LazyNow {
-    pub const fn new() -> Self {
-        Self(0)
-    }
-
-    /// A clock already read.
-    pub const fn at(now: u64) -> Self {
-        Self(now)
-    }
-
-    #[inline(always)]
-    pub fn get(&mut self) -> u64 {
-        if self.0 == 0 {
-            self.0 = now();
-        }
-        self.0
-    }
-}
-
 /// Brings a record up to date with what the kernel has accepted (`snd_una`, `rcv_nxt` and the
-/// peer's window as the socket holds them), dating any change to now — or, for `snd_una`, to
-/// the segment that carried the acknowledgement, once the kernel confirms it.
+/// peer's window as the socket holds them), dating any change to `now`.
 #[inline(always)]
-pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: &mut LazyNow) {
+pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: u64) {
     if snd_una != rec.snd_una {
-        let confirmed = rec.pending_ns != 0 && !seq_after(rec.pending_ack, snd_una);
-        rec.tx_progress_ns = if confirmed { rec.pending_ns } else { now.get() };
-        if confirmed && rec.pending_drains != 0 {
-            // That acknowledgement emptied the queue: whatever is outstanding now came later.
-            rec.outstanding_since_ns = 0;
-        }
+        // Progress the RTT callback did not see (an adopted socket, which asked for no callback,
+        // or an ACK of retransmitted data only, which gives no RTT sample): dated now, later
+        // than it happened, so a stall reads short, never long.
+        rec.tx_progress_ns = now;
         rec.snd_una = snd_una;
-        rec.pending_ns = 0;
     }
     if rcv_nxt != rec.rcv_nxt {
         rec.rcv_nxt = rcv_nxt;
-        rec.rx_progress_ns = now.get();
+        rec.rx_progress_ns = now;
     }
     if snd_wnd == 0 {
         if rec.zero_window_since_ns == 0 {
-            rec.zero_window_since_ns = now.get();
+            rec.zero_window_since_ns = now;
         }
     } else if rec.zero_window_since_ns != 0 {
         rec.zero_window_since_ns = 0;

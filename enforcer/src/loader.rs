@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map},
-    programs::{BtfTracePoint, CgroupAttachMode, Iter, SockOps},
+    programs::{CgroupAttachMode, Iter, SockOps},
 };
 use enforcer_common::{
     AGENT_INFO_MAGIC, AgentInfo, LAYOUT_VERSION, SETTINGS_CHUNK, SettingsChunk, WatchConfig, names, stats,
@@ -165,10 +165,6 @@ impl Loaded {
         prog.attach(&cgroup_fd, CgroupAttachMode::Single)
             .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
 
-        let prog: &mut BtfTracePoint = program(&mut self.ebpf, names::PROG_TCP_PROBE)?.try_into()?;
-        prog.load(names::TP_TCP_PROBE, btf).context("loading the tcp_probe tracepoint program")?;
-        prog.attach().with_context(|| format!("attaching to tracepoint tcp:{}", names::TP_TCP_PROBE))?;
-
         // Adoption walks a namespace's sockets; the snapshot and the scan walk the records map
         // where the kernel allows it, each namespace's sockets otherwise.
         let records = self.ebpf.map(names::MAP_RECORDS).context("eBPF object has no records map")?;
@@ -239,7 +235,6 @@ impl Loaded {
     pub fn program_stats(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
         [
             names::PROG_SOCKOPS,
-            names::PROG_TCP_PROBE,
             names::PROG_SNAPSHOT,
             names::PROG_SCAN,
             names::PROG_SNAPSHOT_TCP,

@@ -68,7 +68,7 @@ fn metrics_are_scraped_while_enforcement_goes_on() {
     }
     promtool_accepts(&scrape);
     assert!(scrape.contains("# TYPE enforcer_scan_duration_seconds histogram"), "{scrape}");
-    assert!(scrape.contains("enforcer_program_runs_total{program=\"enforcer_tcp_probe\"}"), "{scrape}");
+    assert!(scrape.contains("enforcer_program_runs_total{program=\"enforcer_sockops\"}"), "{scrape}");
     // The gauge follows the scan of the next interval.
     wait_for("the tracked-sockets gauge to follow the closes", Duration::from_secs(5), || {
         agent_scrape(&ns, addr).contains("enforcer_tracked_sockets 2").then_some(())

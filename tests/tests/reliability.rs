@@ -58,12 +58,11 @@ fn a_second_agent_on_the_same_pins_is_refused() {
 #[test]
 fn errors_in_kernel_programs_are_counted_and_tcp_carries_on() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
-    let agent = Agent::start(&ns, &cg, &["--inject-fault", "sockops,tcp-probe"]);
+    let agent = Agent::start(&ns, &cg, &["--inject-fault", "sockops"]);
     let (mut server, mut client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 0);
     client.cmd("read-loop 0 65536 1");
     // The failing sock_ops leaves the socket unrecorded; the agent sees the error count grow
-    // and runs adoption again, which records it; from then on every segment makes the failing
-    // tcp_probe run.
+    // and runs adoption again, which records it; the walks keep its progress from then on.
     wait_for("adoption to record the connection", Duration::from_secs(10), || {
         (agent.sockets().len() == 1).then_some(())
     });
@@ -74,7 +73,6 @@ fn errors_in_kernel_programs_are_counted_and_tcp_carries_on() {
     assert_eq!(server.num("soerror 0"), 0);
     let counters = &agent.status()["counters"];
     assert!(field(counters, "err_sockops") >= 1, "{counters}");
-    assert!(field(counters, "err_tcp_probe") >= 1, "{counters}");
     assert_eq!(field(counters, "tracked"), 0, "{counters}");
 }
 

@@ -324,7 +324,7 @@ fn connections_from_before_the_agent_are_adopted() {
 
 #[test]
 fn a_snapshot_larger_than_the_kernel_buffer_counts_no_errors() {
-    // 400 entries of 192 bytes (`SnapshotEntry`): more than the iterator's 32 KiB seq buffer holds. A reader with
+    // 400 entries of 176 bytes (`SnapshotEntry`): more than the iterator's 32 KiB seq buffer holds. A reader with
     // large reads (`cat`, here `dd bs=1M`) makes the kernel split the snapshot where the buffer
     // fills, and show the socket that did not fit again at the next read: no error.
     let (ns, cg) = (Netns::new(), Cgroup::new());

@@ -79,12 +79,9 @@ unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
         zero_window_since_ns: if snd_wnd == 0 { now } else { 0 },
         snd_una: unsafe { load(tp, off!(tp_snd_una)) },
         rcv_nxt: unsafe { load(tp, off!(tp_rcv_nxt)) },
-        pending_ns: 0,
-        pending_ack: 0,
-        pending_drains: 0,
         outstanding_since_ns: 0,
     };
-    // Assigns a cookie if the socket never had one: tcp_probe skips sockets without, and a
+    // Assigns a cookie if the socket never had one: a
     // destroy names it.
     // SAFETY: `tp` is a socket pointer the helper accepts.
     unsafe { bpf_get_socket_cookie(tp as *mut c_void) };

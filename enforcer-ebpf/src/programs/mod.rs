@@ -1,4 +1,3 @@
 mod adopt;
 mod snapshot;
 mod sockops;
-mod tcp_probe;

@@ -13,7 +13,7 @@
 //! 6.18 VMs answer EPERM) get the `_tcp` variants, `iter/tcp`: every TCP socket of the reader's
 //! namespace, an untracked one costing a storage lookup that finds nothing.
 //!
-//! Both reconcile the record: where `snd_una`/`rcv_nxt` moved without `tcp_probe` seeing it
+//! Both reconcile the record: where `snd_una`/`rcv_nxt` moved without the RTT callback seeing it
 //! (segments in states other than ESTABLISHED go through `tcp_rcv_state_process`), progress is
 //! dated to now, so a draining socket is never reported as stalled for longer than one read;
 //! and the first scan to see a backlog notes when (`outstanding_since_ns`), which bounds its
@@ -27,7 +27,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{LazyNow, load, off, reconcile},
+    kernel::{load, off, reconcile},
     maps::{REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count_rare, record},
     programs::adopt::is_connection,
 };
@@ -206,7 +206,7 @@ unsafe fn visit(
         e.netns = unsafe { load(net, off!(net_inum)) };
     }
 
-    reconcile(rec, e.snd_una, e.rcv_nxt, e.snd_wnd, &mut LazyNow::at(now));
+    reconcile(rec, e.snd_una, e.rcv_nxt, e.snd_wnd, now);
     if e.write_seq == e.snd_una {
         rec.outstanding_since_ns = 0;
     } else if rec.outstanding_since_ns == 0 {

@@ -1,12 +1,16 @@
 //! sock_ops on the watched cgroup: start tracking a socket when it becomes established, and
 //! give a new connection of a contained remote its small send buffer.
 //!
-//! Nothing else runs here: no callback flags are enabled, so the program sees only the callbacks
-//! the kernel always makes. Progress comes from `tcp_probe`, exact queue state from the
-//! snapshot and the scan; the kernel frees the record with the socket.
+//! A tracked socket asks for one more callback, `BPF_SOCK_OPS_RTT_CB`, which the kernel makes
+//! after it accepted an ACK of new data: that dates progress exactly, for tracked sockets only
+//! (nothing runs for the host's other traffic). Exact queue state comes from the snapshot and the
+//! scan; the kernel frees the record with the socket.
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, SO_SNDBUF, SOL_SOCKET},
-    helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt},
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
+        BPF_SOCK_OPS_RTT_CB_FLAG, SO_SNDBUF, SOL_SOCKET,
+    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt, bpf_skc_to_tcp_sock, bpf_sock_ops_cb_flags_set},
     macros::sock_ops,
     maps::lpm_trie::Key,
     programs::SockOpsContext,
@@ -15,7 +19,7 @@ use aya_log_ebpf::{error, warn};
 use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, names, stats, v4_mapped};
 
 use crate::{
-    kernel::{ipv6, watch},
+    kernel::{ipv6, load, off, watch},
     maps::{CONTAINED, count, count_rare, record},
 };
 
@@ -68,8 +72,47 @@ pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
+/// `BPF_SOCK_OPS_RTT_CB`: the kernel accepted an ACK of new data on a tracked socket (it runs
+/// only for sockets that asked, at establishment). Dates the progress exactly, and notes a
+/// drained queue.
+#[inline(always)]
+fn progress(ctx: &SockOpsContext) -> Result<(), i32> {
+    let ops = ctx.ops;
+    // SAFETY: plain reads of context fields at constant offsets.
+    let (snd_una, rcv_nxt) = unsafe {
+        use core::ptr::read_volatile as rv;
+        (rv(&raw const (*ops).snd_una), rv(&raw const (*ops).rcv_nxt))
+    };
+    // SAFETY: the context's full socket, or null.
+    let sk = unsafe { rv_sk(ops) };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a full socket from the sock_ops context.
+    let Some(rec) = (unsafe { record(sk, None) }) else { return Ok(()) };
+    let now = crate::kernel::now();
+    if snd_una != rec.snd_una {
+        rec.snd_una = snd_una;
+        rec.tx_progress_ns = now;
+        // SAFETY: `sk` is a full socket; the cast is checked.
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+        // SAFETY: `tp` is a BTF `struct tcp_sock *`; the offset of `write_seq`.
+        if !tp.is_null() && unsafe { load::<u32>(tp, off!(tp_write_seq)) } == snd_una {
+            rec.outstanding_since_ns = 0;
+        }
+    }
+    if rcv_nxt != rec.rcv_nxt {
+        rec.rcv_nxt = rcv_nxt;
+        rec.rx_progress_ns = now;
+    }
+    Ok(())
+}
+
 fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     let op = ctx.op();
+    if op == BPF_SOCK_OPS_RTT_CB {
+        return progress(ctx);
+    }
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return Ok(());
     }
@@ -110,7 +153,7 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         AF_INET6 => (ip6[0], ip6[1]),
         _ => return Ok(()),
     };
-    // Assigns the socket its cookie: tcp_probe skips sockets without one, and a destroy names it.
+    // Assigns the socket its cookie: a destroy names it.
     // SAFETY: the helpers take the sock_ops context the kernel passed in.
     let now = unsafe {
         bpf_get_socket_cookie(ctx.ops.cast());
@@ -130,9 +173,6 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         zero_window_since_ns: 0,
         snd_una: seqs[0],
         rcv_nxt: seqs[1],
-        pending_ns: 0,
-        pending_ack: 0,
-        pending_drains: 0,
         outstanding_since_ns: 0,
     };
     let recorded = if sk.is_null() {
@@ -142,6 +182,9 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         match unsafe { record(sk, Some(&fresh)) } {
             Some(_) => {
                 count(stats::TRACKED);
+                // From now on the kernel calls back on each ACK of new data, for this socket only.
+                // SAFETY: the sock_ops context the kernel passed in.
+                unsafe { bpf_sock_ops_cb_flags_set(ctx.ops, BPF_SOCK_OPS_RTT_CB_FLAG as i32) };
                 Ok(())
             }
             None => Err(NO_STORAGE),

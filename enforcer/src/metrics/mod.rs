@@ -136,7 +136,7 @@ impl Metrics {
         );
         r.register(
             "kernel_errors",
-            "Errors the kernel programs failed open on: storage (no memory for a record), sockops, tcp_probe, snapshot, contain",
+            "Errors the kernel programs failed open on: storage (no memory for a record), sockops, snapshot, contain",
             m.kernel_errors.clone(),
         );
         r.register("program_runs", "Runs of each eBPF program (kernel.bpf_stats_enabled=1)", m.program_runs.clone());
@@ -191,8 +191,8 @@ mod tests {
         let m = Metrics::new();
         m.pressure.set(5);
         m.decisions.get_or_create(&vec![("event", "destroyed"), ("reason", "stalled")]).inc();
-        m.kernel_counters(&[3, 1, 2, 4, 0, 0, 0, 0]);
-        m.kernel_counters(&[5, 1, 4, 4, 0, 0, 0, 0]);
+        m.kernel_counters(&[3, 1, 2, 4, 0, 0, 0]);
+        m.kernel_counters(&[5, 1, 4, 4, 0, 0, 0]);
         let text = m.encode(Format::OpenMetrics);
         assert!(text.contains("enforcer_pressure_bytes 5"), "{text}");
         assert!(text.contains(r#"enforcer_decisions_total{event="destroyed",reason="stalled"} 1"#), "{text}");

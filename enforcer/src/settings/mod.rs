@@ -238,7 +238,6 @@ impl Settings {
             fault: args.inject_fault.iter().fold(0, |bits, f| {
                 bits | match f {
                     FaultArg::Sockops => enforcer_common::FAULT_SOCKOPS,
-                    FaultArg::TcpProbe => enforcer_common::FAULT_TCP_PROBE,
                 }
             }),
         })
