@@ -446,9 +446,9 @@ pub struct KillRecord {
     pub local_port: u16,
     pub remote_port: u16,
     pub family: u16,
-    /// `KillEvent` as u8.
+    /// enforcer's `journal::Event` as u8 (its `EVENTS` table).
     pub event: u8,
-    /// The decision's `Reason` code (see enforcer's `policy::Reason::code`).
+    /// The decision's `Reason` code (enforcer's `journal::reason_code`).
     pub reason: u8,
     pub send_queue: u64,
     /// Send-side memory charged to the socket (`sk_wmem_queued`), what the share counts.
