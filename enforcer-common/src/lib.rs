@@ -448,7 +448,7 @@ pub struct KillRecord {
     pub family: u16,
     /// enforcer's `journal::Event` as u8 (its `EVENTS` table).
     pub event: u8,
-    /// The decision's `Reason` code (enforcer's `journal::reason_code`).
+    /// The decision's `Reason` code (enforcer's `policy::Reason::code`).
     pub reason: u8,
     pub send_queue: u64,
     /// Send-side memory charged to the socket (`sk_wmem_queued`), what the share counts.

@@ -33,15 +33,6 @@ const EVENTS: [(Event, u8, &str, u32); 3] = [
     (Event::DestroyFailed, 3, "destroy_failed", kill_counters::DESTROY_FAILED),
 ];
 
-/// Each reason's code in the ring (0 is "unknown"). Never renumber.
-const REASONS: [(Reason, u8); 5] = [
-    (Reason::Stalled, 1),
-    (Reason::SlowDrain, 2),
-    (Reason::RemoteCap, 3),
-    (Reason::StalledUnderShare, 4),
-    (Reason::RepeatOffender, 5),
-];
-
 impl Event {
     fn row(self) -> (Event, u8, &'static str, u32) {
         EVENTS.into_iter().find(|r| r.0 == self).unwrap_or(EVENTS[0])
@@ -62,14 +53,6 @@ impl Event {
     fn counter(self) -> u32 {
         self.row().3
     }
-}
-
-pub fn reason_code(reason: Reason) -> u8 {
-    REASONS.into_iter().find(|r| r.0 == reason).map_or(0, |r| r.1)
-}
-
-pub fn reason_from_code(code: u8) -> Option<Reason> {
-    REASONS.into_iter().find(|r| r.1 == code).map(|r| r.0)
 }
 
 /// The agent's end of the journal: the ring and its counters, taken from the loaded object.
@@ -280,7 +263,7 @@ pub fn record(event: Event, d: &Decision, who: &Attribution, pressure: u64, thre
         remote_port: raw.remote_port,
         family: raw.family,
         event: event.code(),
-        reason: reason_code(d.reason),
+        reason: d.reason.code(),
         send_queue: d.socket.send_queue,
         charged: d.socket.charged,
         fair_share: d.fair_share,
@@ -349,7 +332,7 @@ impl From<&KillRecord> for Kill {
             drain_estimate_ms: (r.drain_estimate_ms != u64::MAX).then_some(r.drain_estimate_ms),
             pressure: r.pressure,
             threshold: r.threshold,
-            reason: reason_from_code(r.reason).map_or("unknown", Reason::as_str),
+            reason: Reason::from_code(r.reason).map_or("unknown", Reason::as_str),
             error: r.error,
             errno: errno_name(r.error),
             netns: r.netns,
@@ -368,14 +351,14 @@ mod tests {
     #[test]
     fn codes_round_trip_and_keep_their_meaning() {
         for r in Reason::ALL {
-            assert_eq!(reason_from_code(reason_code(r)), Some(r));
+            assert_eq!(Reason::from_code(r.code()), Some(r));
         }
-        assert_eq!(reason_from_code(0), None);
+        assert_eq!(Reason::from_code(0), None);
         for (e, code, name, _) in EVENTS {
             assert_eq!((Event::from_code(code), e.as_str(), e.code()), (Some(e), name, code));
         }
         // Codes of rings written by earlier agents keep their meaning.
-        assert_eq!((reason_code(Reason::Stalled), reason_code(Reason::SlowDrain)), (1, 2));
+        assert_eq!((Reason::Stalled.code(), Reason::SlowDrain.code()), (1, 2));
         assert_eq!((Event::Destroyed.code(), Event::DestroyFailed.code()), (1, 3));
     }
 }

@@ -247,17 +247,7 @@ impl Agent {
             Fairness::RemotePrefix { v4, v6 } => Some((u32::from(v4), u32::from(v6))),
         };
         loop {
-            let namespaces: &[netns::Namespace] = match self.scanner.walk() {
-                Walk::Records => &[],
-                Walk::Tcp => self.namespaces.get_or_insert_with(|| namespaces_of(&s.cgroup)),
-            };
-            let summary = match self.scanner.scan(mode, groups.filter(|_| mode != scan_mode::SUMMARY), namespaces) {
-                Ok(summary) => summary,
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "scan failed; nothing enforced this interval");
-                    return None;
-                }
-            };
+            let summary = self.walk(mode, groups.filter(|_| mode != scan_mode::SUMMARY))?;
             let pressure = match self.source.read(summary.charged) {
                 Ok(p) => p,
                 Err(e) => {
@@ -266,37 +256,64 @@ impl Agent {
                 }
             };
             self.last_pressure = Some(pressure);
-            self.last_walk = Some(Instant::now());
-            let kind = match mode {
-                scan_mode::SUMMARY => "summary",
-                scan_mode::CANDIDATES => "candidates",
-                _ => "all",
-            };
-            self.metrics.scans.get_or_create(&vec![("kind", kind)]).inc();
-            self.metrics.tracked.set(summary.sockets as i64);
-            self.metrics.scanned_out.set(summary.emitted as i64);
             if mode == scan_mode::SUMMARY {
-                if low(pressure) {
+                if policy::quiet(pressure, self.settings.threshold) {
                     return Some((pressure, None));
                 }
                 // Pressure rose past the line since the last interval: scan the candidates now.
                 mode = scan_mode::CANDIDATES;
                 continue;
             }
-            let sockets: Vec<Socket> = self.scanner.entries().iter().map(Socket::new).collect();
-            let population = if mode == scan_mode::ALL {
-                Population::of(s.fairness, &sockets)
-            } else {
-                let mut per_remote = std::collections::HashMap::new();
-                if groups.is_some() {
-                    for (sock, e) in sockets.iter().zip(self.scanner.entries()) {
-                        per_remote.insert(s.fairness.group(sock.remote.ip()), self.scanner.remote_count(e));
-                    }
-                }
-                Population { connections: summary.sockets, remotes: summary.remotes, per_remote }
-            };
-            return Some((pressure, Some((population, sockets))));
+            return Some((pressure, Some(self.population(mode, groups, &summary))));
         }
+    }
+
+    /// One walk in `mode` (in each namespace of the cgroup for the `iter/tcp` walk), counted in
+    /// the metrics. `None` when it failed.
+    fn walk(&mut self, mode: u32, groups: Option<(u32, u32)>) -> Option<enforcer_common::ScanSummary> {
+        let namespaces: &[netns::Namespace] = match self.scanner.walk() {
+            Walk::Records => &[],
+            Walk::Tcp => self.namespaces.get_or_insert_with(|| namespaces_of(&self.settings.cgroup)),
+        };
+        let summary = match self.scanner.scan(mode, groups, namespaces) {
+            Ok(summary) => summary,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "scan failed; nothing enforced this interval");
+                return None;
+            }
+        };
+        self.last_walk = Some(Instant::now());
+        let kind = match mode {
+            scan_mode::SUMMARY => "summary",
+            scan_mode::CANDIDATES => "candidates",
+            _ => "all",
+        };
+        self.metrics.scans.get_or_create(&vec![("kind", kind)]).inc();
+        self.metrics.tracked.set(summary.sockets as i64);
+        self.metrics.scanned_out.set(summary.emitted as i64);
+        Some(summary)
+    }
+
+    /// The sockets the walk wrote out, with the population they share the threshold with: the
+    /// kernel's counts over every connection, or, when the walk wrote out every one, their own.
+    fn population(
+        &self,
+        mode: u32,
+        groups: Option<(u32, u32)>,
+        summary: &enforcer_common::ScanSummary,
+    ) -> (Population, Vec<Socket>) {
+        let fairness = self.settings.fairness;
+        let sockets: Vec<Socket> = self.scanner.entries().iter().map(Socket::new).collect();
+        if mode == scan_mode::ALL {
+            return (Population::of(fairness, &sockets), sockets);
+        }
+        let mut per_remote = std::collections::HashMap::new();
+        if groups.is_some() {
+            for (sock, e) in sockets.iter().zip(self.scanner.entries()) {
+                per_remote.insert(fairness.group(sock.remote.ip()), self.scanner.remote_count(e));
+            }
+        }
+        (Population { connections: summary.sockets, remotes: summary.remotes, per_remote }, sockets)
     }
 
     /// Judges the sockets; releases the repeat offenders the judgement let go.

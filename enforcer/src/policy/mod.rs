@@ -149,18 +149,35 @@ pub enum Reason {
     RepeatOffender,
 }
 
+/// Each reason's code in the kill journal's ring (0 is "unknown") and its name in logs, JSON,
+/// metrics and filters: one table, so they never disagree. Codes are what earlier agents wrote:
+/// never renumber.
+const REASONS: [(Reason, u8, &str); 5] = [
+    (Reason::Stalled, 1, "stalled"),
+    (Reason::SlowDrain, 2, "slow_drain"),
+    (Reason::RemoteCap, 3, "remote_cap"),
+    (Reason::StalledUnderShare, 4, "stalled_under_share"),
+    (Reason::RepeatOffender, 5, "repeat_offender"),
+];
+
 impl Reason {
-    pub const ALL: [Reason; 5] =
-        [Self::Stalled, Self::SlowDrain, Self::RemoteCap, Self::StalledUnderShare, Self::RepeatOffender];
+    pub const ALL: [Reason; 5] = [REASONS[0].0, REASONS[1].0, REASONS[2].0, REASONS[3].0, REASONS[4].0];
+
+    fn row(self) -> (Reason, u8, &'static str) {
+        REASONS.into_iter().find(|r| r.0 == self).unwrap_or(REASONS[0])
+    }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stalled => "stalled",
-            Self::SlowDrain => "slow_drain",
-            Self::RemoteCap => "remote_cap",
-            Self::StalledUnderShare => "stalled_under_share",
-            Self::RepeatOffender => "repeat_offender",
-        }
+        self.row().2
+    }
+
+    /// The code the kill journal stores.
+    pub fn code(self) -> u8 {
+        self.row().1
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        REASONS.into_iter().find(|r| r.1 == code).map(|r| r.0)
     }
 }
 
