@@ -178,14 +178,18 @@ impl Agent {
     fn interval(&mut self) {
         let started = Instant::now();
         self.namespaces = None;
-        self.adopt_unrecorded();
+        // Read once: adoption and the gauges both use them.
+        let counters = self.loaded.stats();
+        if let Ok(k) = &counters {
+            self.adopt_unrecorded(k);
+        }
         let Some((pressure, population)) = self.scan() else { return };
         if !self.metrics.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
             // Attached, and a scan works: ready for /readyz and for systemd.
             notify::notify("READY=1");
         }
         let scanned = started.elapsed();
-        self.update_gauges();
+        self.update_gauges(counters);
         let now_ms = started.duration_since(self.epoch).as_millis() as u64;
         let Some((population, sockets)) = population else {
             // Well below the threshold: nothing to judge.
@@ -461,8 +465,7 @@ impl Agent {
     /// sock_ops gives every connection its record when it is established; when that failed
     /// (an error, no memory for the record), the connection is found by running adoption again
     /// in each namespace, the walk the agent otherwise makes once, at start.
-    fn adopt_unrecorded(&mut self) {
-        let Ok(k) = self.loaded.stats() else { return };
+    fn adopt_unrecorded(&mut self, k: &[u64]) {
         let failures = k[stats::ERR_SOCKOPS as usize] + k[stats::ERR_STORAGE as usize];
         if failures <= self.record_failures {
             return;
@@ -477,9 +480,9 @@ impl Agent {
     }
 
     /// Kernel counters and program statistics, every interval.
-    fn update_gauges(&self) {
+    fn update_gauges(&self, counters: Result<[u64; stats::COUNT as usize]>) {
         let m = &self.metrics;
-        match self.loaded.stats() {
+        match counters {
             Ok(k) => m.kernel_counters(&k),
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "reading kernel counters"),
         }
