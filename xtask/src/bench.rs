@@ -51,15 +51,6 @@ fn loadgen(ns: &Netns, cg: &Cgroup, args: &[String]) -> Result<Value> {
     serde_json::from_slice(&out.stdout).context("loadgen output")
 }
 
-fn workloads(ns: &Netns, cg: &Cgroup, a: &BenchArgs) -> Result<Sample> {
-    let crr = loadgen(ns, cg, &["crr".into(), a.connections.to_string()])?;
-    let bulk = loadgen(ns, cg, &["bulk".into(), a.bulk_bytes.to_string()])?;
-    Ok(Sample {
-        crr: crr["per_second"].as_f64().context("crr rate")?,
-        bulk: bulk["bytes_per_second"].as_f64().context("bulk rate")?,
-    })
-}
-
 /// A `loadgen serve` in the cgroup for the duration of one client run outside it.
 fn served(ns: &Netns, cg: &Cgroup, serve: &str, client: &[String]) -> Result<Value> {
     let bin = root().join("target/release/loadgen");
@@ -78,17 +69,6 @@ fn served(ns: &Netns, cg: &Cgroup, serve: &str, client: &[String]) -> Result<Val
         bail!("loadgen {client:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     serde_json::from_slice(&out.stdout).context("loadgen output")
-}
-
-/// The server side alone in the cgroup, as in production (the other end is remote).
-fn server_side(ns: &Netns, cg: &Cgroup, a: &BenchArgs) -> Result<Sample> {
-    let crr = served(ns, cg, "9100 crr", &["crr-client".into(), "127.0.0.1:9100".into(), a.connections.to_string()])?;
-    let bulk =
-        served(ns, cg, &format!("9101 bulk {}", a.bulk_bytes), &["bulk-client".into(), "127.0.0.1:9101".into()])?;
-    Ok(Sample {
-        crr: crr["per_second"].as_f64().context("crr rate")?,
-        bulk: bulk["bytes_per_second"].as_f64().context("bulk rate")?,
-    })
 }
 
 /// (name, run count, total ns) of enforcer's programs, from bpftool.
@@ -181,7 +161,7 @@ enum Placement {
     Both,
     /// The server alone in it, the client outside (one end on the host, as in production).
     Server,
-    /// Both ends in a cgroup the agent does not watch: only the global tracepoint runs.
+    /// Both ends in a cgroup the agent does not watch: no program runs for them.
     Unwatched,
 }
 
@@ -196,12 +176,34 @@ impl Placement {
         }
     }
 
-    fn run(self, ns: &Netns, watched: &Cgroup, other: &Cgroup, a: &BenchArgs) -> Result<Sample> {
+    /// N connect/request/close.
+    fn crr(self, ns: &Netns, watched: &Cgroup, other: &Cgroup, a: &BenchArgs) -> Result<Value> {
+        let n = a.connections.to_string();
         match self {
-            Self::Both => workloads(ns, watched, a),
-            Self::Server => server_side(ns, watched, a),
-            Self::Unwatched => workloads(ns, other, a),
+            Self::Both => loadgen(ns, watched, &["crr".into(), n]),
+            Self::Unwatched => loadgen(ns, other, &["crr".into(), n]),
+            // The server alone in the cgroup, as in production (the other end is remote).
+            Self::Server => served(ns, watched, "9100 crr", &["crr-client".into(), "127.0.0.1:9100".into(), n]),
         }
+    }
+
+    /// One bulk transfer.
+    fn bulk(self, ns: &Netns, watched: &Cgroup, other: &Cgroup, a: &BenchArgs) -> Result<Value> {
+        let bytes = a.bulk_bytes.to_string();
+        match self {
+            Self::Both => loadgen(ns, watched, &["bulk".into(), bytes]),
+            Self::Unwatched => loadgen(ns, other, &["bulk".into(), bytes]),
+            Self::Server => {
+                served(ns, watched, &format!("9101 bulk {bytes}"), &["bulk-client".into(), "127.0.0.1:9101".into()])
+            }
+        }
+    }
+
+    fn run(self, ns: &Netns, watched: &Cgroup, other: &Cgroup, a: &BenchArgs) -> Result<Sample> {
+        Ok(Sample {
+            crr: self.crr(ns, watched, other, a)?["per_second"].as_f64().context("crr rate")?,
+            bulk: self.bulk(ns, watched, other, a)?["bytes_per_second"].as_f64().context("bulk rate")?,
+        })
     }
 }
 
@@ -222,6 +224,14 @@ fn delta(
             (n.clone(), (c - c0, t - t0))
         })
         .collect()
+}
+
+/// BPF time the traffic cost: every program but the agent's own per-interval ones.
+fn traffic_ns(d: &std::collections::BTreeMap<String, (u64, u64)>) -> u64 {
+    d.iter()
+        .filter(|(n, _)| !n.contains("snapshot") && !n.contains("scan") && !n.contains("adopt"))
+        .map(|(_, (_, t))| t)
+        .sum()
 }
 
 /// Median, lowest and highest of `v` as `median (low–high)` with `unit`.
@@ -277,49 +287,18 @@ fn overhead(a: &BenchArgs) -> Result<()> {
             let agent = Agent::start(&ns, &cg, &["--interval", "1s"]);
             for (i, p) in Placement::ALL.iter().enumerate() {
                 let t0 = totals()?;
-                match p {
-                    Placement::Both => loadgen(&ns, &cg, &["crr".into(), a.connections.to_string()]).map(drop),
-                    Placement::Unwatched => loadgen(&ns, &other, &["crr".into(), a.connections.to_string()]).map(drop),
-                    Placement::Server => served(
-                        &ns,
-                        &cg,
-                        "9100 crr",
-                        &["crr-client".into(), "127.0.0.1:9100".into(), a.connections.to_string()],
-                    )
-                    .map(drop),
-                }?;
+                p.crr(&ns, &cg, &other, a)?;
                 let d = delta(&t0, &totals()?);
-                // The agent's own per-interval programs are no cost of a connection.
-                let conn_ns: u64 = d
-                    .iter()
-                    .filter(|(n, _)| !n.contains("snapshot") && !n.contains("scan") && !n.contains("adopt"))
-                    .map(|(_, (_, t))| t)
-                    .sum();
-                per_conn[i].push(conn_ns as f64 / a.connections as f64);
+                per_conn[i].push(traffic_ns(&d) as f64 / a.connections as f64);
                 for (n, (c, t)) in d {
                     let e = by_program.entry(format!("{n} ({})", p.label())).or_default();
                     e.0 += c;
                     e.1 += t;
                 }
                 let t0 = totals()?;
-                match p {
-                    Placement::Both => loadgen(&ns, &cg, &["bulk".into(), a.bulk_bytes.to_string()]).map(drop),
-                    Placement::Unwatched => loadgen(&ns, &other, &["bulk".into(), a.bulk_bytes.to_string()]).map(drop),
-                    Placement::Server => served(
-                        &ns,
-                        &cg,
-                        &format!("9101 bulk {}", a.bulk_bytes),
-                        &["bulk-client".into(), "127.0.0.1:9101".into()],
-                    )
-                    .map(drop),
-                }?;
+                p.bulk(&ns, &cg, &other, a)?;
                 let d = delta(&t0, &totals()?);
-                let bulk_ns: u64 = d
-                    .iter()
-                    .filter(|(n, _)| !n.contains("snapshot") && !n.contains("scan") && !n.contains("adopt"))
-                    .map(|(_, (_, t))| t)
-                    .sum();
-                per_segment[i].push(bulk_ns as f64 / (a.bulk_bytes as f64 / f64::from(1 << 20)));
+                per_segment[i].push(traffic_ns(&d) as f64 / (a.bulk_bytes as f64 / f64::from(1 << 20)));
             }
             drop(agent);
         }
