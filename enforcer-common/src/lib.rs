@@ -74,9 +74,9 @@ pub const AF_INET6: u16 = 10;
 
 /// The tracker's record of one socket, in the socket's own storage (`RECORDS`).
 ///
-/// Written by the sock_ops program at establishment, kept current by its RTT callback (each
-/// ACK of new data the kernel accepted) and reconciled with the exact kernel state by the
-/// snapshot and the scan; freed by the kernel with the socket.
+/// Written by the sock_ops program at establishment and reconciled with the exact kernel state
+/// by the snapshot and the scan, which date each change they see; freed by the kernel with the
+/// socket.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -101,9 +101,8 @@ pub fn now() -> u64 {
 #[inline(always)]
 pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: u64) {
     if snd_una != rec.snd_una {
-        // Progress the RTT callback did not see (an adopted socket, which asked for no callback,
-        // or an ACK of retransmitted data only, which gives no RTT sample): dated now, later
-        // than it happened, so a stall reads short, never long.
+        // Progress since the last walk: dated now, later than it happened, so a stall reads
+        // short, never long.
         rec.tx_progress_ns = now;
         rec.snd_una = snd_una;
     }

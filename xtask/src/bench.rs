@@ -276,7 +276,7 @@ fn overhead(a: &BenchArgs) -> Result<()> {
 
     // BPF time, in runs of their own (the statistics add two clock reads to every run): per
     // connect/request/close (every program, summed, over the connections), and per MiB of the
-    // bulk run (every program: sock_ops' callback runs per ACK of new data on tracked sockets).
+    // bulk run (every program; none runs per segment or per ACK since the RTT callback went).
     let mut per_conn: Vec<Vec<f64>> = Placement::ALL.iter().map(|_| Vec::new()).collect();
     let mut per_segment: Vec<Vec<f64>> = Placement::ALL.iter().map(|_| Vec::new()).collect();
     let mut by_program: std::collections::BTreeMap<String, (u64, u64)> = Default::default();

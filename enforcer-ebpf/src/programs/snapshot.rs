@@ -13,8 +13,7 @@
 //! 6.18 VMs answer EPERM) get the `_tcp` variants, `iter/tcp`: every TCP socket of the reader's
 //! namespace, an untracked one costing a storage lookup that finds nothing.
 //!
-//! Both reconcile the record: where `snd_una`/`rcv_nxt` moved without the RTT callback seeing it
-//! (segments in states other than ESTABLISHED go through `tcp_rcv_state_process`), progress is
+//! Both reconcile the record: where `snd_una`/`rcv_nxt` moved since the last walk, progress is
 //! dated to now, so a draining socket is never reported as stalled for longer than one read;
 //! and the first scan to see a backlog notes when (`outstanding_since_ns`), which bounds its
 //! stall from below the truth, never above.

@@ -1,16 +1,16 @@
 //! sock_ops on the watched cgroup: start tracking a socket when it becomes established, and
 //! give a new connection of a contained remote its small send buffer.
 //!
-//! A tracked socket asks for one more callback, `BPF_SOCK_OPS_RTT_CB`, which the kernel makes
-//! after it accepted an ACK of new data: that dates progress exactly, for tracked sockets only
-//! (nothing runs for the host's other traffic). Exact queue state comes from the snapshot and the
-//! scan; the kernel frees the record with the socket.
+//! Nothing runs after establishment: progress is dated by the walks (the agent's scan and the
+//! snapshot), which reconcile the record with the socket's `snd_una` and `rcv_nxt`. A
+//! per-socket `BPF_SOCK_OPS_RTT_CB` dated each ACK exactly, but it cost about 225 ns per ACK of
+//! new data (a cold storage lookup and a clock read; 37 % of a short connection's BPF time, and
+//! the only BPF time of a bulk transfer), and bought at most one interval of precision on a
+//! stall that the first walk to see a backlog dates anyway (BENCHMARKS.md). The kernel frees the
+//! record with the socket.
 use aya_ebpf::{
-    bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
-        BPF_SOCK_OPS_RTT_CB_FLAG, SO_SNDBUF, SOL_SOCKET,
-    },
-    helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt, bpf_skc_to_tcp_sock, bpf_sock_ops_cb_flags_set},
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, SO_SNDBUF, SOL_SOCKET},
+    helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt},
     macros::sock_ops,
     maps::lpm_trie::Key,
     programs::SockOpsContext,
@@ -19,7 +19,7 @@ use aya_log_ebpf::{error, warn};
 use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, names, stats, v4_mapped};
 
 use crate::{
-    kernel::{ipv6, load, off, watch},
+    kernel::{ipv6, watch},
     maps::{CONTAINED, count, count_rare, record},
 };
 
@@ -72,47 +72,8 @@ pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// `BPF_SOCK_OPS_RTT_CB`: the kernel accepted an ACK of new data on a tracked socket (it runs
-/// only for sockets that asked, at establishment). Dates the progress exactly, and notes a
-/// drained queue.
-#[inline(always)]
-fn progress(ctx: &SockOpsContext) -> Result<(), i32> {
-    let ops = ctx.ops;
-    // SAFETY: plain reads of context fields at constant offsets.
-    let (snd_una, rcv_nxt) = unsafe {
-        use core::ptr::read_volatile as rv;
-        (rv(&raw const (*ops).snd_una), rv(&raw const (*ops).rcv_nxt))
-    };
-    // SAFETY: the context's full socket, or null.
-    let sk = unsafe { rv_sk(ops) };
-    if sk.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a full socket from the sock_ops context.
-    let Some(rec) = (unsafe { record(sk, None) }) else { return Ok(()) };
-    let now = crate::kernel::now();
-    if snd_una != rec.snd_una {
-        rec.snd_una = snd_una;
-        rec.tx_progress_ns = now;
-        // SAFETY: `sk` is a full socket; the cast is checked.
-        let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
-        // SAFETY: `tp` is a BTF `struct tcp_sock *`; the offset of `write_seq`.
-        if !tp.is_null() && unsafe { load::<u32>(tp, off!(tp_write_seq)) } == snd_una {
-            rec.outstanding_since_ns = 0;
-        }
-    }
-    if rcv_nxt != rec.rcv_nxt {
-        rec.rcv_nxt = rcv_nxt;
-        rec.rx_progress_ns = now;
-    }
-    Ok(())
-}
-
 fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     let op = ctx.op();
-    if op == BPF_SOCK_OPS_RTT_CB {
-        return progress(ctx);
-    }
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return Ok(());
     }
@@ -182,9 +143,6 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         match unsafe { record(sk, Some(&fresh)) } {
             Some(_) => {
                 count(stats::TRACKED);
-                // From now on the kernel calls back on each ACK of new data, for this socket only.
-                // SAFETY: the sock_ops context the kernel passed in.
-                unsafe { bpf_sock_ops_cb_flags_set(ctx.ops, BPF_SOCK_OPS_RTT_CB_FLAG as i32) };
                 Ok(())
             }
             None => Err(NO_STORAGE),
