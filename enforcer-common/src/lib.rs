@@ -37,7 +37,6 @@ pub mod names {
     /// Gives connections that predate the agent a record (`iter/tcp`, run once per namespace).
     pub const PROG_ADOPT: &str = "enforcer_adopt";
 
-    /// Kernel tracepoints the `tp_btf` programs attach to.
     /// `iter/<this>` of the snapshot and the scan: they walk the records, not the TCP tables.
     pub const ITER_SK_STORAGE: &str = "bpf_sk_storage_map";
     /// `iter/<this>` of adoption: every TCP socket of the reader's network namespace.
@@ -317,7 +316,6 @@ pub struct KernelOffsets {
     pub tp_total_rto: u32,
     pub tp_bytes_acked: u32,
     pub tp_bytes_received: u32,
-    pub skb_data: u32,
     /// `sock_common` addressing, for adopting existing connections.
     pub skc_family: u32,
     pub skc_num: u32,
@@ -526,7 +524,7 @@ const _: () = assert!(core::mem::size_of::<ContainedAddr>() == 16);
 // One u64 and four u32.
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 24);
 // 29 offsets of 4 bytes.
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 29 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
 
 #[cfg(feature = "user")]
 mod user {

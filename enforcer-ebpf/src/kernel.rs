@@ -22,7 +22,6 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     tp_total_rto: 0,
     tp_bytes_acked: 0,
     tp_bytes_received: 0,
-    skb_data: 0,
     skc_family: 0,
     skc_num: 0,
     skc_dport: 0,

@@ -1,5 +1,5 @@
-//! enforcer's kernel side: per-socket progress tracking (sock_ops + `tp_btf` tracepoints) and
-//! an exact snapshot (`iter/tcp`). One file per hook under `programs/`.
+//! enforcer's kernel side: a record per connection from sock_ops, and the walks that read and
+//! date it (`iter/bpf_sk_storage_map`, or `iter/tcp`). One file per hook under `programs/`.
 //!
 //! Every program fails open: an error is counted in `STATS` and the kernel carries on exactly
 //! as without enforcer (sock_ops returns 1, the tracepoints and the iterator return 0).

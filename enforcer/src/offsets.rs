@@ -44,7 +44,6 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         },
         tp_bytes_acked: field("tcp_sock", "bytes_acked", 8)?,
         tp_bytes_received: field("tcp_sock", "bytes_received", 8)?,
-        skb_data: field("sk_buff", "data", 8)?,
         skc_family: field("sock_common", "skc_family", 2)?,
         skc_num: field("sock_common", "skc_num", 2)?,
         skc_dport: field("sock_common", "skc_dport", 2)?,

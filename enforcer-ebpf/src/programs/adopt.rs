@@ -81,8 +81,7 @@ unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
         rcv_nxt: unsafe { load(tp, off!(tp_rcv_nxt)) },
         outstanding_since_ns: 0,
     };
-    // Assigns a cookie if the socket never had one: a
-    // destroy names it.
+    // Assigns a cookie if the socket never had one: a destroy names it.
     // SAFETY: `tp` is a socket pointer the helper accepts.
     unsafe { bpf_get_socket_cookie(tp as *mut c_void) };
     // If sock_ops recorded it since the lookup, this returns that record and changes nothing.
