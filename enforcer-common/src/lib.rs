@@ -225,10 +225,13 @@ impl ScanParams {
     /// memory (a socket that holds nothing frees nothing), and a socket is over its share only
     /// when it holds something, so what is left out would never be chosen nor remembered
     /// (enforcer's property test `filtered_scan_decides_like_the_full_snapshot` holds it to that).
-    pub fn emits(&self, e: &SnapshotEntry) -> bool {
+    ///
+    /// It decides on `sk_wmem_queued` alone, so that a walk loads the rest of an entry (counters,
+    /// cgroup, namespace) only for the sockets it writes out.
+    pub fn emits(&self, wmem_queued: u32) -> bool {
         match self.mode {
             scan_mode::ALL => true,
-            scan_mode::CANDIDATES => e.wmem_queued > 0,
+            scan_mode::CANDIDATES => wmem_queued > 0,
             _ => false,
         }
     }

@@ -95,23 +95,38 @@ pub fn now() -> u64 {
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
 }
 
+/// The clock of one visit to a socket: read at most once, and only if something is dated (an
+/// idle connection, most of them, costs no clock read in a walk).
+#[derive(Default)]
+pub struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    pub fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now();
+        }
+        self.0
+    }
+}
+
 /// Brings a record up to date with what the kernel has accepted (`snd_una`, `rcv_nxt` and the
-/// peer's window as the socket holds them), dating any change to `now`.
+/// peer's window as the socket holds them), dating any change to the visit's clock.
 #[inline(always)]
-pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, now: u64) {
+pub fn reconcile(rec: &mut enforcer_common::SockRecord, snd_una: u32, rcv_nxt: u32, snd_wnd: u32, clock: &mut Clock) {
     if snd_una != rec.snd_una {
         // Progress since the last walk: dated now, later than it happened, so a stall reads
         // short, never long.
-        rec.tx_progress_ns = now;
+        rec.tx_progress_ns = clock.now();
         rec.snd_una = snd_una;
     }
     if rcv_nxt != rec.rcv_nxt {
         rec.rcv_nxt = rcv_nxt;
-        rec.rx_progress_ns = now;
+        rec.rx_progress_ns = clock.now();
     }
     if snd_wnd == 0 {
         if rec.zero_window_since_ns == 0 {
-            rec.zero_window_since_ns = now;
+            rec.zero_window_since_ns = clock.now();
         }
     } else if rec.zero_window_since_ns != 0 {
         rec.zero_window_since_ns = 0;

@@ -26,7 +26,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{load, off, reconcile},
+    kernel::{Clock, load, off, reconcile},
     maps::{REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count_rare, record},
     programs::adopt::is_connection,
 };
@@ -152,6 +152,10 @@ fn report(ctx: *mut c_void, rc: Result<(), i64>) {
 /// `summary` and writes its entry if `params` asks for it. `Err(negative errno)` of
 /// `bpf_seq_write` when the entry could not be written.
 ///
+/// What every visit needs (state, queue, sequence numbers, window) is loaded first; the rest of
+/// an entry only for a socket written out. Most of a walk is idle connections that are not, and
+/// each field left unread is a cache line of their `tcp_sock` a walk does not touch.
+///
 /// # Safety
 /// `meta` is the iteration's `bpf_iter_meta`, `tp` a BTF `struct tcp_sock *`.
 #[inline(always)]
@@ -170,51 +174,48 @@ unsafe fn visit(
     if !is_connection(state) {
         return Ok(());
     }
-    let now = crate::kernel::now();
-    let mut e = SnapshotEntry {
-        cookie: unsafe { load(tp, off!(sk_cookie)) },
-        now_ns: now,
-        write_seq: unsafe { load(tp, off!(tp_write_seq)) },
-        snd_una: unsafe { load(tp, off!(tp_snd_una)) },
-        snd_nxt: unsafe { load(tp, off!(tp_snd_nxt)) },
-        rcv_nxt: unsafe { load(tp, off!(tp_rcv_nxt)) },
-        copied_seq: unsafe { load(tp, off!(tp_copied_seq)) },
-        snd_wnd: unsafe { load(tp, off!(tp_snd_wnd)) },
-        wmem_queued: unsafe { load(tp, off!(sk_wmem_queued)) },
-        total_retrans: unsafe { load(tp, off!(tp_total_retrans)) },
-        // A constant after load: the verifier drops the branch the kernel does not need.
-        total_rto: if off!(tp_total_rto) == OFFSET_ABSENT { 0 } else { unsafe { load(tp, off!(tp_total_rto)) } },
-        bytes_acked: unsafe { load(tp, off!(tp_bytes_acked)) },
-        bytes_received: unsafe { load(tp, off!(tp_bytes_received)) },
-        state,
-        // Signed in the kernel; an interface index is never negative.
-        bound_dev_if: unsafe { load(tp, off!(skc_bound_dev_if)) },
-        ..SnapshotEntry::default()
-    };
-    // sk->sk_cgrp_data.cgroup->kn->id: the cgroup v2 id of the socket's owner.
-    let cgroup: *const u8 = unsafe { load(tp, off!(sk_cgroup)) };
-    if !cgroup.is_null() {
-        let kn: *const u8 = unsafe { load(cgroup, off!(cgroup_kn)) };
-        if !kn.is_null() {
-            e.cgroup_id = unsafe { load(kn, off!(kn_id)) };
+    let wmem_queued: u32 = unsafe { load(tp, off!(sk_wmem_queued)) };
+    let write_seq: u32 = unsafe { load(tp, off!(tp_write_seq)) };
+    let snd_una: u32 = unsafe { load(tp, off!(tp_snd_una)) };
+    let rcv_nxt: u32 = unsafe { load(tp, off!(tp_rcv_nxt)) };
+    let snd_wnd: u32 = unsafe { load(tp, off!(tp_snd_wnd)) };
+
+    let mut clock = Clock::default();
+    reconcile(rec, snd_una, rcv_nxt, snd_wnd, &mut clock);
+    if write_seq == snd_una {
+        // Stored only if it changes: an idle connection's record is read, never dirtied.
+        if rec.outstanding_since_ns != 0 {
+            rec.outstanding_since_ns = 0;
         }
-    }
-    // sk->__sk_common.skc_net.net->ns.inum: which namespace a destroy must be sent from.
-    let net: *const u8 = unsafe { load(tp, off!(skc_net)) };
-    if !net.is_null() {
-        e.netns = unsafe { load(net, off!(net_inum)) };
-    }
-
-    reconcile(rec, e.snd_una, e.rcv_nxt, e.snd_wnd, now);
-    if e.write_seq == e.snd_una {
-        rec.outstanding_since_ns = 0;
     } else if rec.outstanding_since_ns == 0 {
-        rec.outstanding_since_ns = now;
+        rec.outstanding_since_ns = clock.now();
     }
-    e.record = *rec;
 
-    let emit = params.emits(&e);
+    let emit = params.emits(wmem_queued);
     if emit {
+        let e = SnapshotEntry {
+            cookie: unsafe { load(tp, off!(sk_cookie)) },
+            now_ns: clock.now(),
+            write_seq,
+            snd_una,
+            snd_nxt: unsafe { load(tp, off!(tp_snd_nxt)) },
+            rcv_nxt,
+            copied_seq: unsafe { load(tp, off!(tp_copied_seq)) },
+            snd_wnd,
+            wmem_queued,
+            total_retrans: unsafe { load(tp, off!(tp_total_retrans)) },
+            // A constant after load: the verifier drops the branch the kernel does not need.
+            total_rto: if off!(tp_total_rto) == OFFSET_ABSENT { 0 } else { unsafe { load(tp, off!(tp_total_rto)) } },
+            bytes_acked: unsafe { load(tp, off!(tp_bytes_acked)) },
+            bytes_received: unsafe { load(tp, off!(tp_bytes_received)) },
+            state,
+            // Signed in the kernel; an interface index is never negative.
+            bound_dev_if: unsafe { load(tp, off!(skc_bound_dev_if)) },
+            cgroup_id: unsafe { cgroup_id(tp) },
+            netns: unsafe { netns(tp) },
+            record: *rec,
+            ..SnapshotEntry::default()
+        };
         // SAFETY: `meta->seq` is the seq_file of this iteration; `e` lives on our stack.
         let seq = unsafe { *(meta as *const *mut c_void) };
         let size = core::mem::size_of::<SnapshotEntry>() as u32;
@@ -229,14 +230,45 @@ unsafe fn visit(
     }
     if let Some(s) = summary {
         s.sockets += 1;
-        s.charged += u64::from(e.wmem_queued);
-        s.send_queue += u64::from(e.send_queue());
+        s.charged += u64::from(wmem_queued);
+        s.send_queue += u64::from(write_seq.wrapping_sub(snd_una));
         s.emitted += u64::from(emit);
         if params.count_remotes != 0 {
-            count_remote(params, s, &e.record);
+            count_remote(params, s, rec);
         }
     }
     Ok(())
+}
+
+/// `sk->sk_cgrp_data.cgroup->kn->id`: the cgroup v2 id of the socket's owner; 0 if unknown.
+///
+/// # Safety
+/// `tp` is a BTF `struct tcp_sock *`.
+#[inline(always)]
+unsafe fn cgroup_id(tp: *const u8) -> u64 {
+    // SAFETY: offsets of the named fields, found in BTF by the loader; NULLs are checked.
+    unsafe {
+        let cgroup: *const u8 = load(tp, off!(sk_cgroup));
+        if cgroup.is_null() {
+            return 0;
+        }
+        let kn: *const u8 = load(cgroup, off!(cgroup_kn));
+        if kn.is_null() { 0 } else { load(kn, off!(kn_id)) }
+    }
+}
+
+/// `sk->__sk_common.skc_net.net->ns.inum`: which namespace a destroy must be sent from; 0 if
+/// unknown.
+///
+/// # Safety
+/// `tp` is a BTF `struct tcp_sock *`.
+#[inline(always)]
+unsafe fn netns(tp: *const u8) -> u32 {
+    // SAFETY: as in `cgroup_id`.
+    unsafe {
+        let net: *const u8 = load(tp, off!(skc_net));
+        if net.is_null() { 0 } else { load(net, off!(net_inum)) }
+    }
 }
 
 /// Counts a connection against its remote group in `REMOTE_COUNTS`; the first of a group in

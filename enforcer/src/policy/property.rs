@@ -84,7 +84,7 @@ fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> (Ve
         group_v6: 0,
         generation: 0,
     };
-    let emitted: Vec<Socket> = all.iter().filter(|s| params.emits(&s.raw)).cloned().collect();
+    let emitted: Vec<Socket> = all.iter().filter(|s| params.emits(s.raw.wmem_queued)).cloned().collect();
     let counted = Population::of(p.fairness, all);
     let mut population = Population { connections: all.len() as u64, remotes: counted.remotes, ..Default::default() };
     for s in &emitted {
