@@ -78,17 +78,6 @@ pub static KILL_COUNTERS: Array<u64> = Array::with_max_entries(kill_counters::CO
 #[map]
 pub static CONTAINED: LpmTrie<ContainedAddr, Containment> = LpmTrie::with_max_entries(CONTAINED_CAPACITY, 0);
 
-/// Occurrences of rare events that have no `STATS` counter (metrics would count them once per
-/// snapshot, not once per socket), kept only to sample their log lines (`count_rare`).
-#[map]
-pub static LOG_SAMPLES: PerCpuArray<u64> = PerCpuArray::with_max_entries(log_samples::COUNT, 0);
-
-pub mod log_samples {
-    /// The snapshot found a connection to adopt and could not record it (a full map).
-    pub const ADOPT_FAILED: u32 = 0;
-    pub const COUNT: u32 = 1;
-}
-
 /// Adds one to a `STATS` counter. Per-CPU, so no atomics on the hot path.
 #[inline(always)]
 pub fn count(slot: u32) {
@@ -106,12 +95,6 @@ pub fn count(slot: u32) {
 #[inline(always)]
 pub fn count_rare(slot: u32) -> Option<u64> {
     sample(&STATS, slot)
-}
-
-/// `count_rare` for an event without a `STATS` counter (`log_samples`).
-#[inline(always)]
-pub fn sample_rare(slot: u32) -> Option<u64> {
-    sample(&LOG_SAMPLES, slot)
 }
 
 #[inline(always)]

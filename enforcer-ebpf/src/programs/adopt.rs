@@ -11,7 +11,7 @@ use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SockRecord, names, stat
 
 use crate::{
     kernel::{ipv6, load, off, read_bytes, watch},
-    maps::{count_rare, log_samples, record, sample_rare},
+    maps::{count_rare, record},
 };
 
 /// The target of this program's log lines in the agent's log.
@@ -87,12 +87,15 @@ unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
     // If sock_ops recorded it since the lookup, this returns that record and changes nothing.
     // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with a `struct sock`.
     if unsafe { record(tp as *mut c_void, Some(&fresh)) }.is_none() {
-        if let Some(n) = sample_rare(log_samples::ADOPT_FAILED) {
+        // Counted with sock_ops' failures: the agent adopts again at its next interval. Besides
+        // no memory, the kernel refuses (EAGAIN) while the socket's storage is being torn down,
+        // as when the map of an agent that just exited is freed under a new agent's adoption.
+        if let Some(n) = count_rare(stats::ERR_STORAGE) {
             error!(
                 ctx,
                 target: LOG,
-                "no memory for the record of a connection that predates the agent: it goes untracked \
-                 (count on this CPU: {})",
+                "could not record a connection that predates the agent (no memory, or its storage was being \
+                 freed): adoption runs again next interval (count on this CPU: {})",
                 n
             );
         }

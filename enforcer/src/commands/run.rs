@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     attached,
-    attribution::Attributor,
+    attribution::{Attributor, HolderWalk},
     cli::RunArgs,
     contained::Containment,
     destroy::Netlink,
@@ -65,6 +65,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     })?;
     let journal = Journal::new(loaded.take_map(names::MAP_KILLS)?, loaded.take_map(names::MAP_KILL_COUNTERS)?)?;
     let (scan_link, walk) = loaded.take_scan_link()?;
+    let attribution = match loaded.take_holders_link() {
+        Some(link) => Attributor::with_walk(HolderWalk::Link(link)),
+        None => Attributor::new(),
+    };
     let scanner = Scanner::new(
         scan_link,
         walk,
@@ -112,7 +116,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics,
         destroyers,
         reported: HashSet::new(),
-        attribution: Attributor::new(),
+        attribution,
         namespaces: None,
     };
     loop {
@@ -463,7 +467,9 @@ impl Agent {
     }
 
     /// sock_ops gives every connection its record when it is established; when that failed
-    /// (an error, no memory for the record), the connection is found by running adoption again
+    /// (an error, no memory for the record), or adoption could not record a connection (no
+    /// memory, or its storage was being freed: an agent that just exited leaves its records to
+    /// be freed while the next one adopts), the connection is found by running adoption again
     /// in each namespace, the walk the agent otherwise makes once, at start.
     fn adopt_unrecorded(&mut self, k: &[u64]) {
         let failures = k[stats::ERR_SOCKOPS as usize] + k[stats::ERR_STORAGE as usize];
