@@ -36,11 +36,15 @@ pub mod names {
     pub const PROG_SCAN_TCP: &str = "enforcer_scan_tcp";
     /// Gives connections that predate the agent a record (`iter/tcp`, run once per namespace).
     pub const PROG_ADOPT: &str = "enforcer_adopt";
+    /// Which process holds each tracked socket (`iter/task_file`), for attribution.
+    pub const PROG_HOLDERS: &str = "enforcer_holders";
 
     /// `iter/<this>` of the snapshot and the scan: they walk the records, not the TCP tables.
     pub const ITER_SK_STORAGE: &str = "bpf_sk_storage_map";
     /// `iter/<this>` of adoption: every TCP socket of the reader's network namespace.
     pub const ITER_TCP: &str = "tcp";
+    /// `iter/<this>` of the holders walk: every open file of every process.
+    pub const ITER_TASK_FILE: &str = "task_file";
 
     pub const PIN_SOCKETS: &str = "sockets";
     pub const PIN_STATS: &str = "stats";
@@ -54,10 +58,13 @@ pub mod names {
     /// Instead of `snapshot` on kernels that refuse map-element iterators: reading this file
     /// runs the snapshot over the reader's network namespace.
     pub const PIN_SNAPSHOT_TCP: &str = "snapshot_tcp";
+    /// The pinned holders link: reading it lists `Holder`s (`enforcer sockets -p`).
+    pub const PIN_HOLDERS: &str = "holders";
     /// Every pin the agent makes, for cleaning up after an agent that died.
-    pub const ALL_PINS: [&str; 9] = [
+    pub const ALL_PINS: [&str; 10] = [
         PIN_SNAPSHOT,
         PIN_SNAPSHOT_TCP,
+        PIN_HOLDERS,
         PIN_SOCKETS,
         PIN_STATS,
         PIN_INFO,
@@ -133,6 +140,8 @@ pub struct WatchConfig {
 }
 
 pub const FAULT_SOCKOPS: u32 = 1;
+/// The loader skips the holders walk as if the kernel had refused it (attribution reads /proc).
+pub const FAULT_HOLDERS: u32 = 2;
 
 /// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
 #[repr(C)]
@@ -291,6 +300,22 @@ pub fn remote_key(family: u16, addr: [u32; 4], v4: u32, v6: u32) -> RemoteKey {
     words
 }
 
+/// A process holding a socket, as the holders walk writes it: one per open descriptor of a
+/// socket with a cookie (every tracked socket has one; a socket shared by several processes
+/// comes once for each).
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// The socket's cookie, as in its `SnapshotEntry`.
+    pub cookie: u64,
+    /// The process (thread group) id, as `ps` shows it.
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `task_struct.comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
 /// An offset in `KernelOffsets` for a field the running kernel does not have.
 pub const OFFSET_ABSENT: u32 = u32::MAX;
 
@@ -335,13 +360,19 @@ pub struct KernelOffsets {
     /// `sock_common.skc_net.net` and `net.ns.inum`: a socket's network namespace.
     pub skc_net: u32,
     pub net_inum: u32,
+    /// `socket.sk`, `task_struct.tgid` and `task_struct.comm`: who holds a socket.
+    pub socket_sk: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub _pad: u32,
 }
 
 /// Counters in the per-CPU `STATS` array, one slot each.
 pub mod stats {
     /// Sockets the sock_ops program started tracking.
     pub const TRACKED: u32 = 0;
-    /// Sockets left untracked because the kernel could not allocate their record.
+    /// Records the kernel could not allocate, by sock_ops or by adoption (no memory; or, for
+    /// adoption, a socket whose storage was being freed). Each makes the agent adopt again.
     pub const ERR_STORAGE: u32 = 1;
     /// Errors in the sock_ops program (other than a record that could not be allocated).
     pub const ERR_SOCKOPS: u32 = 2;
@@ -526,8 +557,9 @@ const _: () = assert!(core::mem::size_of::<Containment>() == 8);
 const _: () = assert!(core::mem::size_of::<ContainedAddr>() == 16);
 // One u64 and four u32.
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 24);
-// 29 offsets of 4 bytes.
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
+// 31 offsets of 4 bytes and a pad.
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<Holder>() == 32);
 
 #[cfg(feature = "user")]
 mod user {
@@ -547,6 +579,7 @@ mod user {
         derives_pod::<ScanParams>();
         derives_pod::<ScanSummary>();
         derives_pod::<RemoteCount>();
+        derives_pod::<Holder>();
     };
 
     // SAFETY: aya::Pod asks what bytemuck::Pod asks: Copy, no padding, any bit pattern valid.
@@ -563,4 +596,5 @@ mod user {
     unsafe impl aya::Pod for ScanParams {}
     unsafe impl aya::Pod for ScanSummary {}
     unsafe impl aya::Pod for RemoteCount {}
+    unsafe impl aya::Pod for Holder {}
 }

@@ -34,6 +34,10 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_ancestors: 0,
     skc_net: 0,
     net_inum: 0,
+    socket_sk: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    _pad: 0,
 };
 
 /// Overridden by the loader: the watched cgroup (see `WatchConfig`).

@@ -6,13 +6,18 @@
 //! - cgroup id → path: the id is the inode of the cgroup's directory on the cgroup2 mount, so
 //!   one walk of the mount maps every id; kept, and walked again on a miss (at most once a
 //!   second: a cgroup that is already gone must not cost a walk per socket).
-//! - socket → process: netlink `SOCK_DIAG_BY_FAMILY` gives the socket's inode (from inside its
-//!   namespace, by 4-tuple and cookie), and the `socket:[INODE]` link in `/proc/PID/fd` its
-//!   holder. Only the processes of the socket's own cgroup are scanned first (a socket is
+//! - socket → process: the agent's holders walk (`iter/task_file`, pinned for the CLI) lists the
+//!   process behind every descriptor of a tracked socket by cookie, in one read: about 0.2 µs
+//!   per descriptor of the host. Kept as an index and read again on a miss (at most once a
+//!   second).
+//! - Without that walk (no agent's pin, or a kernel that refuses it): netlink
+//!   `SOCK_DIAG_BY_FAMILY` gives the socket's inode (from inside its namespace, by 4-tuple and
+//!   cookie), and the `socket:[INODE]` link in `/proc/PID/fd` its holder, about 2.7 µs per
+//!   descriptor. Only the processes of the socket's own cgroup are scanned first (a socket is
 //!   charged to the cgroup of the process that made it, which usually still holds it); then
 //!   every process. Each scan is kept as an inode index and reused while it answers.
 //!
-//! Imports `destroy` (the netlink socket), `netns`, `snapshot`, `socket`, `sys`.
+//! Imports `destroy` (the netlink socket), `iter_link`, `netns`, `snapshot`, `socket`, `sys`.
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
@@ -22,7 +27,9 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{destroy::Netlink, netns::Namespace, socket::Socket, sys};
+use enforcer_common::Holder;
+
+use crate::{destroy::Netlink, iter_link::IterLink, netns::Namespace, socket::Socket, sys};
 
 /// A cgroup walk or a process scan that missed is not repeated sooner than this.
 const RESCAN_AFTER: Duration = Duration::from_secs(1);
@@ -149,6 +156,48 @@ impl FdIndex {
     }
 }
 
+/// Where the holders walk is read from.
+pub enum HolderWalk {
+    /// The agent's own link.
+    Link(IterLink),
+    /// The agent's pin, read by the CLI.
+    Pin(PathBuf),
+}
+
+impl HolderWalk {
+    fn read(&self) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut reader = match self {
+            Self::Link(link) => link.reader()?,
+            Self::Pin(path) => std::fs::File::open(path)?,
+        };
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
+/// Socket cookies to their holders, from one holders walk.
+struct CookieIndex {
+    built: Instant,
+    holders: HashMap<u64, Process>,
+}
+
+impl CookieIndex {
+    fn from_walk(bytes: &[u8]) -> Self {
+        let mut holders: HashMap<u64, Process> = HashMap::new();
+        for chunk in bytes.chunks_exact(std::mem::size_of::<Holder>()) {
+            let h: Holder = bytemuck::pod_read_unaligned(chunk);
+            // The lowest pid when several hold it, as the descriptor scan does.
+            if holders.get(&h.cookie).is_some_and(|p| p.pid <= h.tgid) {
+                continue;
+            }
+            holders.insert(h.cookie, Process { pid: h.tgid, comm: unfixed(&h.comm) });
+        }
+        Self { built: Instant::now(), holders }
+    }
+}
+
 /// The inode in a `socket:[INODE]` descriptor link.
 fn socket_inode(link: &Path) -> Option<u64> {
     link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
@@ -168,11 +217,14 @@ fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Attributes sockets, keeping what it learnt (cgroup paths, descriptor scans, one netlink
-/// socket per namespace) from one call to the next.
+/// Attributes sockets, keeping what it learnt (cgroup paths, holders walks or descriptor scans,
+/// one netlink socket per namespace) from one call to the next.
 #[derive(Default)]
 pub struct Attributor {
     pub cgroups: CgroupPaths,
+    /// The holders walk, when there is one; and what its last read found.
+    walk: Option<HolderWalk>,
+    by_cookie: Option<CookieIndex>,
     /// Per namespace inode: a netlink socket made inside it (it keeps that namespace).
     diag: HashMap<u64, Netlink>,
     /// Scans of one cgroup's processes, by cgroup id; 0 is every process.
@@ -180,8 +232,14 @@ pub struct Attributor {
 }
 
 impl Attributor {
+    /// Finds processes by scanning `/proc` (see the module's documentation).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Finds processes with the holders walk, and by scanning `/proc` if reading it fails.
+    pub fn with_walk(walk: HolderWalk) -> Self {
+        Self { walk: Some(walk), ..Self::default() }
     }
 
     /// Namespace and cgroup: cheap (a walk of the cgroup mount now and then).
@@ -199,6 +257,16 @@ impl Attributor {
     }
 
     fn process(&mut self, s: &Socket, ns: &Namespace, cgroup: Option<&str>) -> Option<Process> {
+        if self.walk.is_some() {
+            match self.by_walk(s.raw.cookie) {
+                Ok(found) => return found,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the holders walk; scanning /proc instead");
+                    // Not tried again: one failure says this walk does not work here.
+                    self.walk = None;
+                }
+            }
+        }
         let inode = match self.inode(s, ns) {
             Ok(Some(inode)) if inode != 0 => u64::from(inode),
             Ok(_) => return None,
@@ -214,6 +282,24 @@ impl Attributor {
             return Some(p);
         }
         self.holder(0, inode, all_pids)
+    }
+
+    /// The holder of the socket with `cookie`, from the holders walk (read again, once per
+    /// `RESCAN_AFTER`, on a miss); `Ok(None)` when it has none (or there is no walk).
+    fn by_walk(&mut self, cookie: u64) -> std::io::Result<Option<Process>> {
+        let Some(walk) = &self.walk else { return Ok(None) };
+        if let Some(index) = &self.by_cookie {
+            if let Some(p) = index.holders.get(&cookie) {
+                return Ok(Some(p.clone()));
+            }
+            if index.built.elapsed() < RESCAN_AFTER {
+                return Ok(None);
+            }
+        }
+        let index = CookieIndex::from_walk(&walk.read()?);
+        let found = index.holders.get(&cookie).cloned();
+        self.by_cookie = Some(index);
+        Ok(found)
     }
 
     /// The holder of `inode` in scan `key`, scanning again (once per `RESCAN_AFTER`) on a miss.
@@ -291,6 +377,19 @@ mod tests {
         assert!(cgroup_within("/anything", "/"));
         assert!(!cgroup_within("/a/bc", "/a/b"));
         assert!(!cgroup_within("/b", "/a"));
+    }
+
+    #[test]
+    fn a_holders_walk_names_the_lowest_pid_of_each_socket() {
+        let holder = |cookie, tgid, comm: &str| Holder { cookie, tgid, _pad: 0, comm: fixed(comm) };
+        let walk = [holder(7, 300, "worker"), holder(7, 200, "nginx"), holder(7, 250, "other"), holder(9, 5, "sshd")];
+        let mut bytes: Vec<u8> = walk.iter().flat_map(|h| bytemuck::bytes_of(h).to_vec()).collect();
+        // A short read's tail is no holder.
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let index = CookieIndex::from_walk(&bytes);
+        assert_eq!(index.holders.len(), 2);
+        assert_eq!(index.holders[&7], Process { pid: 200, comm: "nginx".into() });
+        assert_eq!(index.holders[&9], Process { pid: 5, comm: "sshd".into() });
     }
 
     #[test]

@@ -193,7 +193,8 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465) at /metrics [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Test only: make these kernel programs fail (sockops), to show errors fail open.
+    /// Test only: make these kernel programs fail (sockops), or act as if the kernel refused
+    /// them (holders), to show errors fail open.
     #[arg(long, hide = true, value_delimiter = ',', value_enum)]
     pub inject_fault: Vec<FaultArg>,
     /// The global --log-format, when given (`main` copies it here: the config file may set it).
@@ -238,6 +239,7 @@ pub enum PressureArg {
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum FaultArg {
     Sockops,
+    Holders,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

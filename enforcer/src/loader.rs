@@ -43,6 +43,9 @@ pub struct Loaded {
     snapshot_link: Option<IterLink>,
     scan_link: Option<IterLink>,
     adopt_link: Option<IterLink>,
+    /// Attribution's holders walk (pinned too, for `sockets -p`); `None` where the kernel
+    /// refused it.
+    holders_link: Option<IterLink>,
     /// Which walk the snapshot and scan links make.
     walk: Walk,
     ebpf: Ebpf,
@@ -85,6 +88,7 @@ impl Loaded {
             snapshot_link: None,
             scan_link: None,
             adopt_link: None,
+            holders_link: None,
             walk: Walk::Records,
             ebpf,
             pin_dir: opts.pin_dir.to_owned(),
@@ -98,7 +102,7 @@ impl Loaded {
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
         loaded.record_settings(opts.settings)?;
-        loaded.attach(opts.cgroup, &aya_btf)?;
+        loaded.attach(opts.cgroup, &aya_btf, opts.fault)?;
         // Once every program is loaded (see `KernelLog::start`).
         loaded._kernel_log = KernelLog::start(&mut loaded.ebpf);
         Ok(loaded)
@@ -156,7 +160,7 @@ impl Loaded {
         Ok(())
     }
 
-    fn attach(&mut self, cgroup: &Path, btf: &aya::Btf) -> Result<()> {
+    fn attach(&mut self, cgroup: &Path, btf: &aya::Btf, fault: u32) -> Result<()> {
         let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         let prog: &mut SockOps = program(&mut self.ebpf, names::PROG_SOCKOPS)?.try_into()?;
         prog.load().context("loading the sock_ops program")?;
@@ -204,7 +208,36 @@ impl Loaded {
         self.pinned.push(path);
         self.walk = walk;
         (self.snapshot_link, self.scan_link, self.adopt_link) = (Some(snapshot), Some(scan), Some(adopt));
+
+        // Attribution works without it (reading /proc, slower): a kernel that refuses it costs
+        // a log line, not the agent.
+        let holders = if fault & enforcer_common::FAULT_HOLDERS != 0 {
+            Err(anyhow::anyhow!("injected fault (--inject-fault holders)"))
+        } else {
+            link(names::PROG_HOLDERS, names::ITER_TASK_FILE, None)
+        };
+        match holders {
+            Ok(holders) => {
+                let path = pins::PinDir::path(&self.pin_dir, names::PIN_HOLDERS);
+                holders.pin(&path).with_context(|| format!("pinning the holders iterator at {}", path.display()))?;
+                self.pinned.push(path);
+                self.holders_link = Some(holders);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::info!(
+                    error = why.lines().next().unwrap_or_default(),
+                    "the holders walk (iter/task_file) did not load: attribution reads /proc/PID/fd instead"
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Hands the holders walk over to the agent's attribution (once); `None` where the kernel
+    /// refused it.
+    pub fn take_holders_link(&mut self) -> Option<IterLink> {
+        self.holders_link.take()
     }
 
     /// Gives a record to every connection of the watched cgroup in `ns` that was established
@@ -240,6 +273,7 @@ impl Loaded {
             names::PROG_SNAPSHOT_TCP,
             names::PROG_SCAN_TCP,
             names::PROG_ADOPT,
+            names::PROG_HOLDERS,
         ]
         .into_iter()
         .filter_map(|name| {

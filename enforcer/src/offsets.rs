@@ -57,6 +57,10 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         cgroup_ancestors: field("cgroup", "ancestors", 0)?,
         skc_net: field("sock_common", "skc_net.net", 8)?,
         net_inum: field("net", "ns.inum", 4)?,
+        socket_sk: field("socket", "sk", 8)?,
+        task_tgid: field("task_struct", "tgid", 4)?,
+        task_comm: field("task_struct", "comm", 16)?,
+        _pad: 0,
     })
 }
 

@@ -26,8 +26,23 @@ fn netns_inode(ns: &Netns) -> u64 {
 
 #[test]
 fn kills_and_sockets_name_namespace_cgroup_and_process() {
+    names_namespace_cgroup_and_process(&[]);
+}
+
+/// The same where the kernel refuses the holders walk: attribution scans `/proc/PID/fd`.
+#[test]
+fn without_the_holders_walk_attribution_reads_proc() {
+    names_namespace_cgroup_and_process(&["--inject-fault", "holders"]);
+}
+
+fn names_namespace_cgroup_and_process(extra: &[&str]) {
     let (agent_ns, pod_ns, cg) = (Netns::new(), Netns::new(), Cgroup::new());
-    let agent = Agent::start(&agent_ns, &cg, &["--log-format", "json", "--interval", "250ms", "--threshold", "1MiB"]);
+    let mut args = vec!["--log-format", "json", "--interval", "250ms", "--threshold", "1MiB"];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&agent_ns, &cg, &args);
+    // Which way attribution goes: the agent pins its holders walk for `sockets -p`, or not.
+    let walks = extra.is_empty();
+    assert_eq!(agent.pin_dir.join("holders").exists(), walks, "the holders pin");
     // A "pod": a server in the cgroup, in its own namespace, and an attacker next to it.
     let mut server = Peer::start(&pod_ns, Some(&cg));
     let listen = server.cmd("listen 127.0.0.1:9000");

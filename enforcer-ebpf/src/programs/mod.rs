@@ -1,3 +1,4 @@
 mod adopt;
+mod holders;
 mod snapshot;
 mod sockops;

@@ -3,10 +3,11 @@
 use std::{cmp::Reverse, io::Write};
 
 use anyhow::{Context, Result};
+use enforcer_common::names;
 use serde::Serialize;
 
 use crate::{
-    attribution::{Attribution, Attributor},
+    attribution::{Attribution, Attributor, HolderWalk},
     cli::{SocketsArgs, SortKey},
     filter::SocketFilter,
     pins::PinDir,
@@ -31,7 +32,9 @@ pub fn run(args: SocketsArgs) -> Result<()> {
     sys::require_root("enforcer sockets")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
     let snap = pins.snapshot()?;
-    let mut who = Attributor::new();
+    // The agent's holders walk where it pinned one; /proc otherwise.
+    let holders = PinDir::path(&args.pins.pin_dir, names::PIN_HOLDERS);
+    let mut who = if holders.exists() { Attributor::with_walk(HolderWalk::Pin(holders)) } else { Attributor::new() };
     let filter = SocketFilter {
         ipv4: if args.ipv4 {
             Some(true)

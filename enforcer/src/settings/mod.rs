@@ -238,6 +238,7 @@ impl Settings {
             fault: args.inject_fault.iter().fold(0, |bits, f| {
                 bits | match f {
                     FaultArg::Sockops => enforcer_common::FAULT_SOCKOPS,
+                    FaultArg::Holders => enforcer_common::FAULT_HOLDERS,
                 }
             }),
         })
