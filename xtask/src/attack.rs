@@ -47,7 +47,11 @@ fn attack(server: &mut Peer) -> Result<()> {
 }
 
 pub struct Outcome {
+    /// From the first write to the attackers until the last of them was destroyed.
     pub seconds: f64,
+    /// From when every attacker's data was queued (the write returned: they all stall from
+    /// there) until the last was destroyed. `None` for the `ss` scripts.
+    pub after_queued: Option<f64>,
     /// The run hit its time limit before the rule was satisfied.
     pub stopped: bool,
     pub destroyed: usize,
@@ -79,6 +83,7 @@ pub fn enforcer() -> Result<Outcome> {
     let cpu0 = crate::procstat::cpu_time(pid);
     let (t0, started) = (SystemTime::now(), Instant::now());
     attack(&mut server)?;
+    let queued = SystemTime::now();
     let limit = Duration::from_secs(60);
     let events = loop {
         let events = agent.events_of("destroyed");
@@ -100,6 +105,7 @@ pub fn enforcer() -> Result<Outcome> {
     Ok(Outcome {
         stopped: events.len() < ATTACKERS,
         seconds: last.duration_since(t0).unwrap_or_default().as_secs_f64(),
+        after_queued: Some(last.duration_since(queued).unwrap_or_default().as_secs_f64()),
         destroyed: events.len(),
         cpu_ms_per_interval: Some(cpu_ms / (wall.as_secs_f64() / 0.25)),
     })
@@ -169,6 +175,7 @@ pub fn ss_script(batch: usize, limit: Duration) -> Result<Outcome> {
     }
     Ok(Outcome {
         seconds: started.elapsed().as_secs_f64(),
+        after_queued: None,
         stopped: started.elapsed() > limit,
         destroyed,
         cpu_ms_per_interval: None,

@@ -2,6 +2,10 @@
 //! quiet (nothing over the threshold), 1,000 offenders to destroy among them, and 2,000
 //! offenders held over the threshold by a dry run. Spread over several processes: the
 //! per-process file limit here is 20,000.
+//!
+//! The clients are in a second namespace behind a veth pair, as a server's clients are on other
+//! hosts: the agent's namespace holds the server's 100,000 sockets, not their client ends too
+//! (an `iter/tcp` walk visits every socket of the namespace, tracked or not).
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -22,6 +26,30 @@ const STEADY_S: u64 = 10;
 /// The quiet phase's: while pressure is quiet the agent walks the sockets once a minute, so the
 /// window holds one walk and the skipped intervals around it.
 const QUIET_S: u64 = 65;
+/// The server's address on the veth; the clients connect from `CLIENT`.
+/// What each offender must hold at least: far over its share (64 KiB / 100,000). Over a veth
+/// (MSS 1448) the kernel sizes a send buffer for about 48 KiB of queue, not the 128 KiB written.
+const MIN_QUEUED: u64 = 16 << 10;
+const SERVER: &str = "10.77.0.1";
+const CLIENT: &str = "10.77.0.2";
+
+/// A namespace for the clients, linked to `ns` by a veth pair (`SERVER` ↔ `CLIENT`).
+fn client_namespace(ns: &Netns) -> Result<Netns> {
+    let clients = Netns::new();
+    let ip = |args: &[&str]| -> Result<()> {
+        let status = std::process::Command::new("ip").args(args).status().context("running ip")?;
+        if !status.success() {
+            bail!("ip {} failed", args.join(" "));
+        }
+        Ok(())
+    };
+    ip(&["-n", &ns.name, "link", "add", "load0", "type", "veth", "peer", "name", "load1", "netns", &clients.name])?;
+    ip(&["-n", &ns.name, "addr", "add", &format!("{SERVER}/24"), "dev", "load0"])?;
+    ip(&["-n", &clients.name, "addr", "add", &format!("{CLIENT}/24"), "dev", "load1"])?;
+    ip(&["-n", &ns.name, "link", "set", "load0", "up"])?;
+    ip(&["-n", &clients.name, "link", "set", "load1", "up"])?;
+    Ok(clients)
+}
 
 fn cpu_ms(pid: u32) -> f64 {
     crate::procstat::cpu_time(pid).as_secs_f64() * 1000.0
@@ -59,26 +87,30 @@ pub struct Outcome {
     pub seconds: f64,
     pub held: (f64, f64),
     pub held_reported: usize,
+    /// `sockets --json` and `sockets --json -p` in seconds: with the holders walk, and through
+    /// /proc.
+    pub attribution: ((f64, f64), (f64, f64)),
 }
 
 pub fn run() -> Result<Outcome> {
     let peer = root().join("target/release/tcp-peer");
     let (ns, cg) = (Netns::new(), Cgroup::new());
+    let client_ns = client_namespace(&ns)?;
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for i in 0..SERVERS {
         let mut server = Peer::start_bin(&peer, &ns, Some(&cg));
-        server.cmd(&format!("listen 127.0.0.1:{}", 9000 + i));
-        let mut client = Peer::start_bin(&peer, &ns, None);
-        client.cmd(&format!("connect-many 127.0.0.1:{} {PER_SERVER}", 9000 + i));
+        server.cmd(&format!("listen {SERVER}:{}", 9000 + i));
+        let mut client = Peer::start_bin(&peer, &client_ns, None);
+        client.cmd(&format!("connect-many {SERVER}:{} {PER_SERVER}", 9000 + i));
         server.cmd(&format!("wait-accepted {PER_SERVER}"));
         servers.push(server);
         clients.push(client);
     }
-    let mut attackers = Peer::start_bin(&peer, &ns, None);
-    attackers.cmd(&format!("connect-many 127.0.0.1:9000 {OFFENDERS} 4096"));
+    let mut attackers = Peer::start_bin(&peer, &client_ns, None);
+    attackers.cmd(&format!("connect-many {SERVER}:9000 {OFFENDERS} 4096"));
     servers[0].cmd(&format!("wait-accepted {}", PER_SERVER + OFFENDERS));
-    attackers.cmd(&format!("connect-many 127.0.0.1:9001 {HELD} 4096"));
+    attackers.cmd(&format!("connect-many {SERVER}:9001 {HELD} 4096"));
     servers[1].cmd(&format!("wait-accepted {}", PER_SERVER + HELD));
     let total = (SERVERS as usize * PER_SERVER + OFFENDERS + HELD) as u64;
 
@@ -93,7 +125,7 @@ pub fn run() -> Result<Outcome> {
         let a = agent(&ns, &cg, &["--threshold", "64KiB"], total)?;
         let t0 = SystemTime::now();
         let queued = servers[0].num(&format!("write-range {PER_SERVER} {OFFENDERS} 131072"));
-        if queued < OFFENDERS as u64 * 100_000 {
+        if queued < OFFENDERS as u64 * MIN_QUEUED {
             bail!("only {queued} bytes could be queued to the offenders");
         }
         let started = Instant::now();
@@ -118,7 +150,7 @@ pub fn run() -> Result<Outcome> {
         let remaining = total - destroyed as u64;
         let a = agent(&ns, &cg, &["--threshold", "64KiB", "--dry-run"], remaining)?;
         let queued = servers[1].num(&format!("write-range {PER_SERVER} {HELD} 131072"));
-        if queued < HELD as u64 * 100_000 {
+        if queued < HELD as u64 * MIN_QUEUED {
             bail!("only {queued} bytes could be queued to the held offenders");
         }
         wait_for("the dry run to report every held offender", Duration::from_secs(30), || {
@@ -127,7 +159,37 @@ pub fn run() -> Result<Outcome> {
         let held = steady(&a, STEADY_S)?;
         (held, a.events_of("would_destroy").len())
     };
-    Ok(Outcome { tracked: total, quiet, destroyed, others_destroyed, seconds, held, held_reported })
+
+    // 4. Attribution: every socket's holder, through the agent's holders walk and, with the
+    // walk refused (an injected fault), through /proc/PID/fd.
+    let remaining = total - destroyed as u64;
+    let attribution = [&[][..], &["--inject-fault", "holders"][..]].map(|extra| -> Result<(f64, f64)> {
+        let mut args = vec!["--threshold", "1GiB"];
+        args.extend_from_slice(extra);
+        let a = agent(&ns, &cg, &args, remaining)?;
+        Ok((cli_seconds(&a, &["sockets", "--json"])?, cli_seconds(&a, &["sockets", "--json", "-p"])?))
+    });
+    let [walk, proc] = attribution;
+    Ok(Outcome {
+        tracked: total,
+        quiet,
+        destroyed,
+        others_destroyed,
+        seconds,
+        held,
+        held_reported,
+        attribution: (walk?, proc?),
+    })
+}
+
+/// Wall time of one `enforcer` CLI call against `agent`'s pins.
+fn cli_seconds(agent: &Agent, args: &[&str]) -> Result<f64> {
+    let t = Instant::now();
+    let out = agent.cli(args);
+    if !out.status.success() {
+        bail!("enforcer {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 pub fn table() -> Result<()> {
@@ -157,6 +219,18 @@ pub fn table() -> Result<()> {
         o.held.0,
         o.held.1,
         o.held_reported
+    );
+    let ((walk, walk_p), (proc, proc_p)) = o.attribution;
+    println!();
+    println!(
+        "| every socket's holder (`enforcer sockets --json -p`, {} sockets) | without -p | with -p | -p adds |",
+        o.tracked - o.destroyed as u64
+    );
+    println!("|---|---|---|---|");
+    println!("| holders walk (`iter/task_file`) | {walk:.2} s | {walk_p:.2} s | {:.2} s |", walk_p - walk);
+    println!(
+        "| walk refused (`--inject-fault holders`): sock_diag + `/proc/PID/fd` | {proc:.2} s | {proc_p:.2} s | {:.2} s |",
+        proc_p - proc
     );
     Ok(())
 }
