@@ -32,13 +32,16 @@ pub async fn run(args: KillsArgs) -> Result<()> {
     if let Some(n) = args.limit {
         kills.truncate(n);
     }
-    let mut out = std::io::stdout().lock();
+    // Buffered, as in `sockets`: stdout is line-buffered.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         serde_json::to_writer_pretty(&mut out, &kills).context("writing JSON")?;
         writeln!(out)?;
-        return Ok(());
+    } else {
+        print_table(&mut out, &kills)?;
     }
-    print_table(&mut out, &kills)
+    out.flush()?;
+    Ok(())
 }
 
 /// The kept decisions that pass (the newest `limit` of them), then each new one as it comes:

@@ -136,9 +136,11 @@ pub async fn run(args: TopArgs) -> Result<()> {
         let mut view = observer.view()?;
         view.sort(args.sort, false);
         view.sockets.truncate(args.limit.unwrap_or(usize::MAX));
-        let mut out = std::io::stdout().lock();
+        // Buffered, as in `sockets`: stdout is line-buffered.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         serde_json::to_writer_pretty(&mut out, &view).context("writing JSON")?;
         writeln!(out)?;
+        out.flush()?;
         return Ok(());
     }
     if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
