@@ -58,6 +58,22 @@ pub struct Outcome {
     pub cpu_ms_per_interval: Option<f64>,
 }
 
+/// The agent's interval in this bench, in seconds.
+const INTERVAL_S: f64 = 0.25;
+
+/// The agent's CPU per 250 ms interval over `window`, with the bench's 12,000 connections and
+/// nothing queued, against `threshold`.
+pub fn quiet(threshold: &str, window: Duration) -> Result<f64> {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start(&ns, &cg, &["--interval", "250ms", "--threshold", threshold]);
+    let _connections = connections(&ns, &cg);
+    let pid = agent.pid().context("agent pid")?;
+    let (cpu, t) = (crate::procstat::cpu_time(pid), Instant::now());
+    std::thread::sleep(window);
+    let cpu_ms = crate::procstat::cpu_time(pid).saturating_sub(cpu).as_secs_f64() * 1000.0;
+    Ok(cpu_ms / (t.elapsed().as_secs_f64() / INTERVAL_S))
+}
+
 pub fn enforcer() -> Result<Outcome> {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let agent = Agent::start(
@@ -107,7 +123,7 @@ pub fn enforcer() -> Result<Outcome> {
         seconds: last.duration_since(t0).unwrap_or_default().as_secs_f64(),
         after_queued: Some(last.duration_since(queued).unwrap_or_default().as_secs_f64()),
         destroyed: events.len(),
-        cpu_ms_per_interval: Some(cpu_ms / (wall.as_secs_f64() / 0.25)),
+        cpu_ms_per_interval: Some(cpu_ms / (wall.as_secs_f64() / INTERVAL_S)),
     })
 }
 

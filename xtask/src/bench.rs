@@ -159,6 +159,12 @@ fn attack_table(rounds: usize) -> Result<()> {
         column(&|e| e.after_queued.unwrap_or(0.0), "s"),
         column(&|e| e.cpu_ms_per_interval.unwrap_or(0.0), "ms"),
     );
+    for (threshold, what) in [("64MiB", "64 MiB"), ("64KiB", "64 KiB, as above")] {
+        // 65 s: a window that holds the walk made at least once a minute.
+        eprintln!("xtask: attack: the agent with nothing queued, threshold {what}");
+        let ms = crate::attack::quiet(threshold, std::time::Duration::from_secs(65))?;
+        println!("| the same 12,000 connections, nothing queued, threshold {what} (65 s) | - | - | - | {ms:.2} ms |");
+    }
     println!(
         "| `ss -tni` every 1 s + one `ss -K` per offender | {} | {:.2} s{} | - | n/a |",
         one.destroyed,
