@@ -309,7 +309,7 @@ pub fn remote_key(family: u16, addr: [u32; 4], v4: u32, v6: u32) -> RemoteKey {
 pub struct Holder {
     /// The socket's cookie, as in its `SnapshotEntry`.
     pub cookie: u64,
-    /// The process (thread group) id, as `ps` shows it.
+    /// The process (thread group) id in the initial pid namespace, as `ps` on the host shows it.
     pub tgid: u32,
     pub _pad: u32,
     /// `task_struct.comm`, NUL-padded.

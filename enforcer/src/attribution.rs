@@ -8,8 +8,9 @@
 //!   second: a cgroup that is already gone must not cost a walk per socket).
 //! - socket → process: the agent's holders walk (`iter/task_file`, pinned for the CLI) lists the
 //!   process behind every descriptor of a tracked socket by cookie, in one read (with 102,200
-//!   sockets, `sockets -p` takes 0.09 s more than without `-p` this way, 0.62 s more through
-//!   `/proc`). Kept as an index and read again on a miss (at most once a second).
+//!   sockets, `sockets -p` takes 0.21 s more than without `-p` this way, 0.59 s more through
+//!   `/proc`). Kept as an index and read again on a miss (at most once a second); after a read
+//!   that failed, `/proc` answers for a second.
 //! - Without that walk (no agent's pin, or a kernel that refuses it): netlink
 //!   `SOCK_DIAG_BY_FAMILY` gives the socket's inode (from inside its namespace, by 4-tuple and
 //!   cookie), and the `socket:[INODE]` link in `/proc/PID/fd` its holder. Only the processes of the socket's own cgroup are scanned first (a socket is
@@ -165,13 +166,12 @@ pub enum HolderWalk {
 
 impl HolderWalk {
     fn read(&self) -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
         let mut reader = match self {
             Self::Link(link) => link.reader()?,
             Self::Pin(path) => std::fs::File::open(path)?,
         };
         let mut bytes = Vec::new();
-        reader.read_to_end(&mut bytes)?;
+        crate::iter_link::read_all(&mut reader, &mut bytes)?;
         Ok(bytes)
     }
 }
@@ -224,6 +224,8 @@ pub struct Attributor {
     /// The holders walk, when there is one; and what its last read found.
     walk: Option<HolderWalk>,
     by_cookie: Option<CookieIndex>,
+    /// When a read of the walk last failed (then /proc is scanned until `RESCAN_AFTER`).
+    walk_failed: Option<Instant>,
     /// Per namespace inode: a netlink socket made inside it (it keeps that namespace).
     diag: HashMap<u64, Netlink>,
     /// Scans of one cgroup's processes, by cgroup id; 0 is every process.
@@ -256,15 +258,11 @@ impl Attributor {
     }
 
     fn process(&mut self, s: &Socket, ns: &Namespace, cgroup: Option<&str>) -> Option<Process> {
-        if self.walk.is_some() {
-            match self.by_walk(s.raw.cookie) {
-                Ok(found) => return found,
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading the holders walk; scanning /proc instead");
-                    // Not tried again: one failure says this walk does not work here.
-                    self.walk = None;
-                }
-            }
+        // When the walk cannot be read, this lookup goes through /proc (see `by_walk`).
+        if self.walk.is_some()
+            && let Ok(found) = self.by_walk(s.raw.cookie)
+        {
+            return found;
         }
         let inode = match self.inode(s, ns) {
             Ok(Some(inode)) if inode != 0 => u64::from(inode),
@@ -284,7 +282,8 @@ impl Attributor {
     }
 
     /// The holder of the socket with `cookie`, from the holders walk (read again, once per
-    /// `RESCAN_AFTER`, on a miss); `Ok(None)` when it has none (or there is no walk).
+    /// `RESCAN_AFTER`, on a miss); `Ok(None)` when it has none (or there is no walk), `Err`
+    /// when the walk could not be read (in the last `RESCAN_AFTER`).
     fn by_walk(&mut self, cookie: u64) -> std::io::Result<Option<Process>> {
         let Some(walk) = &self.walk else { return Ok(None) };
         if let Some(index) = &self.by_cookie {
@@ -295,7 +294,22 @@ impl Attributor {
                 return Ok(None);
             }
         }
-        let index = CookieIndex::from_walk(&walk.read()?);
+        // After a failed read, /proc answers until the walk is tried again.
+        if self.walk_failed.is_some_and(|t| t.elapsed() < RESCAN_AFTER) {
+            return Err(std::io::Error::other("the last read failed"));
+        }
+        let bytes = match walk.read() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if self.walk_failed.is_none() {
+                    tracing::warn!(error = %e, "reading the holders walk failed; attribution scans /proc meanwhile");
+                }
+                self.walk_failed = Some(Instant::now());
+                return Err(e);
+            }
+        };
+        let index = CookieIndex::from_walk(&bytes);
+        self.walk_failed = None;
         let found = index.holders.get(&cookie).cloned();
         self.by_cookie = Some(index);
         Ok(found)
@@ -330,6 +344,9 @@ impl Attributor {
     pub fn retain_namespaces(&mut self, alive: impl Fn(u64) -> bool) {
         self.diag.retain(|inode, _| alive(*inode));
         self.fds.retain(|_, index| index.fresh());
+        if self.by_cookie.as_ref().is_some_and(|index| index.built.elapsed() >= RESCAN_AFTER) {
+            self.by_cookie = None;
+        }
     }
 }
 

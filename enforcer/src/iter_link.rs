@@ -70,6 +70,23 @@ fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Reads an iterator to its end, appending to `out`. One read(2) that visits a million objects
+/// without writing anything returns EAGAIN (the kernel's bound on one call: a walk that writes
+/// out only a few sockets can hit it on a big host); the next read goes on from there, so
+/// EAGAIN is read past. (Bounded all the same, in case a kernel answered it without progress.)
+pub fn read_all(reader: &mut impl io::Read, out: &mut Vec<u8>) -> io::Result<()> {
+    const MAX_RETRIES: u32 = 1000;
+    for _ in 0..MAX_RETRIES {
+        match reader.read_to_end(out) {
+            Ok(_) => return Ok(()),
+            // read_to_end keeps what it read before the error in `out`.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, "the iterator answered EAGAIN 1000 times in a row"))
+}
+
 /// An iterator link: each [`IterLink::read`] runs the program afresh over what it iterates.
 pub struct IterLink {
     fd: OwnedFd,

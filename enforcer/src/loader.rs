@@ -219,14 +219,19 @@ impl Loaded {
         match holders {
             Ok(holders) => {
                 let path = pins::PinDir::path(&self.pin_dir, names::PIN_HOLDERS);
-                holders.pin(&path).with_context(|| format!("pinning the holders iterator at {}", path.display()))?;
-                self.pinned.push(path);
+                match holders.pin(&path) {
+                    Ok(()) => self.pinned.push(path),
+                    // The agent keeps its link; only `sockets -p` reads /proc instead.
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not pin the holders walk"),
+                }
                 self.holders_link = Some(holders);
             }
             Err(e) => {
+                // As for the records walk: the first line, without the verifier's log.
                 let why = format!("{e:#}");
+                let why = why.lines().next().unwrap_or_default();
                 tracing::info!(
-                    error = why.lines().next().unwrap_or_default(),
+                    error = why.split(". Verifier output").next().unwrap_or(why),
                     "the holders walk (iter/task_file) did not load: attribution reads /proc/PID/fd instead"
                 );
             }
@@ -248,7 +253,7 @@ impl Loaded {
         // An iter/tcp reader walks the namespace its maker is in.
         netns::run_in(ns, || -> std::io::Result<()> {
             let mut sink = Vec::new();
-            std::io::Read::read_to_end(&mut link.reader()?, &mut sink).map(drop)
+            crate::iter_link::read_all(&mut link.reader()?, &mut sink)
         })?
         .with_context(|| format!("adopting the connections of network namespace {}", ns.inode))
     }

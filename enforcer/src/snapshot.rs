@@ -13,7 +13,6 @@
 use std::{
     collections::HashSet,
     fs::File,
-    io::Read,
     path::{Path, PathBuf},
 };
 
@@ -23,7 +22,7 @@ use enforcer_common::{RemoteCount, RemoteKey, ScanParams, ScanSummary, SnapshotE
 use thiserror::Error;
 
 use crate::{
-    iter_link::IterLink,
+    iter_link::{self, IterLink},
     netns::{self, Namespace},
     pins::PinDir,
     socket::Socket,
@@ -122,13 +121,13 @@ fn read_walk(
 ) -> std::io::Result<()> {
     out.clear();
     if walk == Walk::Records {
-        return open()?.read_to_end(out).map(drop);
+        return iter_link::read_all(&mut open()?, out);
     }
     for ns in namespaces {
         // An `iter/tcp` reader walks the namespace its maker was in; reading it can happen anywhere.
         match netns::run_in(ns, &open) {
-            Ok(Ok(mut reader)) => match reader.read_to_end(out) {
-                Ok(_) => {}
+            Ok(Ok(mut reader)) => match iter_link::read_all(&mut reader, out) {
+                Ok(()) => {}
                 Err(e) if ns.is_own() => return Err(e),
                 Err(e) => tracing::debug!(netns = ns.inode, error = %e, "snapshot in namespace failed"),
             },

@@ -26,10 +26,10 @@ const STEADY_S: u64 = 10;
 /// The quiet phase's: while pressure is quiet the agent walks the sockets once a minute, so the
 /// window holds one walk and the skipped intervals around it.
 const QUIET_S: u64 = 65;
-/// The server's address on the veth; the clients connect from `CLIENT`.
 /// What each offender must hold at least: far over its share (64 KiB / 100,000). Over a veth
 /// (MSS 1448) the kernel sizes a send buffer for about 48 KiB of queue, not the 128 KiB written.
 const MIN_QUEUED: u64 = 16 << 10;
+/// The server's address on the veth; the clients connect from `CLIENT`.
 const SERVER: &str = "10.77.0.1";
 const CLIENT: &str = "10.77.0.2";
 

@@ -34,6 +34,11 @@ use crate::{
 /// costs about 1 µs per TCP socket of the watched namespaces with `iter/tcp` (BENCHMARKS.md).
 const WALK_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Adoption after failed records waits this long at most: while failures keep coming (memory
+/// short), each adoption waits twice as long as the last, from one second, since each walks
+/// every socket of the watched namespaces.
+const ADOPT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn run(args: RunArgs) -> Result<()> {
     sys::require_root("enforcer run")?;
     sys::require_btf()?;
@@ -110,6 +115,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         last_pressure: None,
         last_walk: None,
         record_failures: 0,
+        last_adoption: None,
+        adopt_wait: std::time::Duration::ZERO,
         journal,
         containment,
         epoch: Instant::now(),
@@ -146,8 +153,10 @@ struct Agent {
     /// When the sockets were last walked.
     last_walk: Option<Instant>,
     /// Connections the kernel failed to give a record (sock_ops errors, no memory), as of the
-    /// last interval: when it grows, adoption runs again.
+    /// last adoption: when it grows, adoption runs again, after `adopt_wait`.
     record_failures: u64,
+    last_adoption: Option<Instant>,
+    adopt_wait: std::time::Duration,
     journal: Journal,
     containment: Containment,
     /// The rule and what it remembers across snapshots.
@@ -474,9 +483,16 @@ impl Agent {
     fn adopt_unrecorded(&mut self, k: &[u64]) {
         let failures = k[stats::ERR_SOCKOPS as usize] + k[stats::ERR_STORAGE as usize];
         if failures <= self.record_failures {
+            // None since the last adoption: the next failure is adopted at once.
+            self.adopt_wait = std::time::Duration::ZERO;
+            return;
+        }
+        if self.last_adoption.is_some_and(|t| t.elapsed() < self.adopt_wait) {
             return;
         }
         self.record_failures = failures;
+        self.last_adoption = Some(Instant::now());
+        self.adopt_wait = (self.adopt_wait * 2).clamp(std::time::Duration::from_secs(1), ADOPT_WAIT_MAX);
         let listed = self.namespaces.get_or_insert_with(|| namespaces_of(&self.settings.cgroup));
         for ns in listed.iter() {
             if let Err(e) = self.loaded.adopt_in(ns) {

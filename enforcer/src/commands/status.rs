@@ -54,7 +54,8 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
             "tracked": snapshot.len(),
             "network_namespaces": namespaces.len(),
             // Records live in their sockets: no capacity. A connection goes untracked only when
-            // the kernel cannot allocate its record.
+            // the kernel cannot allocate its record; this counts every failed try since the agent
+            // started (adoption tries again), not the connections untracked now.
             "untracked_no_memory": counters[stats::ERR_STORAGE as usize],
         },
         "queued": { "send_queue_bytes": send_queue, "charged_bytes": charged, "recv_queue_bytes": recv_queue },

@@ -136,7 +136,7 @@ impl Metrics {
         );
         r.register(
             "kernel_errors",
-            "Errors the kernel programs failed open on: storage (no memory for a record), sockops, snapshot, contain",
+            "Errors the kernel programs failed open on: storage (the kernel gave no record; each try counts), sockops, snapshot, contain",
             m.kernel_errors.clone(),
         );
         r.register("program_runs", "Runs of each eBPF program (kernel.bpf_stats_enabled=1)", m.program_runs.clone());
