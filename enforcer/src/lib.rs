@@ -3,6 +3,7 @@
 //! exists so the parsers and the policy can be fuzzed and tested on their own.
 pub mod attached;
 pub mod attribution;
+pub mod backoff;
 pub mod btf;
 pub mod cli;
 pub mod commands;

@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attached,
     attribution::{Attributor, HolderWalk},
+    backoff::Backoff,
     cli::RunArgs,
     contained::Containment,
     destroy::Netlink,
@@ -115,8 +116,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         last_pressure: None,
         last_walk: None,
         record_failures: 0,
-        last_adoption: None,
-        adopt_wait: std::time::Duration::ZERO,
+        adoption: Backoff::new(std::time::Duration::from_secs(1), ADOPT_WAIT_MAX),
         journal,
         containment,
         epoch: Instant::now(),
@@ -153,10 +153,9 @@ struct Agent {
     /// When the sockets were last walked.
     last_walk: Option<Instant>,
     /// Connections the kernel failed to give a record (sock_ops errors, no memory), as of the
-    /// last adoption: when it grows, adoption runs again, after `adopt_wait`.
+    /// last adoption: when it grows, adoption runs again (backing off while failures keep coming).
     record_failures: u64,
-    last_adoption: Option<Instant>,
-    adopt_wait: std::time::Duration,
+    adoption: Backoff,
     journal: Journal,
     containment: Containment,
     /// The rule and what it remembers across snapshots.
@@ -484,15 +483,13 @@ impl Agent {
         let failures = k[stats::ERR_SOCKOPS as usize] + k[stats::ERR_STORAGE as usize];
         if failures <= self.record_failures {
             // None since the last adoption: the next failure is adopted at once.
-            self.adopt_wait = std::time::Duration::ZERO;
+            self.adoption.reset();
             return;
         }
-        if self.last_adoption.is_some_and(|t| t.elapsed() < self.adopt_wait) {
+        if !self.adoption.due(Instant::now()) {
             return;
         }
         self.record_failures = failures;
-        self.last_adoption = Some(Instant::now());
-        self.adopt_wait = (self.adopt_wait * 2).clamp(std::time::Duration::from_secs(1), ADOPT_WAIT_MAX);
         let listed = self.namespaces.get_or_insert_with(|| namespaces_of(&self.settings.cgroup));
         for ns in listed.iter() {
             if let Err(e) = self.loaded.adopt_in(ns) {
