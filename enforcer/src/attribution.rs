@@ -122,15 +122,29 @@ pub fn cgroup_within(path: &str, dir: &str) -> bool {
     dir.is_empty() || path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Socket inodes to their holders, from one scan of some processes' descriptors.
-struct FdIndex {
+/// Sockets to their holders, from one scan of processes' descriptors (keyed by socket inode)
+/// or one holders walk (keyed by cookie).
+struct HolderIndex {
     built: Instant,
     holders: HashMap<u64, Process>,
 }
 
-impl FdIndex {
-    fn scan(pids: impl Iterator<Item = u32>) -> Self {
-        let mut holders = HashMap::new();
+impl HolderIndex {
+    fn new() -> Self {
+        Self { built: Instant::now(), holders: HashMap::new() }
+    }
+
+    /// Notes `pid` as a holder of socket `key`; the lowest pid wins when several hold it.
+    fn add(&mut self, key: u64, pid: u32, comm: impl FnOnce() -> String) {
+        if self.holders.get(&key).is_some_and(|p| p.pid <= pid) {
+            return;
+        }
+        self.holders.insert(key, Process { pid, comm: comm() });
+    }
+
+    /// By socket inode, from the `socket:[INODE]` links in `/proc/PID/fd` of `pids`.
+    fn from_fds(pids: impl Iterator<Item = u32>) -> Self {
+        let mut index = Self::new();
         for pid in pids {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
             let mut comm = None;
@@ -140,15 +154,20 @@ impl FdIndex {
                 let comm = comm.get_or_insert_with(|| {
                     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_owned()
                 });
-                match holders.get(&inode) {
-                    Some(Process { pid: held, .. }) if *held < pid => {}
-                    _ => {
-                        holders.insert(inode, Process { pid, comm: comm.clone() });
-                    }
-                }
+                index.add(inode, pid, || comm.clone());
             }
         }
-        Self { built: Instant::now(), holders }
+        index
+    }
+
+    /// By cookie, from what the holders walk wrote.
+    fn from_walk(bytes: &[u8]) -> Self {
+        let mut index = Self::new();
+        for chunk in bytes.chunks_exact(std::mem::size_of::<Holder>()) {
+            let h: Holder = bytemuck::pod_read_unaligned(chunk);
+            index.add(h.cookie, h.tgid, || unfixed(&h.comm));
+        }
+        index
     }
 
     fn fresh(&self) -> bool {
@@ -173,27 +192,6 @@ impl HolderWalk {
         let mut bytes = Vec::new();
         crate::iter_link::read_all(&mut reader, &mut bytes)?;
         Ok(bytes)
-    }
-}
-
-/// Socket cookies to their holders, from one holders walk.
-struct CookieIndex {
-    built: Instant,
-    holders: HashMap<u64, Process>,
-}
-
-impl CookieIndex {
-    fn from_walk(bytes: &[u8]) -> Self {
-        let mut holders: HashMap<u64, Process> = HashMap::new();
-        for chunk in bytes.chunks_exact(std::mem::size_of::<Holder>()) {
-            let h: Holder = bytemuck::pod_read_unaligned(chunk);
-            // The lowest pid when several hold it, as the descriptor scan does.
-            if holders.get(&h.cookie).is_some_and(|p| p.pid <= h.tgid) {
-                continue;
-            }
-            holders.insert(h.cookie, Process { pid: h.tgid, comm: unfixed(&h.comm) });
-        }
-        Self { built: Instant::now(), holders }
     }
 }
 
@@ -223,13 +221,13 @@ pub struct Attributor {
     pub cgroups: CgroupPaths,
     /// The holders walk, when there is one; and what its last read found.
     walk: Option<HolderWalk>,
-    by_cookie: Option<CookieIndex>,
+    by_cookie: Option<HolderIndex>,
     /// When a read of the walk last failed (then /proc is scanned until `RESCAN_AFTER`).
     walk_failed: Option<Instant>,
     /// Per namespace inode: a netlink socket made inside it (it keeps that namespace).
     diag: HashMap<u64, Netlink>,
     /// Scans of one cgroup's processes, by cgroup id; 0 is every process.
-    fds: HashMap<u64, FdIndex>,
+    fds: HashMap<u64, HolderIndex>,
 }
 
 impl Attributor {
@@ -290,7 +288,7 @@ impl Attributor {
             if let Some(p) = index.holders.get(&cookie) {
                 return Ok(Some(p.clone()));
             }
-            if index.built.elapsed() < RESCAN_AFTER {
+            if index.fresh() {
                 return Ok(None);
             }
         }
@@ -308,7 +306,7 @@ impl Attributor {
                 return Err(e);
             }
         };
-        let index = CookieIndex::from_walk(&bytes);
+        let index = HolderIndex::from_walk(&bytes);
         self.walk_failed = None;
         let found = index.holders.get(&cookie).cloned();
         self.by_cookie = Some(index);
@@ -325,7 +323,7 @@ impl Attributor {
                 return None;
             }
         }
-        let index = FdIndex::scan(pids().into_iter());
+        let index = HolderIndex::from_fds(pids().into_iter());
         let found = index.holders.get(&inode).cloned();
         self.fds.insert(key, index);
         found
@@ -344,7 +342,7 @@ impl Attributor {
     pub fn retain_namespaces(&mut self, alive: impl Fn(u64) -> bool) {
         self.diag.retain(|inode, _| alive(*inode));
         self.fds.retain(|_, index| index.fresh());
-        if self.by_cookie.as_ref().is_some_and(|index| index.built.elapsed() >= RESCAN_AFTER) {
+        if self.by_cookie.as_ref().is_some_and(|index| !index.fresh()) {
             self.by_cookie = None;
         }
     }
@@ -402,7 +400,7 @@ mod tests {
         let mut bytes: Vec<u8> = walk.iter().flat_map(|h| bytemuck::bytes_of(h).to_vec()).collect();
         // A short read's tail is no holder.
         bytes.extend_from_slice(&[1, 2, 3]);
-        let index = CookieIndex::from_walk(&bytes);
+        let index = HolderIndex::from_walk(&bytes);
         assert_eq!(index.holders.len(), 2);
         assert_eq!(index.holders[&7], Process { pid: 200, comm: "nginx".into() });
         assert_eq!(index.holders[&9], Process { pid: 5, comm: "sshd".into() });
