@@ -83,6 +83,26 @@ pub fn read_bytes<const N: usize>(src: *const u8) -> Option<[u8; N]> {
     (ret == 0).then_some(buf)
 }
 
+/// Writes `value` into the output of the iteration whose `bpf_iter_meta` is `meta`: 0, or the
+/// helper's negative errno (`-EOVERFLOW` when this read()'s buffer is full: the kernel then runs
+/// the program again for the same object at the next read()).
+///
+/// # Safety
+/// `meta` is the `bpf_iter_meta` of an iterator program's context.
+#[inline(always)]
+pub unsafe fn seq_write<T>(meta: *mut u8, value: &T) -> i64 {
+    // SAFETY: `meta->seq` (its first field) is the seq_file of this iteration; `value` is
+    // `size_of::<T>()` readable bytes.
+    unsafe {
+        let seq = *(meta as *const *mut core::ffi::c_void);
+        aya_ebpf::helpers::generated::bpf_seq_write(
+            seq.cast(),
+            core::ptr::from_ref(value).cast_mut().cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    }
+}
+
 /// An address as `SockRecord` keeps it (words whose bytes are in network order) as the 16 bytes
 /// aya-log prints as IPv6 with `{:i}` (IPv4 ones as `::ffff:a.b.c.d`).
 #[inline(always)]

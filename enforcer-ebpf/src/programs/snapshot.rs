@@ -19,14 +19,14 @@
 //! stall from below the truth, never above.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_seq_write, bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
 use aya_log_ebpf::error;
 use enforcer_common::{
     OFFSET_ABSENT, RemoteCount, ScanParams, ScanSummary, SnapshotEntry, SockRecord, names, remote_key, scan_mode, stats,
 };
 
 use crate::{
-    kernel::{Clock, load, off, reconcile},
+    kernel::{Clock, load, off, reconcile, seq_write},
     maps::{REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count_rare, record},
     programs::adopt::is_connection,
 };
@@ -216,10 +216,8 @@ unsafe fn visit(
             record: *rec,
             ..SnapshotEntry::default()
         };
-        // SAFETY: `meta->seq` is the seq_file of this iteration; `e` lives on our stack.
-        let seq = unsafe { *(meta as *const *mut c_void) };
-        let size = core::mem::size_of::<SnapshotEntry>() as u32;
-        match unsafe { bpf_seq_write(seq.cast(), (&raw const e) as *mut c_void, size) } {
+        // SAFETY: `meta` is this iteration's.
+        match unsafe { seq_write(meta, &e) } {
             0 => {}
             // EOVERFLOW: the kernel's buffer for this read() is full; it drops this call's
             // output and runs it again for the same socket at the start of the next read().
