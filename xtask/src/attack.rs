@@ -68,10 +68,7 @@ pub fn quiet(threshold: &str, window: Duration) -> Result<f64> {
     let agent = Agent::start(&ns, &cg, &["--interval", "250ms", "--threshold", threshold]);
     let _connections = connections(&ns, &cg);
     let pid = agent.pid().context("agent pid")?;
-    let (cpu, t) = (crate::procstat::cpu_time(pid), Instant::now());
-    std::thread::sleep(window);
-    let cpu_ms = crate::procstat::cpu_time(pid).saturating_sub(cpu).as_secs_f64() * 1000.0;
-    Ok(cpu_ms / (t.elapsed().as_secs_f64() / INTERVAL_S))
+    Ok(crate::procstat::cpu_ms_per_interval(pid, window, Duration::from_secs_f64(INTERVAL_S)))
 }
 
 pub fn enforcer() -> Result<Outcome> {

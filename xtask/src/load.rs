@@ -51,16 +51,11 @@ fn client_namespace(ns: &Netns) -> Result<Netns> {
     Ok(clients)
 }
 
-fn cpu_ms(pid: u32) -> f64 {
-    crate::procstat::cpu_time(pid).as_secs_f64() * 1000.0
-}
-
 /// CPU per interval and RSS of `agent` over `seconds`.
 fn steady(agent: &Agent, seconds: u64) -> Result<(f64, f64)> {
     let pid = agent.pid().context("agent pid")?;
-    let (cpu0, t) = (cpu_ms(pid), Instant::now());
-    std::thread::sleep(Duration::from_secs(seconds));
-    let per_interval = (cpu_ms(pid) - cpu0) / (t.elapsed().as_secs_f64() / INTERVAL_S);
+    let interval = Duration::from_secs_f64(INTERVAL_S);
+    let per_interval = crate::procstat::cpu_ms_per_interval(pid, Duration::from_secs(seconds), interval);
     Ok((per_interval, crate::procstat::rss_mib(pid)))
 }
 

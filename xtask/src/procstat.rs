@@ -22,6 +22,14 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Milliseconds of CPU process `pid` spends per `interval` while this thread sleeps `window`.
+pub fn cpu_ms_per_interval(pid: u32, window: Duration, interval: Duration) -> f64 {
+    let (cpu, t) = (cpu_time(pid), std::time::Instant::now());
+    std::thread::sleep(window);
+    let ms = cpu_time(pid).saturating_sub(cpu).as_secs_f64() * 1000.0;
+    ms / (t.elapsed().as_secs_f64() / interval.as_secs_f64())
+}
+
 /// Resident set size of process `pid` in MiB; zero if it cannot be read.
 pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
