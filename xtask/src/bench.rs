@@ -145,9 +145,7 @@ fn attack_table(rounds: usize) -> Result<()> {
     let batched = crate::attack::ss_script(200, std::time::Duration::from_secs(120))?;
     // Median, then the lowest and highest round.
     let column = |f: &dyn Fn(&crate::attack::Outcome) -> f64, unit: &str| {
-        let v: Vec<f64> = runs.iter().map(f).collect();
-        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        format!("{:.2} {unit} ({lo:.2}–{hi:.2})", median(v.clone()))
+        spread(&runs.iter().map(f).collect::<Vec<_>>(), unit, 2)
     };
     println!();
     println!(
@@ -264,11 +262,11 @@ fn traffic_ns(d: &std::collections::BTreeMap<String, (u64, u64)>) -> u64 {
 }
 
 /// Median, lowest and highest of `v` as `median (low–high)` with `unit`.
-fn spread(v: &[f64], unit: &str) -> String {
+fn spread(v: &[f64], unit: &str, decimals: usize) -> String {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match (v.first(), v.last()) {
-        (Some(lo), Some(hi)) => format!("{:.0} {unit} ({lo:.0}–{hi:.0})", v[v.len() / 2]),
+        (Some(lo), Some(hi)) => format!("{:.decimals$} {unit} ({lo:.decimals$}–{hi:.decimals$})", v[v.len() / 2]),
         _ => "n/a".into(),
     }
 }
@@ -387,8 +385,8 @@ fn overhead(a: &BenchArgs) -> Result<()> {
         println!(
             "| {} | {} | {conn_target} | {} | {seg_target} |",
             p.label(),
-            spread(&per_conn[i], "ns"),
-            spread(&per_segment[i], "ns")
+            spread(&per_conn[i], "ns", 0),
+            spread(&per_segment[i], "ns", 0)
         );
     }
     println!();
