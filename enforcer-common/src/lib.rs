@@ -13,6 +13,7 @@ pub const LAYOUT_VERSION: u32 = 12;
 pub mod names {
     /// The socket-local storage map of `SockRecord`s.
     pub const MAP_RECORDS: &str = "RECORDS";
+    pub const MAP_RECORD_AT_ESTABLISHMENT: &str = "RECORD_AT_ESTABLISHMENT";
     pub const MAP_SCAN_PARAMS: &str = "SCAN_PARAMS";
     pub const MAP_SCAN_SUMMARY: &str = "SCAN_SUMMARY";
     pub const MAP_REMOTE_COUNTS: &str = "REMOTE_COUNTS";
@@ -97,7 +98,8 @@ pub struct SockRecord {
     pub family: u16,
     /// `RECORD_*` bits.
     pub flags: u16,
-    /// When the connection was established (ns), or when the snapshot adopted it.
+    /// When the record was made (ns): at establishment, or when a walk first saw the
+    /// connection (`RECORD_ADOPTED`, `RECORD_FIRST_SEEN`).
     pub created_ns: u64,
     /// Last time `snd_una` advanced (ns): forward progress of what we send.
     pub tx_progress_ns: u64,
@@ -120,6 +122,11 @@ pub struct SockRecord {
 /// The record was made by the snapshot for a connection that already existed when the agent
 /// started; its creation time and first progress are the adoption time.
 pub const RECORD_ADOPTED: u16 = 1;
+/// The record was made by the first walk (the agent's scan or the CLI's snapshot) to see the
+/// connection, not at its establishment: where the walks visit every TCP socket, sock_ops leaves
+/// recording to them, so connections that end before any walk never cost a record. Its creation
+/// time and first progress are that walk's.
+pub const RECORD_FIRST_SEEN: u16 = 2;
 
 /// Which cgroup the agent watches, for the snapshot to adopt connections that existed before it
 /// started (sock_ops only sees connections established after attach). A frozen `.rodata` global.
@@ -139,6 +146,8 @@ pub struct WatchConfig {
     pub _pad: u32,
 }
 
+/// sock_ops takes its error path at establishment, and the walks do not record a connection
+/// at first sight either: new connections are found only by adoption.
 pub const FAULT_SOCKOPS: u32 = 1;
 /// The loader skips the holders walk as if the kernel had refused it (attribution reads /proc).
 pub const FAULT_HOLDERS: u32 = 2;
@@ -369,7 +378,8 @@ pub struct KernelOffsets {
 
 /// Counters in the per-CPU `STATS` array, one slot each.
 pub mod stats {
-    /// Sockets the sock_ops program started tracking.
+    /// Connections recorded as they came: by sock_ops at establishment, or, where sock_ops
+    /// leaves it to the walks (`RECORD_FIRST_SEEN`), by the first walk to see them.
     pub const TRACKED: u32 = 0;
     /// Records the kernel could not allocate, by sock_ops or by adoption (no memory; or, for
     /// adoption, a socket whose storage was being freed). Each makes the agent adopt again.

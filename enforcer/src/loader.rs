@@ -162,13 +162,6 @@ impl Loaded {
 
     fn attach(&mut self, cgroup: &Path, btf: &aya::Btf, fault: u32) -> Result<()> {
         let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        let prog: &mut SockOps = program(&mut self.ebpf, names::PROG_SOCKOPS)?.try_into()?;
-        prog.load().context("loading the sock_ops program")?;
-        // Through a bpf_link (kernel 5.7+), which the kernel always attaches alongside other
-        // programs; `Single` only means "no flags", which is all link_create accepts.
-        prog.attach(&cgroup_fd, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
-
         // Adoption walks a namespace's sockets; the snapshot and the scan walk the records map
         // where the kernel allows it, each namespace's sockets otherwise.
         let records = self.ebpf.map(names::MAP_RECORDS).context("eBPF object has no records map")?;
@@ -236,6 +229,21 @@ impl Loaded {
                 );
             }
         }
+        // A walk of the records sees only recorded connections, so sock_ops must record each
+        // at establishment; a walk of every socket records what it first sees, and sock_ops
+        // leaves it the record. Decided before sock_ops is attached, so no connection falls
+        // between the two (the agent's adoption, after this, finds those from before).
+        if walk == Walk::Records {
+            let map =
+                self.ebpf.map_mut(names::MAP_RECORD_AT_ESTABLISHMENT).context("eBPF object has no recording map")?;
+            Array::<_, u32>::try_from(map)?.set(0, 1, 0).context("telling sock_ops to record at establishment")?;
+        }
+        let prog: &mut SockOps = program(&mut self.ebpf, names::PROG_SOCKOPS)?.try_into()?;
+        prog.load().context("loading the sock_ops program")?;
+        // Through a bpf_link (kernel 5.7+), which the kernel always attaches alongside other
+        // programs; `Single` only means "no flags", which is all link_create accepts.
+        prog.attach(&cgroup_fd, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
         Ok(())
     }
 
@@ -245,9 +253,10 @@ impl Loaded {
         self.holders_link.take()
     }
 
-    /// Gives a record to every connection of the watched cgroup in `ns` that was established
-    /// before sock_ops was attached. Once per namespace is enough: later connections get theirs
-    /// from sock_ops.
+    /// Gives a record to every unrecorded connection of the watched cgroup in `ns`: those
+    /// established before sock_ops was attached, and those whose record failed. Once per
+    /// namespace is enough otherwise: later connections get theirs from sock_ops or from the
+    /// first walk to see them.
     pub fn adopt_in(&self, ns: &netns::Namespace) -> Result<()> {
         let link = self.adopt_link.as_ref().context("adoption is not attached")?;
         // An iter/tcp reader walks the namespace its maker is in.

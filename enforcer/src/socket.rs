@@ -3,7 +3,7 @@
 //! and the kill journal need.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use enforcer_common::{AF_INET, RECORD_ADOPTED, SnapshotEntry};
+use enforcer_common::{AF_INET, RECORD_ADOPTED, RECORD_FIRST_SEEN, SnapshotEntry};
 use serde::Serialize;
 
 /// One tracked socket. Byte counts are bytes; durations milliseconds.
@@ -36,10 +36,16 @@ pub struct Socket {
     pub rx_idle_ms: u64,
     /// Time since `snd_una` last advanced, whether or not data is outstanding.
     pub tx_idle_ms: u64,
-    /// Since establishment, or since the agent adopted a connection that predates it.
+    /// Since the connection's record was made: see `recorded`.
     pub age_ms: u64,
-    /// The connection existed before the agent started; times count from its adoption.
+    /// The connection existed before the agent started (or sock_ops failed to record it); times
+    /// count from its adoption.
     pub adopted: bool,
+    /// When enforcer made the record that `age_ms` and the first progress count from:
+    /// `"established"` (sock_ops, where the walks visit the records), `"first_seen"` (the first
+    /// walk to see the connection, where the walks visit every TCP socket: a connection that
+    /// ends before any walk never costs a record) or `"adopted"`.
+    pub recorded: &'static str,
     pub bytes_acked: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
@@ -115,6 +121,13 @@ impl Socket {
             tx_idle_ms: ms_since(e.now_ns, r.tx_progress_ns),
             age_ms: ms_since(e.now_ns, r.created_ns),
             adopted: r.flags & RECORD_ADOPTED != 0,
+            recorded: if r.flags & RECORD_ADOPTED != 0 {
+                "adopted"
+            } else if r.flags & RECORD_FIRST_SEEN != 0 {
+                "first_seen"
+            } else {
+                "established"
+            },
             bytes_acked: e.bytes_acked,
             bytes_received: e.bytes_received,
             retransmits: e.total_retrans.into(),

@@ -3,12 +3,7 @@
 
 use std::{thread, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, page_size, sockstat_tcp_mem, wait_for};
-
-/// The value of one sample line (`name{labels} value`) in a scrape.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, agent_scrape, field, page_size, sample, sockstat_tcp_mem, wait_for};
 
 #[test]
 fn metrics_are_scraped_while_enforcement_goes_on() {
@@ -91,10 +86,6 @@ fn promtool_accepts(scrape: &str) {
     let out = child.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{body}");
-}
-
-fn agent_scrape(ns: &Netns, addr: &str) -> String {
-    ns.http_get(addr, "/metrics")
 }
 
 #[test]

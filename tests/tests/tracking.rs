@@ -4,7 +4,9 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, connected_pair, enforcer_programs_loaded, field, wait_for};
+use enforcer_tests::{
+    Agent, Cgroup, Netns, Peer, agent_scrape, connected_pair, enforcer_programs_loaded, field, sample, wait_for,
+};
 
 /// A server in the cgroup that a client outside it connects to with a tiny receive buffer and
 /// never reads: the server's queue grows, the window closes.
@@ -299,6 +301,44 @@ fn every_connection_is_tracked_however_many() {
     }
 }
 
+/// A record costs a short connection more than the programs do (BENCHMARKS.md). Where the walks
+/// visit every TCP socket (`iter/tcp`), sock_ops leaves the record to the first walk that sees
+/// the connection: connections that end while the agent skips its walks never get one, and a
+/// live one is recorded by the first look at it. Where the walks visit the records, sock_ops
+/// records each at establishment.
+#[test]
+fn short_connections_get_a_record_only_where_the_walks_need_one() {
+    const N: u64 = 300;
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    // Far above the kernel's TCP memory: after its first interval, the agent skips its walks.
+    let metrics = "127.0.0.1:9468";
+    let agent = Agent::start(&ns, &cg, &["--threshold", "4GiB", "--metrics-addr", metrics]);
+    wait_for("an interval that skips the walk", Duration::from_secs(5), || {
+        (sample(&agent_scrape(&ns, metrics), "enforcer_scans_total{kind=\"skipped\"}")? >= 1.0).then_some(())
+    });
+    let tcp_walk = agent.pin_dir.join("snapshot_tcp").exists();
+    // Both ends in the cgroup: two tracked sockets per connection.
+    let out = ns
+        .command("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}/cgroup.procs && exec {} crr {N}", cg.path.display(), env!("CARGO_BIN_EXE_loadgen")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let counters = &agent.status()["counters"];
+    assert_eq!(field(counters, "tracked"), if tcp_walk { 0 } else { 2 * N }, "{counters}");
+
+    // A connection that lives (its server side in the cgroup): the CLI's walk is the first to see it when the agent's are skipped.
+    let (_server, _client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 0);
+    let all = agent.sockets();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let recorded = if tcp_walk { "first_seen" } else { "established" };
+    assert!(all.iter().all(|s| s["recorded"] == recorded && s["adopted"] == false), "{all:?}");
+    let counters = &agent.status()["counters"];
+    assert_eq!(field(counters, "tracked"), if tcp_walk { 1 } else { 2 * N + 1 }, "{counters}");
+    assert_eq!(field(counters, "err_storage"), 0, "{counters}");
+}
+
 #[test]
 fn connections_from_before_the_agent_are_adopted() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
@@ -314,6 +354,7 @@ fn connections_from_before_the_agent_are_adopted() {
         agent.sockets().into_iter().find(|s| s["local"] == zw.local.as_str())
     });
     assert_eq!(s["adopted"], true, "{s}");
+    assert_eq!(s["recorded"], "adopted", "{s}");
     assert_eq!(field(&s, "send_queue"), zw.server.num("outq 0"), "{s}");
     assert_eq!(field(&s, "cgroup_id"), cg.id());
     // The server's own client connection is in the cgroup too; the outsider's side is not.

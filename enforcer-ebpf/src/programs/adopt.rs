@@ -1,8 +1,11 @@
-//! `iter/tcp`: adoption. Gives a record to each connection of the watched cgroup that
-//! sock_ops never saw because it was established before the agent attached. The agent reads
-//! this iterator once per network namespace at start (and for a namespace it sees for the first
-//! time): every connection established later gets its record from sock_ops, and a socket keeps
-//! the cgroup it was created in, so nothing else can appear unrecorded.
+//! `iter/tcp`: adoption. Gives a record to each connection of the watched cgroup that has none
+//! because sock_ops never saw it: it was established before the agent attached, or recording
+//! it failed. The agent reads this iterator once per network namespace at start (and for a
+//! namespace it sees for the first time), and again when the kernel counted a failed record. A
+//! socket keeps the cgroup it was created in, so nothing else can appear unrecorded.
+//!
+//! `adopt` is also how the `iter/tcp` walks record a connection they see first, where sock_ops
+//! leaves recording to them (`RECORD_AT_ESTABLISHMENT`).
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
@@ -23,10 +26,15 @@ pub fn is_connection(state: u8) -> bool {
     matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
 }
 
-/// Makes a record for a connection of the watched cgroup that sock_ops never saw (it existed
-/// before the agent attached). It reads with `bpf_probe_read_kernel`, and logs (sampled,
-/// `count_rare`) what it adopts or fails to.
-unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
+/// Makes a record, with `flags` (`RECORD_*`) and dated `now`, for a connection of the watched
+/// cgroup that a walk sees unrecorded. `None` for a socket that is no connection of the watched
+/// cgroup, and for one whose record the kernel could not allocate (counted in `ERR_STORAGE`, which
+/// makes the agent adopt again, and logged, sampled). Reads with `bpf_probe_read_kernel`.
+///
+/// # Safety
+/// `ctx` is the iteration's context, `tp` a BTF `struct tcp_sock *`.
+#[inline(always)]
+pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64, flags: u16) -> Option<&'static mut SockRecord> {
     if watch!(adopt) == 0 {
         return None;
     }
@@ -72,7 +80,7 @@ unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
         local_port: unsafe { load(tp, off!(skc_num)) },
         remote_port: u16::from_be(unsafe { load(tp, off!(skc_dport)) }),
         family,
-        flags: RECORD_ADOPTED,
+        flags,
         created_ns: now,
         tx_progress_ns: now,
         rx_progress_ns: now,
@@ -86,7 +94,8 @@ unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
     unsafe { bpf_get_socket_cookie(tp as *mut c_void) };
     // If sock_ops recorded it since the lookup, this returns that record and changes nothing.
     // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with a `struct sock`.
-    if unsafe { record(tp as *mut c_void, Some(&fresh)) }.is_none() {
+    let rec = unsafe { record(tp as *mut c_void, Some(&fresh)) };
+    if rec.is_none() {
         // Counted with sock_ops' failures: the agent adopts again at its next interval. Besides
         // no memory, the kernel refuses (EAGAIN) while the socket's storage is being torn down,
         // as when the map of an agent that just exited is freed under a new agent's adoption.
@@ -94,38 +103,13 @@ unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64) -> Option<()> {
             error!(
                 ctx,
                 target: LOG,
-                "could not record a connection that predates the agent (no memory, or its storage was being \
-                 freed): adoption runs again next interval (count on this CPU: {})",
-                n
-            );
-        }
-        return None;
-    }
-    if let Some(n) = count_rare(stats::ADOPTED) {
-        let (port, remote_port) = (fresh.local_port, fresh.remote_port);
-        if family == AF_INET {
-            info!(
-                ctx,
-                target: LOG,
-                "adopted a connection that predates the agent: local port {}, remote {:i}:{} (count on this CPU: {})",
-                port,
-                u32::from_be(remote_addr[0]),
-                remote_port,
-                n
-            );
-        } else {
-            info!(
-                ctx,
-                target: LOG,
-                "adopted a connection that predates the agent: local port {}, remote [{:i}]:{} (count on this CPU: {})",
-                port,
-                ipv6(remote_addr),
-                remote_port,
+                "could not record a connection (no memory, or its storage was being freed): adoption runs again \
+                 next interval (count on this CPU: {})",
                 n
             );
         }
     }
-    Some(())
+    rec
 }
 
 #[unsafe(no_mangle)]
@@ -150,7 +134,34 @@ pub fn enforcer_adopt(ctx: *mut c_void) -> i32 {
         return 0;
     }
     // SAFETY: as above.
-    unsafe { adopt(ctx, tp, crate::kernel::now()) };
+    let Some(rec) = (unsafe { adopt(ctx, tp, crate::kernel::now(), RECORD_ADOPTED) }) else {
+        return 0;
+    };
+    if let Some(n) = count_rare(stats::ADOPTED) {
+        let (port, remote_port, remote_addr) = (rec.local_port, rec.remote_port, rec.remote_addr);
+        if rec.family == AF_INET {
+            info!(
+                ctx,
+                target: LOG,
+                "adopted a connection sock_ops did not record: local port {}, remote {:i}:{} (count on this CPU: {})",
+                port,
+                u32::from_be(remote_addr[0]),
+                remote_port,
+                n
+            );
+        } else {
+            info!(
+                ctx,
+                target: LOG,
+                "adopted a connection sock_ops did not record: local port {}, remote [{:i}]:{} (count on this CPU: \
+                 {})",
+                port,
+                ipv6(remote_addr),
+                remote_port,
+                n
+            );
+        }
+    }
     // Writes nothing: the snapshot reads the records.
     0
 }

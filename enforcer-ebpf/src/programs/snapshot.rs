@@ -11,7 +11,9 @@
 //! sockets of every network namespace and nothing else (no listener, no untracked socket, no
 //! hash bucket of the TCP tables). Kernels that refuse map-element iterators (this project's
 //! 6.18 VMs answer EPERM) get the `_tcp` variants, `iter/tcp`: every TCP socket of the reader's
-//! namespace, an untracked one costing a storage lookup that finds nothing.
+//! namespace. There sock_ops leaves recording to the walks (`RECORD_AT_ESTABLISHMENT`): an
+//! unrecorded connection of the watched cgroup gets its record (`RECORD_FIRST_SEEN`) from the
+//! first walk that sees it, and any other socket costs a storage lookup and a cgroup check.
 //!
 //! Both reconcile the record: where `snd_una`/`rcv_nxt` moved since the last walk, progress is
 //! dated to now, so a draining socket is never reported as stalled for longer than one read;
@@ -22,13 +24,14 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
 use aya_log_ebpf::error;
 use enforcer_common::{
-    OFFSET_ABSENT, RemoteCount, ScanParams, ScanSummary, SnapshotEntry, SockRecord, names, remote_key, scan_mode, stats,
+    FAULT_SOCKOPS, OFFSET_ABSENT, RECORD_FIRST_SEEN, RemoteCount, ScanParams, ScanSummary, SnapshotEntry, SockRecord,
+    names, remote_key, scan_mode, stats,
 };
 
 use crate::{
-    kernel::{Clock, load, off, reconcile, seq_write},
-    maps::{REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count_rare, record},
-    programs::adopt::is_connection,
+    kernel::{Clock, load, off, reconcile, seq_write, watch},
+    maps::{REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count, count_rare, record},
+    programs::adopt::{adopt, is_connection},
 };
 
 /// The target of this program's log lines in the agent's log.
@@ -104,7 +107,8 @@ unsafe fn from_records(ctx: *mut c_void, params: &ScanParams, summary: Option<&m
     unsafe { visit(meta, tp, &mut *value.cast::<SockRecord>(), params, summary) }
 }
 
-/// One TCP socket of the reader's namespace; untracked ones are skipped.
+/// One TCP socket of the reader's namespace: a connection of the watched cgroup that has no
+/// record yet gets one; other sockets are skipped.
 ///
 /// # Safety
 /// `ctx` is `struct bpf_iter__tcp { meta; sk_common; uid }`.
@@ -123,8 +127,18 @@ unsafe fn from_tcp(ctx: *mut c_void, params: &ScanParams, summary: Option<&mut S
         return Ok(());
     }
     // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with a `struct sock`.
-    let Some(rec) = (unsafe { record(tp as *mut c_void, None) }) else {
-        return Ok(());
+    let rec = match unsafe { record(tp as *mut c_void, None) } {
+        Some(rec) => rec,
+        // The injected fault stands for recording that fails: only adoption finds it.
+        None if watch!(fault) & FAULT_SOCKOPS != 0 => return Ok(()),
+        // SAFETY: as above; `ctx` is this iteration's.
+        None => match unsafe { adopt(ctx, tp, crate::kernel::now(), RECORD_FIRST_SEEN) } {
+            Some(rec) => {
+                count(stats::TRACKED);
+                rec
+            }
+            None => return Ok(()),
+        },
     };
     // SAFETY: as above.
     unsafe { visit(meta, tp, rec, params, summary) }

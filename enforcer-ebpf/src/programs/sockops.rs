@@ -1,5 +1,12 @@
-//! sock_ops on the watched cgroup: start tracking a socket when it becomes established, and
-//! give a new connection of a contained remote its small send buffer.
+//! sock_ops on the watched cgroup: start tracking a socket when it becomes established (where
+//! the walks need it, see `RECORD_AT_ESTABLISHMENT`), and give a new connection of a contained
+//! remote its small send buffer.
+//!
+//! The record costs more than the program: the kernel allocates socket storage at establishment
+//! and frees it with the socket, outside any program's run time. A tracked connect/request/close
+//! ran at 95–97 % of bare with it and at 100–101 % without it (BENCHMARKS.md). So where the walks
+//! visit every TCP socket anyway, sock_ops leaves the record to the first walk that sees the
+//! connection, and a short connection never has one.
 //!
 //! Nothing runs after establishment: progress is dated by the walks (the agent's scan and the
 //! snapshot), which reconcile the record with the socket's `snd_una` and `rcv_nxt`. A
@@ -20,7 +27,7 @@ use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, names, stats
 
 use crate::{
     kernel::{ipv6, watch},
-    maps::{CONTAINED, count, count_rare, record},
+    maps::{CONTAINED, RECORD_AT_ESTABLISHMENT, count, count_rare, record},
 };
 
 /// The target of this program's log lines in the agent's log.
@@ -114,12 +121,15 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         AF_INET6 => (ip6[0], ip6[1]),
         _ => return Ok(()),
     };
-    // Assigns the socket its cookie: a destroy names it.
-    // SAFETY: the helpers take the sock_ops context the kernel passed in.
-    let now = unsafe {
-        bpf_get_socket_cookie(ctx.ops.cast());
-        crate::kernel::now()
-    };
+    // Assigns the socket its cookie: a destroy names it, the holders walk lists it.
+    // SAFETY: the helper takes the sock_ops context the kernel passed in.
+    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if RECORD_AT_ESTABLISHMENT.get(0).is_none_or(|v| *v == 0) {
+        // The first walk to see the connection records it.
+        contain(ctx, family, remote_addr);
+        return Ok(());
+    }
+    let now = crate::kernel::now();
     let fresh = SockRecord {
         local_addr,
         remote_addr,

@@ -83,7 +83,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         loaded.take_map(names::MAP_REMOTE_COUNTS)?,
     )?;
     // Connections established before sock_ops was attached get their records now; every later
-    // one gets it from sock_ops, whatever namespace it is in.
+    // one gets it from sock_ops or from the first walk to see it, whatever namespace it is in.
     for ns in namespaces_of(&settings.cgroup) {
         if let Err(e) = loaded.adopt_in(&ns) {
             tracing::warn!(netns = ns.inode, error = %format!("{e:#}"), "adoption failed: connections that predate the agent there stay untracked");
@@ -474,8 +474,8 @@ impl Agent {
         }
     }
 
-    /// sock_ops gives every connection its record when it is established; when that failed
-    /// (an error, no memory for the record), or adoption could not record a connection (no
+    /// Every connection gets its record from sock_ops or from the first walk to see it; when
+    /// that failed (an error, no memory for the record), or adoption could not record one (no
     /// memory, or its storage was being freed: an agent that just exited leaves its records to
     /// be freed while the next one adopts), the connection is found by running adoption again
     /// in each namespace, the walk the agent otherwise makes once, at start.

@@ -143,7 +143,7 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "lifetime   {} tracked at establishment, {} adopted",
+        "lifetime   {} tracked as they came (at establishment, or at a walk's first sight), {} adopted",
         counters[stats::TRACKED as usize],
         counters[stats::ADOPTED as usize]
     )?;
