@@ -17,7 +17,8 @@ it again (BENCHMARKS.md).
 import json, os, statistics, subprocess, time
 
 BIN = os.path.abspath("target/release")
-NS, CG, PIN = "enforcer-crr-ab", "/sys/fs/cgroup/unified/enforcer-crr-ab", "/sys/fs/bpf/enforcer-crr-ab"
+CGROUP2 = next(line.split()[1] for line in open("/proc/mounts") if line.split()[2] == "cgroup2")
+NS, CG, PIN = "enforcer-crr-ab", f"{CGROUP2}/enforcer-crr-ab", "/sys/fs/bpf/enforcer-crr-ab"
 NSE = ["nsenter", f"--net=/run/netns/{NS}"]
 ROUNDS, N = int(os.environ.get("ROUNDS", 8)), os.environ.get("N", "20000")
 AGENT, SETTLE = os.environ.get("AGENT", "").split(), float(os.environ.get("SETTLE", "3"))

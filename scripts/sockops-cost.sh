@@ -7,14 +7,15 @@
 # Works in its own namespace and child cgroup, and removes them, the agent and its pins on exit.
 set -u
 N=${N:-20000}; ROUNDS=${ROUNDS:-5}
-BIN=/work/main/target/release
-CG=/sys/fs/cgroup/unified/exp-estab
-cleanup() { kill $AG 2>/dev/null; wait $AG 2>/dev/null; ip netns del expe 2>/dev/null; rmdir $CG 2>/dev/null; rm -rf /sys/fs/bpf/exp-estab; }
+BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release
+CG=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)/exp-estab
+LOG=$(mktemp)
+cleanup() { kill ${AG:-} 2>/dev/null; wait ${AG:-} 2>/dev/null; ip netns del expe 2>/dev/null; rmdir $CG 2>/dev/null; rm -rf /sys/fs/bpf/exp-estab; rm -f $LOG; }
 trap cleanup EXIT
 ip netns add expe; ip -n expe link set lo up; mkdir -p $CG
-nsenter --net=/var/run/netns/expe $BIN/enforcer run --interval 1s --cgroup $CG --pin-dir /sys/fs/bpf/exp-estab > /tmp/exp/agent.log 2>&1 &
+nsenter --net=/var/run/netns/expe $BIN/enforcer run --interval 1s --cgroup $CG --pin-dir /sys/fs/bpf/exp-estab > $LOG 2>&1 &
 AG=$!
-for i in $(seq 50); do grep -q "enforcer attached" /tmp/exp/agent.log && break; sleep 0.2; done
+for i in $(seq 50); do grep -q "enforcer attached" $LOG && break; sleep 0.2; done
 old=$(cat /proc/sys/kernel/bpf_stats_enabled); echo 1 > /proc/sys/kernel/bpf_stats_enabled
 stat() { bpftool prog show --json | python3 -c 'import json,sys
 for p in json.load(sys.stdin):
