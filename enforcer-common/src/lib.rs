@@ -13,7 +13,7 @@ pub const LAYOUT_VERSION: u32 = 12;
 pub mod names {
     /// The socket-local storage map of `SockRecord`s.
     pub const MAP_RECORDS: &str = "RECORDS";
-    pub const MAP_RECORD_AT_ESTABLISHMENT: &str = "RECORD_AT_ESTABLISHMENT";
+    pub const MAP_RECORD_AT_FIRST_SIGHT: &str = "RECORD_AT_FIRST_SIGHT";
     pub const MAP_SCAN_PARAMS: &str = "SCAN_PARAMS";
     pub const MAP_SCAN_SUMMARY: &str = "SCAN_SUMMARY";
     pub const MAP_REMOTE_COUNTS: &str = "REMOTE_COUNTS";
@@ -81,9 +81,9 @@ pub const AF_INET6: u16 = 10;
 
 /// The tracker's record of one socket, in the socket's own storage (`RECORDS`).
 ///
-/// Written by the sock_ops program at establishment and reconciled with the exact kernel state
-/// by the snapshot and the scan, which date each change they see; freed by the kernel with the
-/// socket.
+/// Made by the sock_ops program at establishment, or by the first walk to see the connection
+/// (`RECORD_FIRST_SEEN`, `RECORD_ADOPTED`); reconciled with the exact kernel state by the
+/// snapshot and the scan, which date each change they see; freed by the kernel with the socket.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -381,14 +381,14 @@ pub mod stats {
     /// Connections recorded as they came: by sock_ops at establishment, or, where sock_ops
     /// leaves it to the walks (`RECORD_FIRST_SEEN`), by the first walk to see them.
     pub const TRACKED: u32 = 0;
-    /// Records the kernel could not allocate, by sock_ops or by adoption (no memory; or, for
-    /// adoption, a socket whose storage was being freed). Each makes the agent adopt again.
+    /// Records the kernel could not allocate, by sock_ops or by a walk (no memory; or, for a walk,
+    /// a socket whose storage was being freed). Each makes the agent adopt again.
     pub const ERR_STORAGE: u32 = 1;
     /// Errors in the sock_ops program (other than a record that could not be allocated).
     pub const ERR_SOCKOPS: u32 = 2;
     /// Errors in the snapshot or the scan (a socket that could not be written out).
     pub const ERR_SNAPSHOT: u32 = 3;
-    /// Connections adoption gave a record (they predate the agent).
+    /// Connections adoption gave a record (they predate the agent, or recording them failed).
     pub const ADOPTED: u32 = 4;
     /// New connections of a contained remote whose send buffer sock_ops made small.
     pub const CONTAINED: u32 = 5;

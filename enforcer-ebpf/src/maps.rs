@@ -19,13 +19,14 @@ use enforcer_common::{
 #[btf_map]
 pub static RECORDS: SkStorage<SockRecord> = SkStorage::new();
 
-/// 1 where sock_ops records each connection at establishment: the walks visit the records map
-/// and would not see an unrecorded connection. 0 (the default) where the walks visit every TCP
-/// socket (`iter/tcp`): the first walk to see a connection records it (`RECORD_FIRST_SEEN`), so
-/// a connection that ends before any walk, as most short ones do, never costs a record. Written
-/// by the loader before sock_ops is attached.
+/// 1 where the walks visit every TCP socket (`iter/tcp`): sock_ops leaves the record to the first
+/// walk that sees the connection (`RECORD_FIRST_SEEN`), so a connection that ends before any
+/// walk, as most short ones do, never costs one. 0 (the default) where the walks visit the
+/// records map, which would not show an unrecorded connection: sock_ops records each at
+/// establishment. Written by the loader before sock_ops is attached; the default is the safe
+/// side, where a missed write costs short connections their record, not the agent its view.
 #[map]
-pub static RECORD_AT_ESTABLISHMENT: Array<u32> = Array::with_max_entries(1, 0);
+pub static RECORD_AT_FIRST_SIGHT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The record of `sk` (any socket pointer the helper accepts), `None` if it has none. With
 /// `create`, makes one from `init` when it has none.

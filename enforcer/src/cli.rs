@@ -37,8 +37,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the agent: load and attach the eBPF programs, pin their maps, watch (root).
     ///
-    /// Tracks every TCP connection of --cgroup and its descendants: new ones from establishment,
-    /// existing ones from the first snapshot. On SIGINT/SIGTERM it detaches every program and
+    /// Tracks every TCP connection of --cgroup and its descendants: existing ones from the start,
+    /// new ones from establishment, or, where the kernel walks every TCP socket (walk=tcp), from
+    /// the first walk that sees them (short connections never cost a record). On SIGINT/SIGTERM it detaches every program and
     /// removes its pins; after a crash, the next agent removes the stale pins.
     Run(RunArgs),
     /// List tracked sockets from a fresh, exact snapshot.
@@ -267,7 +268,7 @@ pub enum SortKey {
     Charged,
     /// Longest stalled first.
     Stalled,
-    /// Oldest first.
+    /// Oldest record first (the age counts from when enforcer recorded the connection).
     Age,
 }
 
@@ -386,7 +387,7 @@ pub enum TopSort {
     Stalled,
     /// Longest drain estimate first.
     Drain,
-    /// Oldest first.
+    /// Oldest record first (the age counts from when enforcer recorded the connection).
     Age,
 }
 

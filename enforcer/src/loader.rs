@@ -233,10 +233,13 @@ impl Loaded {
         // at establishment; a walk of every socket records what it first sees, and sock_ops
         // leaves it the record. Decided before sock_ops is attached, so no connection falls
         // between the two (the agent's adoption, after this, finds those from before).
-        if walk == Walk::Records {
+        if walk == Walk::Tcp {
             let map =
-                self.ebpf.map_mut(names::MAP_RECORD_AT_ESTABLISHMENT).context("eBPF object has no recording map")?;
-            Array::<_, u32>::try_from(map)?.set(0, 1, 0).context("telling sock_ops to record at establishment")?;
+                self.ebpf.map_mut(names::MAP_RECORD_AT_FIRST_SIGHT).context("eBPF object has no recording map")?;
+            Array::<_, u32>::try_from(map)
+                .context("the recording map is not an array")?
+                .set(0, 1, 0)
+                .context("telling sock_ops to leave records to the walks")?;
         }
         let prog: &mut SockOps = program(&mut self.ebpf, names::PROG_SOCKOPS)?.try_into()?;
         prog.load().context("loading the sock_ops program")?;

@@ -1,5 +1,5 @@
 //! Network namespaces. The snapshot iterator and netlink `SOCK_DESTROY` both act in the network
-//! namespace of the thread that uses them, while sock_ops tracks a cgroup whatever namespace its
+//! namespace of the thread that uses them, while enforcer tracks a cgroup whatever namespace its
 //! sockets live in (containers, pods). So the agent finds the namespaces of the watched cgroup's
 //! processes and reads and destroys from inside each, on a short-lived thread that joins it.
 //! This module knows namespaces only; `snapshot` and `commands::run` use it.

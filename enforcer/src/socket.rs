@@ -38,14 +38,11 @@ pub struct Socket {
     pub tx_idle_ms: u64,
     /// Since the connection's record was made: see `recorded`.
     pub age_ms: u64,
-    /// The connection existed before the agent started (or sock_ops failed to record it); times
-    /// count from its adoption.
+    /// Adoption made its record: the connection existed before the agent started, or recording
+    /// it failed. Times count from the adoption. (`recorded` says the same and more.)
     pub adopted: bool,
-    /// When enforcer made the record that `age_ms` and the first progress count from:
-    /// `"established"` (sock_ops, where the walks visit the records), `"first_seen"` (the first
-    /// walk to see the connection, where the walks visit every TCP socket: a connection that
-    /// ends before any walk never costs a record) or `"adopted"`.
-    pub recorded: &'static str,
+    /// When enforcer made the record that `age_ms` and the first progress count from.
+    pub recorded: Recorded,
     pub bytes_acked: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
@@ -59,6 +56,32 @@ pub struct Socket {
     /// record the kill journal keeps.
     #[serde(skip)]
     pub raw: SnapshotEntry,
+}
+
+/// When a connection's record was made (`RECORD_*` flags), in `sockets --json` as
+/// `"established"`, `"first_seen"` or `"adopted"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recorded {
+    /// By sock_ops, at establishment: where the walks visit the records.
+    Established,
+    /// By the first walk to see the connection: where the walks visit every TCP socket, so a
+    /// connection that ends before any walk never costs a record.
+    FirstSeen,
+    /// By adoption: the connection predates the agent, or recording it failed.
+    Adopted,
+}
+
+impl Recorded {
+    fn of(flags: u16) -> Self {
+        if flags & RECORD_ADOPTED != 0 {
+            Self::Adopted
+        } else if flags & RECORD_FIRST_SEEN != 0 {
+            Self::FirstSeen
+        } else {
+            Self::Established
+        }
+    }
 }
 
 fn as_string<S: serde::Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -121,13 +144,7 @@ impl Socket {
             tx_idle_ms: ms_since(e.now_ns, r.tx_progress_ns),
             age_ms: ms_since(e.now_ns, r.created_ns),
             adopted: r.flags & RECORD_ADOPTED != 0,
-            recorded: if r.flags & RECORD_ADOPTED != 0 {
-                "adopted"
-            } else if r.flags & RECORD_FIRST_SEEN != 0 {
-                "first_seen"
-            } else {
-                "established"
-            },
+            recorded: Recorded::of(r.flags),
             bytes_acked: e.bytes_acked,
             bytes_received: e.bytes_received,
             retransmits: e.total_retrans.into(),

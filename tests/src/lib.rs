@@ -451,7 +451,6 @@ pub fn enforcer_programs_loaded() -> Vec<String> {
         .collect()
 }
 
-/// A JSON number field as u64, with context on failure.
 /// The agent's Prometheus endpoint at `addr`, scraped from inside `ns`.
 pub fn agent_scrape(ns: &Netns, addr: &str) -> String {
     ns.http_get(addr, "/metrics")
@@ -462,6 +461,7 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// A JSON number field as u64, with context on failure.
 pub fn field(v: &Value, name: &str) -> u64 {
     v[name].as_u64().unwrap_or_else(|| panic!("field {name} missing or not a number in {v}"))
 }

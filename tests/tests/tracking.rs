@@ -316,14 +316,11 @@ fn short_connections_get_a_record_only_where_the_walks_need_one() {
     wait_for("an interval that skips the walk", Duration::from_secs(5), || {
         (sample(&agent_scrape(&ns, metrics), "enforcer_scans_total{kind=\"skipped\"}")? >= 1.0).then_some(())
     });
-    let tcp_walk = agent.pin_dir.join("snapshot_tcp").exists();
+    let tcp_walk = agent.pin_dir.join(enforcer_common::names::PIN_SNAPSHOT_TCP).exists();
     // Both ends in the cgroup: two tracked sockets per connection.
-    let out = ns
-        .command("sh")
-        .arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && exec {} crr {N}", cg.path.display(), env!("CARGO_BIN_EXE_loadgen")))
-        .output()
-        .unwrap();
+    let script =
+        format!("echo $$ > {}/cgroup.procs && exec {} crr {N}", cg.path.display(), env!("CARGO_BIN_EXE_loadgen"));
+    let out = ns.command("sh").arg("-c").arg(script).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let counters = &agent.status()["counters"];
     assert_eq!(field(counters, "tracked"), if tcp_walk { 0 } else { 2 * N }, "{counters}");

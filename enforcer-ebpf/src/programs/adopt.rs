@@ -1,11 +1,12 @@
-//! `iter/tcp`: adoption. Gives a record to each connection of the watched cgroup that has none
-//! because sock_ops never saw it: it was established before the agent attached, or recording
-//! it failed. The agent reads this iterator once per network namespace at start (and for a
-//! namespace it sees for the first time), and again when the kernel counted a failed record. A
-//! socket keeps the cgroup it was created in, so nothing else can appear unrecorded.
+//! `iter/tcp`: adoption. Gives a record to each connection of the watched cgroup that has none:
+//! it was established before the agent attached, or recording it failed (or, where sock_ops
+//! leaves records to the walks, no walk has seen it yet). The agent reads this iterator once per
+//! network namespace at start (and for a namespace it sees for the first time), and again when
+//! the kernel counted a failed record. A socket keeps the cgroup it was created in, so no other
+//! connection can appear unrecorded where sock_ops records at establishment.
 //!
 //! `adopt` is also how the `iter/tcp` walks record a connection they see first, where sock_ops
-//! leaves recording to them (`RECORD_AT_ESTABLISHMENT`).
+//! leaves recording to them (`RECORD_AT_FIRST_SIGHT`).
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
@@ -92,7 +93,9 @@ pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64, flags: u16) -> Op
     // Assigns a cookie if the socket never had one: a destroy names it.
     // SAFETY: `tp` is a socket pointer the helper accepts.
     unsafe { bpf_get_socket_cookie(tp as *mut c_void) };
-    // If sock_ops recorded it since the lookup, this returns that record and changes nothing.
+    // Nothing else can record it between the caller's lookup and this: `iter/tcp` holds the
+    // socket's lock around each visit (`lock_sock_fast`), which sock_ops' callbacks and the other
+    // walks need too. (The helper would return NULL to the loser of such a race.)
     // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with a `struct sock`.
     let rec = unsafe { record(tp as *mut c_void, Some(&fresh)) };
     if rec.is_none() {
@@ -134,34 +137,38 @@ pub fn enforcer_adopt(ctx: *mut c_void) -> i32 {
         return 0;
     }
     // SAFETY: as above.
-    let Some(rec) = (unsafe { adopt(ctx, tp, crate::kernel::now(), RECORD_ADOPTED) }) else {
-        return 0;
-    };
-    if let Some(n) = count_rare(stats::ADOPTED) {
-        let (port, remote_port, remote_addr) = (rec.local_port, rec.remote_port, rec.remote_addr);
-        if rec.family == AF_INET {
-            info!(
-                ctx,
-                target: LOG,
-                "adopted a connection sock_ops did not record: local port {}, remote {:i}:{} (count on this CPU: {})",
-                port,
-                u32::from_be(remote_addr[0]),
-                remote_port,
-                n
-            );
-        } else {
-            info!(
-                ctx,
-                target: LOG,
-                "adopted a connection sock_ops did not record: local port {}, remote [{:i}]:{} (count on this CPU: \
-                 {})",
-                port,
-                ipv6(remote_addr),
-                remote_port,
-                n
-            );
-        }
+    if let Some(rec) = unsafe { adopt(ctx, tp, crate::kernel::now(), RECORD_ADOPTED) }
+        && let Some(n) = count_rare(stats::ADOPTED)
+    {
+        log_adopted(ctx, rec, n);
     }
     // Writes nothing: the snapshot reads the records.
     0
+}
+
+/// The sampled line about an adoption (`count_rare`): the nth on this CPU.
+#[inline(always)]
+fn log_adopted(ctx: *mut c_void, rec: &SockRecord, n: u64) {
+    let (port, remote_port, remote_addr) = (rec.local_port, rec.remote_port, rec.remote_addr);
+    if rec.family == AF_INET {
+        info!(
+            ctx,
+            target: LOG,
+            "adopted a connection that had no record: local port {}, remote {:i}:{} (count on this CPU: {})",
+            port,
+            u32::from_be(remote_addr[0]),
+            remote_port,
+            n
+        );
+    } else {
+        info!(
+            ctx,
+            target: LOG,
+            "adopted a connection that had no record: local port {}, remote [{:i}]:{} (count on this CPU: {})",
+            port,
+            ipv6(remote_addr),
+            remote_port,
+            n
+        );
+    }
 }

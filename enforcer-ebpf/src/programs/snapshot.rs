@@ -11,7 +11,7 @@
 //! sockets of every network namespace and nothing else (no listener, no untracked socket, no
 //! hash bucket of the TCP tables). Kernels that refuse map-element iterators (this project's
 //! 6.18 VMs answer EPERM) get the `_tcp` variants, `iter/tcp`: every TCP socket of the reader's
-//! namespace. There sock_ops leaves recording to the walks (`RECORD_AT_ESTABLISHMENT`): an
+//! namespace. There sock_ops leaves recording to the walks (`RECORD_AT_FIRST_SIGHT`): an
 //! unrecorded connection of the watched cgroup gets its record (`RECORD_FIRST_SEEN`) from the
 //! first walk that sees it, and any other socket costs a storage lookup and a cgroup check.
 //!

@@ -1,5 +1,5 @@
 //! sock_ops on the watched cgroup: start tracking a socket when it becomes established (where
-//! the walks need it, see `RECORD_AT_ESTABLISHMENT`), and give a new connection of a contained
+//! the walks need it, see `RECORD_AT_FIRST_SIGHT`), and give a new connection of a contained
 //! remote its small send buffer.
 //!
 //! The record costs more than the program: the kernel allocates socket storage at establishment
@@ -27,7 +27,7 @@ use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, names, stats
 
 use crate::{
     kernel::{ipv6, watch},
-    maps::{CONTAINED, RECORD_AT_ESTABLISHMENT, count, count_rare, record},
+    maps::{CONTAINED, RECORD_AT_FIRST_SIGHT, count, count_rare, record},
 };
 
 /// The target of this program's log lines in the agent's log.
@@ -124,7 +124,7 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     // Assigns the socket its cookie: a destroy names it, the holders walk lists it.
     // SAFETY: the helper takes the sock_ops context the kernel passed in.
     unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if RECORD_AT_ESTABLISHMENT.get(0).is_none_or(|v| *v == 0) {
+    if RECORD_AT_FIRST_SIGHT.get(0).is_some_and(|v| *v != 0) {
         // The first walk to see the connection records it.
         contain(ctx, family, remote_addr);
         return Ok(());

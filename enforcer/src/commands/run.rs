@@ -381,9 +381,13 @@ impl Agent {
                 "kill-storm guard: {cap} held back sockets the rule chose this interval"
             );
         }
-        let now_ms = t.started.duration_since(self.epoch).as_millis() as u64;
+        // Flagged as of now, after the walk, not as of the interval's start: every connection this
+        // walk saw was opened before the flag and keeps the ordinary grace (`--stall`), also one
+        // whose record the walk itself made at first sight, dated after the interval started.
+        // +1: an age is whole milliseconds, rounded down.
+        let flagged_ms = self.epoch.elapsed().as_millis() as u64 + 1;
         for d in &outcome.acted {
-            if let Some(flag) = self.judge.record_destroy(d, now_ms) {
+            if let Some(flag) = self.judge.record_destroy(d, flagged_ms) {
                 self.flag(&flag);
             }
         }

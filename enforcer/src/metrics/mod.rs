@@ -131,7 +131,8 @@ impl Metrics {
         r.register_with_unit("policy_duration", "Time to apply the rule", Unit::Seconds, m.policy_seconds.clone());
         r.register(
             "kernel_events",
-            "Events the kernel programs counted: tracked, adopted, contained",
+            "Events the kernel programs counted: tracked (recorded at establishment, or at a walk's first sight \
+             where the walks visit every TCP socket), adopted, contained",
             m.kernel.clone(),
         );
         r.register(

@@ -255,7 +255,7 @@ pub(crate) mod testing {
             tx_idle_ms: stalled_ms,
             age_ms: 600_000,
             adopted: false,
-            recorded: "established",
+            recorded: crate::socket::Recorded::Established,
             bytes_acked,
             bytes_received: 0,
             retransmits: 0,
