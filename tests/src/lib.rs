@@ -355,9 +355,9 @@ impl Drop for Agent {
     }
 }
 
-/// A binary of this crate (`tcp-peer`, `tun-peer`) that cargo builds next to the test binaries
+/// A binary of this crate (`tcp-peer`, `tun-peer`, `loadgen`) that cargo builds next to the test binaries
 /// (`target/<profile>/`).
-pub(crate) fn sibling_bin(name: &str) -> PathBuf {
+pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join(name);

@@ -5,7 +5,8 @@
 use std::{process::Command, thread, time::Duration};
 
 use enforcer_tests::{
-    Agent, Cgroup, Netns, Peer, agent_scrape, connected_pair, enforcer_programs_loaded, field, sample, wait_for,
+    Agent, Cgroup, Netns, Peer, agent_scrape, connected_pair, enforcer_programs_loaded, field, sample, sibling_bin,
+    wait_for,
 };
 
 /// A server in the cgroup that a client outside it connects to with a tiny receive buffer and
@@ -318,8 +319,9 @@ fn short_connections_get_a_record_only_where_the_walks_need_one() {
     });
     let tcp_walk = agent.pin_dir.join(enforcer_common::names::PIN_SNAPSHOT_TCP).exists();
     // Both ends in the cgroup: two tracked sockets per connection.
-    let script =
-        format!("echo $$ > {}/cgroup.procs && exec {} crr {N}", cg.path.display(), env!("CARGO_BIN_EXE_loadgen"));
+    // Found like the peers: `CARGO_BIN_EXE_*` is the host's path, not the VM legs'.
+    let loadgen = sibling_bin("loadgen");
+    let script = format!("echo $$ > {}/cgroup.procs && exec {} crr {N}", cg.path.display(), loadgen.display());
     let out = ns.command("sh").arg("-c").arg(script).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let counters = &agent.status()["counters"];
