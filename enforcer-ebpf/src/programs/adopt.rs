@@ -14,7 +14,7 @@ use aya_log_ebpf::{error, info};
 use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SockRecord, names, stats};
 
 use crate::{
-    kernel::{ipv6, load, off, read_bytes, watch},
+    kernel::{Clock, ipv6, load, off, read_bytes, watch},
     maps::{count_rare, record},
 };
 
@@ -27,7 +27,7 @@ pub fn is_connection(state: u8) -> bool {
     matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
 }
 
-/// Makes a record, with `flags` (`RECORD_*`) and dated `now`, for a connection of the watched
+/// Makes a record, with `flags` (`RECORD_*`) and dated by `clock`, for a connection of the watched
 /// cgroup that a walk sees unrecorded. `None` for a socket that is no connection of the watched
 /// cgroup, and for one whose record the kernel could not allocate (counted in `ERR_STORAGE`, which
 /// makes the agent adopt again, and logged, sampled). Reads with `bpf_probe_read_kernel`.
@@ -35,7 +35,7 @@ pub fn is_connection(state: u8) -> bool {
 /// # Safety
 /// `ctx` is the iteration's context, `tp` a BTF `struct tcp_sock *`.
 #[inline(always)]
-pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64, flags: u16) -> Option<&'static mut SockRecord> {
+pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, clock: &mut Clock, flags: u16) -> Option<&'static mut SockRecord> {
     if watch!(adopt) == 0 {
         return None;
     }
@@ -49,11 +49,15 @@ pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64, flags: u16) -> Op
     if cgroup.is_null() {
         return None;
     }
-    let level = i32::from_ne_bytes(read_bytes::<4>(unsafe { cgroup.add(off!(cgroup_level) as usize) })?);
+    // A BTF pointer: its fixed fields load directly, no helper. That settles every socket of a
+    // cgroup above the watched one (the walks of `iter/tcp` visit the namespace's other
+    // sockets each time, so their test is the one to keep cheap).
+    let level: i32 = unsafe { load(cgroup, off!(cgroup_level)) };
     let want = watch!(cgroup_level);
     if level < want as i32 {
         return None;
     }
+    // `ancestors[]` is a flexible array the verifier will not let a BTF load index.
     let slot = off!(cgroup_ancestors) as usize + want as usize * 8;
     let ancestor = usize::from_ne_bytes(read_bytes::<8>(unsafe { cgroup.add(slot) })?) as *const u8;
     let kn = usize::from_ne_bytes(read_bytes::<8>(unsafe { ancestor.add(off!(cgroup_kn) as usize) })?) as *const u8;
@@ -75,6 +79,8 @@ pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, now: u64, flags: u16) -> Op
         _ => return None,
     };
     let snd_wnd: u32 = unsafe { load(tp, off!(tp_snd_wnd)) };
+    // Read only now: the walks call this for every unrecorded socket, most of them not ours.
+    let now = clock.now();
     let fresh = SockRecord {
         local_addr,
         remote_addr,
@@ -137,7 +143,7 @@ pub fn enforcer_adopt(ctx: *mut c_void) -> i32 {
         return 0;
     }
     // SAFETY: as above.
-    if let Some(rec) = unsafe { adopt(ctx, tp, crate::kernel::now(), RECORD_ADOPTED) }
+    if let Some(rec) = unsafe { adopt(ctx, tp, &mut Clock::default(), RECORD_ADOPTED) }
         && let Some(n) = count_rare(stats::ADOPTED)
     {
         log_adopted(ctx, rec, n);

@@ -132,7 +132,7 @@ unsafe fn from_tcp(ctx: *mut c_void, params: &ScanParams, summary: Option<&mut S
         // The injected fault stands for recording that fails: only adoption finds it.
         None if watch!(fault) & FAULT_SOCKOPS != 0 => return Ok(()),
         // SAFETY: as above; `ctx` is this iteration's.
-        None => match unsafe { adopt(ctx, tp, crate::kernel::now(), RECORD_FIRST_SEEN) } {
+        None => match unsafe { adopt(ctx, tp, &mut Clock::default(), RECORD_FIRST_SEEN) } {
             Some(rec) => {
                 count(stats::TRACKED);
                 rec
