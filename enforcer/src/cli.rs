@@ -39,8 +39,9 @@ pub enum Command {
     ///
     /// Tracks every TCP connection of --cgroup and its descendants: existing ones from the start,
     /// new ones from establishment, or, where the kernel walks every TCP socket (walk=tcp), from
-    /// the first walk that sees them (short connections never cost a record). On SIGINT/SIGTERM it detaches every program and
-    /// removes its pins; after a crash, the next agent removes the stale pins.
+    /// the first walk that sees them (short connections never cost a record). On SIGINT/SIGTERM
+    /// it detaches every program and removes its pins; after a crash, the next agent removes the
+    /// stale pins.
     Run(RunArgs),
     /// List tracked sockets from a fresh, exact snapshot.
     ///

@@ -184,11 +184,8 @@ impl Loaded {
             Err(e) => {
                 // One line, once: the agent works the same, at a cost that grows with every
                 // TCP socket of the watched namespaces rather than with the tracked ones.
-                // The verifier's log follows the error: what comes before it says why.
-                let why = format!("{e:#}");
-                let why = why.lines().next().unwrap_or_default();
                 tracing::info!(
-                    error = why.split(". Verifier output").next().unwrap_or(why),
+                    error = refusal(&e),
                     "this kernel refuses map-element iterators: the snapshot walks each network namespace's TCP \
                      sockets (iter/tcp) instead of the records"
                 );
@@ -220,11 +217,8 @@ impl Loaded {
                 self.holders_link = Some(holders);
             }
             Err(e) => {
-                // As for the records walk: the first line, without the verifier's log.
-                let why = format!("{e:#}");
-                let why = why.lines().next().unwrap_or_default();
                 tracing::info!(
-                    error = why.split(". Verifier output").next().unwrap_or(why),
+                    error = refusal(&e),
                     "the holders walk (iter/task_file) did not load: attribution reads /proc/PID/fd instead"
                 );
             }
@@ -319,6 +313,14 @@ fn version_bytes() -> [u8; 24] {
 /// Slots of `AGENT_SETTINGS` for settings of this length: twice what they need, for a reload.
 fn settings_chunks(settings: &str) -> u32 {
     (2 * settings.len().div_ceil(SETTINGS_CHUNK)).max(2) as u32
+}
+
+/// Why the kernel refused a program, in one line: the error's first line without the verifier's
+/// log, which follows it (what comes before the log says why).
+fn refusal(e: &anyhow::Error) -> String {
+    let why = format!("{e:#}");
+    let first = why.lines().next().unwrap_or_default();
+    first.split(". Verifier output").next().unwrap_or(first).to_owned()
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
