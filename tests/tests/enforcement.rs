@@ -120,10 +120,13 @@ fn remote_ip_fairness_gives_one_share_per_address() {
     // The peers stall before the agent starts, so its first scan dates every stall alike and
     // the rule sees all six at once. Made one by one under a running agent, they could straddle
     // a scan: the first ones would go an interval earlier, and with the population smaller the
-    // last ones fall under the threshold and stay (seen once in about ten runs).
+    // last ones fall under the threshold and stay (seen once in about ten runs). The stall is
+    // no whole number of intervals: at 3 s (12 × 250 ms) one scan's walk could find the first
+    // sockets at 3,000 ms and the rest a few µs short, with the same effect (seen once in CI).
     let crowded: Vec<Conn> = (0..6).map(|_| s.zero_window(9000, "127.0.0.2", 600_000)).collect();
     let lone = s.zero_window(9000, "127.0.0.3", 600_000);
-    let agent = s.agent(&["--threshold", "3MiB", "--fairness", "remote-ip", "--policy", "heffner"]);
+    let agent =
+        s.agent(&["--threshold", "3MiB", "--fairness", "remote-ip", "--policy", "heffner", "--stall", "3125ms"]);
     wait_destroyed(&agent, &crowded.iter().collect::<Vec<_>>());
     thread::sleep(Duration::from_millis(1000));
     let destroyed = agent.events_of("destroyed");
