@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {
-    if let Err(e) = enforcer::settings::check_config_text(s) {
+    if let Err(e) = enforcer::config::check_config_text(s) {
         assert!(!e.is_empty());
     }
 });

@@ -3,13 +3,13 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {
-    if let Ok(d) = enforcer::cli::parse_duration(s) {
+    if let Ok(d) = enforcer::model::units::parse_duration(s) {
         assert!(d >= std::time::Duration::from_millis(1));
     }
-    if let Ok(net) = enforcer::cli::parse_cidr(s) {
+    if let Ok(net) = enforcer::model::units::parse_cidr(s) {
         assert!(net.prefix_len() <= net.max_prefix_len());
     }
-    if let Ok(enforcer::policy::Fairness::RemotePrefix { v4, v6 }) = enforcer::units::parse_fairness(s) {
+    if let Ok(enforcer::model::fairness::Fairness::RemotePrefix { v4, v6 }) = enforcer::model::fairness::parse_fairness(s) {
         assert!(v4 <= 32 && v6 <= 128);
     }
 });

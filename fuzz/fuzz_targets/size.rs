@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {
-    if let Ok(n) = enforcer::units::parse_size(s)
+    if let Ok(n) = enforcer::model::units::parse_size(s)
         && let Ok(plain) = s.trim().parse::<u64>()
     {
         assert_eq!(n, plain);

@@ -1,13 +1,15 @@
-//! `cargo xtask lint`: what CI checks besides the tests. Formatting (rustfmt.toml), then clippy
-//! with warnings denied: the workspace's host crates, and the eBPF crate on its own target with
-//! the toolchain that builds it.
+//! `cargo xtask lint`: what CI checks besides the tests. The agent crate's layers (`layers.rs`:
+//! no import cycle, none upward, no long module), formatting (rustfmt.toml), then clippy with
+//! warnings denied: the workspace's host crates, and the eBPF crate on its own target with the
+//! toolchain that builds it.
 use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{ebpf, root, run_cmd, setup};
+use crate::{ebpf, layers, root, run_cmd, setup};
 
 pub fn run() -> Result<()> {
+    layers::check(&root().join("enforcer/src"))?;
     host_component(&["fmt", "--version"], "rustfmt")?;
     host_component(&["clippy", "--version"], "clippy")?;
     run_cmd(Command::new("cargo").current_dir(root()).args(["fmt", "--all", "--check"]))

@@ -5,6 +5,7 @@ mod bench;
 mod dist;
 mod ebpf;
 mod fuzz;
+mod layers;
 mod lint;
 mod load;
 mod procstat;

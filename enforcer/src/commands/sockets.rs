@@ -1,20 +1,99 @@
 //! `enforcer sockets`: a fresh snapshot, filtered like ss, as a table or JSON. Every row names
 //! its namespace and cgroup path; with `-p`, the process holding it.
-use std::{cmp::Reverse, io::Write};
+use std::{cmp::Reverse, io::Write, path::PathBuf};
 
 use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
 use enforcer_common::names;
 use serde::Serialize;
 
+use super::{PinDirArg, any};
 use crate::{
-    attribution::{Attribution, Attributor, HolderWalk},
-    cli::{SocketsArgs, SortKey},
-    filter::SocketFilter,
-    pins::PinDir,
-    socket::Socket,
-    sys,
-    units::{human_bytes, human_ms},
+    bpf::{pins::PinDir, snapshot::Snapshot},
+    config::Settings,
+    host::{netns::parse_netns, sys},
+    model::{
+        endpoint::{Endpoint, parse_endpoint, parse_state},
+        socket::Socket,
+        units::{human_bytes, human_ms},
+    },
+    observe::attribution::{Attribution, Attributor, HolderWalk, cgroup_within},
 };
+
+#[derive(Debug, Args)]
+#[command(after_long_help = SOCKETS_HELP)]
+pub struct SocketsArgs {
+    #[command(flatten)]
+    pub pins: PinDirArg,
+    /// Print a JSON array (byte counts in bytes, durations in milliseconds).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value_t = SortKey::SendQueue)]
+    pub sort: SortKey,
+    /// Show at most N sockets (after sorting).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Show the process holding each socket (PID and comm), as `ss -p` does: a netlink lookup
+    /// per socket and a scan of its cgroup's descriptors.
+    #[arg(short = 'p', long)]
+    pub processes: bool,
+    /// Only IPv4 addresses (an IPv4 peer of a dual-stack socket counts).
+    #[arg(short = '4', long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6 addresses.
+    #[arg(short = '6', long)]
+    pub ipv6: bool,
+    /// Only sockets in this TCP state, named as ss names them: established, fin-wait-1,
+    /// close-wait… (repeatable).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub state: Vec<u8>,
+    /// Only sockets whose local end is ADDR, CIDR, ADDR:PORT or :PORT (repeatable).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_endpoint)]
+    pub local: Vec<Endpoint>,
+    /// Only sockets whose remote end is ADDR, CIDR (10.0.0.0/8, 2001:db8::/32), ADDR:PORT or
+    /// :PORT (repeatable).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_endpoint)]
+    pub remote: Vec<Endpoint>,
+    /// Only sockets whose local (source) port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub sport: Vec<u16>,
+    /// Only sockets whose remote (destination) port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub dport: Vec<u16>,
+    /// Only sockets whose local or remote port is P (repeatable).
+    #[arg(long, value_name = "P")]
+    pub port: Vec<u16>,
+    /// Only sockets of this cgroup or one below it: a directory on the cgroup2 mount
+    /// (/sys/fs/cgroup/system.slice) or its path below the mount (/system.slice).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Only sockets of this network namespace: its inode (`lsns -t net`), a path
+    /// (/run/netns/NAME, /proc/PID/ns/net) or a name under /run/netns.
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
+    pub netns: Option<u64>,
+}
+
+const SOCKETS_HELP: &str = "\
+Filters: a socket is listed when it passes every filter given; a repeatable filter passes when
+any of its values matches.
+
+Examples:
+  enforcer sockets --sort stalled --limit 20
+  enforcer sockets -4 --state established --sport 443 --remote 203.0.113.0/24 --remote 198.51.100.7
+  enforcer sockets --cgroup /system.slice/nginx.service -p --json
+  enforcer sockets --netns /run/netns/blue --local 10.0.0.1:8080";
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SortKey {
+    /// Largest send queue first.
+    SendQueue,
+    /// Most charged memory first.
+    Charged,
+    /// Longest stalled first.
+    Stalled,
+    /// Oldest record first (the age counts from when enforcer recorded the connection).
+    Age,
+}
 
 /// One row: the socket and whose it is.
 #[derive(Serialize)]
@@ -31,9 +110,10 @@ struct Row<'a> {
 pub fn run(args: SocketsArgs) -> Result<()> {
     sys::require_root("enforcer sockets")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
-    let snap = pins.snapshot()?;
+    let settings: Settings = pins.settings()?;
+    let snap = Snapshot::read(&pins, &settings.cgroup)?;
     // The agent's holders walk where it pinned one; /proc otherwise.
-    let holders = PinDir::path(&args.pins.pin_dir, names::PIN_HOLDERS);
+    let holders = pins.pin(names::PIN_HOLDERS);
     let mut who = if holders.exists() { Attributor::with_walk(HolderWalk::Pin(holders)) } else { Attributor::new() };
     let filter = SocketFilter {
         ipv4: if args.ipv4 {
@@ -95,6 +175,40 @@ pub fn run(args: SocketsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Which sockets `enforcer sockets` lists.
+#[derive(Debug, Clone, Default)]
+pub struct SocketFilter {
+    /// `Some(true)`: IPv4 addresses only (an IPv4 peer of a dual-stack socket counts);
+    /// `Some(false)`: IPv6 only.
+    pub ipv4: Option<bool>,
+    pub states: Vec<u8>,
+    pub local: Vec<Endpoint>,
+    pub remote: Vec<Endpoint>,
+    pub sports: Vec<u16>,
+    pub dports: Vec<u16>,
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    /// A cgroup path below the cgroup2 mount: that cgroup and everything below it.
+    pub cgroup: Option<String>,
+    pub netns: Option<u64>,
+}
+
+impl SocketFilter {
+    /// Whether `s` passes; `cgroup` is its cgroup's path (`None`: unknown, which a
+    /// `--cgroup` filter excludes).
+    pub fn matches(&self, s: &Socket, cgroup: Option<&str>) -> bool {
+        self.ipv4.is_none_or(|v4| s.local.ip().to_canonical().is_ipv4() == v4)
+            && any(&self.states, |st| *st == s.raw.state)
+            && any(&self.local, |e| e.matches(s.local))
+            && any(&self.remote, |e| e.matches(s.remote))
+            && any(&self.sports, |p| *p == s.local.port())
+            && any(&self.dports, |p| *p == s.remote.port())
+            && any(&self.ports, |p| *p == s.local.port() || *p == s.remote.port())
+            && self.netns.is_none_or(|n| n == s.netns)
+            && self.cgroup.as_deref().is_none_or(|dir| cgroup.is_some_and(|c| cgroup_within(c, dir)))
+    }
+}
+
 /// The cgroup column: the path, or the id of a cgroup that is gone.
 fn cgroup_cell(a: &Attribution) -> String {
     a.cgroup.clone().unwrap_or_else(|| a.cgroup_id.to_string())
@@ -151,4 +265,44 @@ fn print_table(out: &mut impl Write, rows: &[(&Socket, Attribution)], processes:
         writeln!(out, "(no tracked sockets)")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::{AF_INET, SnapshotEntry};
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn socket(local: &str, remote: &str, state: u8) -> Socket {
+        let (l, r): (SocketAddr, SocketAddr) = (local.parse().expect("local"), remote.parse().expect("remote"));
+        let mut e = SnapshotEntry { state, netns: 7, ..SnapshotEntry::default() };
+        e.record.family = AF_INET;
+        let mut s = Socket::new(&e);
+        (s.local, s.remote) = (l, r);
+        s
+    }
+
+    #[test]
+    fn sockets_pass_every_flag_and_any_value_of_one() {
+        let s = socket("127.0.0.1:9000", "127.0.0.2:5555", 1);
+        let pass = |f: SocketFilter, cg: Option<&str>| f.matches(&s, cg);
+        assert!(pass(SocketFilter::default(), None));
+        assert!(pass(SocketFilter { ipv4: Some(true), ..Default::default() }, None));
+        assert!(!pass(SocketFilter { ipv4: Some(false), ..Default::default() }, None));
+        assert!(pass(SocketFilter { sports: vec![1, 9000], ..Default::default() }, None));
+        assert!(!pass(SocketFilter { sports: vec![5555], ..Default::default() }, None));
+        assert!(pass(SocketFilter { dports: vec![5555], states: vec![1], ..Default::default() }, None));
+        assert!(!pass(SocketFilter { dports: vec![5555], states: vec![8], ..Default::default() }, None));
+        let remote = vec![parse_endpoint("127.0.0.3").expect("ep"), parse_endpoint("127.0.0.2/32").expect("ep")];
+        assert!(pass(SocketFilter { remote, ..Default::default() }, None));
+        let local = vec![parse_endpoint("127.0.0.1:9001").expect("ep")];
+        assert!(!pass(SocketFilter { local, ..Default::default() }, None));
+        assert!(pass(SocketFilter { netns: Some(7), ..Default::default() }, None));
+        assert!(!pass(SocketFilter { netns: Some(8), ..Default::default() }, None));
+        let cgroup = Some("/a".to_owned());
+        assert!(pass(SocketFilter { cgroup: cgroup.clone(), ..Default::default() }, Some("/a/b")));
+        assert!(!pass(SocketFilter { cgroup: cgroup.clone(), ..Default::default() }, Some("/ab")));
+        assert!(!pass(SocketFilter { cgroup, ..Default::default() }, None));
+    }
 }

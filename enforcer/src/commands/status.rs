@@ -2,25 +2,37 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use clap::Args;
 use enforcer_common::{kill_counters, stats};
 use serde_json::{Value, json};
 
+use super::PinDirArg;
 use crate::{
-    contained, journal,
-    pins::PinDir,
-    sys,
-    units::{human_bytes, human_ms},
+    bpf::{contained, journal, pins::PinDir, snapshot::Snapshot},
+    config::Settings,
+    host::sys,
+    model::units::{human_bytes, human_ms},
 };
 
-pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pins: PinDirArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: StatusArgs) -> Result<()> {
     sys::require_root("enforcer status")?;
     let pins = PinDir::open(&args.pins.pin_dir)?;
     let info = pins.info();
-    let settings = pins.settings();
-    let snapshot = pins.snapshot()?.sockets;
+    let settings: &Settings = &pins.settings()?;
+    let snapshot = Snapshot::read(&pins, &settings.cgroup)?;
+    let charged = snapshot.charged();
+    let snapshot = snapshot.sockets;
     let namespaces: std::collections::HashSet<u64> = snapshot.iter().map(|s| s.netns).collect();
     let send_queue: u64 = snapshot.iter().map(|s| s.send_queue).sum();
-    let charged: u64 = snapshot.iter().map(|s| s.charged).sum();
     // Repeat offenders whose new connections the kernel gives a small send buffer.
     let contained = contained::read(&pins)?;
     let recv_queue: u64 = snapshot.iter().map(|s| s.recv_queue).sum();
@@ -28,9 +40,9 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
     let kc = journal::counters(&pins)?;
     let counter_map: serde_json::Map<String, Value> =
         stats::NAMES.iter().zip(counters).map(|(n, v)| ((*n).to_owned(), json!(v))).collect();
-    let source = settings.source();
+    let source = settings.meter();
     let pressure = source.read(charged).ok();
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = sys::unix_ms();
     let uptime_ms = now_ms.saturating_sub(info.started_unix_ms);
 
     let status = json!({
@@ -108,7 +120,7 @@ pub fn run(args: crate::cli::StatusArgs) -> Result<()> {
         out,
         "rule       threshold {} ({} pressure), fairness {}, stall {}, max-drain {} over {}, policy {}{}",
         human_bytes(s.threshold),
-        s.source().name(),
+        source.name(),
         s.fairness,
         human_ms(s.stall_ms),
         human_ms(s.max_drain_ms),

@@ -1,71 +1,23 @@
-//! The rule's memory across snapshots, and what it makes of each socket in one snapshot.
+//! The rule with its memory: what it makes of each socket in one snapshot, given what earlier
+//! snapshots saw ([`history`](super::history)) and the repeat offenders ([`repeat`](super::repeat)).
 //!
-//! A socket's history is small, and kept only while it holds more than its share: samples of
-//! what the peer acknowledged. (A stall is bounded by the data's age in the kernel, which notes
-//! when a scan last saw nothing outstanding: see `SnapshotEntry::stalled_since_ns`.) Sockets the
-//! scan leaves out hold nothing, so they are under any share and have no history to lose. The drain rate is measured over `drain_window_ms` of those samples: intervals
-//! without an ACK count as zero, and a socket that has not been over its share for the whole
-//! window gets no slow-drain verdict at all. A reader whose ACKs arrive in bursts (a client that
-//! reads 64 KiB every 100 ms, or 2 MiB every second) is judged on its real rate.
-use std::collections::{HashMap, VecDeque};
+//! A socket's history is small, and kept only while it holds more than its share. (A stall is
+//! bounded by the data's age in the kernel, which notes when a scan last saw nothing
+//! outstanding: see `SnapshotEntry::stalled_since_ns`.) Sockets the scan leaves out hold
+//! nothing, so they are under any share and have no history to lose.
+use std::collections::HashMap;
 
 use ipnet::IpNet;
 
 use super::{
-    Decision, ESCALATE_AFTER_INTERVALS, Policy, Population, Reason,
+    Assessment, Decision, ESCALATE_AFTER_INTERVALS, Policy, Population, Reason,
+    history::{OverShare, remember},
     plan::Plan,
     quiet,
+    remote_cap::remote_cap,
     repeat::{Flagged, RepeatOffenders},
 };
-use crate::socket::Socket;
-
-/// What the rule makes of one socket, for display (`enforcer top`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Assessment {
-    pub fair_share: u64,
-    pub stalled_ms: u64,
-    /// At the rate acknowledged over the drain window; None until the socket has been over its
-    /// share for a whole window, or when the peer drained what the window started with.
-    pub drain_estimate_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at_ms: u64,
-    bytes_acked: u64,
-    send_queue: u64,
-}
-
-/// Kept while a socket holds more than its share.
-#[derive(Debug, Clone)]
-struct OverShare {
-    since_ms: u64,
-    /// Oldest first; trimmed so that the first is the last one at or before the window's start.
-    samples: VecDeque<Sample>,
-}
-
-impl OverShare {
-    fn drain_estimate_ms(&self, s: &Socket, now_ms: u64, window_ms: u64) -> Option<u64> {
-        if now_ms.saturating_sub(self.since_ms) < window_ms {
-            return None;
-        }
-        let base = self.samples.front()?;
-        let acked = s.bytes_acked.saturating_sub(base.bytes_acked);
-        // The peer drained the whole backlog the window started with: it keeps up, and whatever
-        // is queued now was written since.
-        if acked >= base.send_queue {
-            return None;
-        }
-        let span = now_ms.saturating_sub(base.at_ms);
-        if span == 0 {
-            return None;
-        }
-        if acked == 0 {
-            return Some(u64::MAX);
-        }
-        Some((u128::from(s.send_queue) * u128::from(span) / u128::from(acked)).min(u128::from(u64::MAX)) as u64)
-    }
-}
+use crate::model::socket::Socket;
 
 /// The rule with its memory: one per agent (and one per `enforcer top`).
 pub struct Judge {
@@ -199,60 +151,11 @@ impl Judge {
     }
 }
 
-/// What to keep of `s` for the next snapshot: its over-share samples, while it is over.
-fn remember(s: &Socket, before: Option<OverShare>, share: u64, now_ms: u64, window_ms: u64) -> Option<OverShare> {
-    (s.charged > share).then(|| {
-        let mut o = before.unwrap_or_else(|| OverShare { since_ms: now_ms, samples: VecDeque::new() });
-        o.samples.push_back(Sample { at_ms: now_ms, bytes_acked: s.bytes_acked, send_queue: s.send_queue });
-        let start = now_ms.saturating_sub(window_ms);
-        while o.samples.get(1).is_some_and(|x| x.at_ms <= start) {
-            o.samples.pop_front();
-        }
-        o
-    })
-}
-
-/// `--max-per-remote`: beyond N connections of one remote address, the ones idle for `--idle`
-/// (no byte either way), oldest idle first. Applies whatever the pressure.
-fn remote_cap(p: &Policy, sockets: &[Socket], cap: usize, plan: &Plan) -> Vec<Decision> {
-    let chosen: std::collections::HashSet<u64> =
-        plan.sweep.iter().chain(&plan.offenders).map(|d| d.socket.cookie).collect();
-    let mut by_remote: HashMap<std::net::IpAddr, Vec<&Socket>> = HashMap::new();
-    for s in sockets {
-        by_remote.entry(s.remote.ip()).or_default().push(s);
-    }
-    let mut remotes: Vec<_> = by_remote.into_iter().filter(|(_, v)| v.len() > cap).collect();
-    remotes.sort_by_key(|(ip, _)| *ip);
-    let idle = |s: &Socket| s.rx_idle_ms.min(s.tx_idle_ms);
-    let mut out = Vec::new();
-    for (_, conns) in remotes {
-        // Connections the pressure rule already chose count toward the excess.
-        let already = conns.iter().filter(|s| chosen.contains(&s.cookie)).count();
-        let excess = (conns.len() - cap).saturating_sub(already);
-        let mut idle_ones: Vec<&Socket> = conns
-            .into_iter()
-            .filter(|s| idle(s) >= p.idle_ms && !p.protect.covers(s) && !chosen.contains(&s.cookie))
-            .collect();
-        // Oldest idle first; among equals the older connection, then the lower cookie, so the
-        // choice never depends on the snapshot's order.
-        idle_ones.sort_by_key(|s| (std::cmp::Reverse(idle(s)), std::cmp::Reverse(s.age_ms), s.cookie));
-        out.extend(idle_ones.into_iter().take(excess).map(|s| Decision {
-            socket: s.clone(),
-            reason: Reason::RemoteCap,
-            fair_share: 0,
-            drain_estimate_ms: None,
-            offending_ms: idle(s),
-            evidence: 0,
-        }));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{
-        Fairness, Kind,
+        Fairness, Kind, Taken,
         testing::{policy, sock},
     };
 
@@ -264,7 +167,7 @@ mod tests {
 
     /// Everything the plan would destroy if every destroy succeeded.
     fn chosen(plan: &Plan) -> Vec<Decision> {
-        plan.clone().execute(usize::MAX, |_| true).acted
+        plan.clone().carry_out(usize::MAX, |_| Taken::Done).acted
     }
 
     /// The 2006 script, case by case: pressure over THRESH, SndUna unchanged for a second,
@@ -455,7 +358,7 @@ mod tests {
         let mut p = policy(8 << 20);
         p.kind = Kind::Heffner;
         assert_eq!(cookies(&chosen(&Judge::new(p.clone()).judge_all(&sockets, 1000, 12 << 20))), [1, 2, 3]);
-        let out = Judge::new(p).judge_all(&sockets, 1000, 12 << 20).execute(2, |_| true);
+        let out = Judge::new(p).judge_all(&sockets, 1000, 12 << 20).carry_out(2, |_| Taken::Done);
         assert_eq!(cookies(&out.acted), [2, 3]);
         assert_eq!(out.held_back, 1, "the third offender is held back by the cap");
     }

@@ -3,7 +3,7 @@
 //! after a failure the next candidate is taken in the same interval.
 use ipnet::IpNet;
 
-use super::{Decision, Kind, judge::Assessment};
+use super::{Assessment, Decision, Kind};
 
 /// Failed destroys tried in one interval before giving up on the rest: a kernel that refuses
 /// every destroy must not make the agent spin through the whole candidate list.
@@ -91,16 +91,11 @@ impl Plan {
         self.sweep.len() + self.offenders.len() + self.escalation.len() + self.remote_cap.len()
     }
 
-    /// Carries the plan out: `act` destroys one socket and says whether it worked. At most
-    /// `allowed` succeed; the budget counts only what succeeded.
-    pub fn execute(self, allowed: usize, mut act: impl FnMut(&Decision) -> bool) -> Outcome {
-        self.carry_out(allowed, |d| if act(d) { Taken::Done } else { Taken::Failed })
-    }
-
-    /// [`Plan::execute`], where `act` may also say a socket is already gone ([`Taken::Gone`]: a
-    /// dry run's socket reported earlier in the episode, which a real run would have destroyed
-    /// then): it frees its memory in the projection, but neither uses up `allowed` nor counts as
-    /// acted or failed.
+    /// Carries the plan out: `act` destroys one socket and says what became of it. At most
+    /// `allowed` succeed; the budget counts only what succeeded. A socket `act` says is already
+    /// gone ([`Taken::Gone`]: a dry run's socket reported earlier in the episode, which a real
+    /// run would have destroyed then) frees its memory in the projection, but neither uses up
+    /// `allowed` nor counts as acted or failed.
     pub fn carry_out(self, allowed: usize, mut act: impl FnMut(&Decision) -> Taken) -> Outcome {
         let mut out = Outcome::default();
         let mut projected = self.pressure;
@@ -153,7 +148,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use crate::policy::{
-        Judge,
+        Judge, Taken,
         testing::{policy, sock},
     };
 
@@ -168,9 +163,9 @@ mod tests {
         ];
         let plan = Judge::new(policy(8 << 20)).judge_all(&sockets, 1000, 12 << 20);
         let mut tried = Vec::new();
-        let out = plan.execute(100, |d| {
+        let out = plan.carry_out(100, |d| {
             tried.push(d.socket.cookie);
-            d.socket.cookie != 2
+            if d.socket.cookie == 2 { Taken::Failed } else { Taken::Done }
         });
         assert_eq!(tried, [2, 3], "4 MiB from cookie 3 brings it back to the threshold");
         assert_eq!(out.acted.iter().map(|d| d.socket.cookie).collect::<Vec<_>>(), [3]);
@@ -182,9 +177,9 @@ mod tests {
         let sockets: Vec<_> = (1..=1000).map(|c| sock(c, "192.0.2.1:1", 1 << 20, 5000, 0)).collect();
         let plan = Judge::new(policy(1 << 20)).judge_all(&sockets, 1000, 1 << 30);
         let mut calls = 0;
-        let out = plan.execute(10_000, |_| {
+        let out = plan.carry_out(10_000, |_| {
             calls += 1;
-            false
+            Taken::Failed
         });
         assert_eq!((calls, out.failed), (super::MAX_FAILURES_PER_INTERVAL, super::MAX_FAILURES_PER_INTERVAL));
     }

@@ -5,10 +5,10 @@
 use enforcer_common::{ScanParams, scan_mode};
 
 use super::{
-    Fairness, Judge, Kind, Plan, Population, Reason, quiet,
+    Fairness, Judge, Kind, Plan, Population, Reason, Taken, quiet,
     testing::{policy, sock},
 };
-use crate::socket::Socket;
+use crate::model::socket::Socket;
 
 /// xorshift64*: deterministic, so a failure names its seed.
 struct Rng(u64);
@@ -65,7 +65,7 @@ fn step(rng: &mut Rng, s: &mut Socket, dt: u64) {
 
 /// What a plan carries out with every destroy succeeding, in order.
 fn chosen(plan: &Plan) -> Vec<(u64, Reason)> {
-    plan.clone().execute(usize::MAX, |_| true).acted.iter().map(|d| (d.socket.cookie, d.reason)).collect()
+    plan.clone().carry_out(usize::MAX, |_| Taken::Done).acted.iter().map(|d| (d.socket.cookie, d.reason)).collect()
 }
 
 /// The agent's interval: nothing read while quiet (unless a per-remote cap needs every

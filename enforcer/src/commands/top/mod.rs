@@ -8,23 +8,72 @@ use std::{
     cmp::Reverse,
     collections::HashMap,
     io::{IsTerminal, Write},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use super::PinDirArg;
 use crate::{
-    attribution::Attributor,
-    cli::{TopArgs, TopSort},
-    pins::PinDir,
-    policy::Judge,
-    pressure,
-    settings::Settings,
-    socket::Socket,
-    sys,
-    units::{human_bytes, human_ms},
+    bpf::{pins::PinDir, snapshot::Snapshot},
+    config::Settings,
+    host::{pressure, sys},
+    model::{
+        socket::Socket,
+        units::{human_bytes, human_ms, parse_duration},
+    },
+    observe::attribution::Attributor,
+    policy::{Judge, Taken},
 };
+
+#[derive(Debug, Args)]
+#[command(after_long_help = TOP_HELP)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub pins: PinDirArg,
+    /// Refresh every DURATION.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Show at most N sockets [default: as many as the window fits; 20 when not a terminal].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// The column to sort by at start (keys change it).
+    #[arg(long, value_enum, default_value_t = TopSort::Charged)]
+    pub sort: TopSort,
+    /// Print one view as JSON and exit: pressure, threshold and every socket with its share,
+    /// stall, drain estimate and whether the rule chooses it now.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after N refreshes (default: until q, Esc or Ctrl-C); when stdout is not a terminal
+    /// the views are printed one after another as plain text.
+    #[arg(long, value_name = "N")]
+    pub iterations: Option<u64>,
+}
+
+const TOP_HELP: &str = "\
+Keys: q or Esc quits; c sorts by charged memory, s by send queue, t by stalled time, d by drain
+estimate, a by age; the same key again reverses the order.
+
+Examples:
+  enforcer top
+  enforcer top --sort stalled --interval 500ms
+  enforcer top --json | jq '.sockets[] | select(.chosen != null)'";
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TopSort {
+    /// Most charged memory first.
+    Charged,
+    /// Largest send queue first.
+    SendQueue,
+    /// Longest stalled first.
+    Stalled,
+    /// Longest drain estimate first.
+    Drain,
+    /// Oldest record first (the age counts from when enforcer recorded the connection).
+    Age,
+}
 
 /// One socket of a view.
 #[derive(Debug, Clone, Serialize)]
@@ -78,7 +127,7 @@ impl View {
 pub struct Observer {
     pins: PinDir,
     settings: Settings,
-    source: pressure::Source,
+    meter: pressure::Meter,
     judge: Judge,
     epoch: Instant,
     who: Attributor,
@@ -87,21 +136,26 @@ pub struct Observer {
 impl Observer {
     pub fn open(args: &TopArgs) -> Result<Self> {
         let pins = PinDir::open(&args.pins.pin_dir)?;
-        let settings = pins.settings().clone();
+        let settings: Settings = pins.settings()?;
         // A protected cgroup that is gone protects nothing.
         let judge = Judge::new(settings.policy(settings.protected_cgroup_ids().unwrap_or_default()));
-        Ok(Self { source: settings.source(), settings, pins, judge, epoch: Instant::now(), who: Attributor::new() })
+        Ok(Self { meter: settings.meter(), settings, pins, judge, epoch: Instant::now(), who: Attributor::new() })
     }
 
     /// A fresh snapshot, judged.
     pub fn view(&mut self) -> Result<View> {
-        let sockets = self.pins.snapshot()?.sockets;
-        let pressure = self.source.read(sockets.iter().map(|s| s.charged).sum())?;
+        let snapshot = Snapshot::read(&self.pins, &self.settings.cgroup)?;
+        let pressure = self.meter.read(snapshot.charged())?;
+        let sockets = snapshot.sockets;
         let plan = self.judge.judge_all(&sockets, self.epoch.elapsed().as_millis() as u64, pressure);
         let assessments = plan.assessments.clone();
         // What the agent would do with these sockets: every destroy succeeding.
-        let chosen: HashMap<u64, &'static str> =
-            plan.execute(usize::MAX, |_| true).acted.iter().map(|d| (d.socket.cookie, d.reason.as_str())).collect();
+        let chosen: HashMap<u64, &'static str> = plan
+            .carry_out(usize::MAX, |_| Taken::Done)
+            .acted
+            .iter()
+            .map(|d| (d.socket.cookie, d.reason.as_str()))
+            .collect();
         let threshold = self.settings.threshold;
         let rows = sockets
             .into_iter()
@@ -121,7 +175,7 @@ impl Observer {
         Ok(View {
             pressure,
             threshold,
-            source: self.source.name(),
+            source: self.meter.name(),
             over: pressure > threshold,
             dry_run: self.settings.dry_run,
             sockets: rows,

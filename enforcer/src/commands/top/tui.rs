@@ -13,11 +13,8 @@ use ratatui::{
     widgets::{Block, Cell, Gauge, Paragraph, Row as TableRow, Table},
 };
 
-use super::{COLUMNS, Observer, View, cells, headline};
-use crate::{
-    cli::{TopArgs, TopSort},
-    units::human_bytes,
-};
+use super::{COLUMNS, Observer, TopArgs, TopSort, View, cells, headline};
+use crate::model::units::human_bytes;
 
 /// Leaves raw mode and the alternate screen when dropped.
 struct Restore;

@@ -1,0 +1,65 @@
+//! Map, program and pin names, shared so the loader, the programs and the CLI never disagree.
+//! The pin directory holds one file per name in `PIN_*`.
+/// The socket-local storage map of `SockRecord`s.
+pub const MAP_RECORDS: &str = "RECORDS";
+pub const MAP_RECORD_AT_FIRST_SIGHT: &str = "RECORD_AT_FIRST_SIGHT";
+pub const MAP_SCAN_PARAMS: &str = "SCAN_PARAMS";
+pub const MAP_SCAN_SUMMARY: &str = "SCAN_SUMMARY";
+pub const MAP_REMOTE_COUNTS: &str = "REMOTE_COUNTS";
+pub const MAP_STATS: &str = "STATS";
+pub const MAP_AGENT_INFO: &str = "AGENT_INFO";
+pub const MAP_AGENT_SETTINGS: &str = "AGENT_SETTINGS";
+pub const MAP_KILLS: &str = "KILLS";
+pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
+pub const MAP_CONTAINED: &str = "CONTAINED";
+pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
+pub const GLOBAL_WATCH: &str = "WATCH";
+
+pub const PROG_SOCKOPS: &str = "enforcer_sockops";
+/// Every tracked socket, for the CLI (the pinned snapshot).
+pub const PROG_SNAPSHOT: &str = "enforcer_snapshot";
+/// The agent's scan: sums every tracked socket, emits the ones its rule could act on.
+pub const PROG_SCAN: &str = "enforcer_scan";
+/// The same over `iter/tcp`, per network namespace, for kernels that refuse map-element
+/// iterators.
+pub const PROG_SNAPSHOT_TCP: &str = "enforcer_snapshot_tcp";
+pub const PROG_SCAN_TCP: &str = "enforcer_scan_tcp";
+/// Gives connections that predate the agent a record (`iter/tcp`, run once per namespace).
+pub const PROG_ADOPT: &str = "enforcer_adopt";
+/// Which process holds each tracked socket (`iter/task_file`), for attribution.
+pub const PROG_HOLDERS: &str = "enforcer_holders";
+
+/// `iter/<this>` of the snapshot and the scan: they walk the records, not the TCP tables.
+pub const ITER_SK_STORAGE: &str = "bpf_sk_storage_map";
+/// `iter/<this>` of adoption: every TCP socket of the reader's network namespace.
+pub const ITER_TCP: &str = "tcp";
+/// `iter/<this>` of the holders walk: every open file of every process.
+pub const ITER_TASK_FILE: &str = "task_file";
+
+pub const PIN_SOCKETS: &str = "sockets";
+pub const PIN_STATS: &str = "stats";
+pub const PIN_INFO: &str = "info";
+pub const PIN_SETTINGS: &str = "settings";
+pub const PIN_KILLS: &str = "kills";
+pub const PIN_KILL_COUNTERS: &str = "kill_counters";
+pub const PIN_CONTAINED: &str = "contained";
+/// The pinned snapshot link: reading this file runs the snapshot (every namespace at once).
+pub const PIN_SNAPSHOT: &str = "snapshot";
+/// Instead of `snapshot` on kernels that refuse map-element iterators: reading this file
+/// runs the snapshot over the reader's network namespace.
+pub const PIN_SNAPSHOT_TCP: &str = "snapshot_tcp";
+/// The pinned holders link: reading it lists `Holder`s (`enforcer sockets -p`).
+pub const PIN_HOLDERS: &str = "holders";
+/// Every pin the agent makes, for cleaning up after an agent that died.
+pub const ALL_PINS: [&str; 10] = [
+    PIN_SNAPSHOT,
+    PIN_SNAPSHOT_TCP,
+    PIN_HOLDERS,
+    PIN_SOCKETS,
+    PIN_STATS,
+    PIN_INFO,
+    PIN_SETTINGS,
+    PIN_KILLS,
+    PIN_KILL_COUNTERS,
+    PIN_CONTAINED,
+];

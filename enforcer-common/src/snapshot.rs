@@ -1,0 +1,65 @@
+//! One socket in a snapshot or a scan, as the walks write it out.
+
+use crate::record::SockRecord;
+
+/// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub cookie: u64,
+    /// When this entry was read (ns, same clock as the record).
+    pub now_ns: u64,
+    /// The tracker's record, after reconciliation with the values below.
+    pub record: SockRecord,
+    /// Cgroup v2 id (inode number of the cgroup directory) of the socket's owner.
+    pub cgroup_id: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub write_seq: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    /// The peer's advertised window, scaled, in bytes.
+    pub snd_wnd: u32,
+    /// `sk_wmem_queued`: bytes of send-queue memory charged to the socket (with overhead).
+    pub wmem_queued: u32,
+    pub total_retrans: u32,
+    pub total_rto: u16,
+    /// `TCP_ESTABLISHED` = 1 … as in `include/net/tcp_states.h`.
+    pub state: u8,
+    pub _pad0: u8,
+    /// `sk_bound_dev_if`: the interface index the socket is bound to (SO_BINDTODEVICE, or
+    /// inherited from a bound listener), 0 if none. The kernel's lookup for SOCK_DESTROY only
+    /// finds a bound socket when the request names this interface.
+    pub bound_dev_if: u32,
+    /// Inode of the socket's network namespace (`ls -iL /proc/PID/ns/net`).
+    pub netns: u32,
+    pub _pad2: u32,
+}
+
+impl SnapshotEntry {
+    /// Bytes the application queued that the peer has not acknowledged (what SIOCOUTQ says).
+    pub fn send_queue(&self) -> u32 {
+        self.write_seq.wrapping_sub(self.snd_una)
+    }
+    /// Bytes queued but not yet sent.
+    pub fn unsent(&self) -> u32 {
+        self.write_seq.wrapping_sub(self.snd_nxt)
+    }
+    /// Bytes received that the application has not read (what SIOCINQ says, FIN aside).
+    pub fn recv_queue(&self) -> u32 {
+        self.rcv_nxt.wrapping_sub(self.copied_seq)
+    }
+    /// Since when the queue has been stalled (ns): the last progress, or the first time a scan
+    /// saw this backlog, whichever is later. Meaningful while `send_queue() > 0`.
+    pub fn stalled_since_ns(&self) -> u64 {
+        self.record.tx_progress_ns.max(self.record.outstanding_since_ns)
+    }
+}
+
+// The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
+
+user_pod!(SnapshotEntry);

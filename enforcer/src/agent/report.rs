@@ -1,0 +1,66 @@
+//! Reporting an interval: the kernel counters and program statistics as gauges, the interval's
+//! metrics, and its debug line.
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use enforcer_common::stats;
+
+use super::{Agent, act::Acted};
+
+/// Time spent in each step of an interval, for the metrics and the debug line.
+pub(super) struct Timing {
+    pub started: Instant,
+    pub scanned: Duration,
+    pub decided: Duration,
+}
+
+impl Agent {
+    /// Kernel counters and program statistics, every interval.
+    pub(super) fn update_gauges(&self, counters: Result<[u64; stats::COUNT as usize]>) {
+        let m = &self.metrics;
+        match counters {
+            Ok(k) => m.kernel_counters(&k),
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "reading kernel counters"),
+        }
+        for (name, runs, time) in self.loaded.program_stats() {
+            m.program_stats(name, runs, time);
+        }
+    }
+
+    /// An interval whose pressure was well below the threshold: nothing judged.
+    pub(super) fn report_quiet(&self, pressure: u64, scanned: Duration) {
+        self.metrics.pressure.set(pressure as i64);
+        self.metrics.offenders.set(0);
+        self.metrics.scan_seconds.observe(scanned.as_secs_f64());
+        tracing::debug!(
+            pressure,
+            threshold = self.settings.threshold,
+            scan_us = scanned.as_micros() as u64,
+            "interval (summary only)"
+        );
+    }
+
+    /// An interval that judged `sockets` sockets and acted.
+    pub(super) fn report_interval(&self, sockets: usize, acted: &Acted, t: &Timing) {
+        let (pressure, outcome) = (acted.pressure, &acted.outcome);
+        let m = &self.metrics;
+        m.pressure.set(pressure as i64);
+        m.scan_seconds.observe(t.scanned.as_secs_f64());
+        m.policy_seconds.observe((t.decided - t.scanned).as_secs_f64());
+        m.offenders.set(acted.candidates as i64);
+        m.held_back.inc_by(outcome.held_back as u64);
+        m.repeat_offenders_flagged.set(self.judge.repeat_offenders() as i64);
+        tracing::debug!(
+            sockets,
+            pressure,
+            threshold = self.settings.threshold,
+            candidates = acted.candidates,
+            acted = outcome.acted.len(),
+            failed = outcome.failed,
+            scan_us = t.scanned.as_micros() as u64,
+            policy_us = (t.decided - t.scanned).as_micros() as u64,
+            total_us = t.started.elapsed().as_micros() as u64,
+            "interval"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Sensing: which scan the last pressure calls for (none, a summary, the candidates, every
+//! socket), the walk, the pressure, and the population the sockets share the threshold with.
+use std::{collections::HashMap, time::Instant};
+
+use enforcer_common::{ScanSummary, scan_mode};
+
+use super::Agent;
+use crate::{
+    bpf::{scan::Scanner, snapshot::Walk},
+    host::{netns::Namespace, pressure},
+    model::{fairness::Fairness, socket::Socket},
+    policy::{self, Population},
+};
+
+/// An interval walks the sockets at least this often, even while the kernel's own memory figures
+/// show pressure is well below the threshold, so the tracked-sockets gauge is never older. (No
+/// decision depends on it: a stall is dated from the first walk that sees the backlog.) A walk
+/// costs about 1 µs per TCP socket of the watched namespaces with `iter/tcp` (BENCHMARKS.md).
+const WALK_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The scan and what the last one found.
+pub(super) struct Sense {
+    scanner: Scanner,
+    /// Where pressure is read.
+    pub meter: pressure::Meter,
+    /// The pressure the last interval read, which chooses what the next scan writes out.
+    last_pressure: Option<u64>,
+    /// When the sockets were last walked.
+    last_walk: Option<Instant>,
+}
+
+/// The sockets to judge, with the population they share the threshold with.
+pub(super) type Judged = (Population, Vec<Socket>);
+
+impl Sense {
+    pub fn new(scanner: Scanner, meter: pressure::Meter) -> Self {
+        Self { scanner, meter, last_pressure: None, last_walk: None }
+    }
+}
+
+impl Agent {
+    /// The scan, in the mode the last pressure calls for: the pressure, and — unless pressure
+    /// is well below the threshold — the sockets to judge with the population they share the
+    /// threshold with. `None` when the scan or the pressure could not be read.
+    pub(super) fn sense(&mut self) -> Option<(u64, Option<Judged>)> {
+        let s = &self.settings;
+        // A per-remote cap judges idle connections, which hold nothing: it needs them all.
+        let full = s.max_per_remote.is_some();
+        let threshold = s.threshold;
+        // While the last pressure was quiet, the scan reads a summary only; a summary that finds
+        // pressure above the line is followed at once by a scan of the candidates.
+        let low = |p: u64| policy::quiet(p, threshold);
+        let mut mode = match self.sense.last_pressure {
+            _ if full => scan_mode::ALL,
+            Some(p) if low(p) => scan_mode::SUMMARY,
+            _ => scan_mode::CANDIDATES,
+        };
+        // Pressure well below the threshold by the kernel's own figures, read without a walk:
+        // nothing can be chosen, so nothing is walked.
+        let recent = self.sense.last_walk.is_some_and(|t| t.elapsed() < WALK_AT_LEAST_EVERY);
+        if !full
+            && recent
+            && let Some(bound) = self.sense.meter.without_scan()
+            && low(bound)
+        {
+            self.metrics.scans.get_or_create(&vec![("kind", "skipped")]).inc();
+            // `tracked` pressure is what the last walk read; the others are read as they are.
+            let pressure = match self.sense.meter.source {
+                pressure::Source::Tracked => self.sense.last_pressure.unwrap_or_default(),
+                _ => bound,
+            };
+            return Some((pressure, None));
+        }
+        let groups = match s.fairness {
+            Fairness::Connection => None,
+            _ if full => None,
+            Fairness::RemoteIp => Some((32, 128)),
+            Fairness::RemotePrefix { v4, v6 } => Some((u32::from(v4), u32::from(v6))),
+        };
+        loop {
+            let summary = self.walk(mode, groups.filter(|_| mode != scan_mode::SUMMARY))?;
+            let pressure = match self.sense.meter.read(summary.charged) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reading pressure failed; nothing enforced this interval");
+                    return None;
+                }
+            };
+            self.sense.last_pressure = Some(pressure);
+            if mode == scan_mode::SUMMARY {
+                if low(pressure) {
+                    return Some((pressure, None));
+                }
+                // Pressure rose past the line since the last interval: scan the candidates now.
+                mode = scan_mode::CANDIDATES;
+                continue;
+            }
+            return Some((pressure, Some(self.population(mode, groups, &summary))));
+        }
+    }
+
+    /// One walk in `mode` (in each namespace of the cgroup for the `iter/tcp` walk), counted in
+    /// the metrics. `None` when it failed.
+    fn walk(&mut self, mode: u32, groups: Option<(u32, u32)>) -> Option<ScanSummary> {
+        let namespaces: &[Namespace] = match self.sense.scanner.walk() {
+            Walk::Records => &[],
+            Walk::Tcp => self.namespaces.list(),
+        };
+        let summary = match self.sense.scanner.scan(mode, groups, namespaces) {
+            Ok(summary) => summary,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "scan failed; nothing enforced this interval");
+                return None;
+            }
+        };
+        self.sense.last_walk = Some(Instant::now());
+        let kind = match mode {
+            scan_mode::SUMMARY => "summary",
+            scan_mode::CANDIDATES => "candidates",
+            _ => "all",
+        };
+        self.metrics.scans.get_or_create(&vec![("kind", kind)]).inc();
+        self.metrics.tracked.set(summary.sockets as i64);
+        self.metrics.scanned_out.set(summary.emitted as i64);
+        Some(summary)
+    }
+
+    /// The sockets the walk wrote out, with the population they share the threshold with: the
+    /// kernel's counts over every connection, or, when the walk wrote out every one, their own.
+    fn population(&self, mode: u32, groups: Option<(u32, u32)>, summary: &ScanSummary) -> Judged {
+        let fairness = self.settings.fairness;
+        let scanner = &self.sense.scanner;
+        let sockets: Vec<Socket> = scanner.entries().iter().map(Socket::new).collect();
+        if mode == scan_mode::ALL {
+            return (Population::of(fairness, &sockets), sockets);
+        }
+        let mut per_remote = HashMap::new();
+        if groups.is_some() {
+            for (sock, e) in sockets.iter().zip(scanner.entries()) {
+                per_remote.insert(fairness.group(sock.remote.ip()), scanner.remote_count(e));
+            }
+        }
+        (Population { connections: summary.sockets, remotes: summary.remotes, per_remote }, sockets)
+    }
+}

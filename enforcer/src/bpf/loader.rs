@@ -1,0 +1,350 @@
+//! Loads the eBPF object, attaches its programs and pins what the CLI reads; nothing else (the
+//! journal and the contained trie take their maps with [`Loaded::take_map`]). `Loaded` owns
+//! it all: dropping it detaches every program and removes every pin it made, so an agent that
+//! exits (or fails half-way through start-up) leaves nothing behind.
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, Map},
+    programs::{CgroupAttachMode, Iter, SockOps},
+};
+use enforcer_common::{WatchConfig, names, stats};
+
+use super::{btf, iter_link::IterLink, kernel_log::KernelLog, offsets, pins, snapshot::Walk};
+use crate::host::{netns, sys};
+
+/// The object `cargo xtask build-ebpf` built, embedded by build.rs (empty when it was missing).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
+
+pub struct LoadOptions<'a> {
+    pub cgroup: &'a Path,
+    /// The cgroup's id and depth, for adopting connections that predate the agent.
+    pub cgroup_id: u64,
+    pub cgroup_level: u32,
+    /// `FAULT_*` bits, for tests of failing open.
+    pub fault: u32,
+    pub pin_dir: &'a Path,
+    /// JSON of the agent's settings, shown by `enforcer status`.
+    pub settings: &'a str,
+}
+
+pub struct Loaded {
+    /// Forwards the programs' log lines into the agent's log (`None` when it could not start).
+    _kernel_log: Option<KernelLog>,
+    /// The iterator links, declared before `ebpf` so they are released first. The snapshot's
+    /// is pinned (the CLI reads it); the scan's is handed to the agent's `Scanner`.
+    snapshot_link: Option<IterLink>,
+    scan_link: Option<IterLink>,
+    adopt_link: Option<IterLink>,
+    /// Attribution's holders walk (pinned too, for `sockets -p`); `None` where the kernel
+    /// refused it.
+    holders_link: Option<IterLink>,
+    /// Which walk the snapshot and scan links make.
+    walk: Walk,
+    /// The programs loaded, by name (`names::PROG_*`), for their statistics.
+    programs: Vec<&'static str>,
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    pinned: Vec<PathBuf>,
+    /// Wall clock at load, milliseconds since the Unix epoch (for `status`).
+    started_unix_ms: u64,
+    /// The pin directory's flock, held while the agent lives (declared last: released last).
+    _lock: std::fs::File,
+}
+
+impl Loaded {
+    pub fn load(opts: &LoadOptions<'_>) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this enforcer binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild");
+        }
+        let lock = prepare_pin_dir(opts.pin_dir)?;
+        let kernel_btf = btf::Btf::from_file(Path::new(sys::VMLINUX)).context("reading kernel BTF")?;
+        let offsets = offsets::from_btf(&kernel_btf)?;
+        if let Some(line) = offsets::lacking(&offsets) {
+            tracing::warn!("{line}");
+        }
+        let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for program attach points")?;
+
+        let watch = WatchConfig {
+            cgroup_id: opts.cgroup_id,
+            cgroup_level: opts.cgroup_level,
+            adopt: 1,
+            fault: opts.fault,
+            _pad: 0,
+        };
+        let ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_OFFSETS, &offsets, true)
+            .override_global(names::GLOBAL_WATCH, &watch, true)
+            .map_max_entries(names::MAP_AGENT_SETTINGS, pins::settings_chunks(opts.settings))
+            .load(OBJECT)
+            .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
+        let mut loaded = Self {
+            _kernel_log: None,
+            snapshot_link: None,
+            scan_link: None,
+            adopt_link: None,
+            holders_link: None,
+            walk: Walk::Records,
+            programs: Vec::new(),
+            ebpf,
+            pin_dir: opts.pin_dir.to_owned(),
+            pinned: Vec::new(),
+            started_unix_ms: sys::unix_ms(),
+            _lock: lock,
+        };
+        // From here on, dropping `loaded` undoes whatever succeeded.
+        loaded.pin_maps()?;
+        loaded.record_settings(opts.settings)?;
+        loaded.attach(opts.cgroup, &aya_btf, opts.fault)?;
+        // Once every program is loaded (see `KernelLog::start`).
+        loaded._kernel_log = KernelLog::start(&mut loaded.ebpf);
+        Ok(loaded)
+    }
+
+    fn pin_maps(&mut self) -> Result<()> {
+        for (map, pin) in [
+            (names::MAP_RECORDS, names::PIN_SOCKETS),
+            (names::MAP_STATS, names::PIN_STATS),
+            (names::MAP_AGENT_INFO, names::PIN_INFO),
+            (names::MAP_AGENT_SETTINGS, names::PIN_SETTINGS),
+            (names::MAP_KILLS, names::PIN_KILLS),
+            (names::MAP_KILL_COUNTERS, names::PIN_KILL_COUNTERS),
+            (names::MAP_CONTAINED, names::PIN_CONTAINED),
+        ] {
+            let path = pins::PinDir::path(&self.pin_dir, pin);
+            self.ebpf
+                .map(map)
+                .with_context(|| format!("eBPF object has no map {map}"))?
+                .pin(&path)
+                .with_context(|| format!("pinning map {map} at {}", path.display()))?;
+            self.pinned.push(path);
+        }
+        Ok(())
+    }
+
+    /// Records the agent's settings (JSON) for the CLI: see [`pins::write_record`].
+    pub fn record_settings(&mut self, settings: &str) -> Result<()> {
+        pins::write_record(&mut self.ebpf, self.started_unix_ms, settings)
+    }
+
+    /// Attaches every program, in an order that leaves no connection unrecorded: the walks
+    /// first (they say whether sock_ops must record at establishment), sock_ops last.
+    fn attach(&mut self, cgroup: &Path, btf: &aya::Btf, fault: u32) -> Result<()> {
+        let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        self.adopt_link = Some(self.iterator(btf, names::PROG_ADOPT, names::ITER_TCP, None)?);
+        self.attach_walks(btf)?;
+        self.attach_holders(btf, fault);
+        self.record_at_first_sight()?;
+        self.attach_sockops(&cgroup_fd, cgroup)
+    }
+
+    /// Loads the iterator program `name` for `iter/{iter}` (over `map` for a map-element
+    /// iterator) and makes its link.
+    fn iterator(
+        &mut self,
+        btf: &aya::Btf,
+        name: &'static str,
+        iter: &str,
+        map: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<IterLink> {
+        let prog: &mut Iter = program(&mut self.ebpf, name)?.try_into()?;
+        prog.load(iter, btf).with_context(|| format!("loading the iter/{iter} program {name}"))?;
+        self.programs.push(name);
+        let fd = prog.fd().with_context(|| format!("{name} has no fd"))?;
+        IterLink::create(fd.as_fd(), map).with_context(|| format!("creating the iterator link of {name}"))
+    }
+
+    /// The snapshot and the scan: they walk the records map where the kernel allows it, each
+    /// namespace's sockets otherwise. The snapshot's link is pinned for the CLI.
+    fn attach_walks(&mut self, btf: &aya::Btf) -> Result<()> {
+        let records = self.ebpf.map(names::MAP_RECORDS).context("eBPF object has no records map")?;
+        let Map::SkStorage(records) = records else { bail!("{} is not a socket storage map", names::MAP_RECORDS) };
+        let records = records.fd().as_fd().try_clone_to_owned().context("duplicating the records map's fd")?;
+        let by_records = self
+            .iterator(btf, names::PROG_SNAPSHOT, names::ITER_SK_STORAGE, Some(records.as_fd()))
+            .and_then(|snapshot| {
+                Ok((snapshot, self.iterator(btf, names::PROG_SCAN, names::ITER_SK_STORAGE, Some(records.as_fd()))?))
+            });
+        let (walk, snapshot, scan) = match by_records {
+            Ok((snapshot, scan)) => (Walk::Records, snapshot, scan),
+            Err(e) => {
+                // One line, once: the agent works the same, at a cost that grows with every
+                // TCP socket of the watched namespaces rather than with the tracked ones.
+                tracing::info!(
+                    error = refusal(&e),
+                    "this kernel refuses map-element iterators: the snapshot walks each network namespace's TCP \
+                     sockets (iter/tcp) instead of the records"
+                );
+                let snapshot = self.iterator(btf, names::PROG_SNAPSHOT_TCP, names::ITER_TCP, None)?;
+                (Walk::Tcp, snapshot, self.iterator(btf, names::PROG_SCAN_TCP, names::ITER_TCP, None)?)
+            }
+        };
+        let path = pins::PinDir::path(&self.pin_dir, walk.pin());
+        snapshot.pin(&path).with_context(|| format!("pinning the snapshot iterator at {}", path.display()))?;
+        self.pinned.push(path);
+        self.walk = walk;
+        (self.snapshot_link, self.scan_link) = (Some(snapshot), Some(scan));
+        Ok(())
+    }
+
+    /// Attribution's holders walk, pinned for `sockets -p`. Attribution works without it
+    /// (reading /proc, slower): a kernel that refuses it costs a log line, not the agent.
+    fn attach_holders(&mut self, btf: &aya::Btf, fault: u32) {
+        let holders = if fault & enforcer_common::FAULT_HOLDERS != 0 {
+            Err(anyhow::anyhow!("injected fault (--inject-fault holders)"))
+        } else {
+            self.iterator(btf, names::PROG_HOLDERS, names::ITER_TASK_FILE, None)
+        };
+        match holders {
+            Ok(holders) => {
+                let path = pins::PinDir::path(&self.pin_dir, names::PIN_HOLDERS);
+                match holders.pin(&path) {
+                    Ok(()) => self.pinned.push(path),
+                    // The agent keeps its link; only `sockets -p` reads /proc instead.
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not pin the holders walk"),
+                }
+                self.holders_link = Some(holders);
+            }
+            Err(e) => {
+                tracing::info!(
+                    error = refusal(&e),
+                    "the holders walk (iter/task_file) did not load: attribution reads /proc/PID/fd instead"
+                );
+            }
+        }
+    }
+
+    /// A walk of the records sees only recorded connections, so sock_ops must record each at
+    /// establishment; a walk of every socket records what it first sees, and sock_ops leaves it
+    /// the record. Decided before sock_ops is attached, so no connection falls between the two
+    /// (the agent's adoption, after this, finds those from before).
+    fn record_at_first_sight(&mut self) -> Result<()> {
+        if self.walk != Walk::Tcp {
+            return Ok(());
+        }
+        let map = self.ebpf.map_mut(names::MAP_RECORD_AT_FIRST_SIGHT).context("eBPF object has no recording map")?;
+        Array::<_, u32>::try_from(map)
+            .context("the recording map is not an array")?
+            .set(0, 1, 0)
+            .context("telling sock_ops to leave records to the walks")
+    }
+
+    fn attach_sockops(&mut self, cgroup_fd: &File, cgroup: &Path) -> Result<()> {
+        let prog: &mut SockOps = program(&mut self.ebpf, names::PROG_SOCKOPS)?.try_into()?;
+        prog.load().context("loading the sock_ops program")?;
+        self.programs.push(names::PROG_SOCKOPS);
+        // Through a bpf_link (kernel 5.7+), which the kernel always attaches alongside other
+        // programs; `Single` only means "no flags", which is all link_create accepts.
+        prog.attach(cgroup_fd, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
+        Ok(())
+    }
+
+    /// Hands the holders walk over to the agent's attribution (once); `None` where the kernel
+    /// refused it.
+    pub fn take_holders_link(&mut self) -> Option<IterLink> {
+        self.holders_link.take()
+    }
+
+    /// Gives a record to every unrecorded connection of the watched cgroup in `ns`: those
+    /// established before sock_ops was attached, and those whose record failed. Once per
+    /// namespace is enough otherwise: later connections get theirs from sock_ops or from the
+    /// first walk to see them.
+    pub fn adopt_in(&self, ns: &netns::Namespace) -> Result<()> {
+        let link = self.adopt_link.as_ref().context("adoption is not attached")?;
+        // An iter/tcp reader walks the namespace its maker is in.
+        netns::run_in(ns, || -> std::io::Result<()> {
+            let mut sink = Vec::new();
+            super::iter_link::read_all(&mut link.reader()?, &mut sink)
+        })?
+        .with_context(|| format!("adopting the connections of network namespace {}", ns.inode))
+    }
+
+    /// Hands the scan's link over to the agent's `Scanner` (once), with the walk it makes.
+    pub fn take_scan_link(&mut self) -> Result<(IterLink, Walk)> {
+        Ok((self.scan_link.take().context("the scan link was taken")?, self.walk))
+    }
+
+    /// The kernel programs' counters, summed over CPUs.
+    pub fn stats(&self) -> Result<[u64; stats::COUNT as usize]> {
+        let map = self.ebpf.map(names::MAP_STATS).context("no stats map")?;
+        Ok(pins::sum_stats(map)?)
+    }
+
+    /// Run count and run time of each program it loaded (zero unless
+    /// kernel.bpf_stats_enabled=1).
+    pub fn program_stats(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
+        self.programs
+            .iter()
+            .filter_map(|&name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some((name, info.run_count(), info.run_time()))
+            })
+            .collect()
+    }
+
+    /// Hands a map over to the module that owns its layout (the journal, the contained trie).
+    /// Its pin stays, and is removed with the others when `Loaded` is dropped.
+    pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name} (or it was taken)"))
+    }
+}
+
+/// Why the kernel refused a program, in one line: the error's first line without the verifier's
+/// log, which follows it (what comes before the log says why).
+fn refusal(e: &anyhow::Error) -> String {
+    let why = format!("{e:#}");
+    let first = why.lines().next().unwrap_or_default();
+    first.split(". Verifier output").next().unwrap_or(first).to_owned()
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| format!("eBPF object has no program {name}"))
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        for path in self.pinned.drain(..) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove pin");
+            }
+        }
+        // Only succeeds when empty: whatever else someone keeps there stays.
+        let _ = std::fs::remove_dir(&self.pin_dir);
+    }
+}
+
+/// Creates and locks the pin directory; refuses one a live agent holds and clears the pins of
+/// an agent that died (of any version: nobody holds the lock).
+fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
+    sys::check_pin_dir_name(dir)?;
+    sys::ensure_bpffs(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    // Root only: the maps say which connections exist and who owns them. (Pinned objects are
+    // 0600 already.)
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting pin directory {} to root", dir.display()))?;
+    let Some(lock) = sys::lock_dir(dir, true)? else {
+        let pid = pins::PinDir::open(dir).map(|p| p.info().pid.to_string());
+        bail!(
+            "another enforcer agent (pid {}) is running with pins in {}: stop it or choose another --pin-dir",
+            pid.unwrap_or_else(|_| "unknown".into()),
+            dir.display()
+        )
+    };
+    let stale: Vec<PathBuf> =
+        names::ALL_PINS.iter().map(|n| pins::PinDir::path(dir, n)).filter(|p| p.exists()).collect();
+    if !stale.is_empty() {
+        tracing::warn!(dir = %dir.display(), "removing stale pins of an agent that is no longer running");
+        for p in stale {
+            std::fs::remove_file(&p).with_context(|| format!("removing stale pin {}", p.display()))?;
+        }
+    }
+    Ok(lock)
+}

@@ -1,0 +1,207 @@
+//! The `--config` file: TOML with the same keys as `enforcer run`'s flags. Each value is read
+//! with the flag's own parser (sizes, durations, fairness modes and CIDRs mean the same in both
+//! places), unknown keys are refused, and an error names its key in one line.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use super::flags::LogFormat;
+use crate::{
+    host::pressure,
+    model::{
+        fairness::{Fairness, parse_fairness},
+        units::{check_threshold, parse_cidr, parse_duration, parse_size},
+    },
+    policy::Kind,
+};
+
+/// Values read from `--config`; `None` (or empty) where the file is silent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct File {
+    pub cgroup: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    /// Applies at start (a reload cannot change it).
+    pub log_format: Option<LogFormat>,
+    pub dry_run: Option<bool>,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Option<Duration>,
+    #[serde(deserialize_with = "threshold")]
+    pub threshold: Option<u64>,
+    pub pressure: Option<pressure::Source>,
+    #[serde(deserialize_with = "fairness")]
+    pub fairness: Option<Fairness>,
+    #[serde(deserialize_with = "duration")]
+    pub stall: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub max_drain: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub drain_window: Option<Duration>,
+    pub repeat_kills: Option<usize>,
+    #[serde(deserialize_with = "duration")]
+    pub repeat_window: Option<Duration>,
+    #[serde(deserialize_with = "size")]
+    pub contain_sndbuf: Option<u64>,
+    pub policy: Option<Kind>,
+    pub max_kills: Option<usize>,
+    pub max_kills_per_minute: Option<usize>,
+    pub protect_port: Vec<u16>,
+    pub protect_remote_port: Vec<u16>,
+    #[serde(deserialize_with = "cidrs")]
+    pub protect_cidr: Vec<IpNet>,
+    pub protect_cgroup: Vec<PathBuf>,
+    #[serde(deserialize_with = "positive")]
+    pub max_per_remote: Option<usize>,
+    #[serde(deserialize_with = "duration")]
+    pub idle: Option<Duration>,
+    #[serde(deserialize_with = "address")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl File {
+    /// Parses config text; the error is one line that names the key (`key `stall`: …`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| describe(text, &e))
+    }
+}
+
+/// One line for a TOML error: the key on the line it points at, where, and what is wrong; for an
+/// unknown key, the known key it most likely meant.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let mut message = e.message().trim().replace('\n', " ");
+    if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next())
+        && let Some(near) = closest(unknown, message.split('`').skip(3).step_by(2))
+    {
+        message = format!("unknown key `{unknown}`; did you mean `{near}`?");
+    }
+    let Some(span) = e.span() else { return message };
+    let at = span.start.min(text.len());
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let (line_no, column) = (text[..start].matches('\n').count() + 1, text[start..at].chars().count() + 1);
+    let line = text[start..].lines().next().unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains('[') => {
+            format!("key `{}` (line {line_no}, column {column}): {message}", key.trim().trim_matches('"'))
+        }
+        _ => format!("line {line_no}, column {column}: {message}"),
+    }
+}
+
+/// The candidate nearest to `word` by edit distance, if it is near enough to be a typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d)?.map(check_threshold).transpose().map_err(D::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d).map_err(|_| D::Error::custom("expected a duration string (\"3s\", \"250ms\")"))?;
+    parse_duration(&s).map(Some).map_err(D::Error::custom)
+}
+
+fn address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let bad = || D::Error::custom("expected \"ADDRESS:PORT\", e.g. \"127.0.0.1:9465\"");
+    String::deserialize(d).map_err(|_| bad())?.parse().map(Some).map_err(|_| bad())
+}
+
+fn fairness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fairness>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_fairness(&s).map(Some).map_err(D::Error::custom)
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?.iter().map(|s| parse_cidr(s).map_err(D::Error::custom)).collect()
+}
+
+fn positive<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de> + PartialEq + From<u8>,
+{
+    let n = T::deserialize(d)?;
+    if n == T::from(0) {
+        return Err(D::Error::custom("must be at least 1"));
+    }
+    Ok(Some(n))
+}
+
+/// Plain bytes (`65536`) or a size with its unit (`"64MiB"`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d) {
+        Ok(Size::Bytes(n)) => Ok(Some(n)),
+        Ok(Size::Text(s)) => parse_size(&s).map(Some).map_err(D::Error::custom),
+        Err(_) => Err(D::Error::custom("expected a size: bytes (65536) or a string with a unit (\"64MiB\")")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_errors_name_the_key() {
+        let f = File::parse(
+            "threshold = \"64MiB\"\nstall = \"2s\"\nprotect-port = [22, 2024]\nprotect-cidr = [\"10.0.0.0/8\"]\n\
+             fairness = \"remote-prefix:24\"\npolicy = \"heffner\"\ndry-run = true\nmax-kills = 5\n",
+        )
+        .expect("valid config");
+        assert_eq!(f.threshold, Some(64 << 20));
+        assert_eq!(f.stall, Some(Duration::from_secs(2)));
+        assert_eq!(f.protect_port, [22, 2024]);
+        assert_eq!(f.policy, Some(Kind::Heffner));
+        assert_eq!(f.fairness, Some(Fairness::RemotePrefix { v4: 24, v6: 64 }));
+        assert_eq!(File::parse("threshold = 1000").map(|f| f.threshold).ok(), Some(Some(1000)));
+        assert_eq!(File::parse("").map(|f| f.threshold).ok(), Some(None));
+        for (text, key) in [
+            ("threshold = \"lots\"", "threshold"),
+            ("threshold = -5", "threshold"),
+            ("stall = \"0s\"", "stall"),
+            ("stall = 5", "stall"),
+            ("protect-port = [70000]", "protect-port"),
+            ("max-kills = -1", "max-kills"),
+            ("max-per-remote = 0", "max-per-remote"),
+            ("fairness = \"per-user\"", "fairness"),
+            ("pressure = \"swap\"", "pressure"),
+            ("thresold = 5", "thresold"),
+            ("dry-run = true\nmetrics-addr = \"localhost\"", "metrics-addr"),
+            ("threshold = 0", "threshold"),
+            ("protect-cidr = [\"10.0.0.5/8\"]", "protect-cidr"),
+        ] {
+            let err = File::parse(text).err().unwrap_or_else(|| panic!("{text} parsed"));
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+            assert!(!err.contains('\n'), "{text}: {err}");
+        }
+        assert!(File::parse("not toml [").is_err());
+        let typo = File::parse("dry-run = true\nthresold = 5").err().unwrap_or_default();
+        assert!(typo.contains("line 2, column 1") && typo.contains("did you mean `threshold`?"), "{typo}");
+        let far = File::parse("colour = 5").err().unwrap_or_default();
+        assert!(far.contains("unknown") && !far.contains("did you mean"), "{far}");
+    }
+}

@@ -1,0 +1,196 @@
+//! The flags of `enforcer run` (clap), and how clap reads the domain's own enums: a setting is
+//! one field here, one key in [`file`](super::file), one in [`Settings`](super::Settings).
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum, builder::PossibleValue};
+use ipnet::IpNet;
+
+use crate::{
+    host::pressure,
+    model::{
+        fairness::{Fairness, parse_fairness},
+        units::{parse_cidr, parse_duration, parse_size, parse_threshold},
+    },
+    policy::Kind,
+};
+
+/// `--log-format`: the agent's and the CLI's log on stderr.
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags of `enforcer run`. Policy flags are optional here so that `--config` can supply them:
+/// a flag given on the command line wins over the file, the file over the default.
+#[derive(Debug, Clone, Default, Args)]
+#[command(after_long_help = RUN_HELP)]
+pub struct RunArgs {
+    /// cgroup v2 directory whose sockets are tracked [default: the cgroup2 root from /proc/mounts].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Directory on a bpf filesystem where the agent pins its maps (one agent per directory)
+    /// [default: /sys/fs/bpf/enforcer].
+    #[arg(long, env = "ENFORCER_PIN_DIR", value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// TOML file with the same keys as these flags (e.g. `threshold = "64MiB"`,
+    /// `protect-port = [22]`); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Destroy nothing; log and record `would_destroy` for every decision, once per socket while
+    /// the rule keeps choosing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How often a snapshot is taken and the rule applied (e.g. 250ms, 1s) [default: 1s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
+    /// Enforce only while pressure is above this size (16MiB, 100MB, bytes) [default: the
+    /// kernel's TCP pressure level, tcp_mem[1] pages; inside a network namespace, where tcp_mem
+    /// is not visible, MemTotal/16 as the kernel computes it at boot].
+    #[arg(long, value_parser = parse_threshold, value_name = "SIZE")]
+    pub threshold: Option<u64>,
+    /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in
+    /// /proc/net/sockstat), `cgroup` (socket memory in the cgroup's memory.stat) [default: tracked].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub pressure: Option<pressure::Source>,
+    /// How to split the threshold into fair shares: `connection` (threshold / connections),
+    /// `remote-ip` (per remote address, then per connection), `remote-prefix:N[,M]` (per IPv4 /N
+    /// and IPv6 /M, default M 64) [default: connection].
+    #[arg(long, value_parser = parse_fairness, value_name = "MODE")]
+    pub fairness: Option<Fairness>,
+    /// An offender made no forward progress (snd_una unchanged, data outstanding) for this long.
+    /// Longer than an ordinary client's pause: a reader whose application stops reading for up
+    /// to 2 s must not qualify [default: 3s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub stall: Option<Duration>,
+    /// ...or its queue would take longer than this to drain at the rate the peer acknowledged
+    /// over --drain-window [default: 30s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_drain: Option<Duration>,
+    /// The drain rate is measured over this long, and a socket must have been over its share
+    /// for all of it before it is a slow-drain offender: ACKs arrive in bursts, and one quiet
+    /// interval says nothing [default: 5s or 4 intervals, whichever is longer].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_window: Option<Duration>,
+    /// A remote (an address, or a prefix under --fairness remote-prefix) whose connections were
+    /// destroyed N times within --repeat-window is a repeat offender: its new connections get
+    /// one interval of grace instead of --stall, and a small send buffer (--contain-sndbuf).
+    /// 0 turns this off [default: 3].
+    #[arg(long, value_name = "N")]
+    pub repeat_kills: Option<usize>,
+    /// See --repeat-kills; a repeat offender is released after a whole window without a
+    /// destroy [default: 1m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub repeat_window: Option<Duration>,
+    /// SO_SNDBUF the kernel gives a repeat offender's new connections when they are
+    /// established (the kernel doubles it; at most net.core.wmem_max). 0: leave send buffers
+    /// alone [default: 32KiB].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub contain_sndbuf: Option<u64>,
+    /// `budget`: destroy the worst offenders until the projected pressure is at the threshold;
+    /// `heffner`: destroy every offender, as the 2006 proposal did [default: budget].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub policy: Option<Kind>,
+    /// Destroy at most N sockets per interval [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_kills: Option<usize>,
+    /// ...and at most N in any minute; a log line says when either cap holds sockets back
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_kills_per_minute: Option<usize>,
+    /// Never destroy a socket whose local port is P: a service of this host (repeatable).
+    #[arg(long, value_name = "P")]
+    pub protect_port: Vec<u16>,
+    /// Never destroy a socket whose remote port is P: a service this host connects to
+    /// (repeatable).
+    #[arg(long, value_name = "P")]
+    pub protect_remote_port: Vec<u16>,
+    /// Never destroy a socket whose remote address is in CIDR (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub protect_cidr: Vec<IpNet>,
+    /// Never destroy a socket owned by this cgroup directory or one below it (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub protect_cgroup: Vec<PathBuf>,
+    /// Keep at most N connections per remote address: beyond N, destroy that remote's
+    /// connections that moved no byte in either direction for --idle, oldest idle first. Applies
+    /// whatever the pressure.
+    #[arg(long, value_name = "N")]
+    pub max_per_remote: Option<usize>,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465) at /metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Test only: make these kernel programs fail (sockops), or act as if the kernel refused
+    /// them (holders), to show errors fail open.
+    #[arg(long, hide = true, value_delimiter = ',', value_enum)]
+    pub inject_fault: Vec<Fault>,
+    /// The global --log-format, when given (`main` copies it here: the config file may set it).
+    #[arg(skip)]
+    pub log_format: Option<LogFormat>,
+    /// Idle time for --max-per-remote [default: 5m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub idle: Option<Duration>,
+}
+
+const RUN_HELP: &str = "\
+The rule, every --interval: if pressure > --threshold, an offender is a socket whose charged
+send-side memory (sk_wmem_queued) is more than its fair share and that either made no forward
+progress for --stall or, over the whole --drain-window, was acknowledged too slowly to drain
+within --max-drain. Offenders are destroyed worst evidence first (bytes over the share times
+how long they have offended) until the projected pressure is back at the threshold, at most
+--max-kills per interval; a destroy that fails frees nothing, and the next offender is taken.
+When pressure stays over the threshold for 4 intervals and the share rule finds too little,
+sockets stalled for --stall become candidates whatever their share (reason
+stalled_under_share); a socket that makes progress never does. A repeat offender's new
+connections are judged after one interval (reason repeat_offender). Protected sockets are
+never destroyed. Every decision is logged as one event line and kept for `enforcer kills`.
+
+Sockets are destroyed with netlink SOCK_DESTROY, matched by 4-tuple and socket cookie (the
+application sees ECONNABORTED, the peer an RST). Netlink acts in one network namespace, so the
+agent reads and destroys from inside each namespace of the watched cgroup's processes
+(containers); a namespace with no process left in the cgroup cannot be reached.
+
+Examples:
+  enforcer run --dry-run
+  enforcer run --cgroup /sys/fs/cgroup/system.slice/nginx.service --threshold 256MiB --protect-port 22
+  enforcer run --fairness remote-ip --max-per-remote 200 --idle 10m";
+
+/// `--inject-fault` (tests only).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Fault {
+    Sockops,
+    Holders,
+}
+
+impl Fault {
+    /// Its `FAULT_*` bit, as the kernel side reads it.
+    pub fn bit(self) -> u32 {
+        match self {
+            Self::Sockops => enforcer_common::FAULT_SOCKOPS,
+            Self::Holders => enforcer_common::FAULT_HOLDERS,
+        }
+    }
+}
+
+/// `--policy` takes the rule's own names.
+impl ValueEnum for Kind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Kind::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+/// `--pressure` takes the sources' own names.
+impl ValueEnum for pressure::Source {
+    fn value_variants<'a>() -> &'a [Self] {
+        &pressure::Source::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}

@@ -1,0 +1,84 @@
+//! How the threshold is split into fair shares (`--fairness`): per connection, per remote
+//! address, or per remote prefix, with the form operators type and read.
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fairness {
+    /// threshold / connections (the 2006 rule).
+    Connection,
+    /// threshold / remote addresses, then / that remote's connections.
+    RemoteIp,
+    /// Like `RemoteIp`, with remotes grouped by prefix.
+    RemotePrefix { v4: u8, v6: u8 },
+}
+
+impl Fairness {
+    /// The remote a connection counts against: its address, or its prefix under prefix fairness.
+    pub fn group(self, ip: IpAddr) -> IpNet {
+        let len = match (self, ip) {
+            (Self::RemotePrefix { v4, .. }, IpAddr::V4(_)) => v4,
+            (Self::RemotePrefix { v6, .. }, IpAddr::V6(_)) => v6,
+            (_, IpAddr::V4(_)) => 32,
+            (_, IpAddr::V6(_)) => 128,
+        };
+        IpNet::new(ip, len).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
+    }
+}
+
+impl std::str::FromStr for Fairness {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_fairness(s)
+    }
+}
+
+/// As `--fairness` takes it.
+impl std::fmt::Display for Fairness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connection => f.write_str("connection"),
+            Self::RemoteIp => f.write_str("remote-ip"),
+            Self::RemotePrefix { v4, v6 } => write!(f, "remote-prefix:{v4},{v6}"),
+        }
+    }
+}
+
+/// `connection`, `remote-ip`, `remote-prefix:N` (IPv4 /N, IPv6 /64) or `remote-prefix:N,M`.
+pub fn parse_fairness(s: &str) -> Result<Fairness, String> {
+    let bad = || format!("`{s}` is not a fairness mode (connection, remote-ip, remote-prefix:24, remote-prefix:24,48)");
+    match s {
+        "connection" => Ok(Fairness::Connection),
+        "remote-ip" => Ok(Fairness::RemoteIp),
+        _ => {
+            let spec = s.strip_prefix("remote-prefix:").ok_or_else(bad)?;
+            let (v4, v6) = match spec.split_once(',') {
+                Some((a, b)) => (a.parse::<u8>().map_err(|_| bad())?, b.parse::<u8>().map_err(|_| bad())?),
+                None => (spec.parse::<u8>().map_err(|_| bad())?, 64),
+            };
+            if v4 > 32 || v6 > 128 {
+                return Err(format!("`{s}`: prefix lengths are at most 32 (IPv4) and 128 (IPv6)"));
+            }
+            Ok(Fairness::RemotePrefix { v4, v6 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints() {
+        assert_eq!(parse_fairness("connection"), Ok(Fairness::Connection));
+        assert_eq!(parse_fairness("remote-ip"), Ok(Fairness::RemoteIp));
+        assert_eq!(parse_fairness("remote-prefix:24"), Ok(Fairness::RemotePrefix { v4: 24, v6: 64 }));
+        assert_eq!(parse_fairness("remote-prefix:16,48"), Ok(Fairness::RemotePrefix { v4: 16, v6: 48 }));
+        assert!(parse_fairness("remote-prefix:33").is_err());
+        assert!(parse_fairness("per-user").is_err());
+        for f in [Fairness::Connection, Fairness::RemoteIp, Fairness::RemotePrefix { v4: 16, v6: 48 }] {
+            assert_eq!(parse_fairness(&f.to_string()), Ok(f));
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Every decision the agent makes, said twice: as one log line (JSON fields in `--log-format
+//! json`, `key=value` pairs in text) with its explanation, and as a record for the pinned ring
+//! that `enforcer kills` reads.
+use enforcer_common::KillRecord;
+
+use super::attribution::Attribution;
+use crate::{
+    bpf::journal::Event,
+    host::{sock_diag::errno_name, sys},
+    model::units::{fixed, human_bytes, human_ms},
+    policy::{Decision, Reason, repeat::Flagged},
+};
+
+/// Why the rule chose it, in words.
+fn why(d: &Decision) -> String {
+    let s = &d.socket;
+    let held = format!("holds {} charged ({} queued)", human_bytes(s.charged), human_bytes(s.send_queue));
+    match d.reason {
+        Reason::Stalled => {
+            format!("{held}, share {}, no progress for {}", human_bytes(d.fair_share), human_ms(s.stalled_ms))
+        }
+        Reason::SlowDrain => format!(
+            "{held}, share {}, would take {} to drain at its rate over {}",
+            human_bytes(d.fair_share),
+            human_ms(d.drain_estimate_ms.unwrap_or(u64::MAX)),
+            human_ms(d.offending_ms)
+        ),
+        Reason::RemoteCap => {
+            format!("over the per-remote connection cap, idle for {}", human_ms(s.rx_idle_ms.min(s.tx_idle_ms)))
+        }
+        Reason::StalledUnderShare => format!(
+            "{held}, under its share {} but no progress for {} while pressure stays over the threshold",
+            human_bytes(d.fair_share),
+            human_ms(s.stalled_ms)
+        ),
+        Reason::RepeatOffender => {
+            format!("{held}, a repeat offender's connection with no progress for {}", human_ms(s.stalled_ms))
+        }
+    }
+}
+
+/// One line a decision: JSON fields in `--log-format json`, `key=value` pairs in text. `who`
+/// says whose socket it was (namespace, cgroup path, process), so two namespaces' kills can be
+/// told apart by more than a port.
+pub fn log(
+    event: Event,
+    d: &Decision,
+    who: &Attribution,
+    pressure: u64,
+    threshold: u64,
+    error: Option<&std::io::Error>,
+) {
+    let s = &d.socket;
+    let why = why(d);
+    let errno = error.and_then(std::io::Error::raw_os_error).map(errno_name);
+    let (pid, comm) = (who.process.as_ref().map(|p| p.pid), who.process.as_ref().map(|p| p.comm.as_str()));
+    let owner = match &who.process {
+        Some(p) => format!(" ({} pid {}, cgroup {})", p.comm, p.pid, who.cgroup.as_deref().unwrap_or("?")),
+        None => format!(" (cgroup {})", who.cgroup.as_deref().unwrap_or("?")),
+    };
+    macro_rules! emit {
+        ($level:ident) => {
+            tracing::$level!(
+                event = event.as_str(), cookie = s.cookie, local = %s.local, remote = %s.remote,
+                send_queue = s.send_queue, charged = s.charged, fair_share = d.fair_share,
+                stalled_ms = s.stalled_ms, drain_estimate_ms = d.drain_estimate_ms,
+                offending_ms = d.offending_ms, evidence = d.evidence, pressure, threshold,
+                reason = d.reason.as_str(), error = error.map(|e| e.to_string()), errno,
+                netns = who.netns, cgroup_id = who.cgroup_id, cgroup = who.cgroup.as_deref(), pid, comm,
+                "{} {} -> {}{owner}: {why}", event.as_str(), s.local, s.remote
+            )
+        };
+    }
+    match event {
+        Event::DestroyFailed => emit!(error),
+        _ => emit!(warn),
+    }
+}
+
+/// The line that names a new repeat offender, so an operator can block it upstream.
+pub fn log_repeat_offender(f: &Flagged, contained: Option<u64>) {
+    tracing::warn!(
+        event = "repeat_offender", remote = %f.remote, kills = f.kills, window_ms = f.window_ms,
+        contain_sndbuf = contained,
+        "repeat_offender {}: {} connections destroyed within {}; its new connections get {}",
+        f.remote, f.kills, human_ms(f.window_ms),
+        match contained {
+            Some(b) => format!("one interval of grace and a {} send buffer", human_bytes(b)),
+            None => "one interval of grace".to_owned(),
+        }
+    );
+}
+
+/// The ring's record of a decision (written by [`Journal::write`](crate::bpf::journal::Journal::write)).
+pub fn record(event: Event, d: &Decision, who: &Attribution, pressure: u64, threshold: u64, errno: i32) -> KillRecord {
+    let raw = &d.socket.raw.record;
+    KillRecord {
+        unix_ms: sys::unix_ms(),
+        cookie: d.socket.cookie,
+        local_addr: raw.local_addr,
+        remote_addr: raw.remote_addr,
+        local_port: raw.local_port,
+        remote_port: raw.remote_port,
+        family: raw.family,
+        event: event.code(),
+        reason: d.reason.code(),
+        send_queue: d.socket.send_queue,
+        charged: d.socket.charged,
+        fair_share: d.fair_share,
+        stalled_ms: d.socket.stalled_ms,
+        drain_estimate_ms: d.drain_estimate_ms.unwrap_or(u64::MAX),
+        pressure,
+        threshold,
+        error: errno,
+        _pad: 0,
+        netns: who.netns,
+        cgroup_id: who.cgroup_id,
+        pid: who.process.as_ref().map_or(0, |p| p.pid),
+        _pad2: 0,
+        comm: fixed(who.process.as_ref().map_or("", |p| p.comm.as_str())),
+        cgroup: fixed(who.cgroup.as_deref().unwrap_or("")),
+    }
+}

@@ -1,0 +1,51 @@
+//! Made-up sockets and policies for the rule's unit tests.
+use std::net::SocketAddr;
+
+use super::*;
+
+/// A socket holding `charged` bytes (send queue the same), stalled for `stalled_ms`.
+pub fn sock(cookie: u64, remote: &str, charged: u64, stalled_ms: u64, bytes_acked: u64) -> Socket {
+    Socket {
+        cookie,
+        local: "10.0.0.1:80".parse().expect("addr"),
+        remote: remote.parse::<SocketAddr>().expect("addr"),
+        state: "ESTABLISHED",
+        send_queue: charged,
+        unsent: 0,
+        recv_queue: 0,
+        charged,
+        peer_window: 0,
+        zero_window_ms: 0,
+        stalled_ms,
+        rx_idle_ms: stalled_ms,
+        tx_idle_ms: stalled_ms,
+        age_ms: 600_000,
+        adopted: false,
+        recorded: crate::model::socket::Recorded::Established,
+        bytes_acked,
+        bytes_received: 0,
+        retransmits: 0,
+        rtos: 0,
+        cgroup_id: 1,
+        bound_dev_if: 0,
+        netns: 0,
+        raw: Default::default(),
+    }
+}
+
+pub fn policy(threshold: u64) -> Policy {
+    Policy {
+        threshold,
+        stall_ms: 1000,
+        max_drain_ms: 30_000,
+        drain_window_ms: 5000,
+        interval_ms: 250,
+        fairness: Fairness::Connection,
+        kind: Kind::Budget,
+        max_kills: 1000,
+        protect: Protect::default(),
+        max_per_remote: None,
+        idle_ms: 60_000,
+        repeat: RepeatRule { kills: 3, window_ms: 60_000 },
+    }
+}
