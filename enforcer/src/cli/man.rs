@@ -146,7 +146,7 @@ mod tests {
         assert!(keys.len() > 20, "{keys:?}");
         for key in keys {
             // A wrong value may be refused, an unknown key must not be.
-            if let Err(e) = crate::config::file::File::parse(&format!("{key} = 0\n")) {
+            if let Err(e) = crate::config::file::parse(&format!("{key} = 0\n")) {
                 assert!(!e.contains("unknown"), "{key}: {e}");
             }
         }

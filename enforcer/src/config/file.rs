@@ -1,69 +1,22 @@
-//! The `--config` file: TOML with the same keys as `enforcer run`'s flags. Each value is read
-//! with the flag's own parser (sizes, durations, fairness modes and CIDRs mean the same in both
-//! places), unknown keys are refused, and an error names its key in one line.
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+//! The `--config` file: TOML with the same keys as `enforcer run`'s flags, read into the same
+//! type ([`RunArgs`]). Each value is read with the flag's own parser (sizes, durations,
+//! fairness modes and CIDRs mean the same in both places), unknown keys are refused, and an
+//! error names its key in one line.
+use std::{net::SocketAddr, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de::Error as _};
 
-use super::flags::LogFormat;
-use crate::{
-    host::pressure,
-    model::{
-        fairness::{Fairness, parse_fairness},
-        units::{check_threshold, parse_cidr, parse_duration, parse_size},
-    },
-    policy::Kind,
+use super::flags::RunArgs;
+use crate::model::{
+    fairness::{Fairness, parse_fairness},
+    units::{check_threshold, parse_cidr, parse_duration, parse_size},
 };
 
-/// Values read from `--config`; `None` (or empty) where the file is silent.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct File {
-    pub cgroup: Option<PathBuf>,
-    pub pin_dir: Option<PathBuf>,
-    /// Applies at start (a reload cannot change it).
-    pub log_format: Option<LogFormat>,
-    pub dry_run: Option<bool>,
-    #[serde(deserialize_with = "duration")]
-    pub interval: Option<Duration>,
-    #[serde(deserialize_with = "threshold")]
-    pub threshold: Option<u64>,
-    pub pressure: Option<pressure::Source>,
-    #[serde(deserialize_with = "fairness")]
-    pub fairness: Option<Fairness>,
-    #[serde(deserialize_with = "duration")]
-    pub stall: Option<Duration>,
-    #[serde(deserialize_with = "duration")]
-    pub max_drain: Option<Duration>,
-    #[serde(deserialize_with = "duration")]
-    pub drain_window: Option<Duration>,
-    pub repeat_kills: Option<usize>,
-    #[serde(deserialize_with = "duration")]
-    pub repeat_window: Option<Duration>,
-    #[serde(deserialize_with = "size")]
-    pub contain_sndbuf: Option<u64>,
-    pub policy: Option<Kind>,
-    pub max_kills: Option<usize>,
-    pub max_kills_per_minute: Option<usize>,
-    pub protect_port: Vec<u16>,
-    pub protect_remote_port: Vec<u16>,
-    #[serde(deserialize_with = "cidrs")]
-    pub protect_cidr: Vec<IpNet>,
-    pub protect_cgroup: Vec<PathBuf>,
-    #[serde(deserialize_with = "positive")]
-    pub max_per_remote: Option<usize>,
-    #[serde(deserialize_with = "duration")]
-    pub idle: Option<Duration>,
-    #[serde(deserialize_with = "address")]
-    pub metrics_addr: Option<SocketAddr>,
-}
-
-impl File {
-    /// Parses config text; the error is one line that names the key (`key `stall`: …`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| describe(text, &e))
-    }
+/// Parses config text into the flags' type ([`RunArgs`]); the error is one line that names the
+/// key (`key `stall`: …`).
+pub fn parse(text: &str) -> Result<RunArgs, String> {
+    toml::from_str(text).map_err(|e| describe(text, &e))
 }
 
 /// One line for a TOML error: the key on the line it points at, where, and what is wrong; for an
@@ -112,30 +65,30 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     size(d)?.map(check_threshold).transpose().map_err(D::Error::custom)
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d).map_err(|_| D::Error::custom("expected a duration string (\"3s\", \"250ms\")"))?;
     parse_duration(&s).map(Some).map_err(D::Error::custom)
 }
 
-fn address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+pub(super) fn address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let bad = || D::Error::custom("expected \"ADDRESS:PORT\", e.g. \"127.0.0.1:9465\"");
     String::deserialize(d).map_err(|_| bad())?.parse().map(Some).map_err(|_| bad())
 }
 
-fn fairness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fairness>, D::Error> {
+pub(super) fn fairness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fairness>, D::Error> {
     let s = String::deserialize(d)?;
     parse_fairness(&s).map(Some).map_err(D::Error::custom)
 }
 
-fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+pub(super) fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     Vec::<String>::deserialize(d)?.iter().map(|s| parse_cidr(s).map_err(D::Error::custom)).collect()
 }
 
-fn positive<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
+pub(super) fn positive<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
 where
     T: Deserialize<'de> + PartialEq + From<u8>,
 {
@@ -147,7 +100,7 @@ where
 }
 
 /// Plain bytes (`65536`) or a size with its unit (`"64MiB"`).
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Size {
@@ -167,7 +120,7 @@ mod tests {
 
     #[test]
     fn keys_parse_and_errors_name_the_key() {
-        let f = File::parse(
+        let f = parse(
             "threshold = \"64MiB\"\nstall = \"2s\"\nprotect-port = [22, 2024]\nprotect-cidr = [\"10.0.0.0/8\"]\n\
              fairness = \"remote-prefix:24\"\npolicy = \"heffner\"\ndry-run = true\nmax-kills = 5\n",
         )
@@ -175,10 +128,10 @@ mod tests {
         assert_eq!(f.threshold, Some(64 << 20));
         assert_eq!(f.stall, Some(Duration::from_secs(2)));
         assert_eq!(f.protect_port, [22, 2024]);
-        assert_eq!(f.policy, Some(Kind::Heffner));
+        assert_eq!(f.policy, Some(crate::policy::Kind::Heffner));
         assert_eq!(f.fairness, Some(Fairness::RemotePrefix { v4: 24, v6: 64 }));
-        assert_eq!(File::parse("threshold = 1000").map(|f| f.threshold).ok(), Some(Some(1000)));
-        assert_eq!(File::parse("").map(|f| f.threshold).ok(), Some(None));
+        assert_eq!(parse("threshold = 1000").map(|f| f.threshold).ok(), Some(Some(1000)));
+        assert_eq!(parse("").map(|f| f.threshold).ok(), Some(None));
         for (text, key) in [
             ("threshold = \"lots\"", "threshold"),
             ("threshold = -5", "threshold"),
@@ -194,14 +147,14 @@ mod tests {
             ("threshold = 0", "threshold"),
             ("protect-cidr = [\"10.0.0.5/8\"]", "protect-cidr"),
         ] {
-            let err = File::parse(text).err().unwrap_or_else(|| panic!("{text} parsed"));
+            let err = parse(text).err().unwrap_or_else(|| panic!("{text} parsed"));
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
             assert!(!err.contains('\n'), "{text}: {err}");
         }
-        assert!(File::parse("not toml [").is_err());
-        let typo = File::parse("dry-run = true\nthresold = 5").err().unwrap_or_default();
+        assert!(parse("not toml [").is_err());
+        let typo = parse("dry-run = true\nthresold = 5").err().unwrap_or_default();
         assert!(typo.contains("line 2, column 1") && typo.contains("did you mean `threshold`?"), "{typo}");
-        let far = File::parse("colour = 5").err().unwrap_or_default();
+        let far = parse("colour = 5").err().unwrap_or_default();
         assert!(far.contains("unknown") && !far.contains("did you mean"), "{far}");
     }
 }

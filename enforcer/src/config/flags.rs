@@ -1,10 +1,12 @@
-//! The flags of `enforcer run` (clap), and how clap reads the domain's own enums: a setting is
-//! one field here, one key in [`file`](super::file), one in [`Settings`](super::Settings).
+//! The flags of `enforcer run` and the keys of its config file, as one type ([`RunArgs`]), and
+//! how clap reads the domain's own enums.
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum, builder::PossibleValue};
 use ipnet::IpNet;
+use serde::Deserialize;
 
+use super::file;
 use crate::{
     host::pressure,
     model::{
@@ -15,7 +17,7 @@ use crate::{
 };
 
 /// `--log-format`: the agent's and the CLI's log on stderr.
-#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     #[default]
@@ -23,9 +25,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `enforcer run`. Policy flags are optional here so that `--config` can supply them:
-/// a flag given on the command line wins over the file, the file over the default.
-#[derive(Debug, Clone, Default, Args)]
+/// What `enforcer run` is told: its flags, and, with the same names in kebab case, the keys of
+/// its `--config` file ([`file::parse`]), so a setting is one field with one doc. Values are
+/// optional here so that either can supply them: a flag given on the command line wins over
+/// the file, the file over the default ([`Settings::resolve`](super::Settings::resolve)).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     /// cgroup v2 directory whose sockets are tracked [default: the cgroup2 root from /proc/mounts].
@@ -38,6 +43,7 @@ pub struct RunArgs {
     /// TOML file with the same keys as these flags (e.g. `threshold = "64MiB"`,
     /// `protect-port = [22]`); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Destroy nothing; log and record `would_destroy` for every decision, once per socket while
     /// the rule keeps choosing it.
@@ -45,11 +51,13 @@ pub struct RunArgs {
     pub dry_run: bool,
     /// How often a snapshot is taken and the rule applied (e.g. 250ms, 1s) [default: 1s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "file::duration")]
     pub interval: Option<Duration>,
     /// Enforce only while pressure is above this size (16MiB, 100MB, bytes) [default: the
     /// kernel's TCP pressure level, tcp_mem[1] pages; inside a network namespace, where tcp_mem
     /// is not visible, MemTotal/16 as the kernel computes it at boot].
     #[arg(long, value_parser = parse_threshold, value_name = "SIZE")]
+    #[serde(deserialize_with = "file::threshold")]
     pub threshold: Option<u64>,
     /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in
     /// /proc/net/sockstat), `cgroup` (socket memory in the cgroup's memory.stat) [default: tracked].
@@ -59,20 +67,24 @@ pub struct RunArgs {
     /// `remote-ip` (per remote address, then per connection), `remote-prefix:N[,M]` (per IPv4 /N
     /// and IPv6 /M, default M 64) [default: connection].
     #[arg(long, value_parser = parse_fairness, value_name = "MODE")]
+    #[serde(deserialize_with = "file::fairness")]
     pub fairness: Option<Fairness>,
     /// An offender made no forward progress (snd_una unchanged, data outstanding) for this long.
     /// Longer than an ordinary client's pause: a reader whose application stops reading for up
     /// to 2 s must not qualify [default: 3s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "file::duration")]
     pub stall: Option<Duration>,
     /// ...or its queue would take longer than this to drain at the rate the peer acknowledged
     /// over --drain-window [default: 30s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "file::duration")]
     pub max_drain: Option<Duration>,
     /// The drain rate is measured over this long, and a socket must have been over its share
     /// for all of it before it is a slow-drain offender: ACKs arrive in bursts, and one quiet
     /// interval says nothing [default: 5s or 4 intervals, whichever is longer].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "file::duration")]
     pub drain_window: Option<Duration>,
     /// A remote (an address, or a prefix under --fairness remote-prefix) whose connections were
     /// destroyed N times within --repeat-window is a repeat offender: its new connections get
@@ -83,11 +95,13 @@ pub struct RunArgs {
     /// See --repeat-kills; a repeat offender is released after a whole window without a
     /// destroy [default: 1m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "file::duration")]
     pub repeat_window: Option<Duration>,
     /// SO_SNDBUF the kernel gives a repeat offender's new connections when they are
     /// established (the kernel doubles it; at most net.core.wmem_max). 0: leave send buffers
     /// alone [default: 32KiB].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    #[serde(deserialize_with = "file::size")]
     pub contain_sndbuf: Option<u64>,
     /// `budget`: destroy the worst offenders until the projected pressure is at the threshold;
     /// `heffner`: destroy every offender, as the 2006 proposal did [default: budget].
@@ -109,6 +123,7 @@ pub struct RunArgs {
     pub protect_remote_port: Vec<u16>,
     /// Never destroy a socket whose remote address is in CIDR (repeatable).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    #[serde(deserialize_with = "file::cidrs")]
     pub protect_cidr: Vec<IpNet>,
     /// Never destroy a socket owned by this cgroup directory or one below it (repeatable).
     #[arg(long, value_name = "PATH")]
@@ -117,19 +132,24 @@ pub struct RunArgs {
     /// connections that moved no byte in either direction for --idle, oldest idle first. Applies
     /// whatever the pressure.
     #[arg(long, value_name = "N")]
+    #[serde(deserialize_with = "file::positive")]
     pub max_per_remote: Option<usize>,
     /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465) at /metrics [default: off].
     #[arg(long, value_name = "ADDR")]
+    #[serde(deserialize_with = "file::address")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Test only: make these kernel programs fail (sockops), or act as if the kernel refused
     /// them (holders), to show errors fail open.
     #[arg(long, hide = true, value_delimiter = ',', value_enum)]
+    #[serde(skip)]
     pub inject_fault: Vec<Fault>,
-    /// The global --log-format, when given (`main` copies it here: the config file may set it).
+    /// The global --log-format, when given (`main` copies it here); the file's `log-format` key.
+    /// Applies at start (a reload cannot change it).
     #[arg(skip)]
     pub log_format: Option<LogFormat>,
     /// Idle time for --max-per-remote [default: 5m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "file::duration")]
     pub idle: Option<Duration>,
 }
 

@@ -1,4 +1,4 @@
-//! The agent's settings: command-line flags ([`RunArgs`]) over `--config` TOML ([`File`]) over
+//! The agent's settings: command-line flags ([`RunArgs`]) over the `--config` file ([`file`]) over
 //! defaults, validated once into [`Settings`]. The agent records them in its pins; `status`
 //! shows them and `top` rebuilds the agent's rule from them with the same [`Settings::policy`].
 use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::{
-    file::File,
+    file,
     flags::{LogFormat, RunArgs},
 };
 use crate::{
@@ -90,7 +90,7 @@ fn from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fairness, D::Erro
 
 /// Checks config text the way `--config` does; for fuzzing and tools. Errors name the key.
 pub fn check_config_text(text: &str) -> Result<(), String> {
-    File::parse(text).map(|_| ())
+    file::parse(text).map(|_| ())
 }
 
 /// `enforcer check-config FILE`: the settings `enforcer run --config FILE` would start with, or
@@ -112,7 +112,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<Settings> {
 pub fn log_format(flag: Option<LogFormat>, config: Option<&std::path::Path>) -> LogFormat {
     flag.or_else(|| {
         let text = std::fs::read_to_string(config?).ok()?;
-        File::parse(&text).ok()?.log_format
+        file::parse(&text).ok()?.log_format
     })
     .unwrap_or_default()
 }
@@ -137,9 +137,9 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| usage(format!("cannot read config {}: {e}", path.display())))?;
-                File::parse(&text).map_err(|e| usage(format!("config {}: {e}", path.display())))?
+                file::parse(&text).map_err(|e| usage(format!("config {}: {e}", path.display())))?
             }
-            None => File::default(),
+            None => RunArgs::default(),
         };
         let from_file = args.cgroup.is_none() && file.cgroup.is_some();
         let cgroup = match args.cgroup.or(file.cgroup) {
@@ -197,7 +197,7 @@ impl Settings {
             cgroup_id,
             pin_dir,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            dry_run: args.dry_run || file.dry_run.unwrap_or(false),
+            dry_run: args.dry_run || file.dry_run,
             interval_ms,
             threshold,
             pressure: args.pressure.or(file.pressure).unwrap_or(pressure::Source::Tracked),
