@@ -49,7 +49,9 @@ pub use self::{
     kills::{KILL_CGROUP_LEN, KILL_RING, KillRecord, kill_counters},
     offsets::{KernelOffsets, OFFSET_ABSENT},
     record::{AF_INET, AF_INET6, RECORD_ADOPTED, RECORD_FIRST_SEEN, SockRecord},
-    scan::{REMOTE_COUNTS_CAPACITY, RemoteCount, RemoteKey, ScanParams, ScanSummary, remote_key, scan_mode},
+    scan::{
+        REMOTE_COUNTS_CAPACITY, RemoteCount, RemoteKey, ScanParams, ScanSummary, is_connection, remote_key, scan_mode,
+    },
     snapshot::SnapshotEntry,
     watch::{FAULT_HOLDERS, FAULT_SOCKOPS, WatchConfig},
 };

@@ -16,6 +16,14 @@ pub mod scan_mode {
     pub const ALL: u32 = 2;
 }
 
+/// Whether a socket in TCP state `state` (`TCP_ESTABLISHED` = 1 … as in
+/// `include/net/tcp_states.h`) is a connection the walks count, write out and adopt: one that
+/// can hold data worth watching (not listening, not half-open, not closed).
+pub fn is_connection(state: u8) -> bool {
+    // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+    matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
+}
+
 /// What the agent asks of its scan, written into `SCAN_PARAMS` before each read.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]

@@ -11,7 +11,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
 use aya_log_ebpf::{error, info};
-use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SockRecord, names, stats};
+use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SockRecord, is_connection, names, stats};
 
 use crate::{
     kernel::{Clock, ipv6, load, off, read_bytes, watch},
@@ -20,12 +20,6 @@ use crate::{
 
 /// The target of this program's log lines in the agent's log.
 const LOG: &str = names::PROG_ADOPT;
-
-/// States of a connection that can hold data worth watching (not listening, not half-open).
-pub fn is_connection(state: u8) -> bool {
-    // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
-    matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
-}
 
 /// Makes a record, with `flags` (`RECORD_*`) and dated by `clock`, for a connection of the watched
 /// cgroup that a walk sees unrecorded. `None` for a socket that is no connection of the watched

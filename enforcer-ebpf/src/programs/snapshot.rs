@@ -25,13 +25,13 @@ use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
 use aya_log_ebpf::error;
 use enforcer_common::{
     FAULT_SOCKOPS, OFFSET_ABSENT, RECORD_FIRST_SEEN, RemoteCount, ScanParams, ScanSummary, SnapshotEntry, SockRecord,
-    names, remote_key, scan_mode, stats,
+    is_connection, names, remote_key, scan_mode, stats,
 };
 
 use crate::{
     kernel::{Clock, load, off, reconcile, seq_write, watch},
     maps::{REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count, count_rare, record},
-    programs::adopt::{adopt, is_connection},
+    programs::adopt::adopt,
 };
 
 /// The target of this program's log lines in the agent's log.

@@ -1,6 +1,6 @@
 //! Sensing: which scan the last pressure calls for (none, a summary, the candidates, every
 //! socket), the walk, the pressure, and the population the sockets share the threshold with.
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use enforcer_common::{ScanSummary, scan_mode};
 
@@ -8,7 +8,7 @@ use super::Agent;
 use crate::{
     bpf::{scan::Scanner, snapshot::Walk},
     host::{netns::Namespace, pressure},
-    model::{fairness::Fairness, socket::Socket},
+    model::socket::Socket,
     policy::{self, Population},
 };
 
@@ -71,12 +71,8 @@ impl Agent {
             };
             return Some((pressure, None));
         }
-        let groups = match s.fairness {
-            Fairness::Connection => None,
-            _ if full => None,
-            Fairness::RemoteIp => Some((32, 128)),
-            Fairness::RemotePrefix { v4, v6 } => Some((u32::from(v4), u32::from(v6))),
-        };
+        // A full scan's population is counted here; otherwise the kernel counts per remote group.
+        let groups = if full { None } else { s.fairness.scan_groups() };
         loop {
             let summary = self.walk(mode, groups.filter(|_| mode != scan_mode::SUMMARY))?;
             let pressure = match self.sense.meter.read(summary.charged) {
@@ -134,12 +130,7 @@ impl Agent {
         if mode == scan_mode::ALL {
             return (Population::of(fairness, &sockets), sockets);
         }
-        let mut per_remote = HashMap::new();
-        if groups.is_some() {
-            for (sock, e) in sockets.iter().zip(scanner.entries()) {
-                per_remote.insert(fairness.group(sock.remote.ip()), scanner.remote_count(e));
-            }
-        }
-        (Population { connections: summary.sockets, remotes: summary.remotes, per_remote }, sockets)
+        let count = groups.map(|_| |s: &Socket| scanner.remote_count(&s.raw));
+        (Population::counted(fairness, summary.sockets, summary.remotes, &sockets, count), sockets)
     }
 }

@@ -25,6 +25,17 @@ impl Fairness {
         };
         IpNet::new(ip, len).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
     }
+
+    /// The prefix lengths (IPv4, IPv6) the kernel's scan groups remotes by to count connections
+    /// per group ([`group`](Self::group) in the kernel's terms); `None` when the shares do not
+    /// depend on remotes.
+    pub fn scan_groups(self) -> Option<(u32, u32)> {
+        match self {
+            Self::Connection => None,
+            Self::RemoteIp => Some((32, 128)),
+            Self::RemotePrefix { v4, v6 } => Some((u32::from(v4), u32::from(v6))),
+        }
+    }
 }
 
 impl std::str::FromStr for Fairness {

@@ -30,6 +30,24 @@ impl Population {
         Self { connections: sockets.len() as u64, remotes: per_remote.len() as u64, per_remote }
     }
 
+    /// The population as the agent's scan counts it in the kernel: `connections` and distinct
+    /// `remotes` over every tracked connection, and, for each socket written out (`sockets`),
+    /// its group's connections as `count` reads them (the kernel's `REMOTE_COUNTS`); `count` is
+    /// `None` when the scan counted no remotes.
+    pub fn counted(
+        fairness: Fairness,
+        connections: u64,
+        remotes: u64,
+        sockets: &[Socket],
+        count: Option<impl Fn(&Socket) -> u64>,
+    ) -> Self {
+        let per_remote = match count {
+            Some(count) => sockets.iter().map(|s| (fairness.group(s.remote.ip()), count(s))).collect(),
+            None => HashMap::new(),
+        };
+        Self { connections, remotes, per_remote }
+    }
+
     /// The fair share of `s` of memory `threshold`.
     pub fn share(&self, fairness: Fairness, threshold: u64, s: &Socket) -> u64 {
         match fairness {

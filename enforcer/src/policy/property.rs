@@ -1,14 +1,25 @@
-//! The agent's scan leaves sockets out (`ScanParams::emits`) and skips whole intervals while
-//! pressure is quiet; `enforcer top` judges full snapshots. This property test holds the two to
-//! the same decisions, interval after interval, over generated socket sets for every fairness
-//! mode and policy: what the kernel filters out could never have been chosen nor remembered.
-use enforcer_common::{ScanParams, scan_mode};
+//! The agent's scan leaves sockets out (`ScanParams::emits`), counts the population in the
+//! kernel (connections, and per remote group by `remote_key`) and skips whole intervals while
+//! pressure is quiet; `enforcer top` judges full snapshots and counts them itself
+//! (`Population::of`). This property test holds the two to the same decisions, interval after
+//! interval, over generated socket sets for every fairness mode (prefix lengths varied, IPv4
+//! peers of dual-stack sockets among them), socket state and policy: what the kernel filters out
+//! could never have been chosen nor remembered, and the kernel groups remotes as the rule does.
+//! The kernel's side is emulated with the kernel's own code (`is_connection`, `emits`,
+//! `remote_key`, shared with the eBPF crate) and the agent's with its own (`scan_groups`,
+//! `Population::counted`).
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use enforcer_common::{AF_INET, AF_INET6, RemoteKey, ScanParams, is_connection, remote_key, scan_mode};
 
 use super::{
     Fairness, Judge, Kind, Plan, Population, Reason, Taken, quiet,
     testing::{policy, sock},
 };
-use crate::model::socket::Socket;
+use crate::model::socket::{Socket, state_name};
 
 /// xorshift64*: deterministic, so a failure names its seed.
 struct Rng(u64);
@@ -28,16 +39,45 @@ impl Rng {
     }
 }
 
-const REMOTES: [&str; 7] =
-    ["192.0.2.1", "192.0.2.7", "198.51.100.3", "203.0.113.9", "2001:db8::1", "2001:db8::2", "2001:db8:1::5"];
+/// Peers: two IPv4 addresses in one /24, two IPv6 in one /64, and an IPv4 peer of a dual-stack
+/// socket (`::ffff:192.0.2.1`, the same remote as `192.0.2.1` to the rule).
+const REMOTES: [&str; 8] = [
+    "192.0.2.1",
+    "192.0.2.7",
+    "198.51.100.3",
+    "203.0.113.9",
+    "2001:db8::1",
+    "2001:db8::2",
+    "2001:db8:1::5",
+    "::ffff:192.0.2.1",
+];
 
-/// One generated socket; the raw entry holds what the kernel's filter reads.
+/// TCP states a tracked socket can be in, the connections (that can hold data) first: a
+/// destroyed socket its application has not closed is `CLOSE`, a listener or a half-open one
+/// is seen by the `iter/tcp` walk.
+const STATES: [u8; 10] = [1, 4, 5, 8, 9, 11, 7, 10, 2, 3];
+
+/// One generated socket; the raw entry holds what the kernel's scan reads (state, remote
+/// address as the record keeps it).
 fn socket(rng: &mut Rng, cookie: u64) -> Socket {
-    let ip = REMOTES[rng.below(REMOTES.len() as u64) as usize];
-    let remote = if ip.contains(':') { format!("[{ip}]:{}", 1000 + cookie) } else { format!("{ip}:{}", 1000 + cookie) };
-    let mut s = sock(cookie, &remote, 0, 0, 0);
+    let ip: IpAddr = REMOTES[rng.below(REMOTES.len() as u64) as usize].parse().expect("remote");
+    let mut s = sock(cookie, &SocketAddr::new(ip.to_canonical(), (1000 + cookie) as u16).to_string(), 0, 0, 0);
+    (s.raw.record.family, s.raw.record.remote_addr) = match ip {
+        IpAddr::V4(v4) => (AF_INET, [u32::from_ne_bytes(v4.octets()), 0, 0, 0]),
+        IpAddr::V6(v6) => {
+            let b = v6.octets();
+            let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            (AF_INET6, [word(0), word(4), word(8), word(12)])
+        }
+    };
+    set_state(&mut s, if rng.chance(80) { 1 } else { STATES[rng.below(STATES.len() as u64) as usize] });
     s.age_ms = rng.below(600_000);
     s
+}
+
+fn set_state(s: &mut Socket, state: u8) {
+    s.raw.state = state;
+    s.state = state_name(state);
 }
 
 /// One interval later: queues grow, drain or empty; stalls lengthen or end; peers go idle.
@@ -61,6 +101,9 @@ fn step(rng: &mut Rng, s: &mut Socket, dt: u64) {
     s.tx_idle_ms = if rng.chance(30) { 0 } else { s.tx_idle_ms + dt };
     s.rx_idle_ms = if rng.chance(30) { 0 } else { s.rx_idle_ms + dt };
     s.age_ms += dt;
+    if rng.chance(5) {
+        set_state(s, STATES[rng.below(STATES.len() as u64) as usize]);
+    }
 }
 
 /// What a plan carries out with every destroy succeeding, in order.
@@ -69,28 +112,42 @@ fn chosen(plan: &Plan) -> Vec<(u64, Reason)> {
 }
 
 /// The agent's interval: nothing read while quiet (unless a per-remote cap needs every
-/// socket), otherwise what the scan writes out, with the population the kernel counted over
-/// every socket (per-remote counts for the groups written out, as `REMOTE_COUNTS` gives them).
+/// socket); otherwise the scan as the kernel makes it (connections counted, and per remote
+/// group when the fairness needs it; candidates written out) and the population as the agent
+/// assembles it from those counts.
 fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> (Vec<(u64, Reason)>, Vec<ipnet::IpNet>) {
     let p = j.policy_mut().clone();
     let full = p.max_per_remote.is_some();
     if !full && quiet(pressure, p.threshold) {
         return (Vec::new(), j.rest(now));
     }
+    let groups = if full { None } else { p.fairness.scan_groups() };
+    let (group_v4, group_v6) = groups.unwrap_or_default();
     let params = ScanParams {
         mode: if full { scan_mode::ALL } else { scan_mode::CANDIDATES },
-        count_remotes: 1,
-        group_v4: 0,
-        group_v6: 0,
-        generation: 0,
+        count_remotes: u32::from(groups.is_some()),
+        group_v4,
+        group_v6,
+        generation: 1,
     };
-    let emitted: Vec<Socket> = all.iter().filter(|s| params.emits(s.raw.wmem_queued)).cloned().collect();
-    let counted = Population::of(p.fairness, all);
-    let mut population = Population { connections: all.len() as u64, remotes: counted.remotes, ..Default::default() };
-    for s in &emitted {
-        let group = p.fairness.group(s.remote.ip());
-        population.per_remote.insert(group, counted.per_remote.get(&group).copied().unwrap_or(1));
+    let key = |s: &Socket| remote_key(s.raw.record.family, s.raw.record.remote_addr, group_v4, group_v6);
+    // The kernel's scan: every connection counted, the candidates written out.
+    let (mut connections, mut counts, mut emitted) = (0, HashMap::<RemoteKey, u64>::new(), Vec::new());
+    for s in all.iter().filter(|s| is_connection(s.raw.state)) {
+        connections += 1;
+        if params.count_remotes != 0 {
+            *counts.entry(key(s)).or_default() += 1;
+        }
+        if params.emits(s.raw.wmem_queued) {
+            emitted.push(s.clone());
+        }
     }
+    let population = if full {
+        Population::of(p.fairness, &emitted)
+    } else {
+        let count = groups.map(|_| |s: &Socket| counts.get(&key(s)).copied().unwrap_or(1));
+        Population::counted(p.fairness, connections, counts.len() as u64, &emitted, count)
+    };
     let plan = j.judge(&emitted, &population, now, pressure);
     (chosen(&plan), plan.released)
 }
@@ -104,7 +161,10 @@ fn filtered_scan_decides_like_the_full_snapshot() {
         p.fairness = match rng.below(3) {
             0 => Fairness::Connection,
             1 => Fairness::RemoteIp,
-            _ => Fairness::RemotePrefix { v4: 24, v6: 48 },
+            _ => Fairness::RemotePrefix {
+                v4: [8, 16, 24, 31, 32][rng.below(5) as usize],
+                v6: [32, 48, 64, 127, 128][rng.below(5) as usize],
+            },
         };
         p.kind = if rng.chance(50) { Kind::Budget } else { Kind::Heffner };
         p.drain_window_ms = 1000 + rng.below(4) * 500;
@@ -137,10 +197,12 @@ fn filtered_scan_decides_like_the_full_snapshot() {
                 next_cookie += 1;
                 sockets.push(socket(&mut rng, next_cookie));
             }
-            let tracked: u64 = sockets.iter().map(|s| s.charged).sum();
+            // What the CLI's snapshot writes out: every connection.
+            let snapshot: Vec<Socket> = sockets.iter().filter(|s| is_connection(s.raw.state)).cloned().collect();
+            let tracked: u64 = snapshot.iter().map(|s| s.charged).sum();
             // Pressure as `tracked` reads it, or from elsewhere (kernel, cgroup), quiet or not.
             let pressure = if rng.chance(50) { tracked } else { rng.below(threshold * 2) };
-            let plan = full.judge_all(&sockets, now, pressure);
+            let plan = full.judge_all(&snapshot, now, pressure);
             let want = (chosen(&plan), plan.released.clone());
             let got = agent_interval(&mut agent, &sockets, now, pressure);
             assert_eq!(got, want, "seed {seed}, interval {i}, pressure {pressure} of {threshold}");
