@@ -2,7 +2,7 @@
 //! date it (`iter/bpf_sk_storage_map`, or `iter/tcp`). One file per hook under `programs/`.
 //!
 //! Every program fails open: an error is counted in `STATS` and the kernel carries on exactly
-//! as without enforcer (sock_ops returns 1, the tracepoints and the iterator return 0).
+//! as without enforcer (sock_ops returns 1, the iterators return 0).
 #![no_std]
 #![no_main]
 

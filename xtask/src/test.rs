@@ -26,7 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let bin = root().join("target/release/enforcer");
     // The release artifacts, which tests/tests/deploy/dist.rs takes apart.
     dist::run()?;
-    // One at a time: the tests share the kernel (cgroups, bpffs, tracepoints).
+    // One at a time: the tests share the kernel (cgroups, bpffs, programs).
     run_cmd(
         Command::new("cargo")
             .current_dir(root())

@@ -40,7 +40,9 @@ pub(super) struct Act {
 
 /// What one interval's acting did, for the report.
 pub(super) struct Acted {
+    /// What the rule was judged against this interval.
     pub pressure: u64,
+    pub threshold: u64,
     /// Sockets the rule chose, before the budget and the caps.
     pub candidates: usize,
     pub outcome: Outcome,
@@ -49,7 +51,7 @@ pub(super) struct Acted {
 impl Agent {
     /// Carries the plan out within the kill caps, and remembers what was destroyed.
     pub(super) fn act(&mut self, plan: Plan, started: Instant) -> Acted {
-        let (pressure, candidates) = (plan.pressure, plan.candidates());
+        let (pressure, threshold, candidates) = (plan.pressure, plan.threshold, plan.candidates());
         let dry_run = self.settings.dry_run;
         let allowed = self.settings.max_kills.min(self.act.storm.available(started));
         // In a dry run, sockets chosen again that were reported earlier in the episode: taken as
@@ -62,7 +64,7 @@ impl Agent {
             let outcome = plan.carry_out(allowed, |d| {
                 if dry_run && self.act.reported.contains(&d.socket.cookie) {
                     Taken::Gone
-                } else if self.enforce(d, pressure) {
+                } else if self.enforce(d, pressure, threshold) {
                     Taken::Done
                 } else {
                     Taken::Failed
@@ -102,13 +104,12 @@ impl Agent {
             self.act.destroyers.retain(|inode, _| listed.iter().any(|n| n.inode == *inode));
             self.act.attribution.retain_namespaces(|inode| listed.iter().any(|n| n.inode == inode));
         }
-        Acted { pressure, candidates, outcome }
+        Acted { pressure, threshold, candidates, outcome }
     }
 
     /// Enforces one decision: destroys the socket (or, in a dry run, only says so), logs and
     /// journals it. True when it freed the socket's memory (or would have, in a dry run).
-    fn enforce(&mut self, d: &Decision, pressure: u64) -> bool {
-        let threshold = self.settings.threshold;
+    fn enforce(&mut self, d: &Decision, pressure: u64, threshold: u64) -> bool {
         // A destroy must be sent from inside the socket's namespace, reached through a process
         // of the cgroup that is in it; the process holding the socket is looked for there.
         let ns = self.namespaces.list().iter().find(|n| n.inode == d.socket.netns);

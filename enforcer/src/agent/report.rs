@@ -53,7 +53,7 @@ impl Agent {
         tracing::debug!(
             sockets,
             pressure,
-            threshold = self.settings.threshold,
+            threshold = acted.threshold,
             candidates = acted.candidates,
             acted = outcome.acted.len(),
             failed = outcome.failed,

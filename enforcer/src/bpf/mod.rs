@@ -1,8 +1,9 @@
 //! The kernel side as user space sees it: loading and attaching the programs (`loader`), the
-//! pin directory with the agent's record in it (`pins`), the iterator links aya lacks (`iter_link`), BTF and field offsets (`btf`, `offsets`), the programs' log
-//! (`kernel_log`), the one-agent-per-cgroup check (`attached`), and each pinned map with its
-//! one owner: the contained trie (`contained`), the snapshot the CLI reads (`snapshot`), the
-//! agent's scan (`scan`) and the kill journal's ring (`journal`). Imports `host`, `model`.
+//! pin directory with the agent's record in it (`pins`), the iterator links aya lacks
+//! (`iter_link`), BTF and field offsets (`btf`, `offsets`), the programs' log (`kernel_log`),
+//! the one-agent-per-cgroup check (`attached`), and each pinned map with its one owner: the
+//! contained trie (`contained`), the snapshot the CLI reads (`snapshot`), the agent's scan
+//! (`scan`) and the kill journal's ring (`journal`). Imports `host`, `model`.
 pub mod attached;
 pub mod btf;
 pub mod contained;

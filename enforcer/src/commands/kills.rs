@@ -68,7 +68,7 @@ impl ValueEnum for Event {
         let value = PossibleValue::new(self.as_str());
         Some(match self {
             Event::Destroyed => value,
-            Event::WouldDestroy => value.help("A dry run's decision.").alias("would-destroy"),
+            Event::WouldDestroy => value.help("A dry run's decision").alias("would-destroy"),
             Event::DestroyFailed => value.alias("destroy-failed"),
         })
     }

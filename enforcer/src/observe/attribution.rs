@@ -13,10 +13,10 @@
 //!   that failed, `/proc` answers for a second.
 //! - Without that walk (no agent's pin, or a kernel that refuses it): netlink
 //!   `SOCK_DIAG_BY_FAMILY` gives the socket's inode (from inside its namespace, by 4-tuple and
-//!   cookie), and the `socket:[INODE]` link in `/proc/PID/fd` its holder. Only the processes of the socket's own cgroup are scanned first (a socket is
-//!   charged to the cgroup of the process that made it, which usually still holds it); then
-//!   every process. Each scan is kept as an inode index and reused while it answers.
-//!
+//!   cookie), and the `socket:[INODE]` link in `/proc/PID/fd` its holder. Only the processes of
+//!   the socket's own cgroup are scanned first (a socket is charged to the cgroup of the process
+//!   that made it, which usually still holds it); then every process. Each scan is kept as an
+//!   inode index and reused while it answers.
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,

@@ -91,7 +91,7 @@ pub fn log_repeat_offender(f: &Flagged, contained: Option<u64>) {
     );
 }
 
-/// The ring's record of a decision (written by [`Journal::write`](crate::bpf::journal::Journal::write)).
+/// The ring's record of a decision, for `Journal::write`.
 pub fn record(event: Event, d: &Decision, who: &Attribution, pressure: u64, threshold: u64, errno: i32) -> KillRecord {
     let raw = &d.socket.raw.record;
     KillRecord {

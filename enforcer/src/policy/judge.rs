@@ -1,5 +1,5 @@
 //! The rule with its memory: what it makes of each socket in one snapshot, given what earlier
-//! snapshots saw ([`history`](super::history)) and the repeat offenders ([`repeat`](super::repeat)).
+//! snapshots saw (`history`) and the repeat offenders (`repeat`).
 //!
 //! A socket's history is small, and kept only while it holds more than its share. (A stall is
 //! bounded by the data's age in the kernel, which notes when a scan last saw nothing
