@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 /// `aya::Pod` for each type (user space only), which must derive `bytemuck::Pod`: invoked beside
 /// each type, with its size assert. Defined before the modules, which see it in textual scope.
@@ -37,6 +37,7 @@ pub mod kills;
 pub mod names;
 pub mod offsets;
 pub mod record;
+pub mod relay;
 pub mod scan;
 pub mod snapshot;
 pub mod stats;
@@ -49,6 +50,7 @@ pub use self::{
     kills::{KILL_CGROUP_LEN, KILL_RING, KillRecord, kill_counters},
     offsets::{KernelOffsets, OFFSET_ABSENT},
     record::{AF_INET, AF_INET6, RECORD_ADOPTED, RECORD_FIRST_SEEN, SockRecord},
+    relay::{LastRecv, RELAY_WINDOW_NS, RELAYS_CAPACITY, RelayOut},
     scan::{
         REMOTE_COUNTS_CAPACITY, RemoteCount, RemoteKey, ScanParams, ScanSummary, is_connection, remote_key, scan_mode,
     },

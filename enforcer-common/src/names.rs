@@ -12,6 +12,10 @@ pub const MAP_AGENT_SETTINGS: &str = "AGENT_SETTINGS";
 pub const MAP_KILLS: &str = "KILLS";
 pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
 pub const MAP_CONTAINED: &str = "CONTAINED";
+/// Proxy mode: where each socket's bytes were relayed last, by cookie.
+pub const MAP_RELAYS: &str = "RELAYS";
+/// Proxy mode: each CPU's last read from a tracked socket.
+pub const MAP_LAST_RECV: &str = "LAST_RECV";
 pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
 pub const GLOBAL_WATCH: &str = "WATCH";
 
@@ -28,6 +32,13 @@ pub const PROG_SCAN_TCP: &str = "enforcer_scan_tcp";
 pub const PROG_ADOPT: &str = "enforcer_adopt";
 /// Which process holds each tracked socket (`iter/task_file`), for attribution.
 pub const PROG_HOLDERS: &str = "enforcer_holders";
+/// Proxy mode: a thread's reads from (`tp_btf/sock_recv_length`) and writes to
+/// (`tp_btf/sock_send_length`) tracked sockets, which pair into relays.
+pub const PROG_RELAY_RECV: &str = "enforcer_relay_recv";
+pub const PROG_RELAY_SEND: &str = "enforcer_relay_send";
+/// The tracepoints they attach to.
+pub const TP_SOCK_RECV: &str = "sock_recv_length";
+pub const TP_SOCK_SEND: &str = "sock_send_length";
 
 /// `iter/<this>` of the snapshot and the scan: they walk the records, not the TCP tables.
 pub const ITER_SK_STORAGE: &str = "bpf_sk_storage_map";

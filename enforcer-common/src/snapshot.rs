@@ -1,6 +1,6 @@
 //! One socket in a snapshot or a scan, as the walks write it out.
 
-use crate::record::SockRecord;
+use crate::{record::SockRecord, relay::RelayOut};
 
 /// One socket in a snapshot: what the `iter/tcp` program writes per tracked socket.
 #[repr(C)]
@@ -37,6 +37,8 @@ pub struct SnapshotEntry {
     /// Inode of the socket's network namespace (`ls -iL /proc/PID/ns/net`).
     pub netns: u32,
     pub _pad2: u32,
+    /// Proxy mode: where this socket's bytes were relayed last (`RELAYS`); zero otherwise.
+    pub relay: RelayOut,
 }
 
 impl SnapshotEntry {
@@ -60,6 +62,6 @@ impl SnapshotEntry {
 }
 
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
-const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 176);
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 200);
 
 user_pod!(SnapshotEntry);

@@ -15,7 +15,8 @@ pub struct WatchConfig {
     pub adopt: u32,
     /// `FAULT_*` bits: make a program take its error path, to test that errors fail open.
     pub fault: u32,
-    pub _pad: u32,
+    /// 1 in proxy mode (`--proxy`): the walks write out where each socket's bytes were relayed.
+    pub proxy: u32,
 }
 
 /// sock_ops takes its error path at establishment, and the walks do not record a connection

@@ -42,7 +42,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 
 /// Overridden by the loader: the watched cgroup (see `WatchConfig`).
 #[unsafe(no_mangle)]
-pub static WATCH: WatchConfig = WatchConfig { cgroup_id: 0, cgroup_level: 0, adopt: 0, fault: 0, _pad: 0 };
+pub static WATCH: WatchConfig = WatchConfig { cgroup_id: 0, cgroup_level: 0, adopt: 0, fault: 0, proxy: 0 };
 
 /// One offset, read volatile so the compiler cannot fold it to the zero above.
 macro_rules! off {

@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use enforcer_common::{
-    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING, KillRecord, REMOTE_COUNTS_CAPACITY,
-    RemoteCount, RemoteKey, ScanParams, ScanSummary, SettingsChunk, SockRecord, kill_counters, stats,
+    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING, KillRecord, LastRecv, RELAYS_CAPACITY,
+    REMOTE_COUNTS_CAPACITY, RelayOut, RemoteCount, RemoteKey, ScanParams, ScanSummary, SettingsChunk, SockRecord,
+    kill_counters, stats,
 };
 
 /// The tracked sockets' records, in socket-local storage: a record lives in its socket, so the
@@ -86,6 +87,18 @@ pub static KILL_COUNTERS: Array<u64> = Array::with_max_entries(kill_counters::CO
 /// preallocated (aya-ebpf adds `BPF_F_NO_PREALLOC`).
 #[map]
 pub static CONTAINED: LpmTrie<ContainedAddr, Containment> = LpmTrie::with_max_entries(CONTAINED_CAPACITY, 0);
+
+/// Proxy mode: where each tracked socket's bytes were relayed last, by cookie. A hash, not the
+/// record, because the relay is seen when the bytes are written to the other socket, where the
+/// reading socket's record cannot be reached; and it outlives that other socket, which is how an
+/// upstream whose client left shows. LRU: sockets that relayed longest ago make room.
+#[map]
+pub static RELAYS: LruHashMap<u64, RelayOut> = LruHashMap::with_max_entries(RELAYS_CAPACITY, 0);
+
+/// Proxy mode: each CPU's last read from a tracked socket, which a write by the same thread
+/// soon after relays.
+#[map]
+pub static LAST_RECV: PerCpuArray<LastRecv> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to a `STATS` counter. Per-CPU, so no atomics on the hot path.
 #[inline(always)]

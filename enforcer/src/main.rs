@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
         cli::Command::Run(mut args) => {
             init_logging(config::log_format(cli.log_format, args.config.as_deref()), "info");
             args.log_format = cli.log_format;
-            agent::run(args).await
+            agent::run(*args).await
         }
         cli::Command::Sockets(args) => {
             init_logging(cli.log_format.unwrap_or_default(), "warn");

@@ -1,4 +1,5 @@
 mod adopt;
 mod holders;
+mod relay;
 mod snapshot;
 mod sockops;

@@ -30,7 +30,7 @@ use enforcer_common::{
 
 use crate::{
     kernel::{Clock, load, off, reconcile, seq_write, watch},
-    maps::{REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count, count_rare, record},
+    maps::{RELAYS, REMOTE_COUNTS, SCAN_PARAMS, SCAN_SUMMARY, count, count_rare, record},
     programs::adopt::adopt,
 };
 
@@ -207,8 +207,9 @@ unsafe fn visit(
 
     let emit = params.emits(wmem_queued);
     if emit {
+        let cookie: u64 = unsafe { load(tp, off!(sk_cookie)) };
         let e = SnapshotEntry {
-            cookie: unsafe { load(tp, off!(sk_cookie)) },
+            cookie,
             now_ns: clock.now(),
             write_seq,
             snd_una,
@@ -228,6 +229,13 @@ unsafe fn visit(
             cgroup_id: unsafe { cgroup_id(tp) },
             netns: unsafe { netns(tp) },
             record: *rec,
+            // A constant after load: without proxy mode the lookup is not even verified.
+            // SAFETY: a plain read of a map value, copied out.
+            relay: if watch!(proxy) != 0 {
+                unsafe { RELAYS.get(cookie) }.copied().unwrap_or_default()
+            } else {
+                Default::default()
+            },
             ..SnapshotEntry::default()
         };
         // SAFETY: `meta` is this iteration's.

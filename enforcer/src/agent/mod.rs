@@ -120,6 +120,7 @@ impl Agent {
             cgroup_id: settings.cgroup_id,
             cgroup_level: cgroup::cgroup2_level(&settings.cgroup)?,
             fault: settings.fault,
+            proxy: settings.proxy,
             pin_dir: &settings.pin_dir,
             settings: &serde_json::to_string(&settings).context("serialising settings")?,
         })?;

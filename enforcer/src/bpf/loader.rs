@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map},
-    programs::{CgroupAttachMode, Iter, SockOps},
+    programs::{BtfTracePoint, CgroupAttachMode, Iter, SockOps},
 };
 use enforcer_common::{WatchConfig, names, stats};
 
@@ -29,6 +29,8 @@ pub struct LoadOptions<'a> {
     pub cgroup_level: u32,
     /// `FAULT_*` bits, for tests of failing open.
     pub fault: u32,
+    /// Proxy mode: attach the relay programs; every connection is recorded at establishment.
+    pub proxy: bool,
     pub pin_dir: &'a Path,
     /// JSON of the agent's settings, shown by `enforcer status`.
     pub settings: &'a str,
@@ -76,7 +78,7 @@ impl Loaded {
             cgroup_level: opts.cgroup_level,
             adopt: 1,
             fault: opts.fault,
-            _pad: 0,
+            proxy: u32::from(opts.proxy),
         };
         let ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
@@ -101,7 +103,7 @@ impl Loaded {
         // From here on, dropping `loaded` undoes whatever succeeded.
         loaded.pin_maps()?;
         loaded.record_settings(opts.settings)?;
-        loaded.attach(opts.cgroup, &aya_btf, opts.fault)?;
+        loaded.attach(opts, &aya_btf)?;
         // Once every program is loaded (see `KernelLog::start`).
         loaded._kernel_log = KernelLog::start(&mut loaded.ebpf);
         Ok(loaded)
@@ -135,13 +137,39 @@ impl Loaded {
 
     /// Attaches every program, in an order that leaves no connection unrecorded: the walks
     /// first (they say whether sock_ops must record at establishment), sock_ops last.
-    fn attach(&mut self, cgroup: &Path, btf: &aya::Btf, fault: u32) -> Result<()> {
+    fn attach(&mut self, opts: &LoadOptions<'_>, btf: &aya::Btf) -> Result<()> {
+        let cgroup = opts.cgroup;
         let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         self.adopt_link = Some(self.iterator(btf, names::PROG_ADOPT, names::ITER_TCP, None)?);
         self.attach_walks(btf)?;
-        self.attach_holders(btf, fault);
-        self.record_at_first_sight()?;
+        self.attach_holders(btf, opts.fault);
+        if opts.proxy {
+            self.attach_relays(btf)?;
+        } else {
+            self.record_at_first_sight()?;
+        }
         self.attach_sockops(&cgroup_fd, cgroup)
+    }
+
+    /// Proxy mode: the programs that pair a thread's reads and writes into relays, on the
+    /// `sock` tracepoints every recvmsg and sendmsg passes. They only see tracked sockets, and a
+    /// short connection's relays happen before any walk: sock_ops records every connection at
+    /// establishment (`record_at_first_sight` is not called).
+    fn attach_relays(&mut self, btf: &aya::Btf) -> Result<()> {
+        for (name, tracepoint) in
+            [(names::PROG_RELAY_RECV, names::TP_SOCK_RECV), (names::PROG_RELAY_SEND, names::TP_SOCK_SEND)]
+        {
+            let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?.try_into()?;
+            prog.load(tracepoint, btf).map_err(|e| anyhow::anyhow!(refusal(&anyhow::Error::new(e)))).with_context(|| {
+                format!(
+                    "--proxy needs the {tracepoint} tracepoint (Linux 6.3 and later, with BTF); this kernel refused it: \
+                     run without --proxy (the per-remote cap then takes idle connections only)"
+                )
+            })?;
+            self.programs.push(name);
+            prog.attach().with_context(|| format!("attaching {name} to the {tracepoint} tracepoint"))?;
+        }
+        Ok(())
     }
 
     /// Loads the iterator program `name` for `iter/{iter}` (over `map` for a map-element

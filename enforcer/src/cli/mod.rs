@@ -40,7 +40,7 @@ pub enum Command {
     /// the first walk that sees them (short connections never cost a record). On SIGINT/SIGTERM
     /// it detaches every program and removes its pins; after a crash, the next agent removes the
     /// stale pins.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List tracked sockets from a fresh, exact snapshot.
     ///
     /// Columns: SEND-Q is what the peer has not acknowledged (as SIOCOUTQ), CHARGED the

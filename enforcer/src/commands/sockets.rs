@@ -18,6 +18,7 @@ use crate::{
         units::{human_bytes, human_ms},
     },
     observe::attribution::{Attribution, Attributor, HolderWalk, cgroup_within},
+    policy::relay::{RelayIndex, RelayState},
 };
 
 #[derive(Debug, Args)]
@@ -105,6 +106,9 @@ struct Row<'a> {
     /// With `-p`: a process holding the socket; `null` when none was found or not asked.
     pid: Option<u32>,
     comm: Option<String>,
+    /// Proxy mode: `live` (relays for an open connection), `orphan` (relayed, for nobody now),
+    /// `null` when never seen relaying.
+    relay_state: Option<&'static str>,
 }
 
 pub fn run(args: SocketsArgs) -> Result<()> {
@@ -132,6 +136,8 @@ pub fn run(args: SocketsArgs) -> Result<()> {
         cgroup: args.cgroup.as_deref().map(|c| who.cgroups.relative(c)),
         netns: args.netns,
     };
+    // Relays join the whole snapshot (a partner may be filtered out of the rows).
+    let relays = settings.proxy.then(|| RelayIndex::of(&snap.sockets));
     let mut rows: Vec<(&Socket, Attribution)> = snap
         .sockets
         .iter()
@@ -160,6 +166,7 @@ pub fn run(args: SocketsArgs) -> Result<()> {
         let rows: Vec<Row> = rows
             .into_iter()
             .map(|(socket, a)| Row {
+                relay_state: relays.as_ref().and_then(|r| r.state(socket).name()),
                 socket,
                 cgroup: a.cgroup,
                 pid: a.process.as_ref().map(|p| p.pid),
@@ -169,7 +176,7 @@ pub fn run(args: SocketsArgs) -> Result<()> {
         serde_json::to_writer_pretty(&mut out, &rows).context("writing JSON")?;
         writeln!(out)?;
     } else {
-        print_table(&mut out, &rows, args.processes)?;
+        print_table(&mut out, &rows, args.processes, relays.as_ref())?;
     }
     out.flush()?;
     Ok(())
@@ -214,7 +221,23 @@ fn cgroup_cell(a: &Attribution) -> String {
     a.cgroup.clone().unwrap_or_else(|| a.cgroup_id.to_string())
 }
 
-fn print_table(out: &mut impl Write, rows: &[(&Socket, Attribution)], processes: bool) -> Result<()> {
+/// The RELAY column: what a socket relays for and how much it relayed, or since when an orphan
+/// relayed nothing.
+fn relay_cell(relays: &RelayIndex, s: &Socket) -> String {
+    match (relays.state(s), s.relay) {
+        (RelayState::Orphan { since_ms }, _) => format!("orphan {}", human_ms(since_ms)),
+        (RelayState::Live, Some(r)) => format!("live {}", human_bytes(r.bytes)),
+        (RelayState::Live, None) => "live".to_owned(),
+        (RelayState::Unknown, _) => "-".to_owned(),
+    }
+}
+
+fn print_table(
+    out: &mut impl Write,
+    rows: &[(&Socket, Attribution)],
+    processes: bool,
+    relays: Option<&RelayIndex>,
+) -> Result<()> {
     let width = |f: &dyn Fn(&Socket, &Attribution) -> String, min: usize| {
         rows.iter().map(|(s, a)| f(s, a).len()).max().unwrap_or(0).max(min)
     };
@@ -224,8 +247,11 @@ fn print_table(out: &mut impl Write, rows: &[(&Socket, Attribution)], processes:
     let process =
         |a: &Attribution| a.process.as_ref().map_or_else(|| "-".to_owned(), |p| format!("{}/{}", p.pid, p.comm));
     let process_head = if processes { "PROCESS" } else { "" };
+    // Proxy mode only: the column would be `-` everywhere else.
+    let relay = |s: &Socket| relays.map_or_else(String::new, |r| format!("{:<15}  ", relay_cell(r, s)));
+    let relay_head = if relays.is_some() { format!("{:<15}  ", "RELAY") } else { String::new() };
     let head = format!(
-        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:<cw$}  {process_head}",
+        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {relay_head}{:<cw$}  {process_head}",
         "LOCAL",
         "REMOTE",
         "STATE",
@@ -244,7 +270,7 @@ fn print_table(out: &mut impl Write, rows: &[(&Socket, Attribution)], processes:
     for (s, a) in rows {
         let process = if processes { process(a) } else { String::new() };
         let line = format!(
-            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {:<cw$}  {process}",
+            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {}{:<cw$}  {process}",
             s.local.to_string(),
             s.remote.to_string(),
             s.state,
@@ -257,6 +283,7 @@ fn print_table(out: &mut impl Write, rows: &[(&Socket, Attribution)], processes:
             human_ms(s.age_ms),
             s.retransmits,
             s.netns,
+            relay(s),
             cgroup_cell(a),
         );
         writeln!(out, "{}", line.trim_end())?;

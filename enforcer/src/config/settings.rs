@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_DRAIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_REPEAT_KILLS: usize = 3;
 pub const DEFAULT_REPEAT_WINDOW_MS: u64 = 60_000;
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+/// Several pushes of a live ticker (every few seconds), and longer than a proxy takes to hand a
+/// response from its upstream to its client.
+pub const DEFAULT_ORPHAN_AFTER: Duration = Duration::from_secs(10);
 /// SO_SNDBUF for a repeat offender's new connections (the kernel doubles it): 64 KiB a
 /// connection instead of megabytes.
 pub const DEFAULT_CONTAIN_SNDBUF: u64 = 32 << 10;
@@ -74,10 +77,19 @@ pub struct Settings {
     pub protect_cgroups: Vec<PathBuf>,
     pub max_per_remote: Option<usize>,
     pub idle_ms: u64,
+    /// Proxy mode: relays are learned, and the cap takes orphans first.
+    #[serde(default)]
+    pub proxy: bool,
+    #[serde(default = "default_orphan_after_ms")]
+    pub orphan_after_ms: u64,
     pub metrics_addr: Option<SocketAddr>,
     /// `FAULT_*` bits (tests only); not recorded.
     #[serde(skip)]
     pub fault: u32,
+}
+
+fn default_orphan_after_ms() -> u64 {
+    ms(DEFAULT_ORPHAN_AFTER)
 }
 
 fn as_text<S: serde::Serializer>(f: &Fairness, s: S) -> Result<S::Ok, S::Error> {
@@ -180,6 +192,13 @@ impl Settings {
                 "{idle} applies only with {cap} (it says when a connection over the per-remote cap is idle)"
             )));
         }
+        let proxy = args.proxy || file.proxy;
+        if !proxy && (args.orphan_after.is_some() || file.orphan_after.is_some()) {
+            let which = if args.orphan_after.is_some() { "--orphan-after" } else { "config key `orphan-after`" };
+            return Err(usage(format!(
+                "{which} applies only with --proxy (it says when a relay's connection is an orphan)"
+            )));
+        }
         let pin_dir = match args.pin_dir.or(file.pin_dir) {
             Some(dir) => dir,
             None => PathBuf::from(DEFAULT_PIN_DIR),
@@ -220,6 +239,8 @@ impl Settings {
             protect_cgroups,
             max_per_remote,
             idle_ms: ms(args.idle.or(file.idle).unwrap_or(DEFAULT_IDLE)),
+            proxy,
+            orphan_after_ms: ms(args.orphan_after.or(file.orphan_after).unwrap_or(DEFAULT_ORPHAN_AFTER)),
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
             fault: args.inject_fault.iter().fold(0, |bits, f| bits | f.bit()),
         })
@@ -234,6 +255,8 @@ impl Settings {
             ("pin-dir", self.pin_dir != new.pin_dir),
             ("log-format", self.log_format != new.log_format),
             ("metrics-addr", self.metrics_addr != new.metrics_addr),
+            // Its programs are attached at start, and records are then made at establishment.
+            ("proxy", self.proxy != new.proxy),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -273,6 +296,7 @@ impl Settings {
             },
             max_per_remote: self.max_per_remote,
             idle_ms: self.idle_ms,
+            orphan_after_ms: self.proxy.then_some(self.orphan_after_ms),
             repeat: policy::RepeatRule { kills: self.repeat_kills, window_ms: self.repeat_window_ms },
         }
     }
@@ -309,6 +333,8 @@ mod tests {
             protect_cgroups: vec!["/sys/fs/cgroup/ssh".into()],
             max_per_remote: Some(100),
             idle_ms: 300_000,
+            proxy: true,
+            orphan_after_ms: 10_000,
             metrics_addr: Some("127.0.0.1:9465".parse().expect("addr")),
             fault: 0,
         };

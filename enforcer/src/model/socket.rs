@@ -52,10 +52,25 @@ pub struct Socket {
     pub bound_dev_if: u32,
     /// Inode of the socket's network namespace (`lsns -t net`, `ls -iL /proc/PID/ns/net`).
     pub netns: u64,
+    /// Proxy mode: where this socket's bytes were relayed last; `None` when never (or proxy
+    /// mode is off).
+    pub relay: Option<Relay>,
     /// What the kernel wrote: the 4-tuple, cookie and bound interface a destroy names, and the
     /// record the kill journal keeps.
     #[serde(skip)]
     pub raw: SnapshotEntry,
+}
+
+/// Proxy mode: a socket's bytes, read by a thread that soon after wrote to another tracked
+/// socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Relay {
+    /// Cookie of the socket they were written to last.
+    pub to: u64,
+    /// Since then.
+    pub last_ms: u64,
+    /// Bytes relayed from this socket in all.
+    pub bytes: u64,
 }
 
 /// When a connection's record was made (`RECORD_*` flags), in `sockets --json` as
@@ -153,6 +168,11 @@ impl Socket {
             cgroup_id: e.cgroup_id,
             bound_dev_if: e.bound_dev_if,
             netns: e.netns.into(),
+            relay: (e.relay.to != 0).then(|| Relay {
+                to: e.relay.to,
+                last_ms: ms_since(e.now_ns, e.relay.at_ns),
+                bytes: e.relay.bytes,
+            }),
             raw: *e,
         }
     }

@@ -28,6 +28,12 @@ fn why(d: &Decision) -> String {
         Reason::RemoteCap => {
             format!("over the per-remote connection cap, idle for {}", human_ms(s.rx_idle_ms.min(s.tx_idle_ms)))
         }
+        Reason::Orphan => format!(
+            "over the per-remote connection cap, an orphan: relays for nobody (the connection its bytes \
+             went to closed), nothing relayed for {}, {} relayed in all",
+            human_ms(d.offending_ms),
+            human_bytes(s.relay.map_or(0, |r| r.bytes))
+        ),
         Reason::StalledUnderShare => format!(
             "{held}, under its share {} but no progress for {} while pressure stays over the threshold",
             human_bytes(d.fair_share),

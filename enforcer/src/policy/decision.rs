@@ -19,21 +19,32 @@ pub enum Reason {
     StalledUnderShare,
     /// A new connection of a repeat offender, stalled for an interval.
     RepeatOffender,
+    /// Proxy mode, beyond `--max-per-remote` connections of its remote: it relays for nobody
+    /// (the socket its bytes went to closed) and relayed nothing for `--orphan-after`.
+    Orphan,
 }
 
 /// Each reason's code in the kill journal's ring (0 is "unknown") and its name in logs, JSON,
 /// metrics and filters: one table, so they never disagree. Codes are what earlier agents wrote:
 /// never renumber.
-const REASONS: [(Reason, u8, &str); 5] = [
+const REASONS: [(Reason, u8, &str); 6] = [
     (Reason::Stalled, 1, "stalled"),
     (Reason::SlowDrain, 2, "slow_drain"),
     (Reason::RemoteCap, 3, "remote_cap"),
     (Reason::StalledUnderShare, 4, "stalled_under_share"),
     (Reason::RepeatOffender, 5, "repeat_offender"),
+    (Reason::Orphan, 6, "orphan"),
 ];
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [REASONS[0].0, REASONS[1].0, REASONS[2].0, REASONS[3].0, REASONS[4].0];
+    pub const ALL: [Reason; 6] = [REASONS[0].0, REASONS[1].0, REASONS[2].0, REASONS[3].0, REASONS[4].0, REASONS[5].0];
+
+    /// Whether it says the remote misbehaved (what makes repeat offenders): a connection the
+    /// per-remote cap evicts is the host holding too much for one remote, not the remote
+    /// holding memory.
+    pub fn blames_the_remote(self) -> bool {
+        !matches!(self, Self::RemoteCap | Self::Orphan)
+    }
 
     fn row(self) -> (Reason, u8, &'static str) {
         REASONS.into_iter().find(|r| r.0 == self).unwrap_or(REASONS[0])

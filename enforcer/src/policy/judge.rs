@@ -50,8 +50,12 @@ impl Judge {
     }
 
     /// Counts a destroy (or, in a dry run, a decision) against its remote; the remote it makes
-    /// a repeat offender, if it does.
+    /// a repeat offender, if it does. A per-remote cap's eviction is not the remote's doing and
+    /// counts for nothing.
     pub fn record_destroy(&mut self, d: &Decision, now_ms: u64) -> Option<Flagged> {
+        if !d.reason.blames_the_remote() {
+            return None;
+        }
         self.repeat.record(self.policy.fairness.group(d.socket.remote.ip()), now_ms)
     }
 
@@ -406,25 +410,5 @@ mod tests {
         );
         p.fairness = Fairness::Connection;
         assert!(cookies(&chosen(&Judge::new(p).judge_all(&sockets, 1000, 5 << 20))).contains(&11));
-    }
-
-    #[test]
-    fn remote_cap_evicts_oldest_idle_beyond_n_of_crowded_remote_only() {
-        let mut sockets: Vec<Socket> = (1..=6).map(|c| sock(c, "192.0.2.1:1", 0, 0, 0)).collect();
-        for (i, s) in sockets.iter_mut().enumerate() {
-            s.rx_idle_ms = 100_000 + i as u64 * 1000; // cookie 6 idle longest
-            s.tx_idle_ms = s.rx_idle_ms;
-        }
-        sockets[5].rx_idle_ms = 10; // cookie 6 just received data: not idle
-        sockets.extend((7..=8).map(|c| {
-            let mut s = sock(c, "192.0.2.2:1", 0, 0, 0);
-            (s.rx_idle_ms, s.tx_idle_ms) = (500_000, 500_000);
-            s
-        }));
-        let mut p = policy(u64::MAX);
-        p.max_per_remote = Some(3);
-        let d = chosen(&Judge::new(p).judge_all(&sockets, 1000, 0));
-        assert_eq!(cookies(&d), [3, 4, 5]);
-        assert!(d.iter().all(|d| d.reason == Reason::RemoteCap));
     }
 }

@@ -23,6 +23,7 @@ pub mod plan;
 pub mod population;
 #[cfg(test)]
 mod property;
+pub mod relay;
 pub mod remote_cap;
 pub mod repeat;
 pub mod storm;
@@ -110,6 +111,10 @@ pub struct Policy {
     /// Per-remote cap on connections, enforced on idle ones (`--max-per-remote`, `--idle`).
     pub max_per_remote: Option<usize>,
     pub idle_ms: u64,
+    /// Proxy mode (`--proxy`, `--orphan-after`): beyond the cap, orphans that relayed nothing
+    /// for this long go first, and a connection that relays for an open socket never goes.
+    /// `None` without proxy mode.
+    pub orphan_after_ms: Option<u64>,
     pub repeat: RepeatRule,
 }
 

@@ -29,6 +29,7 @@ pub fn sock(cookie: u64, remote: &str, charged: u64, stalled_ms: u64, bytes_acke
         cgroup_id: 1,
         bound_dev_if: 0,
         netns: 0,
+        relay: None,
         raw: Default::default(),
     }
 }
@@ -46,6 +47,7 @@ pub fn policy(threshold: u64) -> Policy {
         protect: Protect::default(),
         max_per_remote: None,
         idle_ms: 60_000,
+        orphan_after_ms: None,
         repeat: RepeatRule { kills: 3, window_ms: 60_000 },
     }
 }

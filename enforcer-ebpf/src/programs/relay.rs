@@ -1,0 +1,102 @@
+//! Proxy mode (`--proxy`): which tracked sockets a process relays between, from the `sock`
+//! tracepoints that fire in the caller's thread after every recvmsg and sendmsg (Linux 6.3+).
+//!
+//! A read from a tracked socket is remembered per CPU with its thread (`LAST_RECV`); a write by
+//! the same thread to another tracked socket within `RELAY_WINDOW_NS` relays it: `RELAYS` then
+//! says where the read socket's bytes went, when, and how many in all. Event-loop proxies
+//! (squid, nginx, haproxy, envoy) read and write in the same thread: a client's request is read
+//! and written to its upstream, the upstream's response read and written to the client.
+//!
+//! Cost: every recvmsg and sendmsg of every socket runs these programs once proxy mode is on.
+//! An untracked socket costs a socket-storage lookup and returns; a tracked read a clock read
+//! and a per-CPU write; a write by a thread that did not just read a tracked socket a per-CPU
+//! read; only a relay updates the hash (BENCHMARKS.md).
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
+use enforcer_common::{LastRecv, RELAY_WINDOW_NS, RelayOut};
+
+use crate::{
+    kernel::{load, now, off},
+    maps::{LAST_RECV, RELAYS, record},
+};
+
+/// `MSG_PEEK`: a read that leaves the bytes queued relays nothing.
+const MSG_PEEK: i32 = 2;
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn enforcer_relay_recv(ctx: BtfTracePointContext) -> i32 {
+    // Nothing to count: a read that is not remembered only loses a pairing.
+    try_recv(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn enforcer_relay_send(ctx: BtfTracePointContext) -> i32 {
+    try_send(&ctx);
+    0
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[inline(always)]
+fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk: *mut c_void = ctx.arg(0);
+    let (ret, flags): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    if ret <= 0 || flags & MSG_PEEK != 0 {
+        return None;
+    }
+    // Tracked sockets only: the gate every other socket of the host stops at.
+    // SAFETY: a tp_btf argument is a trusted BTF `struct sock *`, which the helper accepts.
+    unsafe { record(sk, None) }?;
+    let slot = LAST_RECV.get_ptr_mut(0)?;
+    // SAFETY: `sk` is a BTF socket pointer; `sk_cookie` an offset in it, found in BTF.
+    let cookie: u64 = unsafe { load(sk as *const u8, off!(sk_cookie)) };
+    // SAFETY: this CPU's slot of a live map value; programs do not nest on one CPU here.
+    unsafe { *slot = LastRecv { tid: bpf_get_current_pid_tgid() as u32, _pad: 0, cookie, at_ns: now() } };
+    Some(())
+}
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+#[inline(always)]
+fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return None;
+    }
+    // SAFETY: this CPU's slot of a live map value.
+    let last = unsafe { *LAST_RECV.get_ptr(0)? };
+    // Most writes stop here: their thread did not just read a tracked socket on this CPU.
+    if last.cookie == 0 || last.tid != bpf_get_current_pid_tgid() as u32 {
+        return None;
+    }
+    let sk: *mut c_void = ctx.arg(0);
+    // SAFETY: as in `try_recv`.
+    let cookie: u64 = unsafe { load(sk as *const u8, off!(sk_cookie)) };
+    // A reply on the socket it read from relays nothing.
+    if cookie == last.cookie {
+        return None;
+    }
+    let at_ns = now();
+    if at_ns.saturating_sub(last.at_ns) > RELAY_WINDOW_NS {
+        return None;
+    }
+    // Only to a tracked socket: a write to a pipe, a log socket or a UDP query is no relay.
+    // SAFETY: as in `try_recv`.
+    unsafe { record(sk, None) }?;
+    match RELAYS.get_ptr_mut(last.cookie) {
+        // SAFETY: a live value of the map. Two CPUs relaying the same socket at once may lose
+        // one update of the byte count; the time and the partner are right either way.
+        Some(r) => unsafe {
+            (*r).to = cookie;
+            (*r).at_ns = at_ns;
+            (*r).bytes += ret as u64;
+        },
+        None => {
+            let fresh = RelayOut { to: cookie, at_ns, bytes: ret as u64 };
+            // An LRU map makes room by evicting; should the update still fail, the next relay
+            // tries again.
+            let _ = RELAYS.insert(last.cookie, fresh, 0);
+        }
+    }
+    Some(())
+}
