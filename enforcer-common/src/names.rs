@@ -36,6 +36,11 @@ pub const PROG_HOLDERS: &str = "enforcer_holders";
 /// (`tp_btf/sock_send_length`) tracked sockets, which pair into relays.
 pub const PROG_RELAY_RECV: &str = "enforcer_relay_recv";
 pub const PROG_RELAY_SEND: &str = "enforcer_relay_send";
+/// The same on fexit of `tcp_recvmsg` and `tcp_sendmsg`, for kernels without those tracepoints.
+pub const PROG_RELAY_RECV_FEXIT: &str = "enforcer_relay_recv_fexit";
+pub const PROG_RELAY_SEND_FEXIT: &str = "enforcer_relay_send_fexit";
+pub const FN_TCP_RECVMSG: &str = "tcp_recvmsg";
+pub const FN_TCP_SENDMSG: &str = "tcp_sendmsg";
 /// The tracepoints they attach to.
 pub const TP_SOCK_RECV: &str = "sock_recv_length";
 pub const TP_SOCK_SEND: &str = "sock_send_length";

@@ -1,5 +1,7 @@
 //! Proxy mode (`--proxy`): which tracked sockets a process relays between, from the `sock`
-//! tracepoints that fire in the caller's thread after every recvmsg and sendmsg (Linux 6.3+).
+//! tracepoints that fire in the caller's thread after every recvmsg and sendmsg (Linux 6.3+),
+//! or, where a kernel lacks them, fexit on `tcp_recvmsg` and `tcp_sendmsg` (the loader tries
+//! the tracepoints first: fexit needs the kernel's function tracing, which some refuse).
 //!
 //! A read from a tracked socket is remembered per CPU with its thread (`LAST_RECV`); a write by
 //! the same thread to another tracked socket within `RELAY_WINDOW_NS` relays it: `RELAYS` then
@@ -13,7 +15,11 @@
 //! read; only a relay updates the hash (BENCHMARKS.md).
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, fexit},
+    programs::{BtfTracePointContext, FExitContext},
+};
 use enforcer_common::{LastRecv, RELAY_WINDOW_NS, RelayOut};
 
 use crate::{
@@ -24,29 +30,45 @@ use crate::{
 /// `MSG_PEEK`: a read that leaves the bytes queued relays nothing.
 const MSG_PEEK: i32 = 2;
 
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn enforcer_relay_recv(ctx: BtfTracePointContext) -> i32 {
     // Nothing to count: a read that is not remembered only loses a pairing.
-    try_recv(&ctx);
+    try_recv(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn enforcer_relay_send(ctx: BtfTracePointContext) -> i32 {
-    try_send(&ctx);
+    try_send(ctx.arg(0), ctx.arg(1));
     0
 }
 
-/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)`:
+/// its return value follows its five arguments.
+#[fexit(function = "tcp_recvmsg")]
+pub fn enforcer_relay_recv_fexit(ctx: FExitContext) -> i32 {
+    try_recv(ctx.arg(0), ctx.arg(5), ctx.arg(3));
+    0
+}
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[fexit(function = "tcp_sendmsg")]
+pub fn enforcer_relay_send_fexit(ctx: FExitContext) -> i32 {
+    try_send(ctx.arg(0), ctx.arg(3));
+    0
+}
+
+/// A read of `ret` bytes from `sk` (a trusted BTF `struct sock *`) with `flags`.
 #[inline(always)]
-fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
-    let sk: *mut c_void = ctx.arg(0);
-    let (ret, flags): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+fn try_recv(sk: *mut c_void, ret: i32, flags: i32) -> Option<()> {
     if ret <= 0 || flags & MSG_PEEK != 0 {
         return None;
     }
     // Tracked sockets only: the gate every other socket of the host stops at.
-    // SAFETY: a tp_btf argument is a trusted BTF `struct sock *`, which the helper accepts.
+    // SAFETY: a tp_btf or fexit argument is a trusted BTF `struct sock *`, which the helper
+    // accepts.
     unsafe { record(sk, None) }?;
     let slot = LAST_RECV.get_ptr_mut(0)?;
     // SAFETY: `sk` is a BTF socket pointer; `sk_cookie` an offset in it, found in BTF.
@@ -56,10 +78,9 @@ fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+/// A write of `ret` bytes to `sk` (as in `try_recv`).
 #[inline(always)]
-fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
-    let ret: i32 = ctx.arg(1);
+fn try_send(sk: *mut c_void, ret: i32) -> Option<()> {
     if ret <= 0 {
         return None;
     }
@@ -69,7 +90,6 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
     if last.cookie == 0 || last.tid != bpf_get_current_pid_tgid() as u32 {
         return None;
     }
-    let sk: *mut c_void = ctx.arg(0);
     // SAFETY: as in `try_recv`.
     let cookie: u64 = unsafe { load(sk as *const u8, off!(sk_cookie)) };
     // A reply on the socket it read from relays nothing.

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map},
-    programs::{BtfTracePoint, CgroupAttachMode, Iter, SockOps},
+    programs::{BtfTracePoint, CgroupAttachMode, FExit, Iter, SockOps},
 };
 use enforcer_common::{WatchConfig, names, stats};
 
@@ -152,22 +152,69 @@ impl Loaded {
     }
 
     /// Proxy mode: the programs that pair a thread's reads and writes into relays, on the
-    /// `sock` tracepoints every recvmsg and sendmsg passes. They only see tracked sockets, and a
-    /// short connection's relays happen before any walk: sock_ops records every connection at
+    /// `sock` tracepoints every recvmsg and sendmsg passes (Linux 6.3+), or where the kernel
+    /// lacks them on fexit of `tcp_recvmsg` and `tcp_sendmsg`. They only see tracked sockets, and
+    /// a short connection's relays happen before any walk: sock_ops records every connection at
     /// establishment (`record_at_first_sight` is not called).
     fn attach_relays(&mut self, btf: &aya::Btf) -> Result<()> {
-        for (name, tracepoint) in
-            [(names::PROG_RELAY_RECV, names::TP_SOCK_RECV), (names::PROG_RELAY_SEND, names::TP_SOCK_SEND)]
-        {
-            let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?.try_into()?;
-            prog.load(tracepoint, btf).map_err(|e| anyhow::anyhow!(refusal(&anyhow::Error::new(e)))).with_context(|| {
-                format!(
-                    "--proxy needs the {tracepoint} tracepoint (Linux 6.3 and later, with BTF); this kernel refused it: \
-                     run without --proxy (the per-remote cap then takes idle connections only)"
-                )
-            })?;
+        let tracepoints =
+            [(names::PROG_RELAY_RECV, names::TP_SOCK_RECV), (names::PROG_RELAY_SEND, names::TP_SOCK_SEND)];
+        let refused = match self.relay_pair(&tracepoints, |ebpf, name, tp| {
+            let prog: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
+            prog.load(tp, btf)?;
+            Ok(())
+        }) {
+            Ok(()) => return self.attach_relay_pair(&tracepoints),
+            Err(e) => e,
+        };
+        tracing::info!(
+            error = refusal(&refused),
+            "this kernel has no sock_recv_length/sock_send_length tracepoints: proxy mode tries fexit on tcp_recvmsg \
+             and tcp_sendmsg"
+        );
+        let functions = [
+            (names::PROG_RELAY_RECV_FEXIT, names::FN_TCP_RECVMSG),
+            (names::PROG_RELAY_SEND_FEXIT, names::FN_TCP_SENDMSG),
+        ];
+        self.relay_pair(&functions, |ebpf, name, function| {
+            let prog: &mut FExit = program(ebpf, name)?.try_into()?;
+            prog.load(function, btf)?;
+            Ok(())
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--proxy needs the sock_recv_length and sock_send_length tracepoints (Linux 6.3+) or fexit on \
+                 tcp_recvmsg and tcp_sendmsg, and this kernel refused both ({}; {}): run without --proxy (the \
+                 per-remote cap then takes idle connections only)",
+                refusal(&refused),
+                refusal(&e)
+            )
+        })?;
+        self.attach_relay_pair(&functions)
+    }
+
+    /// Loads both programs of a relay pair with `load`, or says which one the kernel refused.
+    fn relay_pair(
+        &mut self,
+        pair: &[(&'static str, &str); 2],
+        load: impl Fn(&mut Ebpf, &str, &str) -> Result<()>,
+    ) -> Result<()> {
+        for (name, target) in pair {
+            load(&mut self.ebpf, name, target).with_context(|| format!("loading {name} for {target}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches a relay pair that `relay_pair` loaded.
+    fn attach_relay_pair(&mut self, pair: &[(&'static str, &str); 2]) -> Result<()> {
+        for (name, target) in pair {
+            match program(&mut self.ebpf, name)? {
+                aya::programs::Program::BtfTracePoint(p) => p.attach().map(drop),
+                aya::programs::Program::FExit(p) => p.attach().map(drop),
+                _ => bail!("{name} is no relay program"),
+            }
+            .with_context(|| format!("attaching {name} to {target}"))?;
             self.programs.push(name);
-            prog.attach().with_context(|| format!("attaching {name} to the {tracepoint} tracepoint"))?;
         }
         Ok(())
     }
