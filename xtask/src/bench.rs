@@ -23,9 +23,10 @@ pub struct BenchArgs {
     /// Bytes per bulk run.
     #[arg(long, default_value_t = 4 << 30)]
     bulk_bytes: u64,
-    /// Run only one part: `overhead` (cost on traffic), `attack` (time to destroy attackers) or
-    /// `load` (100,000 tracked sockets).
-    #[arg(long, value_parser = ["overhead", "attack", "load"])]
+    /// Run only one part: `overhead` (cost on traffic), `attack` (time to destroy attackers),
+    /// `load` (100,000 tracked sockets) or `proxy` (what `--proxy` costs relayed and unwatched
+    /// traffic).
+    #[arg(long, value_parser = ["overhead", "attack", "load", "proxy"])]
     only: Option<String>,
 }
 
@@ -34,7 +35,7 @@ struct Sample {
     bulk: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -74,7 +75,7 @@ fn served(ns: &Netns, cg: &Cgroup, serve: &str, client: &[String]) -> Result<Val
 }
 
 /// (name, run count, total ns) of enforcer's programs, from bpftool.
-fn program_stats() -> Result<Vec<(String, u64, u64)>> {
+pub(crate) fn program_stats() -> Result<Vec<(String, u64, u64)>> {
     let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("running bpftool")?;
     let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
     Ok(progs
@@ -120,6 +121,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     if only.is_none() || only == Some("load") {
         crate::load::table()?;
+    }
+    if only.is_none() || only == Some("proxy") {
+        crate::bench_proxy::table(a.rounds)?;
     }
     Ok(())
 }
@@ -262,7 +266,7 @@ fn traffic_ns(d: &std::collections::BTreeMap<String, (u64, u64)>) -> u64 {
 }
 
 /// Median, lowest and highest of `v` as `median (low–high)` with `unit`.
-fn spread(v: &[f64], unit: &str, decimals: usize) -> String {
+pub(crate) fn spread(v: &[f64], unit: &str, decimals: usize) -> String {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match (v.first(), v.last()) {

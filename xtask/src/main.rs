@@ -2,6 +2,7 @@
 //! `cargo xtask bench`, `cargo xtask dist`.
 mod attack;
 mod bench;
+mod bench_proxy;
 mod dist;
 mod ebpf;
 mod fuzz;

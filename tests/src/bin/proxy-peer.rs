@@ -4,9 +4,11 @@
 //!   (the seed's "live ticker" servers). Each connection's request is read, then a cacheable
 //!   HTTP response that never ends is pushed 100 bytes every P ms; a quiet address pushes once
 //!   and then nothing, a silent one nothing at all (a long-poll).
-//! - `relay --listen ADDR --upstream ADDR`: a proxy that relays in one thread, as event-loop
-//!   proxies do: each client gets its own upstream, bytes go both ways, and when a client leaves
-//!   its upstream is kept and read for nobody (what squid does with `quick_abort_min -1`).
+//! - `relay --listen ADDR --upstream ADDR [--chunk BYTES]`: a proxy that relays in one thread,
+//!   as event-loop proxies do: each client gets its own upstream, bytes go both ways (at most
+//!   `--chunk` per read, default 64 KiB), and when a client leaves its upstream is kept and read
+//!   for nobody (what squid does with `quick_abort_min -1`); when an upstream ends, so does its
+//!   client's connection.
 //! - `clients --proxy ADDR --live N --to ADDR... [--churn-per-s R --churn-for-ms T --churn-to
 //!   ADDR... --stay-ms S] --run-ms T [--http]`: N clients that stay for the whole run, spread over
 //!   `--to`, and R clients a second for T ms that leave after S ms. Each asks for its address
@@ -117,13 +119,15 @@ fn serve(mut c: TcpStream, pushes: Pushes, period: Duration) {
 fn relay(args: &[String]) -> Result<(), String> {
     let listen: SocketAddr = value(args, "--listen", None)?;
     let upstream: SocketAddr = value(args, "--upstream", None)?;
+    let chunk: usize = value(args, "--chunk", Some(65536))?;
     let listener = TcpListener::bind(listen).map_err(|e| format!("binding {listen}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     println!("listening");
     let mut socks: HashMap<i32, TcpStream> = HashMap::new();
     // fd → its partner's fd; an upstream whose client left has none, and is read for nobody.
     let mut partner: HashMap<i32, i32> = HashMap::new();
-    let mut buf = vec![0u8; 65536];
+    let mut upstreams = std::collections::HashSet::new();
+    let mut buf = vec![0u8; chunk.max(1)];
     loop {
         let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
             .chain(socks.keys().copied())
@@ -141,6 +145,7 @@ fn relay(args: &[String]) -> Result<(), String> {
                     let (cf, uf) = (c.as_raw_fd(), u.as_raw_fd());
                     partner.insert(cf, uf);
                     partner.insert(uf, cf);
+                    upstreams.insert(uf);
                     socks.insert(cf, c);
                     socks.insert(uf, u);
                 }
@@ -150,8 +155,13 @@ fn relay(args: &[String]) -> Result<(), String> {
             match read {
                 Ok(0) | Err(_) => {
                     socks.remove(&p.fd);
+                    let was_upstream = upstreams.remove(&p.fd);
                     if let Some(other) = partner.remove(&p.fd) {
                         partner.remove(&other);
+                        if was_upstream {
+                            // The response is complete: the client's connection ends with it.
+                            socks.remove(&other);
+                        }
                     }
                 }
                 Ok(n) => {
