@@ -1,7 +1,6 @@
 //! Containment: a remote in the pinned `contained` trie gets a small send buffer on each new
 //! connection, set by sock_ops at establishment, so a zero-window connection of it can only hold
 //! a little. Run as root, one at a time (`cargo xtask test`).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{thread, time::Duration};
 

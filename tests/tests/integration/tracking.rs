@@ -1,6 +1,5 @@
 //! The tracker and snapshot against the real kernel: real sockets in a test namespace, a test
 //! cgroup, the real agent. Run as root, one at a time (`cargo xtask test`).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{process::Command, thread, time::Duration};
 

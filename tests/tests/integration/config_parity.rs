@@ -1,6 +1,5 @@
 //! `check-config` refuses exactly what `run` refuses, every flag is a config key, and one
 //! cgroup takes one agent (issue 11, item 7).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     path::{Path, PathBuf},

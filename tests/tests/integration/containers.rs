@@ -1,6 +1,5 @@
 //! Sockets in another network namespace than the agent's (a container, a pod): tracked through
 //! their cgroup, shown with their namespace, destroyed from inside it.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 

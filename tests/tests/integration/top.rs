@@ -1,7 +1,6 @@
 //! `enforcer top` on a real terminal: tmux runs it in a pane against an agent in a test
 //! namespace; the test reads the screen, presses sort keys and `q`, and checks the terminal
 //! was given back (main screen, cooked mode).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{path::PathBuf, process::Command, time::Duration};
 

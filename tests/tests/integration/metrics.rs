@@ -1,5 +1,4 @@
 //! The Prometheus endpoint, scraped for real while enforcement goes on.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{thread, time::Duration};
 

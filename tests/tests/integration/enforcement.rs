@@ -1,6 +1,5 @@
 //! Enforcement against real attackers: real sockets in a test namespace, the agent destroying
 //! with netlink SOCK_DESTROY. Run as root, one at a time (`cargo xtask test`).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{collections::HashSet, thread, time::Duration};
 

@@ -1,5 +1,4 @@
 //! Restarts and concurrent agents against the real kernel. Run as root, one at a time.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,7 +1,6 @@
 //! What an operator reads (issue 11): kills and sockets name the network namespace, the cgroup
 //! path and the process of a socket; `sockets` and `kills` filter like ss and tcplife; `kills
 //! --follow` streams decisions as JSON lines while they happen.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     collections::HashSet,

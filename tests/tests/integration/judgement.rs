@@ -1,7 +1,6 @@
 //! Judgement under real traffic: who must not be destroyed (bursty and rate-limited readers)
 //! and who must not keep memory (spread and churning attackers). Real sockets in a test
 //! namespace, the real agent. Run as root, one at a time (`cargo xtask test`).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     collections::HashSet,

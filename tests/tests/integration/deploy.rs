@@ -1,17 +1,13 @@
 //! The service files and Kubernetes manifests are checked against what the agent needs: flags
 //! it knows, mounts it reads and writes, capabilities, the metrics port, a config it accepts.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{path::Path, process::Command};
 
 use enforcer_tests::{enforcer_bin, unique};
 use yaml_rust2::{Yaml, YamlLoader};
 
-#[path = "deploy/dist.rs"]
 mod dist;
-#[path = "deploy/kubernetes.rs"]
 mod kubernetes;
-#[path = "deploy/systemd.rs"]
 mod systemd;
 
 /// The capabilities the agent uses (see deploy/systemd/enforcer.service for why each).
@@ -51,7 +47,7 @@ fn the_example_config_and_the_systemd_unit_fit_the_agent() {
     let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
     check_flags(&args);
     assert!(exec.contains("--config /etc/enforcer/enforcer.toml"), "{exec}");
-    // The agent speaks sd_notify and reloads on SIGHUP (tests/tests/lifecycle.rs).
+    // The agent speaks sd_notify and reloads on SIGHUP (the `lifecycle` tests).
     assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
     assert!(unit.lines().any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
     let bounding = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap();

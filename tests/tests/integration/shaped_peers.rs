@@ -2,7 +2,6 @@
 //! just under --stall, and windows so small that the kernel charges many times the queue. The
 //! peer is `tun-peer` (a user-space TCP endpoint on a tun device in the test namespace); the
 //! server is a real kernel socket in the test cgroup; the agent is the real agent.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::time::{Duration, Instant};
 

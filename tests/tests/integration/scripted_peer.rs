@@ -1,7 +1,6 @@
 //! The scripted TCP peer (`tun-peer`) against a real kernel server: ACK numbers and windows
 //! shaped from user space, and what the server's send queue does about them. No agent: these
 //! tests pin down the kernel behaviour the enforcement tests build on. Run as root, one at a time.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     thread,

@@ -1,6 +1,5 @@
 //! The agent's lifecycle as a supervisor sees it: readiness and liveness on the metrics
 //! address, and SIGHUP reloading the config without detaching.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{path::PathBuf, process::Command, thread, time::Duration};
 
