@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use enforcer_tests::{enforcer_bin, unique};
+use enforcer_tests::{ConfigFile, enforcer_bin};
 use yaml_rust2::{Yaml, YamlLoader};
 
 mod dist;
@@ -23,11 +23,24 @@ fn yaml(path: &str) -> Yaml {
 }
 
 fn check_config(text: &str) {
-    let file = std::env::temp_dir().join(unique("enforcer-deploy-config"));
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(enforcer_bin()).arg("check-config").arg(&file).output().unwrap();
-    std::fs::remove_file(&file).unwrap();
+    let out = ConfigFile::new(text).check();
     assert!(out.status.success(), "config rejected: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Shell lines that mount an overlay over each of `dirs` (in a mount namespace of the caller's
+/// own), its upper and work directories in `scratch`: what the script writes there is thrown
+/// away with `scratch`, and the host's directories are untouched.
+fn overlays(scratch: &Path, dirs: &[&str]) -> String {
+    let mut script = String::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let (up, work) = (scratch.join(format!("{i}.up")), scratch.join(format!("{i}.work")));
+        script += &format!(
+            "mkdir -p {up} {work}\nmount -t overlay overlay -o lowerdir={dir},upperdir={up},workdir={work} {dir}\n",
+            up = up.display(),
+            work = work.display()
+        );
+    }
+    script
 }
 
 /// Every `--flag` in `args` is one `enforcer run` knows.

@@ -5,22 +5,17 @@
 use std::{
     collections::HashSet,
     io::{BufRead, BufReader},
-    os::unix::fs::MetadataExt,
     process::Stdio,
     sync::mpsc,
     time::Duration,
 };
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, Setup, cgroup2_root, enforcer_bin, field, wait_for};
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, Pod, Reaped, Setup, cgroup2_root, enforcer_bin, field, wait_for};
 use serde_json::Value;
 
 /// A cgroup's path as enforcer writes it: below the cgroup2 mount, from `/`.
 fn cgroup_path(dir: &std::path::Path) -> String {
     format!("/{}", dir.strip_prefix(cgroup2_root()).unwrap().display())
-}
-
-fn netns_inode(ns: &Netns) -> u64 {
-    std::fs::metadata(format!("/run/netns/{}", ns.name)).unwrap().ino()
 }
 
 #[test]
@@ -36,20 +31,16 @@ fn without_the_holders_walk_attribution_reads_proc() {
 
 fn names_namespace_cgroup_and_process(extra: &[&str]) {
     let (agent_ns, pod_ns, cg) = (Netns::new(), Netns::new(), Cgroup::new());
-    let mut args = vec!["--log-format", "json", "--interval", "250ms", "--threshold", "1MiB"];
-    args.extend_from_slice(extra);
-    let agent = Agent::start(&agent_ns, &cg, &args);
+    let agent = Agent::start_json(&agent_ns, &cg, &[&["--threshold", "1MiB"], extra].concat());
     // Which way attribution goes: the agent pins its holders walk for `sockets -p`, or not.
     let walks = extra.is_empty();
     assert_eq!(agent.pin_dir.join("holders").exists(), walks, "the holders pin");
-    // A "pod": a server in the cgroup, in its own namespace, and an attacker next to it.
-    let mut server = Peer::start(&pod_ns, Some(&cg));
-    let listen = server.cmd("listen 127.0.0.1:9000");
-    let mut attacker = Peer::start(&pod_ns, None);
-    let remote = attacker.cmd(&format!("connect {listen} 4096")).split(' ').nth(1).unwrap().to_owned();
+    // A "pod": a server in the cgroup, in its own namespace, and an attacker next to it, with an
+    // idle connection too.
+    let Pod { mut server, mut attacker, listen, remote } = Pod::new(&pod_ns, &cg);
     let idle = attacker.cmd(&format!("connect {listen} 0")).split(' ').nth(1).unwrap().to_owned();
     server.cmd("wait-accepted 2");
-    let (pod, path, pid) = (netns_inode(&pod_ns), cgroup_path(&cg.path), u64::from(server.pid()));
+    let (pod, path, pid) = (pod_ns.inode(), cgroup_path(&cg.path), u64::from(server.pid()));
 
     // sockets: every row names its cgroup's path; -p adds the holder.
     let rows = wait_for("both sockets tracked", Duration::from_secs(10), || {
@@ -69,9 +60,7 @@ fn names_namespace_cgroup_and_process(extra: &[&str]) {
     assert!(table.contains(&path) && table.contains(&format!("{pid}/tcp-peer")), "{table}");
 
     assert!(server.num("write 0 2000000") > 0);
-    let e = wait_for("the attacker destroyed", Duration::from_secs(20), || {
-        agent.events_of("destroyed").into_iter().find(|e| e["remote"] == remote.as_str())
-    });
+    let e = agent.wait_destroyed(&remote);
     // The log line: namespace, cgroup path, process, in fields and in the message.
     assert_eq!((field(&e, "netns"), field(&e, "cgroup_id")), (pod, cg.id()), "{e}");
     assert_eq!(
@@ -213,14 +202,4 @@ fn kills_filter_and_follow_streams_json_lines() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut follow.0.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success() && err.contains("the agent stopped"), "{status}: {err}");
-}
-
-/// A child process killed and reaped on drop, also when the test panics.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
