@@ -1,6 +1,7 @@
 //! The agent under test: `enforcer run` in a test namespace, attached to a test cgroup, its log
-//! in a file; its CLI against its pins.
+//! in a file; its CLI against its pins; the BPF programs it holds.
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus},
     thread,
@@ -10,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    Cgroup, Netns, enforcer_bin,
+    Cgroup, Netns, enforcer_bin, kernel,
     process::{COMMAND_LIMIT, output_within, wait_exit},
     stderr_note, unique, wait_for,
 };
@@ -170,6 +171,13 @@ impl Agent {
     /// `enforcer status --json`.
     pub fn status(&self) -> Value {
         self.cli_json(&["status", "--json"])
+    }
+
+    /// The enforcer programs this agent holds (its own, not another agent's on the same host),
+    /// by id, with their names (the kernel keeps 15 bytes of a name).
+    pub fn programs(&self) -> BTreeMap<u32, String> {
+        let pid = self.pid().expect("the agent is stopped");
+        kernel::programs_held_by(pid).into_iter().filter(|(_, n)| n.starts_with("enforcer_")).collect()
     }
 
     /// SIGKILL: the agent gets no chance to clean up.

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 mod agent;
 mod config;
+pub mod kernel;
 mod peer;
 pub mod process;
 mod setup;
@@ -236,13 +237,4 @@ pub fn page_size() -> u64 {
     // SAFETY: sysconf reads a constant of the running kernel.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).unwrap_or(4096)
-}
-
-/// Names of loaded BPF programs that enforcer made (the kernel truncates names to 15 bytes).
-pub fn enforcer_programs_loaded() -> Vec<String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .filter(|n| n.starts_with("enforcer_"))
-        .collect()
 }
