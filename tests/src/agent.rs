@@ -114,7 +114,8 @@ impl Agent {
         output_within(&mut cmd, COMMAND_LIMIT)
     }
 
-    fn cli_json(&self, args: &[&str]) -> Value {
+    /// A CLI command's JSON output (`--json` among `args`); it must succeed.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
         assert!(out.status.success(), "enforcer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("enforcer {args:?} printed bad JSON ({e})"))

@@ -24,7 +24,7 @@ pub mod ss;
 mod tun;
 pub use agent::Agent;
 pub use config::{ConfigFile, check_config};
-pub use peer::{Peer, Pod, REPLY_LIMIT, connected_pair, sibling_bin};
+pub use peer::{Peer, Pod, REPLY_LIMIT, connected_many, connected_pair, sibling_bin};
 pub use process::{PinDir, Reaped, Scratch};
 pub use setup::{Conn, Setup, charged, remotes, wait_destroyed};
 pub use tun::{TUN_KERNEL_ADDR, TunConn, TunPeer, TunSetup, TunStats};

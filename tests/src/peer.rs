@@ -175,6 +175,16 @@ pub fn connected_pair(ns: &Netns, cg: &Cgroup, listen: &str, rcvbuf: u32) -> (Pe
     (server, client)
 }
 
+/// `n` connections: a server in `cg` listening on `listen`, clients outside the cgroup (one
+/// peer) connected with receive buffer `rcvbuf` (0: default). IDs 0 to n-1 on both peers.
+pub fn connected_many(ns: &Netns, cg: &Cgroup, listen: &str, n: usize, rcvbuf: u32) -> (Peer, Peer) {
+    let (mut server, addr) = Peer::listening(ns, cg, listen);
+    let mut clients = Peer::start(ns, None);
+    clients.cmd(&format!("connect-many {addr} {n} {rcvbuf}"));
+    server.cmd(&format!("wait-accepted {n}"));
+    (server, clients)
+}
+
 /// A "pod": in its own network namespace, a server in the test cgroup listening on
 /// 127.0.0.1:9000 and an attacker beside it (outside the cgroup) connected with a 4 KiB receive
 /// buffer that it never reads: connection 0 on both.

@@ -3,8 +3,8 @@
 use std::{thread, time::Duration};
 
 use enforcer_tests::{
-    Agent, Cgroup, ECONNABORTED, Netns, Peer, PinDir, agent_scrape, field, page_size, sample, sockstat_tcp_mem,
-    wait_for,
+    Agent, Cgroup, ECONNABORTED, Netns, Peer, PinDir, agent_scrape, connected_many, field, page_size, sample,
+    sockstat_tcp_mem, wait_for,
 };
 
 #[test]
@@ -114,10 +114,7 @@ fn the_kernels_tcp_memory_bounds_the_tracked_pressure_and_idle_intervals_skip_th
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let addr = "127.0.0.1:9467";
     let agent = Agent::start(&ns, &cg, &["--metrics-addr", addr, "--threshold", "4GiB", "--interval", "100ms"]);
-    let (mut server, listen) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
-    let mut clients = Peer::start(&ns, None);
-    clients.cmd(&format!("connect-many {listen} 8 4096"));
-    server.cmd("wait-accepted 8");
+    let (mut server, _clients) = connected_many(&ns, &cg, "127.0.0.1:9000", 8, 4096);
     let queued = server.num("write-range 0 8 1048576");
     assert!(queued > 4 << 20, "only {queued} bytes queued");
 

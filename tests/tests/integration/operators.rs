@@ -102,11 +102,8 @@ fn sockets_filters_include_and_exclude() {
     });
 
     let locals = |args: &[&str]| -> HashSet<String> {
-        let mut all = vec!["sockets", "--json"];
-        all.extend_from_slice(args);
-        let out = agent.cli(&all);
-        assert!(out.status.success(), "sockets {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = agent.cli_json(&[&["sockets", "--json"], args].concat());
+        let rows = rows.as_array().unwrap();
         rows.iter().map(|r| r["local"].as_str().unwrap().rsplit(':').next().unwrap().to_owned()).collect()
     };
     let set = |ports: &[&str]| ports.iter().map(|p| (*p).to_owned()).collect::<HashSet<_>>();
@@ -179,12 +176,8 @@ fn kills_filter_and_follow_streams_json_lines() {
     assert!(lines.recv_timeout(Duration::from_millis(800)).is_err(), "a decision was streamed twice");
 
     let remotes = |args: &[&str]| -> Vec<String> {
-        let mut all = vec!["kills", "--json"];
-        all.extend_from_slice(args);
-        let out = agent.cli(&all);
-        assert!(out.status.success(), "kills {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-        v.iter().map(|k| k["remote"].as_str().unwrap().to_owned()).collect()
+        let kills = agent.cli_json(&[&["kills", "--json"], args].concat());
+        kills.as_array().unwrap().iter().map(|k| k["remote"].as_str().unwrap().to_owned()).collect()
     };
     let both = vec![second.remote.clone(), first.remote.clone()];
     assert_eq!(remotes(&[]), both);

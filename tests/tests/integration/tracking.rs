@@ -4,7 +4,7 @@
 use std::{process::Command, thread, time::Duration};
 
 use enforcer_tests::{
-    Agent, Cgroup, ConfigFile, Netns, Peer, agent_scrape, connected_pair, field,
+    Agent, Cgroup, ConfigFile, Netns, Peer, agent_scrape, connected_many, connected_pair, field,
     kernel::{self, still_loaded},
     process::{COMMAND_LIMIT, output_within},
     sample, sibling_bin, wait_for,
@@ -306,10 +306,7 @@ fn every_connection_is_tracked_however_many() {
     const N: usize = 3000;
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let agent = Agent::start(&ns, &cg, &[]);
-    let (mut server, addr) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
-    let mut clients = Peer::start(&ns, None);
-    clients.cmd(&format!("connect-many {addr} {N}"));
-    server.cmd(&format!("wait-accepted {N}"));
+    let (mut server, _clients) = connected_many(&ns, &cg, "127.0.0.1:9000", N, 0);
     assert_eq!(agent.sockets().len(), N);
     let status = agent.status();
     assert_eq!(field(&status["sockets"], "tracked"), N as u64, "{status}");
@@ -389,10 +386,7 @@ fn a_snapshot_larger_than_the_kernel_buffer_counts_no_errors() {
     // fills, and show the socket that did not fit again at the next read: no error.
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let agent = Agent::start(&ns, &cg, &[]);
-    let (mut server, addr) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
-    let mut clients = Peer::start(&ns, None);
-    clients.cmd(&format!("connect-many {addr} 400"));
-    server.cmd("wait-accepted 400");
+    let (_server, _clients) = connected_many(&ns, &cg, "127.0.0.1:9000", 400, 0);
     wait_for("every connection in the snapshot", Duration::from_secs(10), || {
         (agent.sockets().len() == 400).then_some(())
     });
