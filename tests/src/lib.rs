@@ -1,6 +1,7 @@
-//! Guards and drivers for the integration tests. Every test makes its own network namespace,
-//! child cgroup and pin directory, and every guard removes what it made when dropped, also when
-//! the test panics. Nothing here touches the machine's own namespace or cgroups.
+//! Guards and drivers for the integration tests (tests/integration/, one binary, a module per
+//! topic). Every test makes its own network namespace, child cgroup and pin directory, and every
+//! guard removes what it made when dropped, also when the test panics. Every wait has a limit
+//! and says what it waited for. Nothing here touches the machine's own namespace or cgroups.
 #![allow(clippy::unwrap_used, reason = "test helpers panic with context on purpose")]
 
 use std::{

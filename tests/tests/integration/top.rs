@@ -2,21 +2,19 @@
 //! namespace; the test reads the screen, presses sort keys and `q`, and checks the terminal
 //! was given back (main screen, cooked mode).
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use enforcer_tests::{Setup, enforcer_bin, unique, wait_for};
+use enforcer_tests::{Scratch, Setup, enforcer_bin, unique, wait_for};
 
 /// A tmux server of its own (`-L NAME`), killed on drop with everything it runs.
 struct Tmux {
     name: String,
-    dir: PathBuf,
+    dir: Scratch,
 }
 
 impl Tmux {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("enforcer-top"));
-        std::fs::create_dir(&dir).unwrap();
-        Self { name: unique("enforcer-top"), dir }
+        Self { name: unique("enforcer-top"), dir: Scratch::new("enforcer-top") }
     }
 
     fn run(&self, args: &[&str]) -> String {
@@ -30,14 +28,13 @@ impl Tmux {
     }
 
     fn file(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(name)).ok()
+        std::fs::read_to_string(self.dir.path().join(name)).ok()
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux").arg("-L").arg(&self.name).arg("kill-server").output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -63,7 +60,7 @@ fn top_runs_on_a_terminal_sorts_and_quits_cleanly() {
         ns = s.ns.name,
         bin = enforcer_bin().display(),
         pins = agent.pin_dir.display(),
-        dir = tmux.dir.display()
+        dir = tmux.dir.path().display()
     );
     tmux.run(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "30", "sh", "-c", &script]);
 
