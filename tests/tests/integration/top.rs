@@ -85,7 +85,9 @@ fn top_runs_on_a_terminal_sorts_and_quits_cleanly() {
     assert!(line_of(&screen, &idle.remote) < line_of(&screen, &big.remote), "{screen}");
 
     tmux.run(&["send-keys", "-t", "top", "q"]);
-    let status = wait_for("top to exit", Duration::from_secs(5), || tmux.file("status"));
+    // The shell creates the file before it writes to it: wait for what it wrote.
+    let status =
+        wait_for("top's exit status", Duration::from_secs(5), || tmux.file("status").filter(|t| !t.is_empty()));
     assert_eq!(status.trim(), "0", "top exited with {status}");
     // The terminal is back: main screen, cooked mode with echo, and the table gone from view.
     assert_eq!(tmux.run(&["display", "-p", "-t", "top", "#{alternate_on}"]).trim(), "0");
