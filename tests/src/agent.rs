@@ -208,10 +208,10 @@ impl Drop for Agent {
         }
         // Whatever an agent that was killed left behind.
         drop(crate::PinDir(self.pin_dir.clone()));
-        if !thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
+        // A failing test shows the log (the harness prints it with the failure), then it goes too.
+        if thread::panicking() {
             stderr_note(&format!("agent log:\n{}", self.log_text()));
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
