@@ -2,16 +2,7 @@
 //! type ([`RunArgs`]). Each value is read with the flag's own parser (sizes, durations,
 //! fairness modes and CIDRs mean the same in both places), unknown keys are refused, and an
 //! error names its key in one line.
-use std::{net::SocketAddr, time::Duration};
-
-use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, de::Error as _};
-
 use super::flags::RunArgs;
-use crate::model::{
-    fairness::{Fairness, parse_fairness},
-    units::{check_threshold, parse_cidr, parse_duration, parse_size},
-};
 
 /// Parses config text into the flags' type ([`RunArgs`]); the error is one line that names the
 /// key (`key `stall`: …`).
@@ -65,58 +56,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-pub(super) fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    size(d)?.map(check_threshold).transpose().map_err(D::Error::custom)
-}
-
-pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d).map_err(|_| D::Error::custom("expected a duration string (\"3s\", \"250ms\")"))?;
-    parse_duration(&s).map(Some).map_err(D::Error::custom)
-}
-
-pub(super) fn address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    let bad = || D::Error::custom("expected \"ADDRESS:PORT\", e.g. \"127.0.0.1:9465\"");
-    String::deserialize(d).map_err(|_| bad())?.parse().map(Some).map_err(|_| bad())
-}
-
-pub(super) fn fairness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fairness>, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_fairness(&s).map(Some).map_err(D::Error::custom)
-}
-
-pub(super) fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(d)?.iter().map(|s| parse_cidr(s).map_err(D::Error::custom)).collect()
-}
-
-pub(super) fn positive<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    T: Deserialize<'de> + PartialEq + From<u8>,
-{
-    let n = T::deserialize(d)?;
-    if n == T::from(0) {
-        return Err(D::Error::custom("must be at least 1"));
-    }
-    Ok(Some(n))
-}
-
-/// Plain bytes (`65536`) or a size with its unit (`"64MiB"`).
-pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Size::deserialize(d) {
-        Ok(Size::Bytes(n)) => Ok(Some(n)),
-        Ok(Size::Text(s)) => parse_size(&s).map(Some).map_err(D::Error::custom),
-        Err(_) => Err(D::Error::custom("expected a size: bytes (65536) or a string with a unit (\"64MiB\")")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::model::fairness::Fairness;
 
     #[test]
     fn keys_parse_and_errors_name_the_key() {

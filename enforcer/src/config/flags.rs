@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum, builder::PossibleValue};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::file;
+use super::values;
 use crate::{
     host::pressure,
     model::{
@@ -51,13 +51,13 @@ pub struct RunArgs {
     pub dry_run: bool,
     /// How often a snapshot is taken and the rule applied (e.g. 250ms, 1s) [default: 1s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(deserialize_with = "file::duration")]
+    #[serde(deserialize_with = "values::duration")]
     pub interval: Option<Duration>,
     /// Enforce only while pressure is above this size (16MiB, 100MB, bytes) [default: the
     /// kernel's TCP pressure level, tcp_mem[1] pages; inside a network namespace, where tcp_mem
     /// is not visible, MemTotal/16 as the kernel computes it at boot].
     #[arg(long, value_parser = parse_threshold, value_name = "SIZE")]
-    #[serde(deserialize_with = "file::threshold")]
+    #[serde(deserialize_with = "values::threshold")]
     pub threshold: Option<u64>,
     /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in
     /// /proc/net/sockstat), `cgroup` (socket memory in the cgroup's memory.stat) [default: tracked].
@@ -67,24 +67,24 @@ pub struct RunArgs {
     /// `remote-ip` (per remote address, then per connection), `remote-prefix:N[,M]` (per IPv4 /N
     /// and IPv6 /M, default M 64) [default: connection].
     #[arg(long, value_parser = parse_fairness, value_name = "MODE")]
-    #[serde(deserialize_with = "file::fairness")]
+    #[serde(deserialize_with = "values::fairness")]
     pub fairness: Option<Fairness>,
     /// An offender made no forward progress (snd_una unchanged, data outstanding) for this long.
     /// Longer than an ordinary client's pause: a reader whose application stops reading for up
     /// to 2 s must not qualify [default: 3s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(deserialize_with = "file::duration")]
+    #[serde(deserialize_with = "values::duration")]
     pub stall: Option<Duration>,
     /// ...or its queue would take longer than this to drain at the rate the peer acknowledged
     /// over --drain-window [default: 30s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(deserialize_with = "file::duration")]
+    #[serde(deserialize_with = "values::duration")]
     pub max_drain: Option<Duration>,
     /// The drain rate is measured over this long, and a socket must have been over its share
     /// for all of it before it is a slow-drain offender: ACKs arrive in bursts, and one quiet
     /// interval says nothing [default: 5s or 4 intervals, whichever is longer].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(deserialize_with = "file::duration")]
+    #[serde(deserialize_with = "values::duration")]
     pub drain_window: Option<Duration>,
     /// A remote (an address, or a prefix under --fairness remote-prefix) whose connections were
     /// destroyed N times within --repeat-window is a repeat offender: its new connections get
@@ -95,13 +95,13 @@ pub struct RunArgs {
     /// See --repeat-kills; a repeat offender is released after a whole window without a
     /// destroy [default: 1m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(deserialize_with = "file::duration")]
+    #[serde(deserialize_with = "values::duration")]
     pub repeat_window: Option<Duration>,
     /// SO_SNDBUF the kernel gives a repeat offender's new connections when they are
     /// established (the kernel doubles it; at most net.core.wmem_max). 0: leave send buffers
     /// alone [default: 32KiB].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    #[serde(deserialize_with = "file::size")]
+    #[serde(deserialize_with = "values::size")]
     pub contain_sndbuf: Option<u64>,
     /// `budget`: destroy the worst offenders until the projected pressure is at the threshold;
     /// `heffner`: destroy every offender, as the 2006 proposal did [default: budget].
@@ -123,7 +123,7 @@ pub struct RunArgs {
     pub protect_remote_port: Vec<u16>,
     /// Never destroy a socket whose remote address is in CIDR (repeatable).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    #[serde(deserialize_with = "file::cidrs")]
+    #[serde(deserialize_with = "values::cidrs")]
     pub protect_cidr: Vec<IpNet>,
     /// Never destroy a socket owned by this cgroup directory or one below it (repeatable).
     #[arg(long, value_name = "PATH")]
@@ -132,11 +132,11 @@ pub struct RunArgs {
     /// connections that moved no byte in either direction for --idle, oldest idle first. Applies
     /// whatever the pressure.
     #[arg(long, value_name = "N")]
-    #[serde(deserialize_with = "file::positive")]
+    #[serde(deserialize_with = "values::positive")]
     pub max_per_remote: Option<usize>,
     /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465) at /metrics [default: off].
     #[arg(long, value_name = "ADDR")]
-    #[serde(deserialize_with = "file::address")]
+    #[serde(deserialize_with = "values::address")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Test only: make these kernel programs fail (sockops), or act as if the kernel refused
     /// them (holders), to show errors fail open.
@@ -149,7 +149,7 @@ pub struct RunArgs {
     pub log_format: Option<LogFormat>,
     /// Idle time for --max-per-remote [default: 5m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(deserialize_with = "file::duration")]
+    #[serde(deserialize_with = "values::duration")]
     pub idle: Option<Duration>,
 }
 
