@@ -7,9 +7,6 @@ use serde_json::Value;
 
 use crate::{Agent, Cgroup, Netns, Peer, wait_for};
 
-pub const ECONNABORTED: u64 = 103;
-pub const ECONNRESET: u64 = 104;
-
 /// One connection: its id on the server peer and on the client peer, and the client's address
 /// (the server socket's remote).
 pub struct Conn {
@@ -38,13 +35,9 @@ impl Setup {
         Self { ns, cg, server, clients, accepted: 0 }
     }
 
+    /// An agent on the cgroup, in the namespace, logging JSON (250 ms interval unless given).
     pub fn agent(&self, flags: &[&str]) -> Agent {
-        let mut all = vec!["--log-format", "json"];
-        if !flags.contains(&"--interval") {
-            all.extend(["--interval", "250ms"]);
-        }
-        all.extend_from_slice(flags);
-        Agent::start(&self.ns, &self.cg, &all)
+        Agent::start_json(&self.ns, &self.cg, flags)
     }
 
     /// Connects a client (receive buffer `rcvbuf`, 0 for default; source address `src`).
@@ -82,6 +75,7 @@ pub fn remotes(events: &[Value]) -> HashSet<String> {
     events.iter().map(|e| e["remote"].as_str().unwrap().to_owned()).collect()
 }
 
+/// Waits until every one of `conns` was destroyed.
 pub fn wait_destroyed(agent: &Agent, conns: &[&Conn]) {
     wait_for("the attackers to be destroyed", Duration::from_secs(20), || {
         let gone = remotes(&agent.events_of("destroyed"));

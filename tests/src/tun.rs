@@ -1,12 +1,11 @@
 //! Driver for `tun-peer` (src/bin/tun-peer.rs): a user-space TCP peer on a tun device in a test
 //! namespace, whose ACK numbers and windows the test scripts.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, ChildStdout, Stdio},
+use crate::{
+    Agent, Cgroup, Netns, Peer,
+    peer::Driven,
+    ss::{self, SsSocket},
 };
-
-use crate::{Cgroup, Netns, Peer};
 
 /// The tun's own address: kernel servers listen here. The peer plays 10.77.0.2 and up.
 pub const TUN_KERNEL_ADDR: &str = "10.77.0.1";
@@ -26,9 +25,7 @@ pub struct TunStats {
 
 /// A running `tun-peer` in a test namespace, its tun up on 10.77.0.1/24; killed on drop.
 pub struct TunPeer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    driven: Driven,
     /// The tun device's name.
     pub dev: String,
 }
@@ -36,32 +33,16 @@ pub struct TunPeer {
 impl TunPeer {
     /// Starts the peer and waits until its tun is up with its address.
     pub fn start(ns: &Netns) -> Self {
-        let mut child =
-            ns.command(crate::sibling_bin("tun-peer")).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut peer = Self { child, stdin, stdout, dev: String::new() };
+        let mut driven = Driven::spawn("tun-peer", &mut ns.command(crate::sibling_bin("tun-peer")));
         // The first line says the tun is configured, or why not.
-        peer.dev = peer.reply("(start-up)").unwrap_or_else(|e| panic!("tun-peer did not start: {e}"));
-        peer
-    }
-
-    fn reply(&mut self, line: &str) -> Result<String, String> {
-        let mut reply = String::new();
-        self.stdout.read_line(&mut reply).unwrap();
-        let reply = reply.trim_end();
-        match reply.strip_prefix("ok") {
-            Some(rest) => Ok(rest.trim().to_owned()),
-            None if reply.is_empty() => panic!("tun-peer exited at `{line}`"),
-            None => Err(reply.to_owned()),
-        }
+        let dev = driven.reply("(start-up)").unwrap_or_else(|e| panic!("tun-peer did not start: {e}"));
+        Self { driven, dev }
     }
 
     /// Sends one command; `Ok` with what follows `ok`, `Err` with the whole `err …` line.
     pub fn try_cmd(&mut self, line: &str) -> Result<String, String> {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-        self.reply(line)
+        self.driven.send(line);
+        self.driven.reply(line)
     }
 
     /// Sends one command and returns what follows `ok`; panics on `err`.
@@ -88,13 +69,6 @@ impl TunPeer {
     }
 }
 
-impl Drop for TunPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One connection: its ID on the tun peer and on the server, and the peer's address (the server
 /// socket's remote).
 pub struct TunConn {
@@ -115,13 +89,8 @@ pub struct TunSetup {
 
 impl TunSetup {
     /// An agent on the cgroup, in the namespace, logging JSON (250 ms interval unless given).
-    pub fn agent(&self, flags: &[&str]) -> crate::Agent {
-        let mut all = vec!["--log-format", "json"];
-        if !flags.contains(&"--interval") {
-            all.extend(["--interval", "250ms"]);
-        }
-        all.extend_from_slice(flags);
-        crate::Agent::start(&self.ns, &self.cg, &all)
+    pub fn agent(&self, flags: &[&str]) -> Agent {
+        Agent::start_json(&self.ns, &self.cg, flags)
     }
 
     pub fn new() -> Self {
@@ -153,11 +122,16 @@ impl TunSetup {
         self.server.num(&format!("outq {}", c.server))
     }
 
-    /// `ss -tmi` of the server's established socket to `c`; empty if there is none.
-    pub fn ss(&self, c: &TunConn) -> String {
-        let out = self.ns.command("ss").args(["-tmiH", "state", "established", "dst", &c.remote]).output().unwrap();
-        assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
+    /// The server's established socket to `c` as `ss -tnmi` shows it; `None` if there is none.
+    pub fn ss(&self, c: &TunConn) -> Option<SsSocket> {
+        let mut all = ss::established(&self.ns, &["dst", &c.remote]);
+        assert!(all.len() <= 1, "more than one socket to {}: {all:?}", c.remote);
+        all.pop()
+    }
+
+    /// Like `ss`, for a socket that must be there.
+    pub fn ss_established(&self, c: &TunConn) -> SsSocket {
+        self.ss(c).unwrap_or_else(|| panic!("no established socket to {}", c.remote))
     }
 }
 

@@ -31,15 +31,16 @@ enum Cmd {
     /// Build the eBPF object, installing rust-src and bpf-linker first if they are missing.
     BuildEbpf,
     /// Run every test: unit tests, then the integration tests against the real kernel (root),
-    /// one at a time. Arguments after `--` go to the integration test binaries (e.g. a filter).
+    /// one at a time. Arguments after `--` go to the integration test binary (e.g. a filter:
+    /// `tracking::` runs one topic).
     Test {
         /// `host`: this machine's kernel. A version (`6.1`, `6.12`): the newest Debian
         /// linux-image-VERSION.*-cloud-amd64 (or a full package name), booted in QEMU with the
         /// kernel tests inside; unit tests and `deploy` run on the host leg only.
         #[arg(long, default_value = "host")]
         kernel: String,
-        /// With --kernel VERSION: the test files to run in the guest, comma-separated
-        /// (default: every kernel test file).
+        /// With --kernel VERSION: the topics (test modules) to run in the guest, comma-separated
+        /// (default: every topic but the host-only `deploy`).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         #[arg(last = true)]
@@ -70,7 +71,9 @@ fn run() -> Result<()> {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Test { kernel, only, args } if kernel == "host" => {
             if !only.is_empty() {
-                bail!("--only chooses the test files of a --kernel run; on the host, give a filter after `--`");
+                bail!(
+                    "--only chooses the topics of a --kernel run; on the host, give a filter after `--` (`tracking::`)"
+                );
             }
             test::run(&args)
         }

@@ -176,7 +176,7 @@ fn apt_install(missing: &[&str]) -> Result<()> {
 }
 
 /// kubernetes-validate, pinned: the Kubernetes JSON schemas ship inside the package, so the
-/// manifests are validated offline (tests/tests/deploy.rs).
+/// manifests are validated offline (the `deploy` tests).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// Where Python tools the tests run are installed: a virtualenv under the target directory,

@@ -5,12 +5,16 @@
 //!   listen ADDR [DEV]            listen and accept in the background; with DEV, the listener
 //!                                is bound to that device (SO_BINDTODEVICE, which accepted
 //!                                connections inherit)
-//!   wait-accepted N              block until N connections were accepted; `ok ID…`
+//!   wait-accepted N              block until N connections were accepted (at most 45 s, then
+//!                                `err`); `ok ID…`
+//!   count                        how many IDs were handed out so far (`connect-every` takes
+//!                                one per attempt, failed ones too); `ok N`
 //!   connect ADDR [RCVBUF [SRC]]  connect, optionally with a small SO_RCVBUF (0: default) and
 //!                                from source address SRC; `ok ID LOCAL`
 //!   connect-many ADDR N [RCVBUF] N connections; `ok FIRST_ID`
 //!   connect-every ADDR MS COUNT RCVBUF SRC
-//!                                COUNT connections in the background, one every MS, never read
+//!                                COUNT connections in the background, one every MS, never read;
+//!                                an attempt that fails takes an ID with no connection
 //!   listen-write ADDR BYTES      listen; write BYTES (non-blocking) to each accepted connection
 //!   sndbuf ID BYTES              SO_SNDBUFFORCE: let the connection queue BYTES (root)
 //!   write-range FIRST N BYTES    `write` on N connections from FIRST; `ok TOTAL_WRITTEN`
@@ -28,10 +32,14 @@ use std::{
     os::fd::{AsRawFd, FromRawFd},
     sync::{Arc, Condvar, Mutex},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 type Conns = Arc<(Mutex<Vec<Option<Arc<TcpStream>>>>, Condvar)>;
+
+/// How long `wait-accepted` waits: less than the driver waits for any answer, so that the driver
+/// fails with this peer's own message (what it waited for, what it had).
+const ACCEPT_LIMIT: Duration = Duration::from_secs(45);
 
 /// Lets this process hold as many connections as the kernel allows a process (root may raise
 /// the hard limit): the default soft limit, 1024 in the VM legs' guest, is far below what
@@ -74,10 +82,10 @@ fn arg<T: std::str::FromStr>(words: &[&str], i: usize) -> Result<T, String> {
     words.get(i).ok_or(format!("missing argument {i}"))?.parse().map_err(|_| format!("bad argument {i}"))
 }
 
-fn add(conns: &Conns, s: TcpStream) -> usize {
+fn add(conns: &Conns, s: Option<TcpStream>) -> usize {
     let (lock, cv) = &**conns;
     let mut v = lock.lock().unwrap_or_else(|e| e.into_inner());
-    v.push(Some(Arc::new(s)));
+    v.push(s.map(Arc::new));
     cv.notify_all();
     v.len() - 1
 }
@@ -199,7 +207,7 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             let conns = conns.clone();
             thread::spawn(move || {
                 for s in l.incoming().flatten() {
-                    add(&conns, s);
+                    add(&conns, Some(s));
                 }
             });
             Ok(local.to_string())
@@ -208,22 +216,28 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             let n: usize = arg(words, 1)?;
             let (lock, cv) = &**conns;
             let mut v = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = Instant::now() + ACCEPT_LIMIT;
             while v.len() < n {
-                v = cv.wait(v).unwrap_or_else(|e| e.into_inner());
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!("waited {ACCEPT_LIMIT:?} for {n} connections, have {}", v.len()));
+                }
+                v = cv.wait_timeout(v, left).unwrap_or_else(|e| e.into_inner()).0;
             }
             Ok((0..v.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(" "))
         }
+        "count" => Ok(conns.0.lock().unwrap_or_else(|e| e.into_inner()).len().to_string()),
         "connect" => {
             let s = connect(arg(words, 1)?, arg(words, 2).ok(), arg(words, 3).ok())?;
             let local = s.local_addr().map_err(err)?;
-            Ok(format!("{} {local}", add(conns, s)))
+            Ok(format!("{} {local}", add(conns, Some(s))))
         }
         "connect-many" => {
             let (addr, n): (SocketAddr, usize) = (arg(words, 1)?, arg(words, 2)?);
             let rcvbuf = arg(words, 3).ok();
             let mut first = None;
             for _ in 0..n {
-                let id = add(conns, connect(addr, rcvbuf, None)?);
+                let id = add(conns, Some(connect(addr, rcvbuf, None)?));
                 first.get_or_insert(id);
             }
             Ok(first.map(|f| f.to_string()).unwrap_or_default())
@@ -320,7 +334,7 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             thread::spawn(move || {
                 for s in l.incoming().flatten() {
                     let _ = write_some(&s, bytes);
-                    add(&conns, s);
+                    add(&conns, Some(s));
                 }
             });
             Ok(local.to_string())
@@ -333,9 +347,7 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             let conns = conns.clone();
             thread::spawn(move || {
                 for _ in 0..count {
-                    if let Ok(s) = connect(addr, rcvbuf, src) {
-                        add(&conns, s);
-                    }
+                    add(&conns, connect(addr, rcvbuf, src).ok());
                     thread::sleep(Duration::from_millis(ms));
                 }
             });

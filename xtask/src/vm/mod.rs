@@ -1,10 +1,10 @@
 //! `cargo xtask test --kernel 6.1`: the kernel tests inside QEMU on one of Debian's kernels.
 //!
 //! The kernel package comes from apt (`kernel.rs`); the initramfs holds the release agent, the
-//! test binaries and their peers, and the tools the tests call, with their libraries
-//! (`image.rs`); its `/init` mounts what the tests expect, runs each test binary one test at a
-//! time, and prints a marker line with each exit status that `qemu.rs` reads off the console.
-//! Downloads and images are cached under `target/vm/`.
+//! integration test binary and its peers, and the tools the tests call, with their libraries
+//! (`image.rs`); its `/init` mounts what the tests expect, runs the binary once per topic (test
+//! module), one test at a time, and prints a marker line with each exit status that `qemu.rs`
+//! reads off the console. Downloads and images are cached under `target/vm/`.
 mod image;
 mod kernel;
 mod qemu;
@@ -20,13 +20,14 @@ use serde_json::Value;
 
 use crate::{ebpf, root, run_cmd, setup, target_dir};
 
-/// Test files that stay on the host: `deploy` checks files of the source tree, not the kernel.
-/// Every other test file runs in the VM, so a new one is never left out by accident.
+/// Topics that stay on the host: `deploy` checks files of the source tree, not the kernel.
+/// Every other topic runs in the VM, so a new one is never left out by accident.
 const HOST_ONLY: [&str; 1] = ["deploy"];
 
 /// A test left out of the guest, and why; the leg says so when it starts.
 struct Skip {
-    test: &'static str,
+    /// The test's module: `judgement` for `judgement::stalled_peers_…`.
+    topic: &'static str,
     name: &'static str,
     /// `major.minor` of the kernels it is left out on; empty: every guest.
     series: &'static [&'static str],
@@ -35,14 +36,14 @@ struct Skip {
 
 const SKIPS: [Skip; 4] = [
     Skip {
-        test: "judgement",
+        topic: "judgement",
         name: "stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not",
         series: &[],
         why: "timed for a real CPU: under emulation the agent destroys the first stalled peers before the test has \
               read all ten; the rule it checks is the same on every kernel (host leg)",
     },
     Skip {
-        test: "top",
+        topic: "top",
         name: "top_runs_on_a_terminal_sorts_and_quits_cleanly",
         series: &[],
         why: "tmux and its terminfo are not in the guest image; how top handles a terminal does not depend on \
@@ -50,14 +51,14 @@ const SKIPS: [Skip; 4] = [
     },
     // What the tests found to differ (the README's Requirements say what it means for enforcer).
     Skip {
-        test: "scripted_peer",
+        topic: "scripted_peer",
         name: "zero_window_holds_the_queue_and_probes_are_answered",
         series: &["6.1"],
         why: "6.1 ignores an ACK that closes the window without new sequence or ACK numbers (snd_wnd stays \
               65535), so the scripted peer cannot close an idle connection's window",
     },
     Skip {
-        test: "scripted_peer",
+        topic: "scripted_peer",
         name: "tiny_windows_cut_the_queue_into_small_expensive_skbs",
         series: &["6.1"],
         why: "the same: its 128-byte window never closes on 6.1",
@@ -70,13 +71,32 @@ const LIMIT: Duration = Duration::from_secs(30 * 60);
 /// Programs the tests run (`Command::new`), from the host, with their libraries.
 const TOOLS: [&str; 8] = ["ip", "ss", "nsenter", "unshare", "setpriv", "mount", "umount", "promtool"];
 
-/// One integration test binary.
-struct TestBin {
-    /// `tracking`
-    name: String,
-    /// `tests/tracking.rs`, as cargo shows it.
-    source: String,
+/// The integration test binary and the tests it holds.
+struct Suite {
     exe: PathBuf,
+    /// `tests/integration/main.rs`, as cargo shows it.
+    source: String,
+    /// Every test's full name (`tracking::ipv6_zero_window`), as the binary lists them.
+    tests: Vec<String>,
+}
+
+impl Suite {
+    /// The topics (the tests' top modules), sorted.
+    fn topics(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.tests.iter().filter_map(|t| t.split_once("::").map(|(m, _)| m)).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    fn has(&self, topic: &str, name: &str) -> bool {
+        self.tests.iter().any(|t| t.strip_prefix(topic).and_then(|r| r.strip_prefix("::")) == Some(name))
+    }
+
+    /// How many tests `topic` holds.
+    fn count(&self, topic: &str) -> usize {
+        self.tests.iter().filter(|t| t.starts_with(&format!("{topic}::"))).count()
+    }
 }
 
 pub fn run(version: &str, only: &[String], args: &[String]) -> Result<()> {
@@ -96,31 +116,34 @@ pub fn run(version: &str, only: &[String], args: &[String]) -> Result<()> {
 
     ebpf::build()?;
     run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "enforcer"]))?;
-    let (tests, peers) = test_binaries()?;
-    let chosen = choose(&tests, only)?;
+    let (suite, peers) = suite()?;
+    check_skips(&suite)?;
+    let chosen = choose(&suite, only)?;
     let series = series(&package);
     let skipped: Vec<&Skip> = SKIPS
         .iter()
         .filter(|d| d.series.is_empty() || d.series.contains(&series.as_str()))
-        .filter(|d| chosen.iter().any(|t| t.name == d.test))
+        .filter(|d| chosen.contains(&d.topic))
         .collect();
     for d in &skipped {
-        eprintln!("xtask: skipping {}::{} on {series}: {}", d.test, d.name, d.why);
+        eprintln!("xtask: skipping {}::{} on {series}: {}", d.topic, d.name, d.why);
     }
-    let init = init_script(&kernel.modules, &chosen, &skipped, args);
-    let initrd = image(&cache, &package, &kernel, &chosen, &peers, init)?;
+    let init = init_script(&kernel.modules, &suite, &chosen, &skipped, args);
+    let initrd = image(&cache, &package, &kernel, &suite, &peers, init)?;
 
-    eprintln!("xtask: booting {package} with {} test files: {}", chosen.len(), names(&chosen));
+    let tests: usize = chosen.iter().map(|t| suite.count(t)).sum();
+    eprintln!("xtask: booting {package} with {tests} tests in {} topics: {}", chosen.len(), chosen.join(", "));
     let booting = Instant::now();
     let (accel, out) = qemu::boot(&kernel.vmlinuz, &initrd, LIMIT)?;
     let took = |t: Instant| humantime::format_duration(Duration::from_secs(t.elapsed().as_secs()));
     eprintln!(
-        "xtask: kernel {} under {}: {} passed, {} failed, {} ignored in {} test files; guest {}, whole leg {}",
+        "xtask: kernel {} under {}: {} passed, {} failed, {} ignored, {} skipped in {} topics; guest {}, whole leg {}",
         out.booted.as_deref().unwrap_or(&package),
         accel.name(),
         out.passed,
         out.failed,
         out.ignored,
+        skipped.len(),
         out.results.len(),
         took(booting),
         took(started)
@@ -128,27 +151,32 @@ pub fn run(version: &str, only: &[String], args: &[String]) -> Result<()> {
     if !out.done {
         let ran: Vec<&str> = out.results.iter().map(|(n, _)| n.as_str()).collect();
         bail!(
-            "the guest stopped before every test file ran (finished: {}); its console is above",
+            "the guest stopped before every topic ran (finished: {}); its console is above",
             if ran.is_empty() { "none".to_owned() } else { ran.join(", ") }
         );
     }
     let failed: Vec<String> =
-        out.results.iter().filter(|(_, status)| *status != 0).map(|(n, _)| format!("    `--test {n}`")).collect();
+        out.results.iter().filter(|(_, status)| *status != 0).map(|(n, _)| format!("    `--only {n}`")).collect();
     if !failed.is_empty() {
-        // The lines cargo prints after `--no-fail-fast`.
-        bail!("{} targets failed on {package}:\n{}", failed.len(), failed.join("\n"));
+        bail!("{} topics failed on {package}:\n{}", failed.len(), failed.join("\n"));
+    }
+    // Without a filter of the caller's, every test of the chosen topics ran or was skipped by
+    // name: a test that silently did not run is a failure of the leg.
+    let ran = out.passed + out.failed + out.ignored;
+    if args.is_empty() && ran + skipped.len() as u64 != tests as u64 {
+        bail!("{ran} tests ran and {} were skipped, of the {tests} in the chosen topics", skipped.len());
     }
     Ok(())
 }
 
-/// Where the guest finds things: the agent at /t/enforcer (ENFORCER_BIN); the test binaries in
-/// /t/debug/deps with their peers one level up, where `sibling_bin` looks; the tools the tests
+/// Where the guest finds things: the agent at /t/enforcer (ENFORCER_BIN); the test binary in
+/// /t/debug/deps with its peers one level up, where `sibling_bin` looks; the tools the tests
 /// run in /usr/bin, busybox for the rest; each with the libraries it loads.
 fn image(
     cache: &Path,
     package: &str,
     kernel: &kernel::Kernel,
-    tests: &[&TestBin],
+    suite: &Suite,
     peers: &[PathBuf],
     init: String,
 ) -> Result<PathBuf> {
@@ -169,9 +197,7 @@ fn image(
     for peer in peers {
         img.program(&format!("t/debug/{}", file_name(peer)), peer, true)?;
     }
-    for t in tests {
-        img.program(&format!("t/debug/deps/{}", file_name(&t.exe)), &t.exe, true)?;
-    }
+    img.program(&format!("t/debug/deps/{}", file_name(&suite.exe)), &suite.exe, true)?;
     for (i, m) in kernel.modules.iter().enumerate() {
         img.file(&module_path(i, m), m, 0o644);
     }
@@ -194,8 +220,9 @@ fn module_path(i: usize, module: &Path) -> String {
     format!("lib/modules/enforcer/{i}-{}", file_name(module))
 }
 
-/// The integration test binaries and the peers (`tcp-peer`, …) cargo builds for them.
-fn test_binaries() -> Result<(Vec<TestBin>, Vec<PathBuf>)> {
+/// The integration test binary and the peers (`tcp-peer`, …) cargo builds for it; the binary lists
+/// its tests (`--list` runs none).
+fn suite() -> Result<(Suite, Vec<PathBuf>)> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .args(["test", "-p", "enforcer-tests", "--tests", "--no-run", "--message-format=json-render-diagnostics"])
@@ -205,7 +232,7 @@ fn test_binaries() -> Result<(Vec<TestBin>, Vec<PathBuf>)> {
     if !out.status.success() {
         bail!("building the integration tests failed");
     }
-    let (mut tests, mut peers) = (Vec::new(), Vec::new());
+    let (mut suites, mut peers) = (Vec::new(), Vec::new());
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<Value>(line) else { continue };
         let Some(exe) = msg["executable"].as_str() else { continue };
@@ -216,38 +243,61 @@ fn test_binaries() -> Result<(Vec<TestBin>, Vec<PathBuf>)> {
             let src = PathBuf::from(msg["target"]["src_path"].as_str().unwrap_or_default());
             let pkg = Path::new(msg["manifest_path"].as_str().unwrap_or_default()).parent().map(Path::to_path_buf);
             let source = pkg.and_then(|p| src.strip_prefix(p).ok().map(Path::to_path_buf)).unwrap_or(src);
-            tests.push(TestBin {
-                name: msg["target"]["name"].as_str().unwrap_or_default().to_owned(),
-                source: source.display().to_string(),
-                exe: PathBuf::from(exe),
-            });
+            suites.push((PathBuf::from(exe), source.display().to_string()));
         } else if kinds == ["bin"] && !is_test {
             peers.push(PathBuf::from(exe));
         }
     }
-    Ok((tests, peers))
+    let [(exe, source)] = <[_; 1]>::try_from(suites).map_err(|all| {
+        anyhow::anyhow!("expected one integration test binary (tests/integration/main.rs), cargo built {}", all.len())
+    })?;
+    let listing = Command::new(&exe).args(["--list", "--format", "terse"]).output();
+    let listing = listing.with_context(|| format!("running {} --list", exe.display()))?;
+    if !listing.status.success() {
+        bail!("{} --list failed: {}", exe.display(), String::from_utf8_lossy(&listing.stderr));
+    }
+    let tests: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect();
+    let suite = Suite { exe, source, tests };
+    // A topic is chosen by `--skip OTHER::` for every other one: `OTHER::` must not stand
+    // anywhere but at the start of a name.
+    for topic in suite.topics() {
+        let pattern = format!("{topic}::");
+        if let Some(t) = suite.tests.iter().find(|t| t.contains(&pattern) && !t.starts_with(&pattern)) {
+            bail!("the test {t} would be taken for one of topic {topic}: rename it or the topic");
+        }
+    }
+    Ok((suite, peers))
 }
 
-fn choose<'a>(tests: &'a [TestBin], only: &[String]) -> Result<Vec<&'a TestBin>> {
-    let wanted: Vec<&str> = if only.is_empty() {
-        let mut all: Vec<&str> = tests.iter().map(|t| t.name.as_str()).filter(|n| !HOST_ONLY.contains(n)).collect();
-        all.sort_unstable();
-        all
-    } else {
-        only.iter().map(String::as_str).collect()
-    };
-    wanted
-        .iter()
+/// Every entry of `SKIPS` names a test of the suite: a renamed or removed test fails the leg
+/// rather than leaving a stale entry that skips nothing (or, after a rename back, something new).
+fn check_skips(suite: &Suite) -> Result<()> {
+    let stale: Vec<String> =
+        SKIPS.iter().filter(|d| !suite.has(d.topic, d.name)).map(|d| format!("{}::{}", d.topic, d.name)).collect();
+    if !stale.is_empty() {
+        bail!("SKIPS in xtask/src/vm/mod.rs names tests the suite does not have: {}", stale.join(", "));
+    }
+    Ok(())
+}
+
+fn choose<'a>(suite: &'a Suite, only: &[String]) -> Result<Vec<&'a str>> {
+    let topics = suite.topics();
+    if only.is_empty() {
+        return Ok(topics.into_iter().filter(|t| !HOST_ONLY.contains(t)).collect());
+    }
+    only.iter()
         .map(|w| {
-            tests.iter().find(|t| t.name == *w).with_context(|| {
-                format!("no test file {w}: the integration tests are {}", names(&tests.iter().collect::<Vec<_>>()))
-            })
+            topics
+                .iter()
+                .copied()
+                .find(|t| t == w)
+                .with_context(|| format!("no topic {w}: the integration tests' topics are {}", topics.join(", ")))
         })
         .collect()
-}
-
-fn names(tests: &[&TestBin]) -> String {
-    tests.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// `6.1` for `linux-image-6.1.0-56-cloud-amd64`.
@@ -262,9 +312,11 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The guest's `/init`: the mounts the tests find through /proc/mounts, the modules, then each
-/// test binary as `cargo test` runs it, its exit status in a marker line, and power off.
-fn init_script(modules: &[PathBuf], tests: &[&TestBin], skipped: &[&Skip], args: &[String]) -> String {
+/// The guest's `/init`: the mounts the tests find through /proc/mounts, the modules, then the
+/// test binary once per topic as `cargo test` runs a binary, its exit status in a marker line,
+/// and power off. A topic is chosen by skipping every other one, so the caller's filters (after
+/// `--`) narrow it as they would on the host.
+fn init_script(modules: &[PathBuf], suite: &Suite, topics: &[&str], skipped: &[&Skip], args: &[String]) -> String {
     let mark = qemu::MARK;
     let mut s = String::from(
         "#!/bin/sh\n\
@@ -286,14 +338,19 @@ fn init_script(modules: &[PathBuf], tests: &[&TestBin], skipped: &[&Skip], args:
     s.push_str("ip link set lo up\n");
     s.push_str(&format!("echo \"{mark}BOOT $(uname -r)\"\ncd /t\n"));
     let extra: Vec<String> = args.iter().map(|a| quote(a)).collect();
-    for t in tests {
-        let exe = format!("/t/debug/deps/{}", file_name(&t.exe));
-        let shown = t.exe.strip_prefix(root()).unwrap_or(&t.exe).display().to_string();
-        s.push_str(&format!("echo {}\n", quote(&format!("     Running {} ({shown})", t.source))));
-        let skip: Vec<String> =
-            skipped.iter().filter(|d| d.test == t.name).map(|d| format!("--skip {}", quote(d.name))).collect();
-        s.push_str(&format!("{exe} --test-threads=1 {} {}\n", skip.join(" "), extra.join(" ")));
-        s.push_str(&format!("echo \"{mark}RESULT {} $?\"\n", t.name));
+    let exe = format!("/t/debug/deps/{}", file_name(&suite.exe));
+    let shown = suite.exe.strip_prefix(root()).unwrap_or(&suite.exe).display().to_string();
+    for topic in topics {
+        s.push_str(&format!("echo {}\n", quote(&format!("     Running {topic}:: of {} ({shown})", suite.source))));
+        let others =
+            suite.topics().into_iter().filter(|t| t != topic).map(|t| format!("--skip {}", quote(&format!("{t}::"))));
+        let skip = skipped
+            .iter()
+            .filter(|d| d.topic == *topic)
+            .map(|d| format!("--skip {}", quote(&format!("{}::{}", d.topic, d.name))));
+        let skips: Vec<String> = others.chain(skip).collect();
+        s.push_str(&format!("{exe} --test-threads=1 {} {}\n", skips.join(" "), extra.join(" ")));
+        s.push_str(&format!("echo \"{mark}RESULT {topic} $?\"\n"));
     }
     s.push_str(&format!("echo \"{mark}DONE\"\npoweroff -f\n"));
     s

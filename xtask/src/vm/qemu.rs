@@ -53,7 +53,7 @@ impl Accel {
 pub struct Outcome {
     /// `uname -r` in the guest, once `/init` runs.
     pub booted: Option<String>,
-    /// Each test binary's name and exit status, in order.
+    /// Each topic's name and the exit status of its run, in order.
     pub results: Vec<(String, i32)>,
     /// `/init` got to its end.
     pub done: bool,

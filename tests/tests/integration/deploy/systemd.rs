@@ -3,9 +3,13 @@
 //! under the unit's system call filter (`seccomp-exec`: PID 1 here is not systemd).
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, enforcer_bin, unique, wait_for};
+use enforcer_tests::{
+    Agent, Cgroup, ECONNABORTED, Netns, PinDir, Pod, Scratch, enforcer_bin,
+    process::{COMMAND_LIMIT, output_within},
+    wait_for,
+};
 
-use super::deploy;
+use super::{deploy, overlays};
 
 const UNIT: &str = "systemd/enforcer.service";
 /// Issue 11, item 8: the unit's exposure was 5.8 before it was hardened.
@@ -91,16 +95,9 @@ fn systemd_analyze_verify_is_clean_after_the_readme_install_steps() {
     let steps = readme_install_steps();
     // The steps write to /etc and /usr/local: in a mount namespace of its own, over overlays
     // whose upper layers are thrown away, so the host's /etc and /usr/local are untouched.
-    let scratch = std::env::temp_dir().join(unique("enforcer-install"));
+    let scratch = Scratch::new("enforcer-install");
     let mut script = String::from("set -e\n");
-    for (i, dir) in ["/etc", "/usr/local"].iter().enumerate() {
-        let (up, work) = (scratch.join(format!("{i}.up")), scratch.join(format!("{i}.work")));
-        script += &format!(
-            "mkdir -p {up} {work}\nmount -t overlay overlay -o lowerdir={dir},upperdir={up},workdir={work} {dir}\n",
-            up = up.display(),
-            work = work.display()
-        );
-    }
+    script += &overlays(scratch.path(), &["/etc", "/usr/local"]);
     for step in &steps {
         script += step;
         script.push('\n');
@@ -111,7 +108,6 @@ fn systemd_analyze_verify_is_clean_after_the_readme_install_steps() {
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&scratch);
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "install steps or verify failed:\n{script}\n{said}");
     assert_eq!(said.trim(), "", "systemd-analyze verify is not clean:\n{script}");
@@ -195,17 +191,10 @@ fn the_agent_works_under_the_units_system_call_filter() {
     });
 
     // A zero-window attacker in another namespace: destroyed from inside it (setns, netlink).
-    let mut server = Peer::start(&pod_ns, Some(&cg));
-    let listen = server.cmd("listen 127.0.0.1:9000");
-    let mut attacker = Peer::start(&pod_ns, None);
-    let reply = attacker.cmd(&format!("connect {listen} 4096"));
-    let remote = reply.split(' ').nth(1).unwrap().to_owned();
-    server.cmd("wait-accepted 1");
-    assert!(server.num("write 0 2000000") > 0);
-    wait_for("the attacker destroyed", Duration::from_secs(20), || {
-        agent.events_of("destroyed").into_iter().find(|e| e["remote"] == remote.as_str())
-    });
-    assert_eq!(server.num("soerror 0"), 103, "the pod's server sees ECONNABORTED");
+    let mut pod = Pod::new(&pod_ns, &cg);
+    assert!(pod.server.num("write 0 2000000") > 0);
+    agent.wait_destroyed(&pod.remote);
+    assert_eq!(pod.server.num("soerror 0"), ECONNABORTED, "the pod's server sees ECONNABORTED");
 
     // SAFETY: signalling the agent, our own child.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
@@ -222,17 +211,17 @@ fn the_agent_works_under_the_units_system_call_filter() {
     // The control: the same filter without bpf(2) stops the agent at start.
     let bpf = libc::SYS_bpf as u32;
     let without_bpf: BTreeSet<u32> = allow.iter().copied().filter(|nr| *nr != bpf).collect();
-    let pin_dir = Path::new("/sys/fs/bpf").join(unique("enforcer-test"));
-    let out = agent_ns
-        .command(wrapper)
-        .envs(filter_env(&without_bpf, &unit))
-        .args(["run", "--cgroup"])
-        .arg(&cg.path)
-        .arg("--pin-dir")
-        .arg(&pin_dir)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir(&pin_dir);
+    let pin_dir = PinDir::new();
+    let out = output_within(
+        agent_ns
+            .command(wrapper)
+            .envs(filter_env(&without_bpf, &unit))
+            .args(["run", "--cgroup"])
+            .arg(&cg.path)
+            .arg("--pin-dir")
+            .arg(pin_dir.path()),
+        COMMAND_LIMIT,
+    );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Operation not permitted") || stderr.contains("EPERM"), "{stderr}");

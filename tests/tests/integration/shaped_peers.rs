@@ -2,14 +2,21 @@
 //! just under --stall, and windows so small that the kernel charges many times the queue. The
 //! peer is `tun-peer` (a user-space TCP endpoint on a tun device in the test namespace); the
 //! server is a real kernel socket in the test cgroup; the agent is the real agent.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::time::{Duration, Instant};
 
-use enforcer_tests::{Agent, TunConn, TunSetup, charged, field, sockstat_tcp_mem, wait_for};
+use enforcer_tests::{Agent, TunConn, TunSetup, agent_scrape, charged, field, sample, sockstat_tcp_mem, wait_for};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
+
+/// The default `--drain-window` and `--stall`.
+const DRAIN_WINDOW_MS: u64 = 5000;
+const STALL_MS: u64 = 3000;
+
+/// How long a test waits for the agent to act: generous, for a slow machine. How soon it acts is
+/// measured by the benchmarks (`cargo xtask bench`), not asserted here.
+const ACT_LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn an_ack_shaping_peer_is_destroyed_after_one_drain_window() {
@@ -22,26 +29,26 @@ fn an_ack_shaping_peer_is_destroyed_after_one_drain_window() {
     assert_eq!(s.write(&c, 16 * MIB, 7 * MIB), 7 * MIB);
     let start = Instant::now();
     s.tun.cmd(&format!("ack {} burst {} 900", c.tun, 40 * KIB));
-    // The drain window (5 s) plus two intervals, and one more for the first snapshot.
-    let e = wait_for("the ACK shaper to be destroyed", Duration::from_millis(5000 + 3 * 250 + 500), || {
-        agent.events_of("destroyed").into_iter().next()
-    });
+    let e = wait_for("the ACK shaper to be destroyed", ACT_LIMIT, || agent.events_of("destroyed").into_iter().next());
     eprintln!("destroyed {:?} after the bursts began: {e}", start.elapsed());
     assert_eq!(e["remote"], c.remote.as_str(), "{e}");
     assert_eq!(e["reason"], "slow_drain", "{e}");
     assert!(field(&e, "drain_estimate_ms") > 100_000, "{e}");
+    // Judged by its rate over a whole drain window, while it kept acknowledging: over its share
+    // for at least the window, never stalled for --stall.
+    assert!(field(&e, "offending_ms") >= DRAIN_WINDOW_MS, "destroyed before one drain window: {e}");
+    assert!(field(&e, "stalled_ms") < STALL_MS, "{e}");
     assert!(s.tun.stats(c.tun).acked >= 3 * 40 * KIB, "the peer did acknowledge in bursts");
     wait_for("the peer to see the reset", Duration::from_secs(5), || {
         (s.tun.stats(c.tun).state == "reset").then_some(())
     });
 }
 
-/// Waits until the tracked sockets are charged no more than `threshold`, at most 5 s.
-fn back_at_threshold_within_5s(agent: &Agent, threshold: u64) {
+/// Waits until the tracked sockets are charged no more than `threshold` (the agent destroyed
+/// enough of them).
+fn back_at_threshold(agent: &Agent, threshold: u64) {
     let start = Instant::now();
-    wait_for("charged memory back at the threshold", Duration::from_secs(5), || {
-        (charged(agent, "") <= threshold).then_some(())
-    });
+    wait_for("charged memory back at the threshold", ACT_LIMIT, || (charged(agent, "") <= threshold).then_some(()));
     eprintln!("back at the threshold {:?} after the queues were written", start.elapsed());
 }
 
@@ -70,10 +77,11 @@ fn tiny_window_peers_are_judged_by_the_memory_they_cost() {
     let held: u64 = sockets.iter().map(|x| field(x, "charged")).sum();
     eprintln!("queued {queued}, charged {held}");
     assert!(queued < threshold && held > 2 * threshold, "queued {queued}, charged {held}");
-    back_at_threshold_within_5s(&agent, threshold);
+    back_at_threshold(&agent, threshold);
     let destroyed = agent.events_of("destroyed");
     assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "stalled"), "{destroyed:?}");
     for e in &destroyed {
+        assert!(field(e, "stalled_ms") >= 1000, "destroyed before --stall: {e}");
         assert!(field(e, "send_queue") <= field(e, "fair_share"), "judged by SEND-Q after all: {e}");
         assert!(field(e, "charged") > field(e, "fair_share"), "{e}");
         assert!(conns.iter().any(|c| e["remote"] == c.remote.as_str()));
@@ -95,9 +103,12 @@ fn one_byte_window_peers_are_destroyed_as_slow() {
     let held = charged(&agent, "");
     eprintln!("charged {held}");
     assert!(held > threshold, "{held}");
-    back_at_threshold_within_5s(&agent, threshold);
+    back_at_threshold(&agent, threshold);
     let destroyed = agent.events_of("destroyed");
     assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
+    for e in &destroyed {
+        assert!(field(e, "offending_ms") >= 3000, "destroyed before one drain window: {e}");
+    }
 }
 
 /// A peer on a slow path: after a twelve-second idle spell, its first ACK of a new response
@@ -127,13 +138,13 @@ fn a_slow_path_peer_after_an_idle_spell_is_not_taken_as_stalled() {
     wait_for("the first response acknowledged", Duration::from_secs(5), || (s.outq(&slow) == 0).then_some(()));
     let attacker = s.connect("10.77.0.5", MIB as u32, Some(7));
     s.tun.cmd(&format!("window {} 0", attacker.tun));
+    // The idle spell (the scenario: twelve seconds without a byte), over which the agent skips
+    // its walks; its own count says it did.
     std::thread::sleep(Duration::from_secs(12));
-    let scrape = s.ns.http_get(addr, "/metrics");
-    let skipped = scrape
-        .lines()
-        .find_map(|l| l.strip_prefix("enforcer_scans_total{kind=\"skipped\"} ")?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(skipped > 10.0, "the agent never skipped a walk, so nothing is tested:\n{scrape}");
+    wait_for("the agent to have skipped walks through the idle spell", Duration::from_secs(30), || {
+        let skipped = sample(&agent_scrape(&s.ns, addr), "enforcer_scans_total{kind=\"skipped\"}").unwrap_or(0.0);
+        (skipped > 10.0).then_some(())
+    });
 
     // At once: a 12 MiB response to the slow peer, over its share (threshold / 2 connections),
     // acknowledged only after 300 ms; the attacker's queue takes pressure over the threshold.
@@ -143,9 +154,7 @@ fn a_slow_path_peer_after_an_idle_spell_is_not_taken_as_stalled() {
     std::thread::sleep(Duration::from_millis(300));
     s.tun.cmd(&format!("ack {} all", slow.tun));
 
-    let e = wait_for("the attacker to be destroyed", Duration::from_secs(10), || {
-        agent.events_of("destroyed").into_iter().next()
-    });
+    let e = wait_for("the attacker to be destroyed", ACT_LIMIT, || agent.events_of("destroyed").into_iter().next());
     assert_eq!(e["remote"], attacker.remote.as_str(), "{e}");
     let destroyed = || agent.events_of("destroyed").iter().map(|e| e.to_string()).collect::<Vec<_>>();
     wait_for("the slow peer to take its response", Duration::from_secs(20), || {

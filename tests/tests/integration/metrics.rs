@@ -1,9 +1,11 @@
 //! The Prometheus endpoint, scraped for real while enforcement goes on.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{thread, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, agent_scrape, field, page_size, sample, sockstat_tcp_mem, wait_for};
+use enforcer_tests::{
+    Agent, Cgroup, ECONNABORTED, Netns, Peer, PinDir, agent_scrape, connected_many, field, page_size, sample,
+    sockstat_tcp_mem, wait_for,
+};
 
 #[test]
 fn metrics_are_scraped_while_enforcement_goes_on() {
@@ -14,8 +16,7 @@ fn metrics_are_scraped_while_enforcement_goes_on() {
         &cg,
         &["--log-format", "json", "--metrics-addr", addr, "--threshold", "64KiB", "--policy", "heffner"],
     );
-    let mut server = Peer::start(&ns, Some(&cg));
-    let listen = server.cmd("listen 127.0.0.1:9000");
+    let (mut server, listen) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
     let mut clients = Peer::start(&ns, None);
     // Two zero-window attackers and two idle connections.
     for (i, rcvbuf) in [4096, 4096, 0, 0].into_iter().enumerate() {
@@ -27,8 +28,8 @@ fn metrics_are_scraped_while_enforcement_goes_on() {
     wait_for("both attackers destroyed", Duration::from_secs(20), || {
         (agent.events_of("destroyed").len() == 2).then_some(())
     });
-    assert_eq!(server.num("soerror 0"), 103);
-    assert_eq!(server.num("soerror 1"), 103);
+    assert_eq!(server.num("soerror 0"), ECONNABORTED);
+    assert_eq!(server.num("soerror 1"), ECONNABORTED);
     // The server closes what was aborted, as a real one does on ECONNABORTED; the kernel frees
     // the sockets with their records, and the idle two remain.
     server.cmd("close 0");
@@ -93,8 +94,9 @@ fn a_metrics_address_in_use_fails_the_start_before_anything_is_attached() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let mut holder = Peer::start(&ns, None);
     let addr = holder.cmd("listen 127.0.0.1:9465");
-    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(enforcer_tests::unique("enforcer-test"));
-    let out = Agent::spawn_raw(&ns, &cg, &pin_dir, &["--threshold", "1MiB", "--metrics-addr", &addr]);
+    let pins = PinDir::new();
+    let pin_dir = pins.path();
+    let out = Agent::spawn_raw(&ns, &cg, pin_dir, &["--threshold", "1MiB", "--metrics-addr", &addr]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("listening for metrics on 127.0.0.1:9465"), "{err}");
@@ -112,11 +114,7 @@ fn the_kernels_tcp_memory_bounds_the_tracked_pressure_and_idle_intervals_skip_th
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let addr = "127.0.0.1:9467";
     let agent = Agent::start(&ns, &cg, &["--metrics-addr", addr, "--threshold", "4GiB", "--interval", "100ms"]);
-    let mut server = Peer::start(&ns, Some(&cg));
-    let listen = server.cmd("listen 127.0.0.1:9000");
-    let mut clients = Peer::start(&ns, None);
-    clients.cmd(&format!("connect-many {listen} 8 4096"));
-    server.cmd("wait-accepted 8");
+    let (mut server, _clients) = connected_many(&ns, &cg, "127.0.0.1:9000", 8, 4096);
     let queued = server.num("write-range 0 8 1048576");
     assert!(queued > 4 << 20, "only {queued} bytes queued");
 

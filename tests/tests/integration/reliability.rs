@@ -1,9 +1,13 @@
 //! Restarts and concurrent agents against the real kernel. Run as root, one at a time.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use enforcer_tests::{Agent, Cgroup, Netns, connected_pair, enforcer_programs_loaded, field, unique, wait_for};
+use enforcer_tests::{
+    Agent, Cgroup, ECONNABORTED, Netns, Reaped, Scratch, connected_pair, field,
+    kernel::still_loaded,
+    process::{COMMAND_LIMIT, wait_exit},
+    unique, wait_for,
+};
 
 #[test]
 fn sigkill_and_restart_leaks_nothing_and_enforcement_goes_on() {
@@ -11,9 +15,10 @@ fn sigkill_and_restart_leaks_nothing_and_enforcement_goes_on() {
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test"));
     // The first agent would wait 30 s before calling anything stalled.
     let mut first = Agent::start_at(&ns, &cg, pin_dir.clone(), &["--threshold", "1MiB", "--stall", "30s"]);
-    let single = wait_for("the first agent's programs", Duration::from_secs(10), || {
-        let n = enforcer_programs_loaded().len();
-        (n >= 4).then_some(n)
+    // Its own programs, by id (another agent on this host has others).
+    let first_programs = wait_for("the first agent's programs", Duration::from_secs(10), || {
+        let held = first.programs();
+        (held.len() >= 4).then_some(held)
     });
     let (mut server, _client) = connected_pair(&ns, &cg, "127.0.0.1:9000", 4096);
     assert!(server.num("write 0 2000000") > 0);
@@ -31,15 +36,18 @@ fn sigkill_and_restart_leaks_nothing_and_enforcement_goes_on() {
     wait_for("the attacker to be destroyed after the restart", Duration::from_secs(20), || {
         (!second.events_of("destroyed").is_empty()).then_some(())
     });
-    assert_eq!(server.num("soerror 0"), 103, "the server's socket should be aborted");
-    // The first agent's programs are gone: nothing is attached twice.
-    wait_for("exactly one agent's programs", Duration::from_secs(10), || {
-        (enforcer_programs_loaded().len() == single).then_some(())
+    assert_eq!(server.num("soerror 0"), ECONNABORTED, "the server's socket should be aborted");
+    // The first agent's programs are gone (its pinned links held them past the kill): nothing
+    // is attached twice, and the second holds as many as the first did.
+    wait_for("the first agent's programs to be unloaded", Duration::from_secs(10), || {
+        still_loaded(&first_programs).is_empty().then_some(())
     });
+    let second_programs = second.programs();
+    assert_eq!(second_programs.len(), first_programs.len(), "{first_programs:?} then {second_programs:?}");
     assert!(second.stop().success());
     assert!(!pin_dir.exists());
-    wait_for("every program to be unloaded", Duration::from_secs(10), || {
-        enforcer_programs_loaded().is_empty().then_some(())
+    wait_for("every program of the second agent to be unloaded", Duration::from_secs(10), || {
+        still_loaded(&second_programs).is_empty().then_some(())
     });
 }
 
@@ -127,19 +135,39 @@ fn pins_are_root_only_and_a_foreign_layout_is_refused() {
     assert!(err.contains("another enforcer layout") && err.trim().lines().count() == 1, "{err}");
 }
 
-/// Runs `enforcer run` in a private mount namespace prepared by `setup` (shell commands).
-fn run_in_mount_ns(ns: &Netns, cg: &Cgroup, setup: &str, pin_dir: &str) -> std::process::Output {
-    std::process::Command::new("unshare")
+/// Runs `enforcer run` in a private mount namespace prepared by `setup` (shell commands), and
+/// stops it (SIGTERM) once it says it attached; or lets it fail. Its exit status and log.
+fn run_in_mount_ns(ns: &Netns, cg: &Cgroup, setup: &str, pin_dir: &str) -> (std::process::ExitStatus, String) {
+    let scratch = Scratch::new("enforcer-agent");
+    let log = scratch.path().join("agent.log");
+    // `unshare` without --fork, `exec` and nsenter without --fork: the child is the agent.
+    let child = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "{setup} && exec nsenter --net=/run/netns/{} {} run --cgroup {} --pin-dir {pin_dir} --interval 100ms --threshold 1GiB & \
-             pid=$!; sleep 2; kill -TERM $pid 2>/dev/null; wait $pid",
+            "{setup} && exec nsenter --net=/run/netns/{} {} run --cgroup {} --pin-dir {pin_dir} --interval 100ms --threshold 1GiB",
             ns.name,
             enforcer_tests::enforcer_bin().display(),
             cg.path.display()
         ))
-        .output()
-        .unwrap()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = Reaped(child);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Its start-up line, not a fixed time: attached (then stopped), or exited on its own.
+    let exited =
+        wait_for("the agent to attach or exit", Duration::from_secs(20), || match agent.0.try_wait().unwrap() {
+            Some(status) => Some(Some(status)),
+            None => text().contains("enforcer attached").then_some(None),
+        });
+    let status = exited.unwrap_or_else(|| {
+        // SAFETY: signalling our own child by pid; it has not been reaped.
+        unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+        wait_exit(&mut agent.0, COMMAND_LIMIT)
+            .unwrap_or_else(|| panic!("the agent did not exit within {COMMAND_LIMIT:?} of SIGTERM:\n{}", text()))
+    });
+    (status, text())
 }
 
 #[test]
@@ -147,14 +175,12 @@ fn bpffs_unmounted_is_mounted_and_read_only_is_one_clear_line() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let pin_dir = format!("/sys/fs/bpf/{}", unique("enforcer-test"));
     // Only in this private mount namespace: the host's bpffs is not touched.
-    let out = run_in_mount_ns(&ns, &cg, "(umount /sys/fs/bpf 2>/dev/null; true)", &pin_dir);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (status, err) = run_in_mount_ns(&ns, &cg, "(umount /sys/fs/bpf 2>/dev/null; true)", &pin_dir);
+    assert!(status.success(), "{err}");
     assert!(err.contains("mounted a bpf filesystem") && err.contains("enforcer detached"), "{err}");
 
-    let out = run_in_mount_ns(&ns, &cg, "mount -o remount,bind,ro /sys/fs/bpf", &pin_dir);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (status, err) = run_in_mount_ns(&ns, &cg, "mount -o remount,bind,ro /sys/fs/bpf", &pin_dir);
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("Read-only file system") && err.trim().lines().count() == 1, "{err}");
     assert!(!std::path::Path::new(&pin_dir).exists());
 }

@@ -1,13 +1,12 @@
 //! Containment: a remote in the pinned `contained` trie gets a small send buffer on each new
 //! connection, set by sock_ops at establishment, so a zero-window connection of it can only hold
 //! a little. Run as root, one at a time (`cargo xtask test`).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{thread, time::Duration};
 
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
 use enforcer_common::{ContainedAddr, Containment, names, v4_mapped};
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, field};
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, ss};
 
 /// What the agent would be asked to contain: 32 KiB, which the kernel doubles.
 const SNDBUF: u32 = 32 * 1024;
@@ -28,28 +27,6 @@ fn contained_count(agent: &Agent) -> u64 {
     field(&agent.status()["counters"], "contained")
 }
 
-/// `skmem` of the one established socket from `local` to `remote` (`ss -tmi` in the namespace):
-/// (`w`, bytes charged to the send queue; `tb`, the send buffer).
-fn skmem(ns: &Netns, local: &str, remote: &str) -> (u64, u64) {
-    let out = ns.command("ss").args(["-Htnmi", "state", "established"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // One socket per entry: its line with the addresses, then its indented details.
-    let entry = text
-        .split('\n')
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|w| w[0].split_whitespace().collect::<Vec<_>>().get(2..4) == Some(&[local, remote][..]))
-        .map(|w| format!("{} {}", w[0], w[1]))
-        .unwrap_or_else(|| panic!("no socket {local} -> {remote} in ss:\n{text}"));
-    let mem = entry.split("skmem:(").nth(1).and_then(|m| m.split(')').next()).unwrap();
-    let get = |name: &str| -> u64 {
-        mem.split(',')
-            .find_map(|kv| kv.strip_prefix(name).filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in skmem:({mem})"))
-    };
-    (get("w"), get("tb"))
-}
-
 #[test]
 fn a_contained_remote_gets_a_small_send_buffer_on_new_connections() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
@@ -59,8 +36,7 @@ fn a_contained_remote_gets_a_small_send_buffer_on_new_connections() {
     trie.insert(&host_key([127, 0, 0, 5]), Containment { sndbuf: SNDBUF, _pad: 0 }, 0).unwrap();
     let before = contained_count(&agent);
 
-    let mut server = Peer::start(&ns, Some(&cg));
-    let listen = server.cmd("listen 127.0.0.1:9000");
+    let (mut server, listen) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
     let mut clients = Peer::start(&ns, None);
     // Zero-window clients: a tiny receive buffer, never read. Server ids follow accept order.
     let mut remote = Vec::new();
@@ -84,7 +60,9 @@ fn a_contained_remote_gets_a_small_send_buffer_on_new_connections() {
     for _ in 0..10 {
         thread::sleep(Duration::from_millis(100));
         let outq = server.num(&format!("outq {contained}"));
-        let (w, tb) = skmem(&ns, &listen, &remote[0]);
+        // The kernel's own reading: `w` charged to the send queue, `tb` the send buffer.
+        let sock = ss::socket(&ns, &listen, &remote[0]);
+        let (w, tb) = (sock.skmem("w"), sock.skmem("tb"));
         assert_eq!(tb, SNDBUF_EFFECTIVE, "ss tb of the contained socket");
         most = (most.0.max(outq), most.1.max(w), tb);
     }

@@ -1,45 +1,28 @@
 //! The scripted TCP peer (`tun-peer`) against a real kernel server: ACK numbers and windows
 //! shaped from user space, and what the server's send queue does about them. No agent: these
 //! tests pin down the kernel behaviour the enforcement tests build on. Run as root, one at a time.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{TUN_KERNEL_ADDR, TunConn as Conn, TunSetup as Setup, wait_for};
+use enforcer_tests::{ECONNRESET, TUN_KERNEL_ADDR, TunConn as Conn, TunSetup as Setup, ss::SsSocket, wait_for};
 
 const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
-const ECONNRESET: u64 = 104;
-
-/// The `w` field of `skmem:(…)`: the socket's sk_wmem_queued, the send memory charged to it.
-fn skmem_w(ss: &str) -> u64 {
-    let skmem = ss.split("skmem:(").nth(1).and_then(|s| s.split(')').next());
-    skmem
-        .and_then(|m| m.split(',').find_map(|f| f.strip_prefix('w')?.parse().ok()))
-        .unwrap_or_else(|| panic!("no skmem w in `{ss}`"))
-}
-
-/// A `name:NUMBER` field of `ss -i` (ss leaves some out when they are 0).
-fn ss_field(ss: &str, name: &str) -> Option<u64> {
-    ss.split_whitespace().find_map(|f| f.strip_prefix(name)?.parse().ok())
-}
-
 /// The server's send window (`snd_wnd:` of `ss -i`, which ss leaves out when it is 0).
-fn snd_wnd(ss: &str) -> u64 {
-    assert!(ss.contains("skmem:"), "no socket in `{ss}`");
-    ss_field(ss, "snd_wnd:").unwrap_or(0)
+fn snd_wnd(ss: &SsSocket) -> u64 {
+    ss.info("snd_wnd").unwrap_or(0)
 }
 
 #[test]
 fn handshake_and_ack_all_drain_the_queue() {
     let mut s = Setup::new();
     let c = s.connect("10.77.0.2", MIB as u32, Some(7));
-    let ss = s.ss(&c);
+    let ss = s.ss_established(&c);
     // The server saw our options: scale 7 (its send side), our MSS.
-    assert!(ss.contains("wscale:7,") && ss.contains("mss:1460"), "{ss}");
+    assert!(ss.says("wscale:7,") && ss.says("mss:1460"), "{ss}");
     assert_eq!(s.write(&c, 4 * MIB, MIB), MIB);
     wait_for("the queue to drain", Duration::from_secs(20), || (s.outq(&c) == 0).then_some(()));
     let st = s.tun.stats(c.tun);
@@ -50,7 +33,7 @@ fn handshake_and_ack_all_drain_the_queue() {
     // A request the other way lands in the server's receive queue (ss's first column).
     assert_eq!(s.tun.cmd(&format!("send {} 1000", c.tun)), "1000");
     wait_for("the request at the server", Duration::from_secs(5), || {
-        (s.ss(&c).split_whitespace().next() == Some("1000")).then_some(())
+        (s.ss_established(&c).recv_q() == 1000).then_some(())
     });
     // Bad commands are answered, and the peer keeps to its subnet.
     assert!(s.tun.try_cmd("stats 99").is_err());
@@ -61,7 +44,7 @@ fn handshake_and_ack_all_drain_the_queue() {
     wait_for("the reset", Duration::from_secs(5), || {
         (s.server.num(&format!("soerror {}", c.server)) == ECONNRESET).then_some(())
     });
-    assert!(s.ss(&c).is_empty());
+    assert!(s.ss(&c).is_none());
 }
 
 #[test]
@@ -70,23 +53,25 @@ fn zero_window_holds_the_queue_and_probes_are_answered() {
     let c = s.connect("10.77.0.3", 65535, None);
     s.tun.cmd(&format!("window {} 0", c.tun));
     // Write only once the server has the zero window, or it would send the first 64 KiB.
-    wait_for("the server to see a zero window", Duration::from_secs(5), || (snd_wnd(&s.ss(&c)) == 0).then_some(()));
+    wait_for("the server to see a zero window", Duration::from_secs(5), || {
+        (snd_wnd(&s.ss_established(&c)) == 0).then_some(())
+    });
     assert_eq!(s.write(&c, 4 * MIB, MIB), MIB);
     let written = Instant::now();
     // Zero-window probes go out every RTO (200 ms, backing off) and are answered: the
     // connection stays, nothing moves.
     while written.elapsed() < Duration::from_secs(2) {
         assert_eq!(s.outq(&c), MIB);
-        assert!(!s.ss(&c).is_empty(), "the connection is no longer established");
+        assert!(s.ss(&c).is_some(), "the connection is no longer established");
         assert_eq!(s.server.num(&format!("soerror {}", c.server)), 0);
         thread::sleep(Duration::from_millis(200));
     }
-    let ss = s.ss(&c);
+    let ss = s.ss_established(&c);
     let st = s.tun.stats(c.tun);
-    println!("zero window after 2 s: {st:?}, charged {} for outq {MIB}\n{ss}", skmem_w(&ss));
+    println!("zero window after 2 s: {st:?}, charged {} for outq {MIB}\n{ss}", ss.skmem("w"));
     assert_eq!((st.acked, st.received, st.state.as_str()), (0, 0, "established"));
     // The server probed (backoff) and heard back since the write: our answers to its probes.
-    let (backoff, lastack) = (ss_field(&ss, "backoff:"), ss_field(&ss, "lastack:"));
+    let (backoff, lastack) = (ss.info("backoff"), ss.info("lastack"));
     let since_write = written.elapsed().as_millis() as u64;
     assert!(backoff.is_some_and(|b| b >= 1), "no zero-window probes: {ss}");
     assert!(lastack.is_some_and(|l| l + 100 < since_write), "no ACK since the write {since_write} ms ago: {ss}");
@@ -142,7 +127,7 @@ fn tiny_windows_cut_the_queue_into_small_expensive_skbs() {
     wait_for("4 KiB in tiny segments", Duration::from_secs(10), || (s.outq(&c) == 0).then_some(()));
     assert!(s.tun.stats(c.tun).segments >= 4096 / 128);
     s.tun.cmd(&format!("window {} 0", c.tun));
-    wait_for("the zero window", Duration::from_secs(5), || (snd_wnd(&s.ss(&c)) == 0).then_some(()));
+    wait_for("the zero window", Duration::from_secs(5), || (snd_wnd(&s.ss_established(&c)) == 0).then_some(()));
     let written = s.write(&c, 16 * MIB, 2 * MIB);
     let ratio128 = charged_ratio(&mut s, &c, written, "128-byte window");
 
@@ -159,8 +144,8 @@ fn tiny_windows_cut_the_queue_into_small_expensive_skbs() {
 fn charged_ratio(s: &mut Setup, c: &Conn, written: u64, what: &str) -> f64 {
     assert!(written >= MIB / 4, "{what}: the server queued only {written} bytes");
     let outq = s.outq(c);
-    let ss = s.ss(c);
-    let w = skmem_w(&ss);
+    let ss = s.ss_established(c);
+    let w = ss.skmem("w");
     let ratio = w as f64 / outq as f64;
     println!("{what}: wrote {written}, outq {outq}, charged (skmem w) {w}: {ratio:.1}x\n{ss}");
     ratio

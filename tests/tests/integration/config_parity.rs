@@ -1,61 +1,21 @@
 //! `check-config` refuses exactly what `run` refuses, every flag is a config key, and one
 //! cgroup takes one agent (issue 11, item 7).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Output, Stdio},
     time::Duration,
 };
 
-use enforcer_tests::{Agent, Cgroup, Netns, enforcer_bin, unique, wait_for};
-
-/// A config file in the temp directory, removed on drop.
-struct Config(PathBuf);
-
-impl Config {
-    fn new(text: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{}.toml", unique("enforcer-config")));
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A process killed and reaped on drop, and the pin directory it may have made removed.
-struct Running(Child, PathBuf);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if let Ok(entries) = std::fs::read_dir(&self.1) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.1);
-    }
-}
-
-fn check_config(file: &Path) -> Output {
-    Command::new(enforcer_bin()).arg("check-config").arg(file).output().unwrap()
-}
+use enforcer_tests::{
+    Agent, Cgroup, ConfigFile, Netns, PinDir, Reaped, Scratch, enforcer_bin,
+    process::{COMMAND_LIMIT, output_within},
+    unique, wait_for,
+};
 
 /// `enforcer run --config FILE` in the test namespace, expected to refuse at once. Were it to
 /// start, it would watch the file's cgroup (the test's) from the test namespace, and is stopped.
-fn run_refused(ns: &Netns, file: &Path, pin_dir: &Path) -> Output {
+fn run_refused(ns: &Netns, file: &Path) -> Output {
     let child = ns
         .command(enforcer_bin())
         .arg("run")
@@ -65,7 +25,7 @@ fn run_refused(ns: &Netns, file: &Path, pin_dir: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut running = Running(child, pin_dir.to_owned());
+    let mut running = Reaped(child);
     let status = wait_for("run to refuse the config", Duration::from_secs(10), || running.0.try_wait().unwrap());
     let mut err = Vec::new();
     std::io::Read::read_to_end(&mut running.0.stderr.take().unwrap(), &mut err).unwrap();
@@ -74,8 +34,8 @@ fn run_refused(ns: &Netns, file: &Path, pin_dir: &Path) -> Output {
 
 #[test]
 fn check_config_refuses_what_run_refuses() {
-    let (ns, cg) = (Netns::new(), Cgroup::new());
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test"));
+    let (ns, cg, pin_guard) = (Netns::new(), Cgroup::new(), PinDir::new());
+    let pin_dir = pin_guard.path();
     let (cgroup, pins) = (cg.path.display().to_string(), pin_dir.display().to_string());
     let missing = cg.path.with_file_name(unique("enforcer-test-missing")).display().to_string();
     let not_bpffs = std::env::temp_dir().join(unique("enforcer-pins")).display().to_string();
@@ -87,9 +47,9 @@ fn check_config_refuses_what_run_refuses() {
         (format!("cgroup = \"{cgroup}\"\npin-dir = \"{pins}\"\nlog-format = \"yaml\""), "log-format"),
         (format!("cgroup = \"{cgroup}\"\npin_dir = \"{pins}\""), "did you mean `pin-dir`?"),
     ] {
-        let file = Config::new(&text);
-        let check = check_config(&file.0);
-        let run = run_refused(&ns, &file.0, &pin_dir);
+        let file = ConfigFile::new(&text);
+        let check = file.check();
+        let run = run_refused(&ns, file.path());
         let (check_err, run_err) = (String::from_utf8_lossy(&check.stderr), String::from_utf8_lossy(&run.stderr));
         assert_eq!(check.status.code(), Some(2), "check-config accepted or failed otherwise:\n{text}\n{check_err}");
         assert_eq!(run.status.code(), Some(2), "run accepted or failed otherwise:\n{text}\n{run_err}");
@@ -104,37 +64,38 @@ fn check_config_refuses_what_run_refuses() {
 
 #[test]
 fn pin_dir_and_log_format_are_config_keys() {
-    let (ns, cg) = (Netns::new(), Cgroup::new());
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test"));
-    let file = Config::new(&format!(
+    let (ns, cg, pin_guard) = (Netns::new(), Cgroup::new(), PinDir::new());
+    let pin_dir = pin_guard.path();
+    let file = ConfigFile::new(&format!(
         "cgroup = \"{}\"\npin-dir = \"{}\"\nlog-format = \"json\"\ninterval = \"200ms\"\n",
         cg.path.display(),
         pin_dir.display()
     ));
-    let check = check_config(&file.0);
+    let check = file.check();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let log = std::env::temp_dir().join(format!("{}.log", unique("enforcer-agent")));
+    let scratch = Scratch::new("enforcer-agent");
+    let log = scratch.path().join("agent.log");
     let child = ns
         .command(enforcer_bin())
         .arg("run")
         .arg("--config")
-        .arg(&file.0)
+        .arg(file.path())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let _running = Running(child, pin_dir.clone());
+    let _running = Reaped(child);
     let text = wait_for("the agent to attach", Duration::from_secs(20), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         text.contains("enforcer attached").then_some(text)
     });
-    let _ = std::fs::remove_file(&log);
     // JSON lines, and pins where the file said.
     let attached = text.lines().find(|l| l.contains("enforcer attached")).unwrap();
     let v: serde_json::Value = serde_json::from_str(attached).unwrap_or_else(|e| panic!("not JSON ({e}): {attached}"));
     assert_eq!(v["pin_dir"].as_str(), Some(pin_dir.to_str().unwrap()), "{v}");
     assert!(pin_dir.join("info").exists());
     // The agent records the format it runs with.
-    let status = ns.command(enforcer_bin()).args(["status", "--json", "--pin-dir"]).arg(&pin_dir).output().unwrap();
+    let status =
+        output_within(ns.command(enforcer_bin()).args(["status", "--json", "--pin-dir"]).arg(pin_dir), COMMAND_LIMIT);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["settings"]["log_format"], "json", "{status}");
 }

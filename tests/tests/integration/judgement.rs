@@ -1,7 +1,6 @@
 //! Judgement under real traffic: who must not be destroyed (bursty and rate-limited readers)
 //! and who must not keep memory (spread and churning attackers). Real sockets in a test
 //! namespace, the real agent. Run as root, one at a time (`cargo xtask test`).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     collections::HashSet,
@@ -77,7 +76,7 @@ fn stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not()
     // 1.6x on 6.1 (526 KB), both under the share; 384 KiB came within 4 % of it on 6.18.
     let stalled: Vec<Conn> = (10..20).map(|i| s.zero_window(9000, &format!("127.0.0.{i}"), 320 << 10)).collect();
     for c in &stalled {
-        let x = agent.sockets().into_iter().find(|x| x["remote"] == c.remote.as_str()).unwrap();
+        let x = agent.socket_to(&c.remote).unwrap();
         assert!(field(&x, "charged") < threshold / 11, "a stalled peer is over its share: {x}");
     }
     wait_for("pressure over the threshold", Duration::from_secs(15), || {
@@ -98,26 +97,53 @@ fn stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not()
 
 #[test]
 fn a_remote_that_churns_zero_window_connections_is_held_at_the_threshold() {
+    const CHURN: u64 = 400;
     let mut s = Setup::new();
     let threshold: u64 = 8 << 20;
     let agent = s.agent(&["--threshold", "8MiB", "--stall", "1s"]);
     // Every connection asks for a large response and never reads; a new one every 50 ms for
     // 20 s, all from one address.
     s.server.cmd("listen-write 127.0.0.1:9003 4194304");
-    s.clients.cmd("connect-every 127.0.0.1:9003 50 400 4096 127.0.0.7");
-    let start = Instant::now();
-    thread::sleep(Duration::from_secs(3));
+    s.clients.cmd(&format!("connect-every 127.0.0.1:9003 50 {CHURN} 4096 127.0.0.7"));
+    // Destroying its connections one by one cannot hold such a remote: the agent flags it
+    // (its log line) and contains it (the pinned trie, read by `status`).
+    wait_for("the remote flagged as a repeat offender", Duration::from_secs(30), || {
+        let log = agent.log_text();
+        (log.contains("\"event\":\"repeat_offender\"") && log.contains("127.0.0.7/32")).then_some(())
+    });
+    wait_for("the remote contained", Duration::from_secs(10), || {
+        let status = agent.status();
+        let contained = status["contained"].as_array().cloned().unwrap_or_default();
+        contained.iter().any(|c| c["remote"] == "127.0.0.7/32" && c["sndbuf"] == 32768).then_some(())
+    });
+    // The connections it opened before the flag, each holding megabytes, go after --stall:
+    // the remote is back at the threshold.
+    wait_for("the remote's connections from before the flag swept", Duration::from_secs(30), || {
+        (charged(&agent, "127.0.0.7:") <= threshold).then_some(())
+    });
+    // From then on it stays near the threshold while it goes on churning: each new connection
+    // holds a small buffer, and a stalled one goes after one interval once the pressure is
+    // over. Over the threshold only by what it opens between two of the agent's looks, never by
+    // megabytes per connection (uncontained, 400 connections would hold a gigabyte). Sampled
+    // until the churn ends; how far over, and how often, is printed, not asserted: that is how
+    // fast the agent is (the benchmarks).
     let mut samples = Vec::new();
-    while start.elapsed() < Duration::from_secs(20) {
+    let churning = Instant::now();
+    while s.clients.num("count") < CHURN {
+        assert!(churning.elapsed() < Duration::from_secs(60), "the churn did not end: {samples:?}");
         samples.push(charged(&agent, "127.0.0.7:"));
         thread::sleep(Duration::from_millis(200));
     }
-    let under = samples.iter().filter(|&&held| held <= threshold).count();
-    eprintln!("at or under the threshold in {under} of {} samples: {samples:?}", samples.len());
-    assert!(under * 10 >= samples.len() * 9, "{under} of {} samples: {samples:?}", samples.len());
-    let log = agent.log_text();
-    assert!(log.contains("\"event\":\"repeat_offender\"") && log.contains("127.0.0.7/32"), "{log}");
-    let status = agent.status();
-    let contained = status["contained"].as_array().unwrap();
-    assert!(contained.iter().any(|c| c["remote"] == "127.0.0.7/32" && c["sndbuf"] == 32768), "{status}");
+    let over = samples.iter().filter(|&&held| held > threshold).count();
+    eprintln!("over the threshold in {over} of {} samples after the sweep: {samples:?}", samples.len());
+    assert!(samples.len() >= 5, "the churn ended before the agent contained the remote: {samples:?}");
+    assert!(samples.iter().all(|&held| held <= 2 * threshold), "the contained remote ran away: {samples:?}");
+    // Every connection it opened was accepted; the last, opened long after the flag, got the
+    // contained send buffer (the kernel's reading: 32 KiB, doubled), and the remote ends at or
+    // under the threshold.
+    s.server.cmd(&format!("wait-accepted {CHURN}"));
+    assert_eq!(s.server.num(&format!("sndbuf {}", CHURN - 1)), 2 * 32768, "the last connection was not contained");
+    wait_for("the remote at or under the threshold after the churn", Duration::from_secs(20), || {
+        (charged(&agent, "127.0.0.7:") <= threshold).then_some(())
+    });
 }

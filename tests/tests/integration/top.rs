@@ -1,23 +1,20 @@
 //! `enforcer top` on a real terminal: tmux runs it in a pane against an agent in a test
 //! namespace; the test reads the screen, presses sort keys and `q`, and checks the terminal
 //! was given back (main screen, cooked mode).
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use enforcer_tests::{Setup, enforcer_bin, unique, wait_for};
+use enforcer_tests::{Scratch, Setup, enforcer_bin, unique, wait_for};
 
 /// A tmux server of its own (`-L NAME`), killed on drop with everything it runs.
 struct Tmux {
     name: String,
-    dir: PathBuf,
+    dir: Scratch,
 }
 
 impl Tmux {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("enforcer-top"));
-        std::fs::create_dir(&dir).unwrap();
-        Self { name: unique("enforcer-top"), dir }
+        Self { name: unique("enforcer-top"), dir: Scratch::new("enforcer-top") }
     }
 
     fn run(&self, args: &[&str]) -> String {
@@ -31,14 +28,13 @@ impl Tmux {
     }
 
     fn file(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(name)).ok()
+        std::fs::read_to_string(self.dir.path().join(name)).ok()
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux").arg("-L").arg(&self.name).arg("kill-server").output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -64,7 +60,7 @@ fn top_runs_on_a_terminal_sorts_and_quits_cleanly() {
         ns = s.ns.name,
         bin = enforcer_bin().display(),
         pins = agent.pin_dir.display(),
-        dir = tmux.dir.display()
+        dir = tmux.dir.path().display()
     );
     tmux.run(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "30", "sh", "-c", &script]);
 
@@ -89,7 +85,9 @@ fn top_runs_on_a_terminal_sorts_and_quits_cleanly() {
     assert!(line_of(&screen, &idle.remote) < line_of(&screen, &big.remote), "{screen}");
 
     tmux.run(&["send-keys", "-t", "top", "q"]);
-    let status = wait_for("top to exit", Duration::from_secs(5), || tmux.file("status"));
+    // The shell creates the file before it writes to it: wait for what it wrote.
+    let status =
+        wait_for("top's exit status", Duration::from_secs(5), || tmux.file("status").filter(|t| !t.is_empty()));
     assert_eq!(status.trim(), "0", "top exited with {status}");
     // The terminal is back: main screen, cooked mode with echo, and the table gone from view.
     assert_eq!(tmux.run(&["display", "-p", "-t", "top", "#{alternate_on}"]).trim(), "0");

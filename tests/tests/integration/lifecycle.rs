@@ -1,33 +1,9 @@
 //! The agent's lifecycle as a supervisor sees it: readiness and liveness on the metrics
 //! address, and SIGHUP reloading the config without detaching.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
-use std::{path::PathBuf, process::Command, thread, time::Duration};
+use std::{process::Command, thread, time::Duration};
 
-use enforcer_tests::{Setup, field, remotes, unique, wait_destroyed, wait_for};
-
-struct Config(PathBuf);
-
-impl Config {
-    fn new(text: &str) -> Self {
-        let c = Self(std::env::temp_dir().join(unique("enforcer-reload.toml")));
-        c.write(text);
-        c
-    }
-    /// Replaces the file whole, as editors and config management do: a reload never reads
-    /// half a file.
-    fn write(&self, text: &str) {
-        let tmp = self.0.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.0).unwrap();
-    }
-}
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+use enforcer_tests::{ConfigFile, Setup, field, remotes, wait_destroyed, wait_for};
 
 fn sighup(pid: u32) {
     let ok = Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success();
@@ -39,8 +15,8 @@ fn sighup_reloads_the_config_without_detaching() {
     let mut s = Setup::new();
     // The metrics address in the file, not a flag (a flag wins over the file): a change of it
     // is one a reload must refuse.
-    let config = Config::new("metrics-addr = \"127.0.0.1:9465\"\nthreshold = \"64MiB\"\nstall = \"1s\"\n");
-    let agent = s.agent(&["--config", config.0.to_str().unwrap()]);
+    let config = ConfigFile::new("metrics-addr = \"127.0.0.1:9465\"\nthreshold = \"64MiB\"\nstall = \"1s\"\n");
+    let agent = s.agent(&["--config", config.path().to_str().unwrap()]);
     let pid = agent.pid().unwrap();
     let ready = |s: &Setup, path: &str| s.ns.http_get("127.0.0.1:9465", path);
     wait_for("/readyz to answer 200", Duration::from_secs(10), || {

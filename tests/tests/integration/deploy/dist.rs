@@ -7,9 +7,9 @@ use std::{
     process::Command,
 };
 
-use enforcer_tests::{enforcer_bin, unique};
+use enforcer_tests::{Scratch, enforcer_bin};
 
-use super::{deploy, systemd::tool};
+use super::{deploy, overlays, systemd::tool};
 
 fn dist() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -40,27 +40,10 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(unique("enforcer-dist"));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The binary runs alone: chrooted into a directory that holds nothing else (no libc, no
 /// loader), it prints its version. And it carries the eBPF object (an ELF for EM_BPF inside).
 fn assert_static_agent(bin: &Path) {
-    let jail = Scratch::new();
+    let jail = Scratch::new("enforcer-dist");
     std::fs::copy(bin, jail.0.join("enforcer")).unwrap();
     let out = run(Command::new("chroot").arg(&jail.0).arg("/enforcer").arg("--version"));
     assert_eq!(out.trim(), format!("enforcer {}", version()));
@@ -92,7 +75,7 @@ fn the_tarball_holds_the_static_agent_unit_config_man_pages_and_completions() {
     ] {
         assert!(files.contains(f), "{f} is not in {}: {files:?}", tarball.display());
     }
-    let dir = Scratch::new();
+    let dir = Scratch::new("enforcer-dist");
     run(Command::new("tar").arg("-xzf").arg(&tarball).arg("-C").arg(&dir.0));
     let top = dir.0.join(&name);
     assert_static_agent(&top.join("enforcer"));
@@ -120,16 +103,9 @@ fn the_debian_package_installs_the_agent_its_unit_and_config() {
     // the test's own: the host's files and package database are untouched.
     let analyze = tool("systemd-analyze", "systemd");
     tool("man", "man-db");
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("enforcer-dist");
     let mut script = String::from("set -e\n");
-    for (i, dir) in ["/etc", "/usr", "/var"].iter().enumerate() {
-        let (up, work) = (scratch.0.join(format!("{i}.up")), scratch.0.join(format!("{i}.work")));
-        script += &format!(
-            "mkdir -p {up} {work}\nmount -t overlay overlay -o lowerdir={dir},upperdir={up},workdir={work} {dir}\n",
-            up = up.display(),
-            work = work.display()
-        );
-    }
+    script += &overlays(scratch.path(), &["/etc", "/usr", "/var"]);
     script += &format!(
         "dpkg -i {deb} >/dev/null\n\
          echo version: $(/usr/bin/enforcer --version)\n\
@@ -163,7 +139,7 @@ fn the_oci_image_is_the_static_agent_alone() {
     let umoci = tool("umoci", "umoci");
     let archive = artifact(&format!("enforcer-{}-oci.tar", version()));
     // skopeo reads the archive and checks every blob against its digest on the way.
-    let copy = Scratch::new();
+    let copy = Scratch::new("enforcer-dist");
     run(Command::new(&skopeo)
         .args(["copy", "-q"])
         .arg(format!("oci-archive:{}", archive.display()))
@@ -176,7 +152,7 @@ fn the_oci_image_is_the_static_agent_alone() {
     assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(1), "one layer, no base: {config}");
 
     // umoci unpacks it as a runtime would: a rootfs that holds the binary and nothing else.
-    let bundle = Scratch::new();
+    let bundle = Scratch::new("enforcer-dist");
     let layout = dist().join("oci");
     let bundle_dir = bundle.0.join("bundle");
     run(Command::new(&umoci)

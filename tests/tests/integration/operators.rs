@@ -1,27 +1,21 @@
 //! What an operator reads (issue 11): kills and sockets name the network namespace, the cgroup
 //! path and the process of a socket; `sockets` and `kills` filter like ss and tcplife; `kills
 //! --follow` streams decisions as JSON lines while they happen.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{
     collections::HashSet,
     io::{BufRead, BufReader},
-    os::unix::fs::MetadataExt,
     process::Stdio,
     sync::mpsc,
     time::Duration,
 };
 
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, Setup, cgroup2_root, enforcer_bin, field, wait_for};
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, Pod, Reaped, Setup, cgroup2_root, enforcer_bin, field, wait_for};
 use serde_json::Value;
 
 /// A cgroup's path as enforcer writes it: below the cgroup2 mount, from `/`.
 fn cgroup_path(dir: &std::path::Path) -> String {
     format!("/{}", dir.strip_prefix(cgroup2_root()).unwrap().display())
-}
-
-fn netns_inode(ns: &Netns) -> u64 {
-    std::fs::metadata(format!("/run/netns/{}", ns.name)).unwrap().ino()
 }
 
 #[test]
@@ -37,20 +31,16 @@ fn without_the_holders_walk_attribution_reads_proc() {
 
 fn names_namespace_cgroup_and_process(extra: &[&str]) {
     let (agent_ns, pod_ns, cg) = (Netns::new(), Netns::new(), Cgroup::new());
-    let mut args = vec!["--log-format", "json", "--interval", "250ms", "--threshold", "1MiB"];
-    args.extend_from_slice(extra);
-    let agent = Agent::start(&agent_ns, &cg, &args);
+    let agent = Agent::start_json(&agent_ns, &cg, &[&["--threshold", "1MiB"], extra].concat());
     // Which way attribution goes: the agent pins its holders walk for `sockets -p`, or not.
     let walks = extra.is_empty();
     assert_eq!(agent.pin_dir.join("holders").exists(), walks, "the holders pin");
-    // A "pod": a server in the cgroup, in its own namespace, and an attacker next to it.
-    let mut server = Peer::start(&pod_ns, Some(&cg));
-    let listen = server.cmd("listen 127.0.0.1:9000");
-    let mut attacker = Peer::start(&pod_ns, None);
-    let remote = attacker.cmd(&format!("connect {listen} 4096")).split(' ').nth(1).unwrap().to_owned();
+    // A "pod": a server in the cgroup, in its own namespace, and an attacker next to it, with an
+    // idle connection too.
+    let Pod { mut server, mut attacker, listen, remote } = Pod::new(&pod_ns, &cg);
     let idle = attacker.cmd(&format!("connect {listen} 0")).split(' ').nth(1).unwrap().to_owned();
     server.cmd("wait-accepted 2");
-    let (pod, path, pid) = (netns_inode(&pod_ns), cgroup_path(&cg.path), u64::from(server.pid()));
+    let (pod, path, pid) = (pod_ns.inode(), cgroup_path(&cg.path), u64::from(server.pid()));
 
     // sockets: every row names its cgroup's path; -p adds the holder.
     let rows = wait_for("both sockets tracked", Duration::from_secs(10), || {
@@ -70,9 +60,7 @@ fn names_namespace_cgroup_and_process(extra: &[&str]) {
     assert!(table.contains(&path) && table.contains(&format!("{pid}/tcp-peer")), "{table}");
 
     assert!(server.num("write 0 2000000") > 0);
-    let e = wait_for("the attacker destroyed", Duration::from_secs(20), || {
-        agent.events_of("destroyed").into_iter().find(|e| e["remote"] == remote.as_str())
-    });
+    let e = agent.wait_destroyed(&remote);
     // The log line: namespace, cgroup path, process, in fields and in the message.
     assert_eq!((field(&e, "netns"), field(&e, "cgroup_id")), (pod, cg.id()), "{e}");
     assert_eq!(
@@ -114,11 +102,8 @@ fn sockets_filters_include_and_exclude() {
     });
 
     let locals = |args: &[&str]| -> HashSet<String> {
-        let mut all = vec!["sockets", "--json"];
-        all.extend_from_slice(args);
-        let out = agent.cli(&all);
-        assert!(out.status.success(), "sockets {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = agent.cli_json(&[&["sockets", "--json"], args].concat());
+        let rows = rows.as_array().unwrap();
         rows.iter().map(|r| r["local"].as_str().unwrap().rsplit(':').next().unwrap().to_owned()).collect()
     };
     let set = |ports: &[&str]| ports.iter().map(|p| (*p).to_owned()).collect::<HashSet<_>>();
@@ -191,12 +176,8 @@ fn kills_filter_and_follow_streams_json_lines() {
     assert!(lines.recv_timeout(Duration::from_millis(800)).is_err(), "a decision was streamed twice");
 
     let remotes = |args: &[&str]| -> Vec<String> {
-        let mut all = vec!["kills", "--json"];
-        all.extend_from_slice(args);
-        let out = agent.cli(&all);
-        assert!(out.status.success(), "kills {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-        v.iter().map(|k| k["remote"].as_str().unwrap().to_owned()).collect()
+        let kills = agent.cli_json(&[&["kills", "--json"], args].concat());
+        kills.as_array().unwrap().iter().map(|k| k["remote"].as_str().unwrap().to_owned()).collect()
     };
     let both = vec![second.remote.clone(), first.remote.clone()];
     assert_eq!(remotes(&[]), both);
@@ -214,14 +195,4 @@ fn kills_filter_and_follow_streams_json_lines() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut follow.0.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success() && err.contains("the agent stopped"), "{status}: {err}");
-}
-
-/// A child process killed and reaped on drop, also when the test panics.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -1,17 +1,13 @@
 //! The service files and Kubernetes manifests are checked against what the agent needs: flags
 //! it knows, mounts it reads and writes, capabilities, the metrics port, a config it accepts.
-#![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{path::Path, process::Command};
 
-use enforcer_tests::{enforcer_bin, unique};
+use enforcer_tests::{ConfigFile, enforcer_bin};
 use yaml_rust2::{Yaml, YamlLoader};
 
-#[path = "deploy/dist.rs"]
 mod dist;
-#[path = "deploy/kubernetes.rs"]
 mod kubernetes;
-#[path = "deploy/systemd.rs"]
 mod systemd;
 
 /// The capabilities the agent uses (see deploy/systemd/enforcer.service for why each).
@@ -27,11 +23,24 @@ fn yaml(path: &str) -> Yaml {
 }
 
 fn check_config(text: &str) {
-    let file = std::env::temp_dir().join(unique("enforcer-deploy-config"));
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(enforcer_bin()).arg("check-config").arg(&file).output().unwrap();
-    std::fs::remove_file(&file).unwrap();
+    let out = ConfigFile::new(text).check();
     assert!(out.status.success(), "config rejected: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Shell lines that mount an overlay over each of `dirs` (in a mount namespace of the caller's
+/// own), its upper and work directories in `scratch`: what the script writes there is thrown
+/// away with `scratch`, and the host's directories are untouched.
+fn overlays(scratch: &Path, dirs: &[&str]) -> String {
+    let mut script = String::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let (up, work) = (scratch.join(format!("{i}.up")), scratch.join(format!("{i}.work")));
+        script += &format!(
+            "mkdir -p {up} {work}\nmount -t overlay overlay -o lowerdir={dir},upperdir={up},workdir={work} {dir}\n",
+            up = up.display(),
+            work = work.display()
+        );
+    }
+    script
 }
 
 /// Every `--flag` in `args` is one `enforcer run` knows.
@@ -51,7 +60,7 @@ fn the_example_config_and_the_systemd_unit_fit_the_agent() {
     let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
     check_flags(&args);
     assert!(exec.contains("--config /etc/enforcer/enforcer.toml"), "{exec}");
-    // The agent speaks sd_notify and reloads on SIGHUP (tests/tests/lifecycle.rs).
+    // The agent speaks sd_notify and reloads on SIGHUP (the `lifecycle` tests).
     assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
     assert!(unit.lines().any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
     let bounding = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap();
