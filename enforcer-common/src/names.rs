@@ -14,7 +14,7 @@ pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
 pub const MAP_CONTAINED: &str = "CONTAINED";
 /// Proxy mode: where each socket's bytes were relayed last, by cookie.
 pub const MAP_RELAYS: &str = "RELAYS";
-/// Proxy mode: each CPU's last read from a tracked socket.
+/// Proxy mode: each thread's last read from a tracked socket.
 pub const MAP_LAST_RECV: &str = "LAST_RECV";
 pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
 pub const GLOBAL_WATCH: &str = "WATCH";

@@ -23,22 +23,22 @@ pub struct RelayOut {
     pub bytes: u64,
 }
 
-/// A thread's last read from a tracked socket, one per CPU in `LAST_RECV`: a write by the same
-/// thread on the same CPU within `RELAY_WINDOW_NS` relays it. (A thread that moved to another
-/// CPU in between, or another thread's read in between, loses that pairing, never makes a false
-/// one.)
+/// Capacity of `LAST_RECV` (an LRU map by thread: threads that read longest ago make room).
+pub const LAST_RECV_CAPACITY: u32 = 16_384;
+
+/// A thread's last read from a tracked socket, in `LAST_RECV` by thread id: a write by the same
+/// thread within `RELAY_WINDOW_NS` relays it. By thread, not by CPU: a thread that is preempted
+/// or moves to another CPU between its read and its write, as a busy proxy's threads do, keeps
+/// its pairing.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LastRecv {
-    /// The thread (`pid_tgid`'s low half).
-    pub tid: u32,
-    pub _pad: u32,
     pub cookie: u64,
     pub at_ns: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<RelayOut>() == 24);
-const _: () = assert!(core::mem::size_of::<LastRecv>() == 24);
+const _: () = assert!(core::mem::size_of::<LastRecv>() == 16);
 
 user_pod!(RelayOut, LastRecv);

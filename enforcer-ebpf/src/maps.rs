@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use enforcer_common::{
-    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING, KillRecord, LastRecv, RELAYS_CAPACITY,
-    REMOTE_COUNTS_CAPACITY, RelayOut, RemoteCount, RemoteKey, ScanParams, ScanSummary, SettingsChunk, SockRecord,
-    kill_counters, stats,
+    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING, KillRecord, LAST_RECV_CAPACITY, LastRecv,
+    RELAYS_CAPACITY, REMOTE_COUNTS_CAPACITY, RelayOut, RemoteCount, RemoteKey, ScanParams, ScanSummary, SettingsChunk,
+    SockRecord, kill_counters, stats,
 };
 
 /// The tracked sockets' records, in socket-local storage: a record lives in its socket, so the
@@ -95,10 +95,10 @@ pub static CONTAINED: LpmTrie<ContainedAddr, Containment> = LpmTrie::with_max_en
 #[map]
 pub static RELAYS: LruHashMap<u64, RelayOut> = LruHashMap::with_max_entries(RELAYS_CAPACITY, 0);
 
-/// Proxy mode: each CPU's last read from a tracked socket, which a write by the same thread
+/// Proxy mode: each thread's last read from a tracked socket, which a write by the same thread
 /// soon after relays.
 #[map]
-pub static LAST_RECV: PerCpuArray<LastRecv> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_RECV: LruHashMap<u32, LastRecv> = LruHashMap::with_max_entries(LAST_RECV_CAPACITY, 0);
 
 /// Adds one to a `STATS` counter. Per-CPU, so no atomics on the hot path.
 #[inline(always)]

@@ -129,6 +129,7 @@ pub fn test_packages() -> Result<()> {
         ("skopeo", "skopeo"),
         ("umoci", "umoci"),
         ("tmux", "tmux"),
+        ("squid", "squid"),
         ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "linux-libc-dev"),
     ])
 }

@@ -11,8 +11,8 @@
 //!
 //! Cost: every recvmsg and sendmsg of every socket runs these programs once proxy mode is on.
 //! An untracked socket costs a socket-storage lookup and returns; a tracked read a clock read
-//! and a per-CPU write; a write by a thread that did not just read a tracked socket a per-CPU
-//! read; only a relay updates the hash (BENCHMARKS.md).
+//! and a hash update; a tracked write a hash lookup; only a relay updates `RELAYS`
+//! (BENCHMARKS.md).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -70,11 +70,18 @@ fn try_recv(sk: *mut c_void, ret: i32, flags: i32) -> Option<()> {
     // SAFETY: a tp_btf or fexit argument is a trusted BTF `struct sock *`, which the helper
     // accepts.
     unsafe { record(sk, None) }?;
-    let slot = LAST_RECV.get_ptr_mut(0)?;
     // SAFETY: `sk` is a BTF socket pointer; `sk_cookie` an offset in it, found in BTF.
     let cookie: u64 = unsafe { load(sk as *const u8, off!(sk_cookie)) };
-    // SAFETY: this CPU's slot of a live map value; programs do not nest on one CPU here.
-    unsafe { *slot = LastRecv { tid: bpf_get_current_pid_tgid() as u32, _pad: 0, cookie, at_ns: now() } };
+    let (tid, last) = (bpf_get_current_pid_tgid() as u32, LastRecv { cookie, at_ns: now() });
+    match LAST_RECV.get_ptr_mut(tid) {
+        // SAFETY: a live value of the map, this thread's: only this thread writes it.
+        Some(slot) => unsafe { *slot = last },
+        // An LRU map makes room by evicting; should the update still fail, this read pairs
+        // with nothing, which loses a relay, never makes a false one.
+        None => {
+            let _ = LAST_RECV.insert(tid, last, 0);
+        }
+    }
     Some(())
 }
 
@@ -84,12 +91,13 @@ fn try_send(sk: *mut c_void, ret: i32) -> Option<()> {
     if ret <= 0 {
         return None;
     }
-    // SAFETY: this CPU's slot of a live map value.
-    let last = unsafe { *LAST_RECV.get_ptr(0)? };
-    // Most writes stop here: their thread did not just read a tracked socket on this CPU.
-    if last.cookie == 0 || last.tid != bpf_get_current_pid_tgid() as u32 {
-        return None;
-    }
+    // Only to a tracked socket, and the gate every other socket of the host stops at: a write to
+    // a pipe, a log socket or a UDP query is no relay.
+    // SAFETY: as in `try_recv`.
+    unsafe { record(sk, None) }?;
+    // Most tracked writes stop here: their thread did not read a tracked socket lately.
+    // SAFETY: a copy of a live map value.
+    let last = unsafe { LAST_RECV.get(bpf_get_current_pid_tgid() as u32) }.copied()?;
     // SAFETY: as in `try_recv`.
     let cookie: u64 = unsafe { load(sk as *const u8, off!(sk_cookie)) };
     // A reply on the socket it read from relays nothing.
@@ -100,9 +108,6 @@ fn try_send(sk: *mut c_void, ret: i32) -> Option<()> {
     if at_ns.saturating_sub(last.at_ns) > RELAY_WINDOW_NS {
         return None;
     }
-    // Only to a tracked socket: a write to a pipe, a log socket or a UDP query is no relay.
-    // SAFETY: as in `try_recv`.
-    unsafe { record(sk, None) }?;
     match RELAYS.get_ptr_mut(last.cookie) {
         // SAFETY: a live value of the map. Two CPUs relaying the same socket at once may lose
         // one update of the byte count; the time and the partner are right either way.
