@@ -17,6 +17,11 @@ pub const fn v4_mapped(addr: u32) -> ContainedAddr {
     [0, 0, 0x0000_ffff_u32.to_be(), addr]
 }
 
+/// A contained connection earns a full send buffer back once its peer has acknowledged this
+/// much: a few of the contained buffers' worth (32 KiB, doubled by the kernel), which a peer that
+/// reads does within a few round trips, and one that never acknowledges never does.
+pub const CONTAIN_EARNED_AFTER: u64 = 256 << 10;
+
 /// The value of a `CONTAINED` entry: how a remote's new connections are limited.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]

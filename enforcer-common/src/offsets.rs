@@ -48,10 +48,14 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
+    /// `tcp_sock.srtt_us` (smoothed RTT, µs × 8) and `tcp_sock.rttvar_us` (µs): the RTO the
+    /// socket's own path gives, which a stall is measured against.
+    pub tp_srtt_us: u32,
+    pub tp_rttvar_us: u32,
     pub _pad: u32,
 }
 
-// 31 offsets of 4 bytes and a pad.
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+// 33 offsets of 4 bytes and padding.
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
 
 user_pod!(KernelOffsets);

@@ -36,6 +36,10 @@ pub struct SnapshotEntry {
     pub bound_dev_if: u32,
     /// Inode of the socket's network namespace (`ls -iL /proc/PID/ns/net`).
     pub netns: u32,
+    /// Smoothed RTT (µs × 8, as the kernel keeps it) and RTT variation (µs): what the socket's
+    /// own retransmission timeout is made of. 0 before the first RTT sample.
+    pub srtt_us: u32,
+    pub rttvar_us: u32,
     pub _pad2: u32,
     /// Proxy mode: where this socket's bytes were relayed last (`RELAYS`); zero otherwise.
     pub relay: RelayOut,
@@ -62,6 +66,6 @@ impl SnapshotEntry {
 }
 
 // The verifier limits the eBPF stack to 512 bytes; the iterator builds one entry on it.
-const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 200);
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 208);
 
 user_pod!(SnapshotEntry);

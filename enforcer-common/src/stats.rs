@@ -17,8 +17,10 @@ pub const CONTAINED: u32 = 5;
 /// Connections of a contained remote whose send buffer could not be set (they carry on
 /// uncontained).
 pub const ERR_CONTAIN: u32 = 6;
-pub const COUNT: u32 = 7;
+/// Contained connections that earned a full send buffer back by progress.
+pub const EARNED: u32 = 7;
+pub const COUNT: u32 = 8;
 
 /// Names for display, indexed by slot.
 pub const NAMES: [&str; COUNT as usize] =
-    ["tracked", "err_storage", "err_sockops", "err_snapshot", "adopted", "contained", "err_contain"];
+    ["tracked", "err_storage", "err_sockops", "err_snapshot", "adopted", "contained", "err_contain", "earned"];

@@ -37,6 +37,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     task_tgid: 0,
     task_comm: 0,
+    tp_srtt_us: 0,
+    tp_rttvar_us: 0,
     _pad: 0,
 };
 

@@ -228,6 +228,8 @@ unsafe fn visit(
             bound_dev_if: unsafe { load(tp, off!(skc_bound_dev_if)) },
             cgroup_id: unsafe { cgroup_id(tp) },
             netns: unsafe { netns(tp) },
+            srtt_us: unsafe { load(tp, off!(tp_srtt_us)) },
+            rttvar_us: unsafe { load(tp, off!(tp_rttvar_us)) },
             record: *rec,
             // A constant after load: without proxy mode the lookup is not even verified.
             // SAFETY: a plain read of a map value, copied out.

@@ -16,14 +16,17 @@
 //! stall that the first walk to see a backlog dates anyway (BENCHMARKS.md). The kernel frees the
 //! record with the socket.
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, SO_SNDBUF, SOL_SOCKET},
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
+        BPF_SOCK_OPS_RTT_CB_FLAG, SO_SNDBUF, SOL_SOCKET,
+    },
     helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt},
     macros::sock_ops,
     maps::lpm_trie::Key,
     programs::SockOpsContext,
 };
 use aya_log_ebpf::{error, warn};
-use enforcer_common::{AF_INET, AF_INET6, FAULT_SOCKOPS, SockRecord, names, stats, v4_mapped};
+use enforcer_common::{AF_INET, AF_INET6, CONTAIN_EARNED_AFTER, FAULT_SOCKOPS, SockRecord, names, stats, v4_mapped};
 
 use crate::{
     kernel::{ipv6, watch},
@@ -81,6 +84,11 @@ pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
 
 fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     let op = ctx.op();
+    if op == BPF_SOCK_OPS_RTT_CB {
+        // Only a contained connection asks for this callback (`contain`).
+        earn(ctx);
+        return Ok(());
+    }
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return Ok(());
     }
@@ -194,6 +202,10 @@ fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
         unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_SOCKET as i32, SO_SNDBUF as i32, (&raw mut sndbuf).cast(), 4) };
     if rc == 0 {
         count(stats::CONTAINED);
+        // Its buffer is earned back by progress (`earn`): an innocent behind a contained
+        // address pays a slow start, an attacker that never acknowledges keeps the small
+        // buffer. This connection alone gets a callback per RTT sample; nobody else pays.
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_RTT_CB_FLAG as i32);
     } else if let Some(n) = count_rare(stats::ERR_CONTAIN) {
         warn!(
             ctx,
@@ -205,4 +217,26 @@ fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
             n
         );
     }
+}
+
+/// A contained connection's RTT sample: once its peer has acknowledged `CONTAIN_EARNED_AFTER`
+/// bytes, it gets a send buffer as large as `net.core.wmem_max` allows (the kernel caps the
+/// value there; the buffer stays locked, where an uncontained one would be autotuned), and asks
+/// for no more callbacks. Fails open: a buffer that cannot be set stays small.
+#[inline(always)]
+fn earn(ctx: &SockOpsContext) {
+    // SAFETY: a plain read of a context field at a constant offset.
+    let acked = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).bytes_acked) };
+    if acked < CONTAIN_EARNED_AFTER {
+        return;
+    }
+    let mut sndbuf = i32::MAX;
+    // SAFETY: the sock_ops context of a full socket (RTT samples come with one); a 4-byte option
+    // value on our stack.
+    let rc =
+        unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_SOCKET as i32, SO_SNDBUF as i32, (&raw mut sndbuf).cast(), 4) };
+    if rc == 0 {
+        count(stats::EARNED);
+    }
+    let _ = ctx.set_cb_flags(0);
 }

@@ -134,7 +134,7 @@ impl Agent {
 
     /// A new repeat offender: say so, and have the kernel give its new connections a small
     /// send buffer (not in a dry run: a dry run changes nothing).
-    fn flag(&mut self, f: &Flagged) {
+    pub(super) fn flag(&mut self, f: &Flagged) {
         self.metrics.repeat_offenders.inc();
         let sndbuf = self.settings.contain_sndbuf;
         let contained = !self.settings.dry_run && sndbuf > 0;

@@ -206,6 +206,10 @@ impl Agent {
         for remote in &plan.released {
             self.release(*remote);
         }
+        // Stuck remotes, flagged by the judgement itself (destroys flag theirs as they happen).
+        for flag in &plan.flagged {
+            self.flag(flag);
+        }
         let timing = report::Timing { started, scanned, decided: started.elapsed() };
         let acted = self.act(plan, started);
         self.report_interval(sockets.len(), &acted, &timing);

@@ -60,6 +60,8 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         socket_sk: field("socket", "sk", 8)?,
         task_tgid: field("task_struct", "tgid", 4)?,
         task_comm: field("task_struct", "comm", 16)?,
+        tp_srtt_us: field("tcp_sock", "srtt_us", 4)?,
+        tp_rttvar_us: field("tcp_sock", "rttvar_us", 4)?,
         _pad: 0,
     })
 }

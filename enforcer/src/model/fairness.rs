@@ -26,6 +26,17 @@ impl Fairness {
         IpNet::new(ip, len).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
     }
 
+    /// The remote a connection belongs to as a whole, for what the rule knows of remotes (their
+    /// memory and progress, repeat offenders, containment): its fairness group, with IPv6 never
+    /// finer than the /64 one host owns, so rotating through a /64's addresses gains nothing.
+    pub fn remote(self, ip: IpAddr) -> IpNet {
+        let group = self.group(ip);
+        match group {
+            IpNet::V6(v6) if v6.prefix_len() > 64 => IpNet::new(ip, 64).map(|n| n.trunc()).unwrap_or(group),
+            _ => group,
+        }
+    }
+
     /// The prefix lengths (IPv4, IPv6) the kernel's scan groups remotes by to count connections
     /// per group ([`group`](Self::group) in the kernel's terms); `None` when the shares do not
     /// depend on remotes.
@@ -88,6 +99,11 @@ mod tests {
         assert_eq!(parse_fairness("remote-prefix:16,48"), Ok(Fairness::RemotePrefix { v4: 16, v6: 48 }));
         assert!(parse_fairness("remote-prefix:33").is_err());
         assert!(parse_fairness("per-user").is_err());
+        let remote = |f: Fairness, ip: &str| f.remote(ip.parse().expect("ip")).to_string();
+        assert_eq!(remote(Fairness::Connection, "2001:db8::1:2"), "2001:db8::/64");
+        assert_eq!(remote(Fairness::RemoteIp, "192.0.2.7"), "192.0.2.7/32");
+        assert_eq!(remote(Fairness::RemotePrefix { v4: 24, v6: 48 }, "2001:db8:0:5::1"), "2001:db8::/48");
+        assert_eq!(remote(Fairness::RemotePrefix { v4: 24, v6: 128 }, "2001:db8::1"), "2001:db8::/64");
         for f in [Fairness::Connection, Fairness::RemoteIp, Fairness::RemotePrefix { v4: 16, v6: 48 }] {
             assert_eq!(parse_fairness(&f.to_string()), Ok(f));
         }

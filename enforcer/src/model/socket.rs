@@ -47,6 +47,10 @@ pub struct Socket {
     pub bytes_received: u64,
     pub retransmits: u64,
     pub rtos: u64,
+    /// The retransmission timeout the socket's measured RTT gives (`srtt/8 + rttvar`, at least
+    /// the kernel's 200 ms; its initial 1 s before the first RTT sample), before any back-off:
+    /// what a stall on a slow or lossy path is measured against.
+    pub rto_ms: u64,
     pub cgroup_id: u64,
     /// Interface the socket is bound to (SO_BINDTODEVICE), 0 when none: a destroy must name it.
     pub bound_dev_if: u32,
@@ -102,6 +106,16 @@ impl Recorded {
 /// Serialises an address as `ss` writes it (`127.0.0.1:80`, `[::1]:443`).
 pub fn as_string<S: serde::Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(addr)
+}
+
+/// The kernel's own RTO from its RTT estimate (`__tcp_set_rto`): `srtt_us` holds 8 × the
+/// smoothed RTT; bounded as `tcp_bound_rto` does (200 ms to 120 s); 1 s (`TCP_TIMEOUT_INIT`)
+/// before the first sample.
+fn rto_ms(srtt_us: u32, rttvar_us: u32) -> u64 {
+    if srtt_us == 0 {
+        return 1000;
+    }
+    ((u64::from(srtt_us >> 3) + u64::from(rttvar_us)) / 1000).clamp(200, 120_000)
 }
 
 fn ms_since(now_ns: u64, then_ns: u64) -> u64 {
@@ -165,6 +179,7 @@ impl Socket {
             bytes_received: e.bytes_received,
             retransmits: e.total_retrans.into(),
             rtos: e.total_rto.into(),
+            rto_ms: rto_ms(e.srtt_us, e.rttvar_us),
             cgroup_id: e.cgroup_id,
             bound_dev_if: e.bound_dev_if,
             netns: e.netns.into(),

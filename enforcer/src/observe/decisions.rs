@@ -8,7 +8,10 @@ use crate::{
     bpf::journal::Event,
     host::{sock_diag::errno_name, sys},
     model::units::{fixed, human_bytes, human_ms},
-    policy::{Decision, Reason, repeat::Flagged},
+    policy::{
+        Decision, Reason,
+        repeat::{Flagged, Why},
+    },
 };
 
 /// Why the rule chose it, in words.
@@ -85,14 +88,40 @@ pub fn log(
 
 /// The line that names a new repeat offender, so an operator can block it upstream.
 pub fn log_repeat_offender(f: &Flagged, contained: Option<u64>) {
+    let (why, kills, window_ms, charged, share, stuck_ms) = match f.why {
+        Why::Destroys { kills, window_ms } => (
+            format!("{kills} connections destroyed within {}", human_ms(window_ms)),
+            Some(kills),
+            Some(window_ms),
+            None,
+            None,
+            None,
+        ),
+        Why::Stuck { charged, share, stuck_ms } => (
+            format!(
+                "its connections held {} against a remote's share of {} with none progressing for {}",
+                human_bytes(charged),
+                human_bytes(share),
+                human_ms(stuck_ms)
+            ),
+            None,
+            None,
+            Some(charged),
+            Some(share),
+            Some(stuck_ms),
+        ),
+    };
     tracing::warn!(
-        event = "repeat_offender", remote = %f.remote, kills = f.kills, window_ms = f.window_ms,
+        event = "repeat_offender", remote = %f.remote, kills, window_ms, charged, share, stuck_ms,
         contain_sndbuf = contained,
-        "repeat_offender {}: {} connections destroyed within {}; its new connections get {}",
-        f.remote, f.kills, human_ms(f.window_ms),
+        "repeat_offender {}: {why}; {}",
+        f.remote,
         match contained {
-            Some(b) => format!("one interval of grace and a {} send buffer", human_bytes(b)),
-            None => "one interval of grace".to_owned(),
+            Some(b) => format!(
+                "its new connections get a {} send buffer until they progress, and its stalled ones go whatever their share",
+                human_bytes(b)
+            ),
+            None => "its stalled connections go whatever their share".to_owned(),
         }
     );
 }

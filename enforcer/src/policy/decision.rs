@@ -77,6 +77,20 @@ pub struct Decision {
     pub evidence: u64,
 }
 
+impl Decision {
+    /// Whether destroying it counts against its remote (repeat offenders): not for a per-remote
+    /// cap's reasons, and not for a stall with the peer's window open while the kernel's
+    /// retransmissions timed out (a lossy path or an outage explains that as well as a peer that
+    /// stopped acknowledging; the stall rule takes the socket, the remote is not blamed).
+    pub fn blames_the_remote(&self) -> bool {
+        let s = &self.socket;
+        let path_explains = s.peer_window > 0 && s.rtos > 0;
+        self.reason.blames_the_remote()
+            && !(path_explains
+                && matches!(self.reason, Reason::Stalled | Reason::StalledUnderShare | Reason::RepeatOffender))
+    }
+}
+
 impl std::str::FromStr for Reason {
     type Err = String;
 
@@ -95,6 +109,8 @@ impl std::str::FromStr for Reason {
 pub struct Assessment {
     pub fair_share: u64,
     pub stalled_ms: u64,
+    /// How long it must stall to be stalled (`--stall`, or longer on a slow path).
+    pub stall_needed_ms: u64,
     /// At the rate acknowledged over the drain window; None until the socket has been over its
     /// share for a whole window, or when the peer drained what the window started with.
     pub drain_estimate_ms: Option<u64>,

@@ -14,8 +14,9 @@ use super::{
     history::{OverShare, remember},
     plan::Plan,
     quiet,
+    remote::RemoteEvidence,
     remote_cap::remote_cap,
-    repeat::{Flagged, RepeatOffenders},
+    repeat::{Flagged, RepeatOffenders, Why},
 };
 use crate::model::socket::Socket;
 
@@ -29,12 +30,21 @@ pub struct Judge {
     /// Consecutive snapshots with pressure over the threshold.
     over_streak: u32,
     repeat: RepeatOffenders,
+    /// What each remote holds and whether any of its connections progresses.
+    remotes: RemoteEvidence,
 }
 
 impl Judge {
     pub fn new(policy: Policy) -> Self {
         let repeat = RepeatOffenders::new(policy.repeat);
-        Self { policy, over: HashMap::new(), spare: HashMap::new(), over_streak: 0, repeat }
+        Self {
+            policy,
+            over: HashMap::new(),
+            spare: HashMap::new(),
+            over_streak: 0,
+            repeat,
+            remotes: RemoteEvidence::default(),
+        }
     }
 
     /// For what the agent re-reads every interval (the protected cgroups' ids).
@@ -50,13 +60,13 @@ impl Judge {
     }
 
     /// Counts a destroy (or, in a dry run, a decision) against its remote; the remote it makes
-    /// a repeat offender, if it does. A per-remote cap's eviction is not the remote's doing and
-    /// counts for nothing.
+    /// a repeat offender, if it does. A destroy that is not the remote's doing (a per-remote
+    /// cap's, a stall a lossy path explains) counts for nothing.
     pub fn record_destroy(&mut self, d: &Decision, now_ms: u64) -> Option<Flagged> {
-        if !d.reason.blames_the_remote() {
+        if !d.blames_the_remote() {
             return None;
         }
-        self.repeat.record(self.policy.fairness.group(d.socket.remote.ip()), now_ms)
+        self.repeat.record(self.policy.fairness.remote(d.socket.remote.ip()), now_ms)
     }
 
     /// Remotes flagged as repeat offenders now.
@@ -71,6 +81,7 @@ impl Judge {
     pub fn rest(&mut self, now_ms: u64) -> Vec<IpNet> {
         self.over_streak = 0;
         self.over.clear();
+        self.remotes.clear();
         self.repeat.expire(now_ms)
     }
 
@@ -85,8 +96,25 @@ impl Judge {
         // (`rest`), so reading a summary only changes nothing.
         let keep = !quiet(pressure, p.threshold);
         self.over_streak = if over { self.over_streak.saturating_add(1) } else { 0 };
-        let mut plan = Plan::new(pressure, p.threshold, p.kind, self.over_streak >= ESCALATE_AFTER_INTERVALS);
+        // Stalled sockets under their share are taken only once the fair-share rule and the drain
+        // window had their chance.
+        let escalate_after = ESCALATE_AFTER_INTERVALS.max(p.drain_window_ms.div_ceil(p.interval_ms.max(1)) as u32);
+        let mut plan = Plan::new(pressure, p.threshold, p.kind, self.over_streak >= escalate_after);
         plan.released = released;
+        // Remotes: the evidence builds while pressure is over the threshold, and a remote stuck
+        // for --stall is flagged (contained) whether or not any connection of it is destroyed.
+        if over {
+            let standings = self.remotes.update(p.fairness, sockets, p.threshold, now_ms);
+            let mut stuck: Vec<_> = standings.into_iter().filter(|(_, s)| s.stuck_ms >= p.stall_ms).collect();
+            stuck.sort_by_key(|(remote, _)| *remote);
+            for (remote, s) in stuck {
+                let why = Why::Stuck { charged: s.charged, share: s.share, stuck_ms: s.stuck_ms };
+                plan.flagged.extend(self.repeat.stuck(remote, why, now_ms));
+            }
+        } else {
+            self.remotes.clear();
+        }
+        let p = &self.policy;
         let mut prev = std::mem::take(&mut self.over);
         let mut next = std::mem::take(&mut self.spare);
         next.clear();
@@ -95,7 +123,12 @@ impl Judge {
             let share = population.share(p.fairness, p.threshold, s);
             let h = remember(s, prev.remove(&s.cookie), share, now_ms, p.drain_window_ms).filter(|_| keep);
             let drain = h.as_ref().and_then(|o| o.drain_estimate_ms(s, now_ms, p.drain_window_ms));
-            let a = Assessment { fair_share: share, stalled_ms: s.stalled_ms, drain_estimate_ms: drain };
+            let a = Assessment {
+                fair_share: share,
+                stalled_ms: s.stalled_ms,
+                stall_needed_ms: stall_needed_ms(p, s),
+                drain_estimate_ms: drain,
+            };
             if over && !p.protect.covers(s) {
                 self.classify(&mut plan, s, &a, h.as_ref().map(|o| o.since_ms), now_ms);
             }
@@ -130,29 +163,53 @@ impl Judge {
             offending_ms,
             evidence: over_bytes.saturating_mul(offending_ms),
         };
-        // A repeat offender's stalled connections all go, whatever their share: the ones opened
-        // since it was flagged after one interval, the others after --stall. Taking only what
-        // the budget needs would leave the remote holding the threshold.
-        let created_ms = now_ms.saturating_sub(s.age_ms);
-        let grace = match self.repeat.flagged_since(&p.fairness.group(s.remote.ip())) {
-            Some(f) if created_ms >= f => Some(p.interval_ms),
-            Some(_) => Some(p.stall_ms),
-            None => None,
-        };
-        if grace.is_some_and(|g| a.stalled_ms >= g) && s.charged > 0 {
+        // A stall counts once it is longer than --stall and than what the socket's own path
+        // explains (`stall_needed_ms`): a repeat offender's stalled connections all go, whatever
+        // their share (taking only what the budget needs would leave the remote holding the
+        // threshold), but after the same stall as anyone's, so a reader behind a shared address
+        // that pauses is judged on its own.
+        let stalled = a.stalled_ms >= a.stall_needed_ms;
+        let flagged = self.repeat.flagged_since(&p.fairness.remote(s.remote.ip())).is_some();
+        if flagged && stalled && s.charged > 0 {
             plan.sweep.push(decision(Reason::RepeatOffender, a.stalled_ms, s.charged));
         } else if s.charged > a.fair_share {
             let over_bytes = s.charged - a.fair_share;
-            if a.stalled_ms >= p.stall_ms {
+            if stalled {
                 plan.offenders.push(decision(Reason::Stalled, a.stalled_ms, over_bytes));
             } else if a.drain_estimate_ms.is_some_and(|d| d > p.max_drain_ms) {
                 let slow_for = now_ms.saturating_sub(over_since.unwrap_or(now_ms));
                 plan.offenders.push(decision(Reason::SlowDrain, slow_for, over_bytes));
             }
-        } else if a.stalled_ms >= p.stall_ms && s.charged > 0 {
+        } else if stalled && s.charged.saturating_mul(NEGLIGIBLE_FRACTION) >= a.fair_share && s.charged > 0 {
+            // Not a socket whose destroy frees a negligible part of its share (an idle keep-alive
+            // whose small response a slow path has not acknowledged yet).
             plan.escalation.push(decision(Reason::StalledUnderShare, a.stalled_ms, s.charged));
         }
     }
+}
+
+/// Escalation leaves alone a socket holding less than its share over this: what it frees is
+/// negligible, and such sockets are mostly keep-alives with a small response in flight.
+const NEGLIGIBLE_FRACTION: u64 = 8;
+
+/// How many of the socket's own retransmission timeouts a stall must outlast when the peer's
+/// window is open: a first RTO and a second, backed-off one (RTO + 2 × RTO) are what loss
+/// recovery takes on any path before it can be called stuck.
+const PATH_RTOS: u64 = 3;
+
+/// ...and at most this many times `--stall`, so a path cannot hide a peer that never
+/// acknowledges for longer.
+const PATH_STALL_CAP: u64 = 4;
+
+/// How long a socket must go without progress to be stalled: `--stall`, or, while the peer's
+/// window is open (the kernel retransmits, the peer has not said it stopped reading), as long
+/// as its own path's loss recovery takes, up to `PATH_STALL_CAP` × `--stall`. A zero window is
+/// the peer's own choice, judged on `--stall` alone.
+pub fn stall_needed_ms(p: &Policy, s: &Socket) -> u64 {
+    if s.peer_window == 0 {
+        return p.stall_ms;
+    }
+    p.stall_ms.max((PATH_RTOS * s.rto_ms).min(PATH_STALL_CAP * p.stall_ms))
 }
 
 #[cfg(test)]
@@ -300,23 +357,30 @@ mod tests {
         sockets.push(sock(11, "192.0.2.99:1", 6 << 20, 0, 0));
         let mut p = policy(8 << 20);
         p.fairness = Fairness::RemoteIp;
+        // Not before the drain window (5 s, 20 intervals) had its chance: a slow reader over its
+        // share would have been found by then.
+        let after = (p.drain_window_ms / p.interval_ms) as u32;
         let mut j = Judge::new(p);
         let pressure = 13 << 20;
-        for i in 0..ESCALATE_AFTER_INTERVALS - 1 {
+        for i in 0..after - 1 {
+            // The reader acknowledges 2 MiB an interval: it drains, it is no slow reader.
+            sockets[10].bytes_acked += 2 << 20;
             assert!(chosen(&j.judge_all(&sockets, u64::from(i) * 250, pressure)).is_empty(), "interval {i}");
         }
-        let d = chosen(&j.judge_all(&sockets, 1000, pressure));
+        sockets[10].bytes_acked += 2 << 20;
+        let d = chosen(&j.judge_all(&sockets, u64::from(after) * 250, pressure));
         assert!(!d.is_empty() && d.iter().all(|d| d.reason == Reason::StalledUnderShare), "{d:?}");
         assert!(!cookies(&d).contains(&11), "a progressing socket is never a candidate");
         // Only as many as bring the pressure back: 5 MiB over, 700 KiB each.
         assert_eq!(d.len(), 8);
         // Pressure back under the threshold ends the streak.
-        assert!(chosen(&j.judge_all(&sockets, 1250, 8 << 20)).is_empty());
-        assert!(chosen(&j.judge_all(&sockets, 1500, pressure)).is_empty());
+        let t = u64::from(after) * 250;
+        assert!(chosen(&j.judge_all(&sockets, t + 250, 8 << 20)).is_empty());
+        assert!(chosen(&j.judge_all(&sockets, t + 500, pressure)).is_empty());
     }
 
     #[test]
-    fn a_repeat_offenders_new_connections_get_one_interval() {
+    fn a_repeat_offenders_stalled_connections_go_whatever_their_share_after_the_usual_stall() {
         let mut p = policy(8 << 20);
         p.stall_ms = 3000;
         let mut j = Judge::new(p);
@@ -331,16 +395,17 @@ mod tests {
         assert!(j.record_destroy(&d[0], 10_000).is_none());
         assert!(j.record_destroy(&d[0], 10_500).is_none());
         let flag = j.record_destroy(&d[0], 11_000).expect("flagged at the third destroy");
-        assert_eq!((flag.remote.to_string().as_str(), flag.kills), ("192.0.2.7/32", 3));
+        assert_eq!(flag.remote.to_string(), "192.0.2.7/32");
+        assert_eq!(flag.why, Why::Destroys { kills: 3, window_ms: 60_000 });
         assert!(j.record_destroy(&d[0], 11_100).is_none(), "flagged once");
-        // Opened after the flag, stalled for one interval, under its share: destroyed. One
-        // opened before the flag keeps the ordinary grace (--stall), then goes whatever its
-        // share. Another remote is judged as ever.
-        let mut other = offender(3, 100, 300);
+        // Its connections keep the ordinary grace (--stall), whether opened before the flag or
+        // after (a reader behind the same address pausing for 2 s is judged on its own), then
+        // go whatever their share. Another remote is judged as ever.
+        let mut other = offender(3, 100, 3_000);
         other.remote = "192.0.2.8:1".parse().expect("addr");
-        let sockets = [offender(1, 200, 300), offender(2, 5_000, 300), other.clone(), offender(4, 5_000, 3_000)];
+        let sockets = [offender(1, 200, 300), offender(2, 5_000, 2_000), other.clone(), offender(4, 5_000, 3_000)];
         let d = chosen(&j.judge_all(&sockets, 12_000, 9 << 20));
-        assert_eq!(cookies(&d), [1, 4]);
+        assert_eq!(cookies(&d), [4]);
         assert_eq!(d[0].reason, Reason::RepeatOffender);
         // Under the threshold, nothing.
         assert!(chosen(&j.judge_all(&sockets, 12_250, 1 << 20)).is_empty());

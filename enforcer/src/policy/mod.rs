@@ -24,6 +24,7 @@ pub mod population;
 #[cfg(test)]
 mod property;
 pub mod relay;
+pub mod remote;
 pub mod remote_cap;
 pub mod repeat;
 pub mod storm;

@@ -3,7 +3,7 @@
 //! after a failure the next candidate is taken in the same interval.
 use ipnet::IpNet;
 
-use super::{Assessment, Decision, Kind};
+use super::{Assessment, Decision, Kind, repeat::Flagged};
 
 /// Failed destroys tried in one interval before giving up on the rest: a kernel that refuses
 /// every destroy must not make the agent spin through the whole candidate list.
@@ -17,7 +17,8 @@ pub struct Plan {
     kind: Kind,
     /// Pressure has stayed over the threshold long enough to take `escalation` candidates.
     pub escalate: bool,
-    /// Connections of repeat offenders: all of them go while pressure is over the threshold.
+    /// Stalled connections of repeat offenders: all of them go while pressure is over the
+    /// threshold, whatever the budget, in order of evidence among the offenders.
     pub sweep: Vec<Decision>,
     /// Over their share and stalled or slow, worst evidence first.
     pub offenders: Vec<Decision>,
@@ -29,6 +30,9 @@ pub struct Plan {
     pub assessments: Vec<Assessment>,
     /// Remotes that stopped being repeat offenders in this judgement.
     pub released: Vec<IpNet>,
+    /// Remotes this judgement made repeat offenders because they were stuck (held more than
+    /// their share with nothing progressing for `--stall`); destroys flag theirs as they happen.
+    pub flagged: Vec<Flagged>,
 }
 
 /// What became of one decision ([`Plan::carry_out`]).
@@ -65,6 +69,7 @@ impl Plan {
             remote_cap: Vec::new(),
             assessments: Vec::new(),
             released: Vec::new(),
+            flagged: Vec::new(),
         }
     }
 
@@ -120,12 +125,21 @@ impl Plan {
             }
         };
         if self.pressure > self.threshold {
-            for d in self.sweep {
-                take(d, &mut out, &mut projected);
-            }
-            for d in self.offenders {
-                if self.kind == Kind::Budget && projected <= self.threshold {
-                    break;
+            // The memory first: a repeat offender's stalled connections and the offenders in one
+            // order of evidence (bytes held over the share × how long), so a capped budget is
+            // spent on what holds the most, never on a flagged remote's cheap connections while a
+            // large offender waits. The sweep goes whole; offenders until the projection is back
+            // at the threshold.
+            let mut first: Vec<(bool, Decision)> = self
+                .sweep
+                .into_iter()
+                .map(|d| (true, d))
+                .chain(self.offenders.into_iter().map(|d| (false, d)))
+                .collect();
+            first.sort_by_key(|(_, d)| (std::cmp::Reverse(d.evidence), d.socket.cookie));
+            for (swept, d) in first {
+                if !swept && self.kind == Kind::Budget && projected <= self.threshold {
+                    continue;
                 }
                 take(d, &mut out, &mut projected);
             }

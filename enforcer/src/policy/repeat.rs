@@ -1,9 +1,13 @@
-//! Repeat offenders: a remote (an address, or a prefix under prefix fairness) whose connections
-//! were destroyed `kills` times within `window_ms`. Destroying connections one by one cannot keep
-//! a remote that opens a new zero-window connection every 50 ms under the threshold: each is
-//! charged megabytes within milliseconds. So a repeat offender's new connections get one
-//! interval of grace instead of `--stall`, and the agent asks the kernel to give them a small
-//! send buffer. The flag lapses after a whole window without a destroy.
+//! Repeat offenders: a remote (`Fairness::remote`: an address, a prefix under prefix fairness,
+//! an IPv6 /64) whose connections were destroyed `kills` times within `window_ms` for what the
+//! remote did (`Decision::blames_the_remote`), or that held more than its share without progress
+//! for `--stall` (`remote.rs`). Destroying connections one by one cannot keep a remote that opens
+//! a new zero-window connection every 50 ms under the threshold: each is charged megabytes within
+//! milliseconds. So the agent asks the kernel to give a repeat offender's new connections a small
+//! send buffer, which they earn back by progress, and its stalled connections go whatever their
+//! share, after the same `--stall` as anyone's (a reader behind a shared address that pauses is
+//! judged on its own). The flag lapses after a whole window without a destroy or a stuck
+//! interval.
 use std::collections::{HashMap, VecDeque};
 
 use ipnet::IpNet;
@@ -14,9 +18,17 @@ use super::RepeatRule;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flagged {
     pub remote: IpNet,
-    /// Destroys within the window, this one included.
-    pub kills: usize,
-    pub window_ms: u64,
+    pub why: Why,
+}
+
+/// What made a remote a repeat offender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// `kills` destroys within `window_ms`, the last one included.
+    Destroys { kills: usize, window_ms: u64 },
+    /// Its connections held `charged` bytes, more than its `share`, with none progressing for
+    /// `stuck_ms`.
+    Stuck { charged: u64, share: u64, stuck_ms: u64 },
 }
 
 #[derive(Debug)]
@@ -57,7 +69,24 @@ impl RepeatOffenders {
             return None;
         }
         self.flagged.insert(remote, now_ms);
-        Some(Flagged { remote, kills: times.len(), window_ms: self.rule.window_ms })
+        Some(Flagged { remote, why: Why::Destroys { kills: times.len(), window_ms: self.rule.window_ms } })
+    }
+
+    /// A remote stuck (over its share, nothing progressing) this interval for `why`'s
+    /// `stuck_ms`: it counts as activity that keeps a flag alive, like a destroy; returns the
+    /// flag if this makes it a repeat offender. Off with the rest (`kills` 0).
+    pub fn stuck(&mut self, remote: IpNet, why: Why, now_ms: u64) -> Option<Flagged> {
+        if self.rule.kills == 0 {
+            return None;
+        }
+        let times = self.kills.entry(remote).or_default();
+        Self::prune(self.rule, times, now_ms);
+        times.push_back(now_ms);
+        if self.flagged.contains_key(&remote) {
+            return None;
+        }
+        self.flagged.insert(remote, now_ms);
+        Some(Flagged { remote, why })
     }
 
     pub fn flagged_since(&self, remote: &IpNet) -> Option<u64> {
@@ -102,7 +131,7 @@ mod tests {
         // The first destroy has left the window: still two.
         assert_eq!(r.record(a, 10_000), None);
         let f = r.record(a, 12_000).expect("three within 10 s");
-        assert_eq!(f.kills, 3);
+        assert_eq!(f.why, Why::Destroys { kills: 3, window_ms: 10_000 });
         assert_eq!(r.flagged_since(&a), Some(12_000));
         assert!(r.expire(21_999).is_empty());
         assert_eq!(r.expire(22_000), [a]);
@@ -114,5 +143,17 @@ mod tests {
         let mut r = RepeatOffenders::new(RepeatRule { kills: 0, window_ms: 10_000 });
         let a: IpNet = "192.0.2.1/32".parse().expect("net");
         assert!((0..100).all(|t| r.record(a, t).is_none()));
+    }
+
+    #[test]
+    fn a_stuck_remote_is_flagged_once_and_stays_flagged_while_stuck() {
+        let mut r = RepeatOffenders::new(RepeatRule { kills: 3, window_ms: 10_000 });
+        let a: IpNet = "2001:db8::/64".parse().expect("net");
+        let why = Why::Stuck { charged: 20 << 20, share: 8 << 20, stuck_ms: 3000 };
+        assert_eq!(r.stuck(a, why, 3000), Some(Flagged { remote: a, why }));
+        assert_eq!(r.stuck(a, why, 9000), None);
+        // Still stuck at 9 s: the flag holds until 19 s.
+        assert!(r.expire(18_999).is_empty());
+        assert_eq!(r.expire(19_000), [a]);
     }
 }

@@ -26,6 +26,7 @@ pub fn sock(cookie: u64, remote: &str, charged: u64, stalled_ms: u64, bytes_acke
         bytes_received: 0,
         retransmits: 0,
         rtos: 0,
+        rto_ms: 200,
         cgroup_id: 1,
         bound_dev_if: 0,
         netns: 0,
