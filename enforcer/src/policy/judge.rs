@@ -14,6 +14,7 @@ use super::{
     history::{OverShare, remember},
     plan::Plan,
     quiet,
+    relay::RelayMemory,
     remote_cap::remote_cap,
     repeat::{Flagged, RepeatOffenders},
 };
@@ -29,12 +30,21 @@ pub struct Judge {
     /// Consecutive snapshots with pressure over the threshold.
     over_streak: u32,
     repeat: RepeatOffenders,
+    /// What the per-remote cap saw of relays last time (proxy mode).
+    relays: RelayMemory,
 }
 
 impl Judge {
     pub fn new(policy: Policy) -> Self {
         let repeat = RepeatOffenders::new(policy.repeat);
-        Self { policy, over: HashMap::new(), spare: HashMap::new(), over_streak: 0, repeat }
+        Self {
+            policy,
+            over: HashMap::new(),
+            spare: HashMap::new(),
+            over_streak: 0,
+            repeat,
+            relays: RelayMemory::default(),
+        }
     }
 
     /// For what the agent re-reads every interval (the protected cgroups' ids).
@@ -108,7 +118,7 @@ impl Judge {
         self.spare = prev;
         self.over = next;
         if let Some(cap) = self.policy.max_per_remote {
-            plan.remote_cap = remote_cap(&self.policy, sockets, cap, &plan);
+            plan.remote_cap = remote_cap(&self.policy, sockets, cap, &plan, &mut self.relays);
         }
         plan.rank();
         plan
