@@ -49,7 +49,7 @@ pub use self::{
     holders::Holder,
     kills::{KILL_CGROUP_LEN, KILL_RING, KillRecord, kill_counters},
     offsets::{KernelOffsets, OFFSET_ABSENT},
-    record::{AF_INET, AF_INET6, RECORD_ADOPTED, RECORD_FIRST_SEEN, SockRecord},
+    record::{AF_INET, AF_INET6, RECORD_ADOPTED, RECORD_FIRST_SEEN, RECORD_OUTBOUND, SockRecord},
     relay::{LAST_RECV_CAPACITY, LastRecv, RELAY_WINDOW_NS, RELAYS_CAPACITY, RelayOut},
     scan::{
         REMOTE_COUNTS_CAPACITY, RemoteCount, RemoteKey, ScanParams, ScanSummary, is_connection, remote_key, scan_mode,

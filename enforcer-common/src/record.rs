@@ -51,6 +51,9 @@ pub const RECORD_ADOPTED: u16 = 1;
 /// recording to them, so connections that end before any walk never cost a record. Its creation
 /// time and first progress are that walk's.
 pub const RECORD_FIRST_SEEN: u16 = 2;
+/// This host opened the connection (sock_ops saw it established actively); without it, the peer
+/// did, or, for a record a walk made, nobody knows.
+pub const RECORD_OUTBOUND: u16 = 4;
 
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 88);
 

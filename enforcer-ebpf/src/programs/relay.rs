@@ -3,8 +3,8 @@
 //! or, where a kernel lacks them, fexit on `tcp_recvmsg` and `tcp_sendmsg` (the loader tries
 //! the tracepoints first: fexit needs the kernel's function tracing, which some refuse).
 //!
-//! A read from a tracked socket is remembered per CPU with its thread (`LAST_RECV`); a write by
-//! the same thread to another tracked socket within `RELAY_WINDOW_NS` relays it: `RELAYS` then
+//! A read from a tracked socket is remembered by thread (`LAST_RECV`); a write by the same thread
+//! to another tracked socket within `RELAY_WINDOW_NS` relays it: `RELAYS` then
 //! says where the read socket's bytes went, when, and how many in all. Event-loop proxies
 //! (squid, nginx, haproxy, envoy) read and write in the same thread: a client's request is read
 //! and written to its upstream, the upstream's response read and written to the client.
@@ -27,8 +27,10 @@ use crate::{
     maps::{LAST_RECV, RELAYS, record},
 };
 
-/// `MSG_PEEK`: a read that leaves the bytes queued relays nothing.
+/// `MSG_PEEK`: a read that leaves the bytes queued relays nothing; nor does `MSG_ERRQUEUE` (a
+/// zerocopy completion or a timestamp, no data of the peer's).
 const MSG_PEEK: i32 = 2;
+const MSG_ERRQUEUE: i32 = 0x2000;
 
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
@@ -63,7 +65,7 @@ pub fn enforcer_relay_send_fexit(ctx: FExitContext) -> i32 {
 /// A read of `ret` bytes from `sk` (a trusted BTF `struct sock *`) with `flags`.
 #[inline(always)]
 fn try_recv(sk: *mut c_void, ret: i32, flags: i32) -> Option<()> {
-    if ret <= 0 || flags & MSG_PEEK != 0 {
+    if ret <= 0 || flags & (MSG_PEEK | MSG_ERRQUEUE) != 0 {
         return None;
     }
     // Tracked sockets only: the gate every other socket of the host stops at.

@@ -26,7 +26,9 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use aya_log_ebpf::{error, warn};
-use enforcer_common::{AF_INET, AF_INET6, CONTAIN_EARNED_AFTER, FAULT_SOCKOPS, SockRecord, names, stats, v4_mapped};
+use enforcer_common::{
+    AF_INET, AF_INET6, CONTAIN_EARNED_AFTER, FAULT_SOCKOPS, RECORD_OUTBOUND, SockRecord, names, stats, v4_mapped,
+};
 
 use crate::{
     kernel::{ipv6, watch},
@@ -145,7 +147,7 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
         // Network order in the upper 16 bits (`bpf_sock_ops.remote_port`).
         remote_port: u32::from_be(ports[1]) as u16,
         family,
-        flags: 0,
+        flags: if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB { RECORD_OUTBOUND } else { 0 },
         created_ns: now,
         tx_progress_ns: now,
         rx_progress_ns: now,

@@ -101,6 +101,11 @@ impl Agent {
     async fn start(settings: Settings) -> Result<Self> {
         let meter = settings.meter();
         meter.check()?;
+        if settings.proxy && settings.max_per_remote.is_none() {
+            // Allowed: `sockets` shows the relays. But every send and receive of the host pays
+            // for proxy mode, and only the per-remote cap acts on it.
+            tracing::warn!("--proxy without --max-per-remote: relays are learned and shown, and nothing acts on them");
+        }
         let protected = settings.protected_cgroup_ids()?;
         attached::refuse_second_agent(&settings.cgroup)?;
         sys::raise_memlock();

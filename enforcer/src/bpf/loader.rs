@@ -12,9 +12,9 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map},
-    programs::{BtfTracePoint, CgroupAttachMode, FExit, Iter, SockOps},
+    programs::{CgroupAttachMode, Iter, SockOps},
 };
-use enforcer_common::{WatchConfig, names, stats};
+use enforcer_common::{LAST_RECV_CAPACITY, RELAYS_CAPACITY, WatchConfig, names, stats};
 
 use super::{btf, iter_link::IterLink, kernel_log::KernelLog, offsets, pins, snapshot::Walk};
 use crate::host::{netns, sys};
@@ -84,6 +84,9 @@ impl Loaded {
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
             .override_global(names::GLOBAL_WATCH, &watch, true)
             .map_max_entries(names::MAP_AGENT_SETTINGS, pins::settings_chunks(opts.settings))
+            // Proxy mode's maps are preallocated: without it, one slot each instead of megabytes.
+            .map_max_entries(names::MAP_RELAYS, if opts.proxy { RELAYS_CAPACITY } else { 1 })
+            .map_max_entries(names::MAP_LAST_RECV, if opts.proxy { LAST_RECV_CAPACITY } else { 1 })
             .load(OBJECT)
             .context("loading the eBPF object (see `dmesg` and the verifier log above)")?;
         let mut loaded = Self {
@@ -159,29 +162,20 @@ impl Loaded {
     fn attach_relays(&mut self, btf: &aya::Btf) -> Result<()> {
         let tracepoints =
             [(names::PROG_RELAY_RECV, names::TP_SOCK_RECV), (names::PROG_RELAY_SEND, names::TP_SOCK_SEND)];
-        let refused = match self.relay_pair(&tracepoints, |ebpf, name, tp| {
-            let prog: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
-            prog.load(tp, btf)?;
-            Ok(())
-        }) {
-            Ok(()) => return self.attach_relay_pair(&tracepoints),
+        let refused = match self.relay_pair(&tracepoints, btf) {
+            Ok(()) => return Ok(()),
             Err(e) => e,
         };
         tracing::info!(
             error = refusal(&refused),
-            "this kernel has no sock_recv_length/sock_send_length tracepoints: proxy mode tries fexit on tcp_recvmsg \
-             and tcp_sendmsg"
+            "this kernel refused the sock_recv_length/sock_send_length tracepoints: proxy mode tries fexit on \
+             tcp_recvmsg and tcp_sendmsg"
         );
         let functions = [
             (names::PROG_RELAY_RECV_FEXIT, names::FN_TCP_RECVMSG),
             (names::PROG_RELAY_SEND_FEXIT, names::FN_TCP_SENDMSG),
         ];
-        self.relay_pair(&functions, |ebpf, name, function| {
-            let prog: &mut FExit = program(ebpf, name)?.try_into()?;
-            prog.load(function, btf)?;
-            Ok(())
-        })
-        .map_err(|e| {
+        self.relay_pair(&functions, btf).map_err(|e| {
             anyhow::anyhow!(
                 "--proxy needs the sock_recv_length and sock_send_length tracepoints (Linux 6.3+) or fexit on \
                  tcp_recvmsg and tcp_sendmsg, and this kernel refused both ({}; {}): run without --proxy (the \
@@ -189,34 +183,46 @@ impl Loaded {
                 refusal(&refused),
                 refusal(&e)
             )
-        })?;
-        self.attach_relay_pair(&functions)
+        })
     }
 
-    /// Loads both programs of a relay pair with `load`, or says which one the kernel refused.
-    fn relay_pair(
-        &mut self,
-        pair: &[(&'static str, &str); 2],
-        load: impl Fn(&mut Ebpf, &str, &str) -> Result<()>,
-    ) -> Result<()> {
-        for (name, target) in pair {
-            load(&mut self.ebpf, name, target).with_context(|| format!("loading {name} for {target}"))?;
-        }
-        Ok(())
-    }
-
-    /// Attaches a relay pair that `relay_pair` loaded.
-    fn attach_relay_pair(&mut self, pair: &[(&'static str, &str); 2]) -> Result<()> {
-        for (name, target) in pair {
-            match program(&mut self.ebpf, name)? {
-                aya::programs::Program::BtfTracePoint(p) => p.attach().map(drop),
-                aya::programs::Program::FExit(p) => p.attach().map(drop),
-                _ => bail!("{name} is no relay program"),
+    /// Loads and attaches both programs of a relay pair (a kernel can refuse either step: fexit's
+    /// trampoline registers with ftrace only at attach); on any refusal, unloads both, which
+    /// detaches what was attached, and says which step failed.
+    fn relay_pair(&mut self, pair: &[(&'static str, &str); 2], btf: &aya::Btf) -> Result<()> {
+        let attached = (|| -> Result<()> {
+            for (name, target) in pair {
+                match program(&mut self.ebpf, name)? {
+                    aya::programs::Program::BtfTracePoint(p) => {
+                        p.load(target, btf).with_context(|| format!("loading {name} for {target}"))?;
+                        p.attach().map(drop)
+                    }
+                    aya::programs::Program::FExit(p) => {
+                        p.load(target, btf).with_context(|| format!("loading {name} for {target}"))?;
+                        p.attach().map(drop)
+                    }
+                    _ => bail!("{name} is no relay program"),
+                }
+                .with_context(|| format!("attaching {name} to {target}"))?;
             }
-            .with_context(|| format!("attaching {name} to {target}"))?;
-            self.programs.push(name);
+            Ok(())
+        })();
+        match attached {
+            Ok(()) => {
+                self.programs.extend(pair.iter().map(|(name, _)| *name));
+                Ok(())
+            }
+            Err(e) => {
+                for (name, _) in pair {
+                    match program(&mut self.ebpf, name) {
+                        Ok(aya::programs::Program::BtfTracePoint(p)) => drop(p.unload()),
+                        Ok(aya::programs::Program::FExit(p)) => drop(p.unload()),
+                        _ => {}
+                    }
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// Loads the iterator program `name` for `iter/{iter}` (over `map` for a map-element

@@ -137,7 +137,7 @@ pub fn run(args: SocketsArgs) -> Result<()> {
         netns: args.netns,
     };
     // Relays join the whole snapshot (a partner may be filtered out of the rows).
-    let relays = settings.proxy.then(|| RelayIndex::of(&snap.sockets));
+    let relays = settings.proxy.then(|| RelayIndex::of(&snap.sockets, settings.orphan_after_ms, settings.interval_ms));
     let mut rows: Vec<(&Socket, Attribution)> = snap
         .sockets
         .iter()

@@ -151,7 +151,8 @@ pub struct RunArgs {
     /// socket and written to another soon after, in the same thread), so that --max-per-remote
     /// takes the upstreams that relay for nobody (their client left) first and never one that
     /// relays for an open connection. Runs a program on every send and receive of the host
-    /// (Linux 6.3+: the sock_send_length and sock_recv_length tracepoints).
+    /// (the sock_send_length and sock_recv_length tracepoints, Linux 6.3+, or fexit on
+    /// tcp_sendmsg and tcp_recvmsg where the kernel allows it).
     #[arg(long)]
     pub proxy: bool,
     /// With --proxy: a connection whose relay partner closed is an orphan once it relayed

@@ -3,7 +3,7 @@
 //! and the kill journal need.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use enforcer_common::{AF_INET, RECORD_ADOPTED, RECORD_FIRST_SEEN, SnapshotEntry};
+use enforcer_common::{AF_INET, RECORD_ADOPTED, RECORD_FIRST_SEEN, RECORD_OUTBOUND, SnapshotEntry};
 use serde::Serialize;
 
 /// One tracked socket. Byte counts are bytes; durations milliseconds.
@@ -43,6 +43,8 @@ pub struct Socket {
     pub adopted: bool,
     /// When enforcer made the record that `age_ms` and the first progress count from.
     pub recorded: Recorded,
+    /// Who opened the connection, where sock_ops saw it established.
+    pub opened: Opened,
     pub bytes_acked: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
@@ -99,6 +101,30 @@ impl Recorded {
             Self::FirstSeen
         } else {
             Self::Established
+        }
+    }
+}
+
+/// Who opened a connection, in `sockets --json` as `"here"`, `"peer"` or `"unknown"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Opened {
+    /// This host connected (a proxy's upstream).
+    Here,
+    /// The peer connected (a proxy's client).
+    Peer,
+    /// A walk made the record (adopted, or first seen): not known.
+    Unknown,
+}
+
+impl Opened {
+    fn of(flags: u16) -> Self {
+        if flags & RECORD_OUTBOUND != 0 {
+            Self::Here
+        } else if flags & (RECORD_ADOPTED | RECORD_FIRST_SEEN) != 0 {
+            Self::Unknown
+        } else {
+            Self::Peer
         }
     }
 }
@@ -175,6 +201,7 @@ impl Socket {
             age_ms: ms_since(e.now_ns, r.created_ns),
             adopted: r.flags & RECORD_ADOPTED != 0,
             recorded: Recorded::of(r.flags),
+            opened: Opened::of(r.flags),
             bytes_acked: e.bytes_acked,
             bytes_received: e.bytes_received,
             retransmits: e.total_retrans.into(),

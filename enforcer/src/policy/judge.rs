@@ -15,6 +15,7 @@ use super::{
     plan::Plan,
     quiet,
     remote::RemoteEvidence,
+    relay::RelayMemory,
     remote_cap::remote_cap,
     repeat::{Flagged, RepeatOffenders, Why},
 };
@@ -32,6 +33,8 @@ pub struct Judge {
     repeat: RepeatOffenders,
     /// What each remote holds and whether any of its connections progresses.
     remotes: RemoteEvidence,
+    /// What the per-remote cap saw of relays last time (proxy mode).
+    relays: RelayMemory,
 }
 
 impl Judge {
@@ -44,6 +47,7 @@ impl Judge {
             over_streak: 0,
             repeat,
             remotes: RemoteEvidence::default(),
+            relays: RelayMemory::default(),
         }
     }
 
@@ -141,7 +145,7 @@ impl Judge {
         self.spare = prev;
         self.over = next;
         if let Some(cap) = self.policy.max_per_remote {
-            plan.remote_cap = remote_cap(&self.policy, sockets, cap, &plan);
+            plan.remote_cap = remote_cap(&self.policy, sockets, cap, &plan, &mut self.relays);
         }
         plan.rank();
         plan

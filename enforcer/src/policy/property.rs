@@ -209,11 +209,13 @@ fn filtered_scan_decides_like_the_full_snapshot() {
             decided += want.0.len();
             // Both record what they destroyed, as the agent does (repeat offenders).
             let gone: Vec<u64> = want.0.iter().map(|(c, _)| *c).collect();
-            for s in sockets.iter().filter(|s| gone.contains(&s.cookie)) {
+            for (s, (_, reason)) in
+                sockets.iter().filter_map(|s| want.0.iter().find(|(c, _)| *c == s.cookie).map(|w| (s, w)))
+            {
                 for j in [&mut full, &mut agent] {
                     let d = super::Decision {
                         socket: s.clone(),
-                        reason: Reason::Stalled,
+                        reason: *reason,
                         fair_share: 0,
                         drain_estimate_ms: None,
                         offending_ms: 0,

@@ -2,12 +2,14 @@
 //! pressure and takes only connections that serve nobody, so it never blocks anyone.
 //!
 //! Beyond N connections of one remote, in this order:
-//! - proxy mode (`--proxy`): its orphans, connections that relayed and whose partner closed,
-//!   once they relayed nothing for `--orphan-after`; longest orphaned first;
+//! - proxy mode (`--proxy`): its orphans (`relay.rs`: connections whose bytes went to a
+//!   connection that has closed since, receiving more for nobody), once they relayed nothing for
+//!   `--orphan-after` and two judgements in a row found them orphans; longest orphaned first;
 //! - connections that moved no byte in either direction for `--idle`, oldest idle first.
 //!
-//! A connection that relays for an open socket (proxy mode) is never taken, however idle: a
-//! remote over its cap with nothing else to take keeps its live connections.
+//! A connection that relays for an open one (proxy mode: live in this judgement or the last) is
+//! never taken, however idle: a remote over its cap with nothing else to take keeps its live
+//! connections.
 use std::{
     cmp::Reverse,
     collections::{HashMap, HashSet},
@@ -16,12 +18,19 @@ use std::{
 
 use super::{
     Decision, Plan, Policy, Reason,
-    relay::{RelayIndex, RelayState},
+    relay::{RelayIndex, RelayMemory, RelayState},
 };
 use crate::model::socket::Socket;
 
 /// The cap's decisions: for each remote over `cap`, what it can take to bring it back to `cap`.
-pub(super) fn remote_cap(p: &Policy, sockets: &[Socket], cap: usize, plan: &Plan) -> Vec<Decision> {
+/// `memory` is what the last judgement found of relays, and becomes this one's.
+pub(super) fn remote_cap(
+    p: &Policy,
+    sockets: &[Socket],
+    cap: usize,
+    plan: &Plan,
+    memory: &mut RelayMemory,
+) -> Vec<Decision> {
     let chosen: HashSet<u64> = plan.sweep.iter().chain(&plan.offenders).map(|d| d.socket.cookie).collect();
     let mut by_remote: HashMap<IpAddr, Vec<&Socket>> = HashMap::new();
     for s in sockets {
@@ -29,7 +38,13 @@ pub(super) fn remote_cap(p: &Policy, sockets: &[Socket], cap: usize, plan: &Plan
     }
     let mut remotes: Vec<_> = by_remote.into_iter().filter(|(_, v)| v.len() > cap).collect();
     remotes.sort_by_key(|(ip, _)| *ip);
-    let relays = p.orphan_after_ms.map(|_| RelayIndex::of(sockets));
+    let relays = p.orphan_after_ms.map(|t| RelayIndex::of(sockets, t, p.interval_ms));
+    let state = |s: &Socket| relays.as_ref().map_or(RelayState::Unknown, |r| r.state(s));
+    let now = RelayMemory {
+        live: sockets.iter().filter(|s| state(s) == RelayState::Live).map(|s| s.cookie).collect(),
+        orphans: sockets.iter().filter(|s| matches!(state(s), RelayState::Orphan { .. })).map(|s| s.cookie).collect(),
+    };
+    let before = std::mem::replace(memory, now);
     let idle = |s: &Socket| s.rx_idle_ms.min(s.tx_idle_ms);
     let mut out = Vec::new();
     for (_, conns) in remotes {
@@ -39,16 +54,16 @@ pub(super) fn remote_cap(p: &Policy, sockets: &[Socket], cap: usize, plan: &Plan
         let mut takeable: Vec<(Reason, u64, &Socket)> = conns
             .into_iter()
             .filter(|s| !p.protect.covers(s) && !chosen.contains(&s.cookie))
-            .filter_map(|s| {
-                let state = relays.as_ref().map_or(RelayState::Unknown, |r| r.state(s));
-                match state {
-                    RelayState::Live => None,
-                    RelayState::Orphan { since_ms } if p.orphan_after_ms.is_some_and(|t| since_ms >= t) => {
-                        Some((Reason::Orphan, since_ms, s))
-                    }
-                    _ if idle(s) >= p.idle_ms => Some((Reason::RemoteCap, idle(s), s)),
-                    _ => None,
+            .filter(|s| !memory.live.contains(&s.cookie) && !before.live.contains(&s.cookie))
+            .filter_map(|s| match state(s) {
+                RelayState::Live => None,
+                RelayState::Orphan { since_ms }
+                    if p.orphan_after_ms.is_some_and(|t| since_ms >= t) && before.orphans.contains(&s.cookie) =>
+                {
+                    Some((Reason::Orphan, since_ms, s))
                 }
+                _ if idle(s) >= p.idle_ms => Some((Reason::RemoteCap, idle(s), s)),
+                _ => None,
             })
             .collect();
         // Orphans first; then longest orphaned or idle; among equals the older connection, then
@@ -69,15 +84,18 @@ pub(super) fn remote_cap(p: &Policy, sockets: &[Socket], cap: usize, plan: &Plan
 #[cfg(test)]
 mod tests {
     use crate::{
-        model::socket::{Relay, Socket},
+        model::socket::{Opened, Relay, Socket},
         policy::{
             Decision, Judge, Reason, Taken,
             testing::{policy, sock},
         },
     };
 
+    /// What the second of two judgements a interval apart takes (an orphan needs both).
     fn chosen(sockets: &[Socket], p: crate::policy::Policy) -> Vec<Decision> {
-        Judge::new(p).judge_all(sockets, 1000, 0).carry_out(usize::MAX, |_| Taken::Done).acted
+        let mut j = Judge::new(p);
+        j.judge_all(sockets, 1000, 0);
+        j.judge_all(sockets, 1250, 0).carry_out(usize::MAX, |_| Taken::Done).acted
     }
 
     fn cookies(d: &[Decision]) -> Vec<u64> {
@@ -110,7 +128,7 @@ mod tests {
     /// bytes last went to client `to`, `last_ms` ago; and that client (port 3128, protected).
     fn upstream(cookie: u64, to: u64, last_ms: u64) -> Socket {
         let mut s = sock(cookie, "203.0.113.1:80", 0, 0, 0);
-        (s.rx_idle_ms, s.tx_idle_ms, s.age_ms) = (500, 900_000, 1_000_000 - cookie);
+        (s.rx_idle_ms, s.tx_idle_ms, s.age_ms, s.opened) = (500, 900_000, 1_000_000 - cookie, Opened::Here);
         s.relay = Some(Relay { to, last_ms, bytes: 4096 });
         s
     }
@@ -158,7 +176,7 @@ mod tests {
     fn a_silent_long_poll_with_its_client_open_is_never_taken() {
         // Client 101's request went to upstream 1, which has sent nothing for 10 minutes.
         let mut longpoll = sock(1, "203.0.113.1:80", 0, 0, 0);
-        (longpoll.rx_idle_ms, longpoll.tx_idle_ms) = (600_000, 600_000);
+        (longpoll.rx_idle_ms, longpoll.tx_idle_ms, longpoll.opened) = (600_000, 600_000, Opened::Here);
         let mut sockets = vec![longpoll, client(101, 1)];
         sockets.extend((2..=4).map(|c| {
             let mut s = sock(c, "203.0.113.1:80", 0, 0, 0);
@@ -177,11 +195,27 @@ mod tests {
         p.repeat.kills = 1;
         let mut judge = Judge::new(p);
         let sockets: Vec<Socket> = (1..=6).map(|c| upstream(c, 100 + c, 60_000)).collect();
-        let acted = judge.judge_all(&sockets, 1000, 0).carry_out(usize::MAX, |_| Taken::Done).acted;
+        judge.judge_all(&sockets, 1000, 0);
+        let acted = judge.judge_all(&sockets, 1250, 0).carry_out(usize::MAX, |_| Taken::Done).acted;
         assert_eq!(acted.len(), 4);
         for d in &acted {
             assert_eq!(judge.record_destroy(d, 1000), None, "{:?}", d.reason);
         }
         assert_eq!(judge.repeat_offenders(), 0);
+    }
+
+    #[test]
+    fn an_orphan_is_taken_only_when_two_judgements_in_a_row_agree() {
+        // Live upstream 1 streams to client 101; the walk misses the client once.
+        let (up, cl) = (upstream(1, 101, 500), client(101, 1));
+        let others: Vec<Socket> = (2..=4).map(|c| upstream(c, 200 + c, 30_000)).collect();
+        let mut j = Judge::new(proxy_policy());
+        let all: Vec<Socket> = [up.clone(), cl.clone()].into_iter().chain(others.clone()).collect();
+        let missed: Vec<Socket> = std::iter::once(up.clone()).chain(others.clone()).collect();
+        let take = |j: &mut Judge, s: &[Socket], t| j.judge_all(s, t, 0).carry_out(usize::MAX, |_| Taken::Done).acted;
+        assert!(take(&mut j, &all, 1000).is_empty(), "the first look at orphans takes none");
+        let d = take(&mut j, &missed, 1250);
+        assert!(d.iter().all(|d| d.socket.cookie != 1), "live a moment ago: kept");
+        assert_eq!(d.len(), 2, "orphans 2-4 seen twice, cap 2: {d:?}");
     }
 }

@@ -22,6 +22,7 @@ pub fn sock(cookie: u64, remote: &str, charged: u64, stalled_ms: u64, bytes_acke
         age_ms: 600_000,
         adopted: false,
         recorded: crate::model::socket::Recorded::Established,
+        opened: crate::model::socket::Opened::Peer,
         bytes_acked,
         bytes_received: 0,
         retransmits: 0,
