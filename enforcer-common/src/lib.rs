@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 14;
+pub const LAYOUT_VERSION: u32 = 15;
 
 /// `aya::Pod` for each type (user space only), which must derive `bytemuck::Pod`: invoked beside
 /// each type, with its size assert. Defined before the modules, which see it in textual scope.
