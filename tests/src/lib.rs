@@ -18,6 +18,7 @@ use serde_json::Value;
 mod agent;
 mod config;
 pub mod kernel;
+mod path;
 mod peer;
 pub mod process;
 mod setup;
@@ -25,6 +26,7 @@ pub mod ss;
 mod tun;
 pub use agent::Agent;
 pub use config::{ConfigFile, check_config};
+pub use path::{DirectionStats, EmulatedPath, Outages, PathSpec, PathStats, Shape};
 pub use peer::{Peer, Pod, REPLY_LIMIT, connected_many, connected_pair, sibling_bin};
 pub use process::{PinDir, Reaped, Scratch};
 pub use setup::{Conn, Setup, charged, remotes, wait_destroyed};
@@ -100,14 +102,25 @@ impl Netns {
         std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path}: {e}")).ino()
     }
 
+    /// Runs `f` on a new thread that joined this namespace: the sockets it opens are this
+    /// namespace's.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.name);
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        thread::spawn(move || {
+            // SAFETY: setns affects this thread only, which ends with `f`.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            drop(ns);
+            f()
+        })
+    }
+
     /// `GET path` from inside this namespace (a thread joins it), returning the whole response.
     pub fn http_get(&self, addr: &str, path: &str) -> String {
-        let (name, addr, path) = (self.name.clone(), addr.to_owned(), path.to_owned());
-        thread::spawn(move || {
-            use std::{io::Read, os::fd::AsRawFd};
-            let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-            // SAFETY: setns affects this short-lived thread only.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        let (addr, path) = (addr.to_owned(), path.to_owned());
+        self.spawn(move || {
+            use std::io::Read;
             let to: std::net::SocketAddr = addr.parse().unwrap_or_else(|e| panic!("address {addr}: {e}"));
             let mut conn =
                 std::net::TcpStream::connect_timeout(&to, HTTP_LIMIT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));

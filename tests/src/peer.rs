@@ -76,7 +76,18 @@ impl Driven {
     /// The next reply, awaited for `REPLY_LIMIT`: `Ok` with what follows `ok`, `Err` with the
     /// whole `err …` line. `line` names what is awaited in a failure.
     pub(crate) fn reply(&mut self, line: &str) -> Result<String, String> {
-        let reply = match self.replies.recv_timeout(REPLY_LIMIT) {
+        let reply = self.line(line);
+        let reply = reply.trim_end();
+        match reply.strip_prefix("ok") {
+            Some(rest) => Ok(rest.trim().to_owned()),
+            None => Err(reply.to_owned()),
+        }
+    }
+
+    /// The next line the peer writes, as it is, awaited for `REPLY_LIMIT`. `line` names what is
+    /// awaited in a failure.
+    pub(crate) fn line(&mut self, line: &str) -> String {
+        match self.replies.recv_timeout(REPLY_LIMIT) {
             Ok(reply) => reply,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 panic!("{} did not answer `{line}` within {REPLY_LIMIT:?}{}", self.what, self.said())
@@ -85,11 +96,6 @@ impl Driven {
                 let status = crate::process::wait_exit(&mut self.child, Duration::from_secs(5));
                 panic!("{} exited (status {status:?}) instead of answering `{line}`{}", self.what, self.said())
             }
-        };
-        let reply = reply.trim_end();
-        match reply.strip_prefix("ok") {
-            Some(rest) => Ok(rest.trim().to_owned()),
-            None => Err(reply.to_owned()),
         }
     }
 }

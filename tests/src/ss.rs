@@ -54,6 +54,20 @@ impl SsSocket {
         self.details.split_whitespace().find_map(|f| f.strip_prefix(name)?.strip_prefix(':')?.parse().ok())
     }
 
+    /// The smoothed round-trip time in ms (`rtt:SRTT/RTTVAR`).
+    pub fn rtt_ms(&self) -> Option<f64> {
+        self.details.split_whitespace().find_map(|f| f.strip_prefix("rtt:")?.split('/').next()?.parse().ok())
+    }
+
+    /// Segments retransmitted over the connection's life (`retrans:NOW/TOTAL`; ss leaves it out
+    /// when there were none).
+    pub fn retrans_total(&self) -> u64 {
+        self.details
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("retrans:")?.split('/').nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Whether the details hold `text` (`wscale:7,`).
     pub fn says(&self, text: &str) -> bool {
         self.details.contains(text)

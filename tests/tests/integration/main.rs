@@ -16,6 +16,7 @@ mod judgement;
 mod lifecycle;
 mod metrics;
 mod operators;
+mod paths;
 mod proxy;
 mod reliability;
 mod scripted_peer;
