@@ -14,10 +14,11 @@ use super::{
     history::{OverShare, remember},
     plan::Plan,
     quiet,
-    remote::RemoteEvidence,
     relay::RelayMemory,
+    remote::RemoteEvidence,
     remote_cap::remote_cap,
-    repeat::{Flagged, RepeatOffenders, Why},
+    repeat::{Flagged, RepeatOffenders},
+    stall::stall_needed_ms,
 };
 use crate::model::socket::Socket;
 
@@ -108,13 +109,7 @@ impl Judge {
         // Remotes: the evidence builds while pressure is over the threshold, and a remote stuck
         // for --stall is flagged (contained) whether or not any connection of it is destroyed.
         if over {
-            let standings = self.remotes.update(p.fairness, sockets, p.threshold, now_ms);
-            let mut stuck: Vec<_> = standings.into_iter().filter(|(_, s)| s.stuck_ms >= p.stall_ms).collect();
-            stuck.sort_by_key(|(remote, _)| *remote);
-            for (remote, s) in stuck {
-                let why = Why::Stuck { charged: s.charged, share: s.share, stuck_ms: s.stuck_ms };
-                plan.flagged.extend(self.repeat.stuck(remote, why, now_ms));
-            }
+            plan.flagged = self.remotes.flag_stuck(p, sockets, &mut self.repeat, now_ms);
         } else {
             self.remotes.clear();
         }
@@ -196,43 +191,18 @@ impl Judge {
 /// negligible, and such sockets are mostly keep-alives with a small response in flight.
 const NEGLIGIBLE_FRACTION: u64 = 8;
 
-/// How many of the socket's own retransmission timeouts a stall must outlast when the peer's
-/// window is open: a first RTO and a second, backed-off one (RTO + 2 × RTO) are what loss
-/// recovery takes on any path before it can be called stuck.
-const PATH_RTOS: u64 = 3;
-
-/// ...and at most this many times `--stall`, so a path cannot hide a peer that never
-/// acknowledges for longer.
-const PATH_STALL_CAP: u64 = 4;
-
-/// How long a socket must go without progress to be stalled: `--stall`, or, while the peer's
-/// window is open (the kernel retransmits, the peer has not said it stopped reading), as long
-/// as its own path's loss recovery takes, up to `PATH_STALL_CAP` × `--stall`. A zero window is
-/// the peer's own choice, judged on `--stall` alone.
-pub fn stall_needed_ms(p: &Policy, s: &Socket) -> u64 {
-    if s.peer_window == 0 {
-        return p.stall_ms;
-    }
-    p.stall_ms.max((PATH_RTOS * s.rto_ms).min(PATH_STALL_CAP * p.stall_ms))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{
         Fairness, Kind, Taken,
-        testing::{policy, sock},
+        testing::{chosen, policy, sock},
     };
 
     fn cookies(d: &[Decision]) -> Vec<u64> {
         let mut v: Vec<u64> = d.iter().map(|d| d.socket.cookie).collect();
         v.sort_unstable();
         v
-    }
-
-    /// Everything the plan would destroy if every destroy succeeded.
-    fn chosen(plan: &Plan) -> Vec<Decision> {
-        plan.clone().carry_out(usize::MAX, |_| Taken::Done).acted
     }
 
     /// The 2006 script, case by case: pressure over THRESH, SndUna unchanged for a second,
@@ -381,42 +351,6 @@ mod tests {
         let t = u64::from(after) * 250;
         assert!(chosen(&j.judge_all(&sockets, t + 250, 8 << 20)).is_empty());
         assert!(chosen(&j.judge_all(&sockets, t + 500, pressure)).is_empty());
-    }
-
-    #[test]
-    fn a_repeat_offenders_stalled_connections_go_whatever_their_share_after_the_usual_stall() {
-        let mut p = policy(8 << 20);
-        p.stall_ms = 3000;
-        let mut j = Judge::new(p);
-        let offender = |cookie, age_ms, stalled_ms| {
-            let mut s = sock(cookie, "192.0.2.7:1", 128 << 10, stalled_ms, 0);
-            s.age_ms = age_ms;
-            s
-        };
-        // Three destroys within the window flag the remote, once.
-        let d = chosen(&j.judge_all(&[sock(1, "192.0.2.7:1", 9 << 20, 5000, 0)], 10_000, 10 << 20));
-        assert_eq!(d.len(), 1);
-        assert!(j.record_destroy(&d[0], 10_000).is_none());
-        assert!(j.record_destroy(&d[0], 10_500).is_none());
-        let flag = j.record_destroy(&d[0], 11_000).expect("flagged at the third destroy");
-        assert_eq!(flag.remote.to_string(), "192.0.2.7/32");
-        assert_eq!(flag.why, Why::Destroys { kills: 3, window_ms: 60_000 });
-        assert!(j.record_destroy(&d[0], 11_100).is_none(), "flagged once");
-        // Its connections keep the ordinary grace (--stall), whether opened before the flag or
-        // after (a reader behind the same address pausing for 2 s is judged on its own), then
-        // go whatever their share. Another remote is judged as ever.
-        let mut other = offender(3, 100, 3_000);
-        other.remote = "192.0.2.8:1".parse().expect("addr");
-        let sockets = [offender(1, 200, 300), offender(2, 5_000, 2_000), other.clone(), offender(4, 5_000, 3_000)];
-        let d = chosen(&j.judge_all(&sockets, 12_000, 9 << 20));
-        assert_eq!(cookies(&d), [4]);
-        assert_eq!(d[0].reason, Reason::RepeatOffender);
-        // Under the threshold, nothing.
-        assert!(chosen(&j.judge_all(&sockets, 12_250, 1 << 20)).is_empty());
-        // A window without destroys releases the remote.
-        let plan = j.judge_all(&sockets, 11_100 + 60_000, 9 << 20);
-        assert!(plan.sweep.is_empty());
-        assert_eq!(plan.released.iter().map(ToString::to_string).collect::<Vec<_>>(), ["192.0.2.7/32"]);
     }
 
     #[test]

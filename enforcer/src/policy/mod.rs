@@ -27,6 +27,7 @@ pub mod relay;
 pub mod remote;
 pub mod remote_cap;
 pub mod repeat;
+pub mod stall;
 pub mod storm;
 #[cfg(test)]
 pub(crate) mod testing;

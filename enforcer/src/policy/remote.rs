@@ -3,8 +3,10 @@
 //! to be an offender: one that opens a zero-window connection every 100 ms and resets each
 //! after 2.5 s holds 25 connections' worth all the time, each gone before `--stall`. What such a
 //! remote cannot hide is that, taken together, its connections hold more than a remote's share
-//! and none of them moves: a remote that does so for `--stall`, interval after interval, is
-//! stuck, and the agent contains it (its new connections get a small send buffer).
+//! and none of them moves: a remote that does so for `--stall`, interval after interval, while
+//! none of its connections is stalled long enough to be judged on its own, is stuck, and the
+//! agent contains it (its new connections get a small send buffer). Protected connections count
+//! for nothing here, as everywhere.
 //!
 //! A remote's share is the threshold over the remotes that hold memory now. Progress is any of
 //! its connections seen in two snapshots in a row whose peer acknowledged more (a connection that
@@ -14,6 +16,11 @@ use std::collections::HashMap;
 
 use ipnet::IpNet;
 
+use super::{
+    Policy,
+    repeat::{Flagged, RepeatOffenders, Why},
+    stall::stall_needed_ms,
+};
 use crate::model::{fairness::Fairness, socket::Socket};
 
 /// What is kept of a remote between snapshots, while it holds more than its share.
@@ -52,15 +59,15 @@ impl RemoteEvidence {
 
     /// Updates the evidence with one snapshot taken at `now_ms` under `threshold`, and returns
     /// each remote holding memory with its standing.
-    pub fn update(
+    pub fn update<'a>(
         &mut self,
         fairness: Fairness,
-        sockets: &[Socket],
+        sockets: impl Iterator<Item = &'a Socket>,
         threshold: u64,
         now_ms: u64,
     ) -> HashMap<IpNet, Standing> {
         let mut by_remote: HashMap<IpNet, Vec<&Socket>> = HashMap::new();
-        for s in sockets.iter().filter(|s| s.charged > 0) {
+        for s in sockets.filter(|s| s.charged > 0) {
             by_remote.entry(fairness.remote(s.remote.ip())).or_default().push(s);
         }
         let share = threshold / (by_remote.len() as u64).max(1);
@@ -88,10 +95,47 @@ impl RemoteEvidence {
     }
 }
 
+impl RemoteEvidence {
+    /// One judgement's part for remotes, while pressure is over the threshold: updates the
+    /// evidence with `sockets` (protected ones count for nothing) and flags, in `repeat`, each
+    /// remote stuck for `--stall` whose memory hides in connections none of which is stalled
+    /// long enough to be judged on its own (those are left to the connection rules, and to
+    /// repeat destroys). Returns the remotes this made repeat offenders.
+    pub fn flag_stuck(
+        &mut self,
+        p: &Policy,
+        sockets: &[Socket],
+        repeat: &mut RepeatOffenders,
+        now_ms: u64,
+    ) -> Vec<Flagged> {
+        let judged = sockets.iter().filter(|s| !p.protect.covers(s));
+        let standings = self.update(p.fairness, judged, p.threshold, now_ms);
+        let judged_alone: std::collections::HashSet<IpNet> = sockets
+            .iter()
+            .filter(|s| !p.protect.covers(s) && s.charged > 0 && s.stalled_ms >= stall_needed_ms(p, s))
+            .map(|s| p.fairness.remote(s.remote.ip()))
+            .collect();
+        let mut stuck: Vec<_> = standings
+            .into_iter()
+            .filter(|(remote, s)| s.stuck_ms >= p.stall_ms && !judged_alone.contains(remote))
+            .collect();
+        stuck.sort_by_key(|(remote, _)| *remote);
+        stuck
+            .into_iter()
+            .filter_map(|(remote, s)| {
+                repeat.stuck(remote, Why::Stuck { charged: s.charged, share: s.share, stuck_ms: s.stuck_ms }, now_ms)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::sock;
+    use crate::policy::{
+        Judge,
+        testing::{policy, sock},
+    };
 
     /// `n` connections of `remote` holding 1 MiB each, none of them progressing, cookies from
     /// `first`.
@@ -109,7 +153,7 @@ mod tests {
         for i in 0..16u64 {
             let mut now = churn("192.0.2.66", 1 + i * 3, 25);
             now.push(sock(9000, "198.51.100.1:443", 64 << 10, 0, i * 1_000_000));
-            let standing = e.update(Fairness::Connection, &now, threshold, i * 250);
+            let standing = e.update(Fairness::Connection, now.iter(), threshold, i * 250);
             stuck.push(standing[&"192.0.2.66/32".parse().expect("net")].stuck_ms);
         }
         assert_eq!(stuck[0], 0);
@@ -125,7 +169,7 @@ mod tests {
             let mut now = churn("203.0.113.5", 1, 10);
             acked += 256 << 10;
             now.push(sock(100, "203.0.113.5:5000", 2 << 20, 0, acked));
-            let standing = e.update(Fairness::RemoteIp, &now, 8 << 20, i * 250);
+            let standing = e.update(Fairness::RemoteIp, now.iter(), 8 << 20, i * 250);
             assert_eq!(standing[&"203.0.113.5/32".parse().expect("net")].stuck_ms, 0, "interval {i}");
         }
     }
@@ -135,8 +179,44 @@ mod tests {
         let mut e = RemoteEvidence::default();
         let sockets: Vec<Socket> =
             (1..=20u64).map(|c| sock(c, &format!("[2001:db8::{c:x}]:1000"), 1 << 20, 1000, 0)).collect();
-        let standing = e.update(Fairness::RemoteIp, &sockets, 8 << 20, 0);
+        let standing = e.update(Fairness::RemoteIp, sockets.iter(), 8 << 20, 0);
         assert_eq!(standing.len(), 1);
         assert_eq!(standing[&"2001:db8::/64".parse().expect("net")].charged, 20 << 20);
+    }
+
+    #[test]
+    fn a_remote_whose_short_connections_hold_memory_is_flagged_and_a_plain_attacker_is_not() {
+        let mut p = policy(8 << 20);
+        (p.stall_ms, p.interval_ms) = (3000, 1000);
+        let mut j = Judge::new(p.clone());
+        // Every second new zero-window connections of one address, each gone before --stall
+        // (the client resets it after 2.5 s): 25 of them hold 25 MiB. And a reader elsewhere.
+        let mut flags = Vec::new();
+        for i in 0..6u64 {
+            let mut sockets: Vec<Socket> = (0..25)
+                .map(|k| sock(i * 100 + k, &format!("192.0.2.66:{}", 1000 + k), 1 << 20, 500 + 80 * k, 4096))
+                .collect();
+            sockets.push(sock(9000, "198.51.100.1:443", 64 << 10, 0, i << 20));
+            let plan = j.judge_all(&sockets, i * 1000, 26 << 20);
+            assert!(crate::policy::testing::chosen(&plan).is_empty(), "no connection of it lives to be an offender");
+            flags.extend(plan.flagged);
+        }
+        assert_eq!(flags.len(), 1, "{flags:?}");
+        assert_eq!(flags[0].remote.to_string(), "192.0.2.66/32");
+        assert!(matches!(flags[0].why, Why::Stuck { stuck_ms: 3000, .. }), "{flags:?}");
+        // One connection stalled for good: the stall rule takes it, and its remote is not
+        // flagged for it (that is what repeat destroys are for).
+        let mut j = Judge::new(p.clone());
+        for i in 0..6u64 {
+            let s = sock(1, "192.0.2.7:1", 9 << 20, i * 1000, 0);
+            assert!(j.judge_all(&[s], i * 1000, 9 << 20).flagged.is_empty(), "second {i}");
+        }
+        // Protected connections are no evidence either.
+        p.protect.ports.push(80);
+        let mut j = Judge::new(p);
+        for i in 0..6u64 {
+            let sockets: Vec<Socket> = (0..25).map(|k| sock(i * 100 + k, "192.0.2.66:1", 1 << 20, 500, 4096)).collect();
+            assert!(j.judge_all(&sockets, i * 1000, 26 << 20).flagged.is_empty());
+        }
     }
 }

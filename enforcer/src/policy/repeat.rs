@@ -121,6 +121,10 @@ impl RepeatOffenders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{
+        Judge, Reason,
+        testing::{chosen, policy, sock},
+    };
 
     #[test]
     fn k_destroys_within_the_window_flag_and_a_quiet_window_releases() {
@@ -155,5 +159,41 @@ mod tests {
         // Still stuck at 9 s: the flag holds until 19 s.
         assert!(r.expire(18_999).is_empty());
         assert_eq!(r.expire(19_000), [a]);
+    }
+
+    #[test]
+    fn a_repeat_offenders_stalled_connections_go_whatever_their_share_after_the_usual_stall() {
+        let mut p = policy(8 << 20);
+        p.stall_ms = 3000;
+        let mut j = Judge::new(p);
+        let offender = |cookie, age_ms, stalled_ms| {
+            let mut s = sock(cookie, "192.0.2.7:1", 128 << 10, stalled_ms, 0);
+            s.age_ms = age_ms;
+            s
+        };
+        // Three destroys within the window flag the remote, once.
+        let d = chosen(&j.judge_all(&[sock(1, "192.0.2.7:1", 9 << 20, 5000, 0)], 10_000, 10 << 20));
+        assert_eq!(d.len(), 1);
+        assert!(j.record_destroy(&d[0], 10_000).is_none());
+        assert!(j.record_destroy(&d[0], 10_500).is_none());
+        let flag = j.record_destroy(&d[0], 11_000).expect("flagged at the third destroy");
+        assert_eq!(flag.remote.to_string(), "192.0.2.7/32");
+        assert_eq!(flag.why, Why::Destroys { kills: 3, window_ms: 60_000 });
+        assert!(j.record_destroy(&d[0], 11_100).is_none(), "flagged once");
+        // Its connections keep the ordinary grace (--stall), whether opened before the flag or
+        // after (a reader behind the same address pausing for 2 s is judged on its own), then
+        // go whatever their share. Another remote is judged as ever.
+        let mut other = offender(3, 100, 3_000);
+        other.remote = "192.0.2.8:1".parse().expect("addr");
+        let sockets = [offender(1, 200, 300), offender(2, 5_000, 2_000), other.clone(), offender(4, 5_000, 3_000)];
+        let d = chosen(&j.judge_all(&sockets, 12_000, 9 << 20));
+        assert_eq!(crate::policy::testing::cookies(&d), [4]);
+        assert_eq!(d[0].reason, Reason::RepeatOffender);
+        // Under the threshold, nothing.
+        assert!(chosen(&j.judge_all(&sockets, 12_250, 1 << 20)).is_empty());
+        // A window without destroys releases the remote.
+        let plan = j.judge_all(&sockets, 11_100 + 60_000, 9 << 20);
+        assert!(plan.sweep.is_empty());
+        assert_eq!(plan.released.iter().map(ToString::to_string).collect::<Vec<_>>(), ["192.0.2.7/32"]);
     }
 }

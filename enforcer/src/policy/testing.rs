@@ -53,3 +53,15 @@ pub fn policy(threshold: u64) -> Policy {
         repeat: RepeatRule { kills: 3, window_ms: 60_000 },
     }
 }
+
+/// Everything a plan would destroy if every destroy succeeded.
+pub fn chosen(plan: &Plan) -> Vec<crate::policy::Decision> {
+    plan.clone().carry_out(usize::MAX, |_| crate::policy::Taken::Done).acted
+}
+
+/// The cookies of `d`, sorted.
+pub fn cookies(d: &[crate::policy::Decision]) -> Vec<u64> {
+    let mut v: Vec<u64> = d.iter().map(|d| d.socket.cookie).collect();
+    v.sort_unstable();
+    v
+}

@@ -85,6 +85,8 @@ pub struct Row {
     pub fair_share: u64,
     /// What the rule counts (bounded by what the snapshots saw), in ms.
     pub judged_stalled_ms: u64,
+    /// How long it must stall to count as stalled: `--stall`, or longer on a slow path.
+    pub stall_needed_ms: u64,
     pub drain_estimate_ms: Option<u64>,
     /// The reason the rule would destroy it now, if it would.
     pub chosen: Option<&'static str>,
@@ -166,6 +168,7 @@ impl Observer {
                     cgroup: self.who.place(&socket).cgroup,
                     fair_share: a.fair_share,
                     judged_stalled_ms: a.stalled_ms,
+                    stall_needed_ms: a.stall_needed_ms,
                     drain_estimate_ms: a.drain_estimate_ms,
                     chosen: chosen.get(&socket.cookie).copied(),
                     socket,
