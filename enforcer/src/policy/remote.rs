@@ -8,10 +8,11 @@
 //! agent contains it (its new connections get a small send buffer). Protected connections count
 //! for nothing here, as everywhere.
 //!
-//! A remote's share is the threshold over the remotes that hold memory now. Progress is any of
-//! its connections seen in two snapshots in a row whose peer acknowledged more (a connection that
-//! drained its queue leaves the scan and says nothing): one progressing download behind a shared
-//! address (NAT) keeps the address from being stuck, whatever else its neighbours do.
+//! A remote's share is the threshold over the remotes that hold memory now. Progress is its
+//! connections seen in two snapshots in a row being acknowledged, together, fast enough to drain
+//! what the remote holds within `--max-drain` (a connection that drained its queue leaves the scan
+//! and says nothing): a download behind a shared address (NAT) keeps the address from being stuck,
+//! a trickle beside a churn does not.
 use std::collections::HashMap;
 
 use ipnet::IpNet;
@@ -19,7 +20,6 @@ use ipnet::IpNet;
 use super::{
     Policy,
     repeat::{Flagged, RepeatOffenders, Why},
-    stall::stall_needed_ms,
 };
 use crate::model::{fairness::Fairness, socket::Socket};
 
@@ -29,7 +29,8 @@ struct Held {
     /// Since when (the first snapshot of the streak) it has held more than its share without
     /// progress.
     stuck_since_ms: u64,
-    /// Its connections' acknowledged bytes in the last snapshot, by cookie.
+    /// When the last snapshot was taken, and its connections' acknowledged bytes then, by cookie.
+    at_ms: u64,
     acked: HashMap<u64, u64>,
 }
 
@@ -58,12 +59,14 @@ impl RemoteEvidence {
     }
 
     /// Updates the evidence with one snapshot taken at `now_ms` under `threshold`, and returns
-    /// each remote holding memory with its standing.
+    /// each remote holding memory with its standing. Its connections progress when they are
+    /// acknowledged fast enough to drain what the remote holds within `drain_ms`.
     pub fn update<'a>(
         &mut self,
         fairness: Fairness,
         sockets: impl Iterator<Item = &'a Socket>,
         threshold: u64,
+        drain_ms: u64,
         now_ms: u64,
     ) -> HashMap<IpNet, Standing> {
         let mut by_remote: HashMap<IpNet, Vec<&Socket>> = HashMap::new();
@@ -80,15 +83,20 @@ impl RemoteEvidence {
                 continue;
             }
             let before = prev.remove(&remote);
+            // Progress is acknowledging at a rate that would drain what it holds within
+            // `drain_ms`: a connection that trickles (a decoy beside a churn) is none.
             let progressed = before.as_ref().is_some_and(|h| {
-                conns.iter().any(|s| h.acked.get(&s.cookie).is_some_and(|&acked| s.bytes_acked > acked))
+                let acked: u64 =
+                    conns.iter().filter_map(|s| h.acked.get(&s.cookie).map(|&a| s.bytes_acked.saturating_sub(a))).sum();
+                let elapsed = now_ms.saturating_sub(h.at_ms).max(1);
+                u128::from(acked) * u128::from(drain_ms) >= u128::from(charged) * u128::from(elapsed)
             });
             let stuck_since_ms = match before {
                 Some(h) if !progressed => h.stuck_since_ms,
                 _ => now_ms,
             };
             let acked = conns.iter().map(|s| (s.cookie, s.bytes_acked)).collect();
-            self.held.insert(remote, Held { stuck_since_ms, acked });
+            self.held.insert(remote, Held { stuck_since_ms, at_ms: now_ms, acked });
             out.insert(remote, Standing { charged, share, stuck_ms: now_ms - stuck_since_ms });
         }
         out
@@ -98,9 +106,9 @@ impl RemoteEvidence {
 impl RemoteEvidence {
     /// One judgement's part for remotes, while pressure is over the threshold: updates the
     /// evidence with `sockets` (protected ones count for nothing) and flags, in `repeat`, each
-    /// remote stuck for `--stall` whose memory hides in connections none of which is stalled
-    /// long enough to be judged on its own (those are left to the connection rules, and to
-    /// repeat destroys). Returns the remotes this made repeat offenders.
+    /// remote stuck for `--stall` whose memory hides in connections none of which stays stalled
+    /// long enough to be judged on its own (a connection that does is left to the connection
+    /// rules, and to repeat destroys). Returns the remotes this made repeat offenders.
     pub fn flag_stuck(
         &mut self,
         p: &Policy,
@@ -109,15 +117,21 @@ impl RemoteEvidence {
         now_ms: u64,
     ) -> Vec<Flagged> {
         let judged = sockets.iter().filter(|s| !p.protect.covers(s));
-        let standings = self.update(p.fairness, judged, p.threshold, now_ms);
-        let judged_alone: std::collections::HashSet<IpNet> = sockets
-            .iter()
-            .filter(|s| !p.protect.covers(s) && s.charged > 0 && s.stalled_ms >= stall_needed_ms(p, s))
-            .map(|s| p.fairness.remote(s.remote.ip()))
-            .collect();
+        let standings = self.update(p.fairness, judged, p.threshold, p.max_drain_ms, now_ms);
+        // The longest stall of each remote's connections: a remote is stuck as a remote only when
+        // it has been stuck an interval longer than any of its connections has been stalled (the
+        // walks date the two up to an interval apart): no single connection explains it, so the
+        // connection rules cannot take it.
+        let mut longest: HashMap<IpNet, u64> = HashMap::new();
+        for s in sockets.iter().filter(|s| !p.protect.covers(s) && s.charged > 0) {
+            let e = longest.entry(p.fairness.remote(s.remote.ip())).or_default();
+            *e = (*e).max(s.stalled_ms);
+        }
         let mut stuck: Vec<_> = standings
             .into_iter()
-            .filter(|(remote, s)| s.stuck_ms >= p.stall_ms && !judged_alone.contains(remote))
+            .filter(|(remote, s)| {
+                s.stuck_ms >= p.stall_ms && s.stuck_ms > longest.get(remote).copied().unwrap_or(0) + p.interval_ms
+            })
             .collect();
         stuck.sort_by_key(|(remote, _)| *remote);
         stuck
@@ -153,7 +167,7 @@ mod tests {
         for i in 0..16u64 {
             let mut now = churn("192.0.2.66", 1 + i * 3, 25);
             now.push(sock(9000, "198.51.100.1:443", 64 << 10, 0, i * 1_000_000));
-            let standing = e.update(Fairness::Connection, now.iter(), threshold, i * 250);
+            let standing = e.update(Fairness::Connection, now.iter(), threshold, 30_000, i * 250);
             stuck.push(standing[&"192.0.2.66/32".parse().expect("net")].stuck_ms);
         }
         assert_eq!(stuck[0], 0);
@@ -169,7 +183,7 @@ mod tests {
             let mut now = churn("203.0.113.5", 1, 10);
             acked += 256 << 10;
             now.push(sock(100, "203.0.113.5:5000", 2 << 20, 0, acked));
-            let standing = e.update(Fairness::RemoteIp, now.iter(), 8 << 20, i * 250);
+            let standing = e.update(Fairness::RemoteIp, now.iter(), 8 << 20, 30_000, i * 250);
             assert_eq!(standing[&"203.0.113.5/32".parse().expect("net")].stuck_ms, 0, "interval {i}");
         }
     }
@@ -179,7 +193,7 @@ mod tests {
         let mut e = RemoteEvidence::default();
         let sockets: Vec<Socket> =
             (1..=20u64).map(|c| sock(c, &format!("[2001:db8::{c:x}]:1000"), 1 << 20, 1000, 0)).collect();
-        let standing = e.update(Fairness::RemoteIp, sockets.iter(), 8 << 20, 0);
+        let standing = e.update(Fairness::RemoteIp, sockets.iter(), 8 << 20, 30_000, 0);
         assert_eq!(standing.len(), 1);
         assert_eq!(standing[&"2001:db8::/64".parse().expect("net")].charged, 20 << 20);
     }
@@ -203,7 +217,9 @@ mod tests {
         }
         assert_eq!(flags.len(), 1, "{flags:?}");
         assert_eq!(flags[0].remote.to_string(), "192.0.2.66/32");
-        assert!(matches!(flags[0].why, Why::Stuck { stuck_ms: 3000, .. }), "{flags:?}");
+        // Stuck from the first look; flagged once that is an interval longer than any of its
+        // connections stalled (2.5 s at most here).
+        assert!(matches!(flags[0].why, Why::Stuck { stuck_ms: 4000, .. }), "{flags:?}");
         // One connection stalled for good: the stall rule takes it, and its remote is not
         // flagged for it (that is what repeat destroys are for).
         let mut j = Judge::new(p.clone());
