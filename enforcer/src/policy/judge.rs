@@ -178,6 +178,10 @@ impl Judge {
             } else if a.drain_estimate_ms.is_some_and(|d| d > p.max_drain_ms) {
                 let slow_for = now_ms.saturating_sub(over_since.unwrap_or(now_ms));
                 plan.offenders.push(decision(Reason::SlowDrain, slow_for, over_bytes));
+            } else if a.stalled_ms >= p.interval_ms {
+                // Over its share and no progress for an interval: an offender in the making,
+                // which a capped budget keeps a destroy for (`Plan::carry_out`).
+                plan.waiting.note(s.charged);
             }
         } else if stalled && s.charged.saturating_mul(NEGLIGIBLE_FRACTION) >= a.fair_share && s.charged > 0 {
             // Not a socket whose destroy frees a negligible part of its share (an idle keep-alive

@@ -33,6 +33,23 @@ pub struct Plan {
     /// Remotes this judgement made repeat offenders because they were stuck (held more than
     /// their share with nothing progressing for `--stall`); destroys flag theirs as they happen.
     pub flagged: Vec<Flagged>,
+    /// Sockets over their share with no progress for an interval, not stalled long enough yet.
+    pub waiting: Waiting,
+}
+
+/// The offenders in the making a capped budget keeps destroys for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Waiting {
+    pub count: usize,
+    /// The most one of them holds.
+    pub largest: u64,
+}
+
+impl Waiting {
+    pub(super) fn note(&mut self, charged: u64) {
+        self.count += 1;
+        self.largest = self.largest.max(charged);
+    }
 }
 
 /// What became of one decision ([`Plan::carry_out`]).
@@ -70,6 +87,7 @@ impl Plan {
             assessments: Vec::new(),
             released: Vec::new(),
             flagged: Vec::new(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -105,11 +123,28 @@ impl Plan {
         let mut out = Outcome::default();
         let mut projected = self.pressure;
         let mut done = std::collections::HashSet::new();
-        let mut take = |d: Decision, out: &mut Outcome, projected: &mut u64| {
+        let threshold = self.threshold;
+        let waiting = self.waiting;
+        // What the pressure rules want now or soon: when the budget cannot cover it, it is kept
+        // for the memory.
+        let pending = self.sweep.len() + self.offenders.len() + self.escalation.len() + waiting.count;
+        // `for_memory`: a decision of the pressure rules, which frees memory; the per-remote cap's
+        // free a connection and are counted, not weighed.
+        let mut take = |d: Decision, out: &mut Outcome, projected: &mut u64, for_memory: bool| {
             if !done.insert(d.socket.cookie) || out.failed >= MAX_FAILURES_PER_INTERVAL {
                 return;
             }
-            if out.acted.len() >= allowed {
+            let left = allowed.saturating_sub(out.acted.len());
+            // A capped budget (fewer destroys left than the rules want) is for the memory: while
+            // an offender in the making holds four times as much, a destroy that would free under
+            // a quarter of its even part of the excess waits, so a flagged remote's cheap churn
+            // cannot spend the minute's destroys before the large offender's stall is long
+            // enough. An uncapped budget takes everything as ever.
+            let cheap = for_memory
+                && left < pending
+                && waiting.largest / 4 > d.socket.charged
+                && u128::from(d.socket.charged) * 4 * (left as u128) < u128::from(projected.saturating_sub(threshold));
+            if left == 0 || cheap {
                 // Counted as if it went, so the count says how many the rule wanted.
                 out.held_back += 1;
                 *projected = projected.saturating_sub(d.socket.charged);
@@ -141,19 +176,19 @@ impl Plan {
                 if !swept && self.kind == Kind::Budget && projected <= self.threshold {
                     continue;
                 }
-                take(d, &mut out, &mut projected);
+                take(d, &mut out, &mut projected, true);
             }
             if self.escalate {
                 for d in self.escalation {
                     if projected <= self.threshold {
                         break;
                     }
-                    take(d, &mut out, &mut projected);
+                    take(d, &mut out, &mut projected, true);
                 }
             }
         }
         for d in self.remote_cap {
-            take(d, &mut out, &mut projected);
+            take(d, &mut out, &mut projected, false);
         }
         out
     }
@@ -210,5 +245,33 @@ mod tests {
         let out = plan.carry_out(1, |d| if d.socket.cookie == 3 { super::Taken::Done } else { super::Taken::Gone });
         assert_eq!(out.acted.iter().map(|d| d.socket.cookie).collect::<Vec<_>>(), [3]);
         assert_eq!((out.failed, out.held_back), (0, 0));
+    }
+
+    #[test]
+    fn a_capped_budget_is_kept_for_the_memory() {
+        // 16 MiB over an 8 MiB threshold, 44 connections (share ~190 KB): three 300 KB offenders
+        // stalled long enough, and an 8 MiB socket with no progress for two intervals, not yet
+        // for --stall (1 s).
+        let sockets = |large_stalled_ms| {
+            let mut v: Vec<_> = (10..50).map(|c| sock(c, "192.0.2.1:1", 1000, 0, 0)).collect();
+            v.extend((1..=3).map(|c| sock(c, "192.0.2.7:1", 300_000, 5000, 0)));
+            v.push(sock(9, "192.0.2.9:1", 8 << 20, large_stalled_ms, 0));
+            v
+        };
+        let mut p = policy(8 << 20);
+        p.kind = super::Kind::Heffner;
+        let acted = |large_stalled_ms, allowed| {
+            let plan = Judge::new(p.clone()).judge_all(&sockets(large_stalled_ms), 1000, 24 << 20);
+            let out = plan.carry_out(allowed, |_| Taken::Done);
+            (out.acted.iter().map(|d| d.socket.cookie).collect::<Vec<_>>(), out.held_back)
+        };
+        // Two destroys left: the cheap ones wait for the large one.
+        assert_eq!(acted(500, 2), (vec![], 3));
+        // Its stall long enough, it goes first; then the budget left takes a cheap one.
+        assert_eq!(acted(1000, 2), (vec![9, 1], 2));
+        // A budget that covers everything the rules want takes the cheap ones at once.
+        assert_eq!(acted(500, 1000), (vec![1, 2, 3], 0));
+        // No progress for less than an interval is no offender in the making.
+        assert_eq!(acted(200, 2), (vec![1, 2], 1));
     }
 }
