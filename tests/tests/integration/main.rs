@@ -19,6 +19,7 @@ mod operators;
 mod paths;
 mod proxy;
 mod reliability;
+mod remotes;
 mod scripted_peer;
 mod shaped_peers;
 mod top;
