@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{Agent, ConfigFile, Peer, Setup, charged, field, wait_for};
+use enforcer_tests::{
+    Agent, Cgroup, ConfigFile, Conn, Netns, PathClient, PathSpec, Peer, Server, Setup, charged, field, remotes,
+    wait_for,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -231,7 +234,7 @@ fn a_capped_budget_goes_to_the_large_offender_before_a_flagged_remotes_cheap_chu
     // The issue's bound: back at the threshold within 10 s, the large offender destroyed.
     let took =
         wait_for("the large offender destroyed and pressure back at the threshold", Duration::from_secs(10), || {
-            let gone = enforcer_tests::remotes(&agent.events_of("destroyed"));
+            let gone = remotes(&agent.events_of("destroyed"));
             (large.iter().all(|c| gone.contains(&c.remote)) && charged(&agent, "") <= THRESHOLD)
                 .then(|| queued.elapsed())
         });
@@ -244,4 +247,102 @@ fn a_capped_budget_goes_to_the_large_offender_before_a_flagged_remotes_cheap_chu
         .collect();
     // Stalled over its share, or swept once it was stuck itself: either way on its own evidence.
     assert!(on_large.iter().all(|e| e["reason"] == "stalled" || e["reason"] == "repeat_offender"), "{on_large:?}");
+}
+
+#[test]
+fn a_flagged_address_keeps_its_paused_reader_and_its_downloads_earn_their_buffer() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    // Pressure held over the threshold all along by peers nobody may destroy: zero-window peers
+    // of the protected port 9001 on loopback.
+    let agent = Agent::start_json(&ns, &cg, &["--threshold", "8MiB", "--protect-port", "9001"]);
+    let mut server = Server::start(&ns, &cg);
+    server.listen("127.0.0.1:9001");
+    let mut local = Peer::start(&ns, None);
+    for _ in 0..3 {
+        server.zero_window(&mut local, "127.0.0.1:9001", 4 * MIB);
+    }
+    // Two client addresses, each behind an equal 50 ms path of its own.
+    let spec = PathSpec::new().rtt(Duration::from_millis(50));
+    let (mut flagged, mut control) = (PathClient::new(&ns, &spec), PathClient::new(&ns, &spec));
+    for c in [&flagged, &control] {
+        server.listen(&c.to);
+    }
+    let flagged_addr = flagged.path.client_addr().to_owned();
+
+    // Zero-window attackers from the flagged address make it a repeat offender.
+    let attackers: Vec<Conn> = (0..3).map(|_| server.zero_window(&mut flagged.peer, &flagged.to, 4 * MIB)).collect();
+    wait_for("the attackers' address flagged as a repeat offender", ACT_LIMIT, || {
+        let log = agent.log_text();
+        log.contains(&format!("\"event\":\"repeat_offender\",\"remote\":\"{flagged_addr}/32\"")).then_some(())
+    });
+    wait_for("the attackers destroyed", ACT_LIMIT, || {
+        let gone = remotes(&agent.events_of("destroyed"));
+        attackers.iter().all(|c| gone.contains(&c.remote)).then_some(())
+    });
+    let is_contained = |agent: &Agent| {
+        let status = agent.status();
+        status["contained"].as_array().unwrap().iter().any(|c| c["remote"] == format!("{flagged_addr}/32"))
+    };
+    assert!(is_contained(&agent), "the flagged address is not contained: {}", what_the_agent_did(&agent));
+
+    // A bulk download from the flagged address (contained: it starts with a small send buffer)
+    // and one from the control's, side by side over equal paths, under pressure.
+    let counters = |agent: &Agent| agent.status()["counters"].clone();
+    let before = counters(&agent);
+    let bulk = server.connect(&mut flagged.peer, &flagged.to, 0);
+    let reference = server.connect(&mut control.peer, &control.to, 0);
+    assert_eq!(
+        field(&counters(&agent), "contained"),
+        field(&before, "contained") + 1,
+        "the bulk download was not contained"
+    );
+    server.stream(&mut flagged.peer, &bulk, "65536 0");
+    server.stream(&mut control.peer, &reference, "65536 0");
+    thread::sleep(Duration::from_secs(10));
+    let (got, reference_got) = (
+        flagged.peer.num(&format!("received {}", bulk.client_id)),
+        control.peer.num(&format!("received {}", reference.client_id)),
+    );
+    let earned = field(&counters(&agent), "earned") - field(&before, "earned");
+    let (sndbuf, reference_sndbuf) = (
+        server.peer.num(&format!("sndbuf {}", bulk.server_id)),
+        server.peer.num(&format!("sndbuf {}", reference.server_id)),
+    );
+    eprintln!(
+        "in 10 s: contained {got} B ({:.2} MB/s, SO_SNDBUF {sndbuf}), control {reference_got} B ({:.2} MB/s, SO_SNDBUF \
+         {reference_sndbuf}): {:.0} %; earned {earned}",
+        got as f64 / 10e6,
+        reference_got as f64 / 10e6,
+        100.0 * got as f64 / reference_got as f64
+    );
+    assert!(charged(&agent, "") > THRESHOLD, "the test needs pressure over the threshold");
+    assert!(reference_got > 0, "the control received nothing");
+    assert_eq!(earned, 1, "the contained download did not earn its buffer back");
+    assert!(sndbuf > 2 * 32 * 1024, "the contained download's SO_SNDBUF is {sndbuf}");
+    assert!(2 * got >= reference_got, "the contained download got {got} B, the control {reference_got} B");
+    for c in [&bulk, &reference] {
+        server.peer.cmd(&format!("close {}", c.server_id));
+    }
+
+    // A reader from the flagged address that pauses 2 s every 5 s, a modest receive buffer so
+    // that a pause closes its window: over three pauses, no decision.
+    let reader = server.connect(&mut flagged.peer, &flagged.to, 256 * 1024);
+    server.stream(&mut flagged.peer, &reader, "65536 0 3000 2000");
+    let start = Instant::now();
+    let mut longest = 0;
+    while start.elapsed() < Duration::from_secs(16) {
+        if let Some(x) = agent.socket_to(&reader.remote) {
+            longest = longest.max(field(&x, "stalled_ms"));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("the reader's longest stall seen: {longest} ms; {}", what_the_agent_did(&agent));
+    let on_reader: Vec<_> = agent.events().into_iter().filter(|e| e["remote"] == reader.remote.as_str()).collect();
+    assert!(on_reader.is_empty(), "the paused reader got a decision: {on_reader:?}");
+    assert!(agent.tracks_remote(&reader.remote), "the paused reader is gone");
+    assert_eq!(server.peer.num(&format!("soerror {}", reader.server_id)), 0);
+    // It was judged while its address was flagged, and its pauses were stalls.
+    assert!(is_contained(&agent), "the flag lapsed before the reader was judged");
+    assert!(longest >= 1000, "the reader's pauses never stalled it (longest {longest} ms)");
+    assert!(charged(&agent, "") > THRESHOLD, "the test needs pressure over the threshold");
 }
