@@ -22,6 +22,6 @@ mod reliability;
 mod remotes;
 mod scripted_peer;
 mod shaped_peers;
-mod slow_paths;
 mod top;
 mod tracking;
+mod wan;
