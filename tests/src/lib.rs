@@ -29,7 +29,7 @@ pub use config::{ConfigFile, check_config};
 pub use path::{DirectionStats, EmulatedPath, Outages, PathSpec, PathStats, Shape};
 pub use peer::{Peer, Pod, REPLY_LIMIT, connected_many, connected_pair, sibling_bin};
 pub use process::{PinDir, Reaped, Scratch};
-pub use setup::{Conn, Setup, charged, remotes, wait_destroyed};
+pub use setup::{Conn, PathClient, Server, Setup, charged, remotes, wait_destroyed};
 pub use tun::{TUN_KERNEL_ADDR, TunConn, TunPeer, TunSetup, TunStats};
 
 /// What the application's socket reports (SO_ERROR) when the agent destroyed it.

@@ -1,11 +1,12 @@
 //! The usual enforcement setup: a server in the test cgroup listening on 127.0.0.1:9000 and
 //! :9001, clients outside the cgroup in the same test namespace, and an agent with a 250 ms
-//! interval logging JSON.
+//! interval logging JSON. For clients in namespaces of their own, behind emulated paths: a
+//! `Server` in the test cgroup and a `PathClient` per path.
 use std::{collections::HashSet, time::Duration};
 
 use serde_json::Value;
 
-use crate::{Agent, Cgroup, Netns, Peer, wait_for};
+use crate::{Agent, Cgroup, EmulatedPath, Netns, PathSpec, Peer, wait_for};
 
 /// One connection: its id on the server peer and on the client peer, and the client's address
 /// (the server socket's remote).
@@ -97,5 +98,68 @@ pub fn charged(agent: &Agent, prefix: &str) -> u64 {
 impl Default for Setup {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A server in a test cgroup that clients in other namespaces (over emulated paths) connect to,
+/// one at a time, so that it numbers each connection as it accepted it.
+pub struct Server {
+    pub peer: Peer,
+    accepted: usize,
+}
+
+impl Server {
+    pub fn start(ns: &Netns, cg: &Cgroup) -> Self {
+        Self { peer: Peer::start(ns, Some(cg)), accepted: 0 }
+    }
+
+    /// Listens on `addr`; returns the address it listens on.
+    pub fn listen(&mut self, addr: &str) -> String {
+        self.peer.cmd(&format!("listen {addr}"))
+    }
+
+    /// Connects `client` to `to` with receive buffer `rcvbuf` (0: default) and waits until this
+    /// server accepted it.
+    pub fn connect(&mut self, client: &mut Peer, to: &str, rcvbuf: u32) -> Conn {
+        let reply = client.cmd(&format!("connect {to} {rcvbuf}"));
+        let mut words = reply.split(' ');
+        let client_id = words.next().unwrap().parse().unwrap();
+        let remote = words.next().unwrap().to_owned();
+        self.accepted += 1;
+        self.peer.cmd(&format!("wait-accepted {}", self.accepted));
+        Conn { server_id: self.accepted - 1, client_id, remote }
+    }
+
+    /// A zero-window client: a tiny receive buffer, never read, `bytes` queued here.
+    pub fn zero_window(&mut self, client: &mut Peer, to: &str, bytes: u64) -> Conn {
+        let c = self.connect(client, to, 4096);
+        self.peer.cmd(&format!("sndbuf {} {bytes}", c.server_id));
+        assert_eq!(self.peer.num(&format!("write {} {bytes}", c.server_id)), bytes, "could not queue {bytes} bytes");
+        c
+    }
+
+    /// The server writes as fast as it can on `c`, and its client reads with `read_loop`'s
+    /// arguments (`BYTES MS [RUN_MS PAUSE_MS]`).
+    pub fn stream(&mut self, client: &mut Peer, c: &Conn, read_loop: &str) {
+        self.peer.cmd(&format!("write-loop {}", c.server_id));
+        client.cmd(&format!("read-loop {} {read_loop}", c.client_id));
+    }
+}
+
+/// A client namespace behind an emulated path of its own to the server's namespace, and a
+/// `tcp-peer` in it. Fields drop in order: the peer, the path, the namespace.
+pub struct PathClient {
+    /// The server's port 9000 on this client's path.
+    pub to: String,
+    pub peer: Peer,
+    pub path: EmulatedPath,
+    _ns: Netns,
+}
+
+impl PathClient {
+    pub fn new(server_ns: &Netns, spec: &PathSpec) -> Self {
+        let ns = Netns::new();
+        let path = EmulatedPath::start(server_ns, &ns, spec);
+        Self { to: format!("{}:9000", path.server_addr()), peer: Peer::start(&ns, None), path, _ns: ns }
     }
 }

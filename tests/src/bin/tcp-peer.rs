@@ -12,25 +12,40 @@
 //!   connect ADDR [RCVBUF [SRC]]  connect, optionally with a small SO_RCVBUF (0: default) and
 //!                                from source address SRC; `ok ID LOCAL`
 //!   connect-many ADDR N [RCVBUF] N connections; `ok FIRST_ID`
-//!   connect-every ADDR MS COUNT RCVBUF SRC
+//!   connect-every ADDR MS COUNT RCVBUF SRC [HOLD_MS [rotate]]
 //!                                COUNT connections in the background, one every MS, never read;
-//!                                an attempt that fails takes an ID with no connection
+//!                                an attempt that fails takes an ID with no connection. With
+//!                                HOLD_MS > 0 each is reset by this side (SO_LINGER 0, close:
+//!                                an RST) HOLD_MS after it was made. With `rotate`, each comes
+//!                                from the address after the last one's (SRC, SRC+1, …; IPv6
+//!                                sources are bound with IPV6_FREEBIND, for a prefix routed
+//!                                `local` to lo)
 //!   listen-write ADDR BYTES      listen; write BYTES (non-blocking) to each accepted connection
 //!   sndbuf ID BYTES              SO_SNDBUFFORCE: let the connection queue BYTES (root)
 //!   write-range FIRST N BYTES    `write` on N connections from FIRST; `ok TOTAL_WRITTEN`
 //!   write ID BYTES               non-blocking write of up to BYTES; `ok WRITTEN`
 //!   write-loop ID                write forever in the background (blocking)
-//!   read-loop ID BYTES MS        read up to BYTES every MS milliseconds in the background
+//!   read-loop ID BYTES MS [RUN_MS PAUSE_MS]
+//!                                read up to BYTES every MS milliseconds in the background; with
+//!                                RUN_MS and PAUSE_MS, reading for RUN_MS, then not at all for
+//!                                PAUSE_MS, and again (a reader that pauses)
+//!   received ID                  bytes `read-loop` read on the connection so far; `ok BYTES`
+//!   write-every ID BYTES MS      write BYTES every MS in the background (blocking): responses
+//!                                on a keep-alive connection
 //!   outq ID                      bytes not yet acknowledged (SIOCOUTQ)
 //!   addr ID                      `ok LOCAL REMOTE`
 //!   close ID                     close the connection
 //!   soerror ID                   the pending socket error (SO_ERROR): `ok ERRNO`, 0 if none
 //!   sndbuf ID                    the send buffer (SO_SNDBUF, as the kernel reports it): `ok BYTES`
 use std::{
+    collections::HashMap,
     io::{BufRead, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd},
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        Arc, Condvar, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -95,6 +110,33 @@ fn get(conns: &Conns, id: usize) -> Result<Arc<TcpStream>, String> {
     v.get(id).cloned().flatten().ok_or(format!("no connection {id}"))
 }
 
+/// Bytes each `read-loop` read, by connection ID.
+fn received(id: usize) -> Arc<AtomicU64> {
+    static RECEIVED: OnceLock<Mutex<HashMap<usize, Arc<AtomicU64>>>> = OnceLock::new();
+    let map = RECEIVED.get_or_init(Mutex::default);
+    map.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().clone()
+}
+
+/// The address `n` after `ip` (the next host of a rotating source).
+fn nth_addr(ip: IpAddr, n: u32) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => IpAddr::V4(u32::from(a).wrapping_add(n).into()),
+        IpAddr::V6(a) => IpAddr::V6(u128::from(a).wrapping_add(u128::from(n)).into()),
+    }
+}
+
+/// Closes connection `id` with an RST: SO_LINGER with a zero timeout, then close (the last
+/// reference goes with the slot).
+fn reset(conns: &Conns, id: usize) {
+    let taken = conns.0.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id).and_then(Option::take);
+    if let Some(s) = taken {
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        let len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        // SAFETY: setsockopt reads one linger of the stated length from our stack.
+        unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), len) };
+    }
+}
+
 fn connect(addr: SocketAddr, rcvbuf: Option<i32>, src: Option<std::net::IpAddr>) -> Result<TcpStream, String> {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket syscalls on a descriptor we own; the stream takes ownership.
@@ -109,6 +151,11 @@ fn connect(addr: SocketAddr, rcvbuf: Option<i32>, src: Option<std::net::IpAddr>)
             libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const size).cast(), 4);
         }
         if let Some(ip) = src {
+            if ip.is_ipv6() {
+                // Any address of a prefix routed `local` to lo, not only the device's own.
+                let one: libc::c_int = 1;
+                libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, (&raw const one).cast(), 4);
+            }
             let (sa, len) = sockaddr(SocketAddr::new(ip, 0));
             if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
                 return Err(std::io::Error::last_os_error().to_string());
@@ -260,15 +307,41 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             Ok(String::new())
         }
         "read-loop" => {
+            let id = arg(words, 1)?;
+            let s = get(conns, id)?;
+            let (bytes, ms): (usize, u64) = (arg(words, 2)?, arg(words, 3)?);
+            // Reading for `run`, then pausing for `pause`, when both are given.
+            let cycle: Option<(u64, u64)> = arg(words, 4).ok().zip(arg(words, 5).ok());
+            let counter = received(id);
+            thread::spawn(move || {
+                let mut buf = vec![0u8; bytes];
+                let start = Instant::now();
+                loop {
+                    if let Some((run, pause)) = cycle {
+                        let into = start.elapsed().as_millis() as u64 % (run + pause);
+                        if into >= run {
+                            thread::sleep(Duration::from_millis(run + pause - into));
+                        }
+                    }
+                    match (&*s).read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                            thread::sleep(Duration::from_millis(ms));
+                        }
+                    }
+                }
+            });
+            Ok(String::new())
+        }
+        "received" => Ok(received(arg(words, 1)?).load(Ordering::Relaxed).to_string()),
+        "write-every" => {
             let s = get(conns, arg(words, 1)?)?;
             let (bytes, ms): (usize, u64) = (arg(words, 2)?, arg(words, 3)?);
             thread::spawn(move || {
-                let mut buf = vec![0u8; bytes];
-                loop {
-                    match (&*s).read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => thread::sleep(Duration::from_millis(ms)),
-                    }
+                let buf = vec![b'x'; bytes];
+                while (&*s).write_all(&buf).is_ok() {
+                    thread::sleep(Duration::from_millis(ms));
                 }
             });
             Ok(String::new())
@@ -341,14 +414,39 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
         }
         "connect-every" => {
             // In the background: COUNT connections, one every MS, from SRC with SO_RCVBUF RCVBUF,
-            // never read (a churning attacker). `ok` at once.
-            let (addr, ms, count): (SocketAddr, u64, usize) = (arg(words, 1)?, arg(words, 2)?, arg(words, 3)?);
-            let (rcvbuf, src) = (arg(words, 4).ok(), arg(words, 5).ok());
+            // never read (a churning attacker), each reset after HOLD_MS if given, from a new
+            // source each time with `rotate`. `ok` at once.
+            let (addr, ms, count): (SocketAddr, u64, u32) = (arg(words, 1)?, arg(words, 2)?, arg(words, 3)?);
+            let (rcvbuf, src): (Option<i32>, Option<IpAddr>) = (arg(words, 4).ok(), arg(words, 5).ok());
+            let hold: u64 = arg(words, 6).unwrap_or(0);
+            let rotate = match words.get(7) {
+                None => false,
+                Some(&"rotate") => true,
+                Some(w) => return Err(format!("`{w}`: only `rotate` may follow HOLD_MS")),
+            };
             let conns = conns.clone();
+            // Resets, in the order the connections were made (they share HOLD_MS).
+            let (to_reset, due) = std::sync::mpsc::channel::<(Instant, usize)>();
+            if hold > 0 {
+                let conns = conns.clone();
+                thread::spawn(move || {
+                    for (at, id) in due {
+                        thread::sleep(at.saturating_duration_since(Instant::now()));
+                        reset(&conns, id);
+                    }
+                });
+            }
             thread::spawn(move || {
-                for _ in 0..count {
-                    add(&conns, connect(addr, rcvbuf, src).ok());
-                    thread::sleep(Duration::from_millis(ms));
+                let start = Instant::now();
+                for i in 0..count {
+                    let from = src.map(|ip| if rotate { nth_addr(ip, i) } else { ip });
+                    let id = add(&conns, connect(addr, rcvbuf, from).ok());
+                    if hold > 0 {
+                        let _ = to_reset.send((Instant::now() + Duration::from_millis(hold), id));
+                    }
+                    // On a schedule: a slow connect does not slow the rate.
+                    let next = start + Duration::from_millis(ms * u64::from(i + 1));
+                    thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
             });
             Ok(String::new())

@@ -34,7 +34,7 @@ struct Skip {
     why: &'static str,
 }
 
-const SKIPS: [Skip; 5] = [
+const SKIPS: [Skip; 6] = [
     Skip {
         topic: "judgement",
         name: "stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not",
@@ -55,6 +55,15 @@ const SKIPS: [Skip; 5] = [
         series: &[],
         why: "squid, its helpers and data files are not in the guest image, and the run takes 80 s of wall clock; \
               the relay programs are the same with any proxy (proxy::a_one_thread_relay… runs here)",
+    },
+    Skip {
+        topic: "remotes",
+        name: "one_slash_64_rotating_its_addresses_is_held_at_the_threshold_by_the_shipped_config",
+        series: &[],
+        why: "a share of samples under the threshold, timed for a real CPU: the shipped 1 s interval lets the \
+              contained /64 grow past the threshold until the agent's next look, longer under emulation (6.1 \
+              under TCG: 29 of 34 samples under, the host 50 of 54); the remote's evidence is the same on every \
+              kernel (host leg)",
     },
     // What the tests found to differ (the README's Requirements say what it means for enforcer).
     Skip {
