@@ -202,15 +202,12 @@ fn one_slash_64_rotating_its_addresses_is_held_at_the_threshold_by_the_shipped_c
 }
 
 #[test]
-#[ignore = "agent: the per-minute budget goes to the flagged churn's 62 KB sweeps in one burst (2 an interval) \
-            before the large offender is stalled; it then waits for the minute to pass (issue 22, kill-budget \
-            starvation)"]
 fn a_capped_budget_goes_to_the_large_offender_before_a_flagged_remotes_cheap_churn() {
     let mut s = Setup::new();
     let agent = s.agent(&["--threshold", "8MiB", "--max-kills", "2", "--max-kills-per-minute", "20"]);
-    // Make 127.0.0.7 a repeat offender: three zero-window connections holding 12 MiB, stuck for
-    // --stall.
-    for _ in 0..3 {
+    // Make 127.0.0.7 a repeat offender: five zero-window connections holding 20 MiB queued,
+    // destroyed two an interval until the rest is under the threshold: three destroys at least.
+    for _ in 0..5 {
         s.zero_window(9000, "127.0.0.7", 4 * MIB);
     }
     wait_for("127.0.0.7 flagged as a repeat offender", ACT_LIMIT, || {
