@@ -59,6 +59,11 @@ impl SsSocket {
         self.details.split_whitespace().find_map(|f| f.strip_prefix("rtt:")?.split('/').next()?.parse().ok())
     }
 
+    /// The retransmission timeout in ms (`rto:NUMBER`, which may have a fraction).
+    pub fn rto_ms(&self) -> Option<f64> {
+        self.details.split_whitespace().find_map(|f| f.strip_prefix("rto:")?.parse().ok())
+    }
+
     /// Segments retransmitted over the connection's life (`retrans:NOW/TOTAL`; ss leaves it out
     /// when there were none).
     pub fn retrans_total(&self) -> u64 {

@@ -9,10 +9,12 @@
 //! for nothing here, as everywhere.
 //!
 //! A remote's share is the threshold over the remotes that hold memory now. Progress is its
-//! connections seen in two snapshots in a row being acknowledged, together, fast enough to drain
+//! connections being acknowledged, together and over the streak so far, fast enough to drain
 //! what the remote holds within `--max-drain` (a connection that drained its queue leaves the scan
 //! and says nothing): a download behind a shared address (NAT) keeps the address from being stuck,
-//! a trickle beside a churn does not.
+//! a trickle beside a churn does not. A remote with one connection holding memory is the
+//! connection rules' alone, and a remote is given as long as its largest connection's path
+//! explains (`stall_needed_ms`).
 use std::collections::HashMap;
 
 use ipnet::IpNet;
@@ -20,6 +22,7 @@ use ipnet::IpNet;
 use super::{
     Policy,
     repeat::{Flagged, RepeatOffenders, Why},
+    stall::stall_needed_ms,
 };
 use crate::model::{fairness::Fairness, socket::Socket};
 
@@ -29,9 +32,9 @@ struct Held {
     /// Since when (the first snapshot of the streak) it has held more than its share without
     /// progress.
     stuck_since_ms: u64,
-    /// When the last snapshot was taken, and its connections' acknowledged bytes then, by cookie.
-    at_ms: u64,
-    acked: HashMap<u64, u64>,
+    /// Its connections' acknowledged bytes when the streak began (or when a connection was first
+    /// seen in it), by cookie.
+    base: HashMap<u64, u64>,
 }
 
 /// The remotes over their share, and for how long without progress.
@@ -83,20 +86,29 @@ impl RemoteEvidence {
                 continue;
             }
             let before = prev.remove(&remote);
-            // Progress is acknowledging at a rate that would drain what it holds within
-            // `drain_ms`: a connection that trickles (a decoy beside a churn) is none.
+            // Progress is acknowledging, over the whole streak, at a rate that would drain what
+            // it holds within `drain_ms`: a connection that trickles (a decoy beside a churn) is
+            // none, and a slow path whose ACKs come in bursts an RTT apart (a satellite link's
+            // 1.2 s, longer than an interval) is judged on what it did since the streak began,
+            // not on the last interval alone.
             let progressed = before.as_ref().is_some_and(|h| {
                 let acked: u64 =
-                    conns.iter().filter_map(|s| h.acked.get(&s.cookie).map(|&a| s.bytes_acked.saturating_sub(a))).sum();
-                let elapsed = now_ms.saturating_sub(h.at_ms).max(1);
+                    conns.iter().filter_map(|s| h.base.get(&s.cookie).map(|&a| s.bytes_acked.saturating_sub(a))).sum();
+                let elapsed = now_ms.saturating_sub(h.stuck_since_ms).max(1);
                 u128::from(acked) * u128::from(drain_ms) >= u128::from(charged) * u128::from(elapsed)
             });
-            let stuck_since_ms = match before {
-                Some(h) if !progressed => h.stuck_since_ms,
-                _ => now_ms,
+            let held = match before {
+                Some(mut h) if !progressed => {
+                    // Connections new to the streak count from now.
+                    for s in &conns {
+                        h.base.entry(s.cookie).or_insert(s.bytes_acked);
+                    }
+                    h
+                }
+                _ => Held { stuck_since_ms: now_ms, base: conns.iter().map(|s| (s.cookie, s.bytes_acked)).collect() },
             };
-            let acked = conns.iter().map(|s| (s.cookie, s.bytes_acked)).collect();
-            self.held.insert(remote, Held { stuck_since_ms, at_ms: now_ms, acked });
+            let stuck_since_ms = held.stuck_since_ms;
+            self.held.insert(remote, held);
             out.insert(remote, Standing { charged, share, stuck_ms: now_ms - stuck_since_ms });
         }
         out
@@ -118,19 +130,30 @@ impl RemoteEvidence {
     ) -> Vec<Flagged> {
         let judged = sockets.iter().filter(|s| !p.protect.covers(s));
         let standings = self.update(p.fairness, judged, p.threshold, p.max_drain_ms, now_ms);
-        // The longest stall of each remote's connections: a remote is stuck as a remote only when
-        // it has been stuck an interval longer than any of its connections has been stalled (the
+        // What each remote's connections say for it. A remote is stuck as a remote only when it
+        // has been stuck an interval longer than any of its connections has been stalled (the
         // walks date the two up to an interval apart): no single connection explains it, so the
-        // connection rules cannot take it.
-        let mut longest: HashMap<IpNet, u64> = HashMap::new();
+        // connection rules cannot take it. It has two connections holding memory at least (one
+        // is the connection rules' to judge), and is stuck for as long as the path of the
+        // connection holding the most explains (`stall_needed_ms`: a satellite download's loss
+        // recovery is not a remote holding memory, a zero-window churn gets `--stall`).
+        let mut said: HashMap<IpNet, Said> = HashMap::new();
         for s in sockets.iter().filter(|s| !p.protect.covers(s) && s.charged > 0) {
-            let e = longest.entry(p.fairness.remote(s.remote.ip())).or_default();
-            *e = (*e).max(s.stalled_ms);
+            let e = said.entry(p.fairness.remote(s.remote.ip())).or_default();
+            e.holding += 1;
+            e.longest_stall_ms = e.longest_stall_ms.max(s.stalled_ms);
+            if s.charged > e.largest {
+                (e.largest, e.needed_ms) = (s.charged, stall_needed_ms(p, s));
+            }
         }
         let mut stuck: Vec<_> = standings
             .into_iter()
             .filter(|(remote, s)| {
-                s.stuck_ms >= p.stall_ms && s.stuck_ms > longest.get(remote).copied().unwrap_or(0) + p.interval_ms
+                said.get(remote).is_some_and(|c| {
+                    c.holding >= 2
+                        && s.stuck_ms >= p.stall_ms.max(c.needed_ms)
+                        && s.stuck_ms > c.longest_stall_ms + p.interval_ms
+                })
             })
             .collect();
         stuck.sort_by_key(|(remote, _)| *remote);
@@ -141,6 +164,17 @@ impl RemoteEvidence {
             })
             .collect()
     }
+}
+
+/// What a remote's connections say for it in one snapshot ([`RemoteEvidence::flag_stuck`]).
+#[derive(Debug, Default)]
+struct Said {
+    /// Connections holding memory.
+    holding: usize,
+    longest_stall_ms: u64,
+    /// The most one of them holds, and the stall its path needs.
+    largest: u64,
+    needed_ms: u64,
 }
 
 #[cfg(test)]
@@ -234,5 +268,45 @@ mod tests {
             let sockets: Vec<Socket> = (0..25).map(|k| sock(i * 100 + k, "192.0.2.66:1", 1 << 20, 500, 4096)).collect();
             assert!(j.judge_all(&sockets, i * 1000, 26 << 20).flagged.is_empty());
         }
+    }
+
+    #[test]
+    fn a_slow_path_whose_acks_come_an_rtt_apart_is_not_stuck() {
+        // Two satellite downloads behind one address (1.2 s RTT, 250 ms snapshots): 1 MiB each
+        // queued, and 150 KB acknowledged every fifth snapshot, nothing in between. Over the
+        // streak that drains 2 MiB in 17 s, within --max-drain.
+        let mut e = RemoteEvidence::default();
+        for i in 0..40u64 {
+            let acked = (i / 5) * 150_000;
+            let now = [sock(1, "192.0.2.8:1000", 1 << 20, 0, acked), sock(2, "192.0.2.8:1001", 1 << 20, 0, acked)];
+            let standing = e.update(Fairness::RemoteIp, now.iter(), 1 << 20, 30_000, i * 250);
+            assert!(standing[&"192.0.2.8/32".parse().expect("net")].stuck_ms < 1250, "snapshot {i}");
+        }
+    }
+
+    #[test]
+    fn a_remote_gets_the_stall_its_largest_connections_path_needs_and_needs_two_connections() {
+        let mut p = policy(8 << 20);
+        (p.stall_ms, p.interval_ms) = (3000, 1000);
+        // Every second, new connections of one remote: none lives long, and none progresses.
+        let flagged_at = |p: &Policy, n: u64, window: u64, rto_ms: u64| {
+            let mut j = Judge::new(p.clone());
+            (0..14u64).find(|&i| {
+                let sockets: Vec<Socket> = (0..n)
+                    .map(|k| {
+                        let mut s = sock(i * 100 + k, &format!("192.0.2.66:{}", 1000 + k), 20 << 20, 500, 4096);
+                        (s.peer_window, s.rto_ms) = (window, rto_ms);
+                        s
+                    })
+                    .collect();
+                !j.judge_all(&sockets, i * 1000, 30 << 20).flagged.is_empty()
+            })
+        };
+        // Zero windows: --stall (and an interval more than the longest stall, 500 ms).
+        assert_eq!(flagged_at(&p, 2, 0, 200), Some(3));
+        // An open window on a 2 s RTO path: loss recovery explains 6 s.
+        assert_eq!(flagged_at(&p, 2, 65535, 2000), Some(6));
+        // One connection holding it all is the connection rules' to judge.
+        assert_eq!(flagged_at(&p, 1, 0, 200), None);
     }
 }

@@ -43,6 +43,28 @@ impl Innocents {
 }
 
 #[test]
+fn the_agent_reads_each_connections_rto_as_the_kernel_does() {
+    // What a stall is measured against on a slow path is the socket's own retransmission timeout,
+    // from `srtt_us`/`rttvar_us` at offsets the agent finds in this kernel's BTF: a download over
+    // a 400 ms path (2 Mbit/s, so the emulator is cheap) must read as the kernel's own `rto`, well
+    // above the 200 ms floor a zero read would give.
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let agent = Agent::start_json(&ns, &cg, &["--threshold", "32MiB"]);
+    let mut server = Server::start(&ns, &cg);
+    let mut client = PathClient::new(&ns, &PathSpec::new().rtt(Duration::from_millis(400)).rate(2_000_000));
+    server.listen(&client.to);
+    let download = server.connect(&mut client.peer, &client.to, 0);
+    server.stream(&mut client.peer, &download, "65536 0");
+    let (ours, kernels) = wait_for("the agent's RTO and the kernel's agree", Duration::from_secs(30), || {
+        let ours = agent.socket_to(&download.remote).map(|s| field(&s, "rto_ms"))?;
+        let kernels = ss::established(&ns, &["dst", &download.remote]).first()?.rto_ms()?;
+        // Both move with each RTT sample; read a moment apart, they agree within a quarter.
+        (ours > 400 && (ours as f64 - kernels).abs() <= kernels / 4.0).then_some((ours, kernels))
+    });
+    eprintln!("the agent's rto {ours} ms, the kernel's {kernels} ms");
+}
+
+#[test]
 fn downloads_and_keep_alives_on_slow_paths_get_no_decision_while_attackers_churn() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
     let agent = Agent::start_json(&ns, &cg, &["--threshold", "32MiB"]);
