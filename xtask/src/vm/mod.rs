@@ -34,7 +34,7 @@ struct Skip {
     why: &'static str,
 }
 
-const SKIPS: [Skip; 6] = [
+const SKIPS: [Skip; 7] = [
     Skip {
         topic: "judgement",
         name: "stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not",
