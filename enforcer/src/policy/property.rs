@@ -1,7 +1,8 @@
 //! The agent's scan leaves sockets out (`ScanParams::emits`), counts the population in the
 //! kernel (connections, and per remote group by `remote_key`) and skips whole intervals while
 //! pressure is quiet; `enforcer top` judges full snapshots and counts them itself
-//! (`Population::of`). This property test holds the two to the same decisions, interval after
+//! (`Population::of`). This property test holds the two to the same decisions (destroys,
+//! remotes released, remotes flagged as stuck on their remote-level evidence), interval after
 //! interval, over generated socket sets for every fairness mode (prefix lengths varied, IPv4
 //! peers of dual-stack sockets among them), socket state and policy: what the kernel filters out
 //! could never have been chosen nor remembered, and the kernel groups remotes as the rule does.
@@ -115,11 +116,11 @@ fn chosen(plan: &Plan) -> Vec<(u64, Reason)> {
 /// socket); otherwise the scan as the kernel makes it (connections counted, and per remote
 /// group when the fairness needs it; candidates written out) and the population as the agent
 /// assembles it from those counts.
-fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> (Vec<(u64, Reason)>, Vec<ipnet::IpNet>) {
+fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> Judged {
     let p = j.policy_mut().clone();
     let full = p.max_per_remote.is_some();
     if !full && quiet(pressure, p.threshold) {
-        return (Vec::new(), j.rest(now));
+        return (Vec::new(), j.rest(now), Vec::new());
     }
     let groups = if full { None } else { p.fairness.scan_groups() };
     let (group_v4, group_v6) = groups.unwrap_or_default();
@@ -148,13 +149,19 @@ fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> (Ve
         let count = groups.map(|_| |s: &Socket| counts.get(&key(s)).copied().unwrap_or(1));
         Population::counted(p.fairness, connections, counts.len() as u64, &emitted, count)
     };
-    let plan = j.judge(&emitted, &population, now, pressure);
-    (chosen(&plan), plan.released)
+    judged(&j.judge(&emitted, &population, now, pressure))
+}
+
+/// What a judgement decided: destroys, remotes released, remotes flagged as stuck.
+type Judged = (Vec<(u64, Reason)>, Vec<ipnet::IpNet>, Vec<ipnet::IpNet>);
+
+fn judged(plan: &Plan) -> Judged {
+    (chosen(plan), plan.released.clone(), plan.flagged.iter().map(|f| f.remote).collect())
 }
 
 #[test]
 fn filtered_scan_decides_like_the_full_snapshot() {
-    let mut decided = 0;
+    let (mut decided, mut flagged) = (0, 0);
     for seed in 1..=400u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut p = policy((1 + rng.below(16)) << 20);
@@ -202,11 +209,11 @@ fn filtered_scan_decides_like_the_full_snapshot() {
             let tracked: u64 = snapshot.iter().map(|s| s.charged).sum();
             // Pressure as `tracked` reads it, or from elsewhere (kernel, cgroup), quiet or not.
             let pressure = if rng.chance(50) { tracked } else { rng.below(threshold * 2) };
-            let plan = full.judge_all(&snapshot, now, pressure);
-            let want = (chosen(&plan), plan.released.clone());
+            let want = judged(&full.judge_all(&snapshot, now, pressure));
             let got = agent_interval(&mut agent, &sockets, now, pressure);
             assert_eq!(got, want, "seed {seed}, interval {i}, pressure {pressure} of {threshold}");
             decided += want.0.len();
+            flagged += want.2.len();
             // Both record what they destroyed, as the agent does (repeat offenders).
             let gone: Vec<u64> = want.0.iter().map(|(c, _)| *c).collect();
             for (s, (_, reason)) in
@@ -229,4 +236,5 @@ fn filtered_scan_decides_like_the_full_snapshot() {
     }
     // The generator must reach the rule, or the property says nothing.
     assert!(decided > 1000, "only {decided} decisions in all");
+    assert!(flagged > 20, "only {flagged} remotes flagged as stuck in all");
 }
