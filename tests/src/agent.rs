@@ -148,13 +148,24 @@ impl Agent {
         self.socket_to(remote).is_some()
     }
 
-    /// Decision events the agent logged (it must run with `--log-format json`).
+    /// Decision events the agent logged (it must run with `--log-format json`): decisions and
+    /// repeat offenders, not the episodes of pressure ([`Self::episodes`]).
     pub fn events(&self) -> Vec<Value> {
+        self.all_events().filter(|v| !v["event"].as_str().is_some_and(|e| e.starts_with("episode_"))).collect()
+    }
+
+    /// `episode_started` and `episode_ended` lines.
+    pub fn episodes(&self) -> Vec<Value> {
+        self.all_events().filter(|v| v["event"].as_str().is_some_and(|e| e.starts_with("episode_"))).collect()
+    }
+
+    fn all_events(&self) -> impl Iterator<Item = Value> {
         self.log_text()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v.get("event").is_some())
-            .collect()
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     /// Events of one kind (`destroyed`, `would_destroy`, `destroy_failed`).

@@ -200,14 +200,17 @@ impl Agent {
         let now_ms = started.duration_since(self.epoch).as_millis() as u64;
         let Some((population, sockets)) = judged else {
             // Well below the threshold: nothing to judge.
-            for remote in self.judge.rest(now_ms) {
+            let (released, episode) = self.judge.rest(now_ms, pressure);
+            for remote in released {
                 self.release(remote);
             }
+            self.report_episode(&episode, pressure);
             self.report_quiet(pressure, scanned);
             return;
         };
         self.refresh_protected_cgroups();
         let plan = self.judge.judge(&sockets, &population, now_ms, pressure);
+        self.report_episode(&plan.episode, pressure);
         for remote in &plan.released {
             self.release(*remote);
         }

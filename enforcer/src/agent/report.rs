@@ -6,6 +6,10 @@ use anyhow::Result;
 use enforcer_common::stats;
 
 use super::{Agent, act::Acted};
+use crate::{
+    observe::decisions,
+    policy::{self, episode::Change},
+};
 
 /// Time spent in each step of an interval, for the metrics and the debug line.
 pub(super) struct Timing {
@@ -25,6 +29,13 @@ impl Agent {
         for (name, runs, time) in self.loaded.program_stats() {
             m.program_stats(name, runs, time);
         }
+    }
+
+    /// An episode of pressure that started or ended.
+    pub(super) fn report_episode(&self, change: &Change, pressure: u64) {
+        let s = &self.settings;
+        decisions::log_episode(change, pressure, s.threshold, policy::low_water(s.threshold, s.low_water_percent));
+        self.metrics.episode.set(i64::from(self.judge.episode().is_some()));
     }
 
     /// An interval whose pressure was well below the threshold: nothing judged.

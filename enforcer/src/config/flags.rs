@@ -11,7 +11,7 @@ use crate::{
     host::pressure,
     model::{
         fairness::{Fairness, parse_fairness},
-        units::{parse_cidr, parse_duration, parse_size, parse_threshold},
+        units::{parse_cidr, parse_duration, parse_low_water, parse_size, parse_threshold},
     },
     policy::Kind,
 };
@@ -59,6 +59,14 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_threshold, value_name = "SIZE")]
     #[serde(deserialize_with = "values::threshold")]
     pub threshold: Option<u64>,
+    /// Pressure over --threshold starts an episode, which ends once pressure has stayed at or
+    /// under this percentage of the threshold for --drain-window; within it the rule acts while
+    /// pressure is over this line and destroys until the projection is back at it, so pressure
+    /// that hovers at the threshold does not keep stalled offenders [default: 75%, where the
+    /// kernel leaves its own TCP memory pressure: tcp_mem[0] is 3/4 of tcp_mem[1]].
+    #[arg(long, value_parser = parse_low_water, value_name = "PERCENT")]
+    #[serde(deserialize_with = "values::low_water")]
+    pub low_water: Option<u64>,
     /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in
     /// /proc/net/sockstat), `cgroup` (socket memory in the cgroup's memory.stat) [default: tracked].
     #[arg(long, value_enum, value_name = "SOURCE")]
@@ -103,7 +111,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     #[serde(deserialize_with = "values::size")]
     pub contain_sndbuf: Option<u64>,
-    /// `budget`: destroy the worst offenders until the projected pressure is at the threshold;
+    /// `budget`: destroy the worst offenders until the projected pressure is at --low-water;
     /// `heffner`: destroy every offender, as the 2006 proposal did [default: budget].
     #[arg(long, value_enum, value_name = "POLICY")]
     pub policy: Option<Kind>,
@@ -167,13 +175,15 @@ pub struct RunArgs {
 }
 
 const RUN_HELP: &str = "\
-The rule, every --interval: if pressure > --threshold, an offender is a socket whose charged
-send-side memory (sk_wmem_queued) is more than its fair share and that either made no forward
-progress for --stall or, over the whole --drain-window, was acknowledged too slowly to drain
-within --max-drain. Offenders are destroyed worst evidence first (bytes over the share times
-how long they have offended) until the projected pressure is back at the threshold, at most
---max-kills per interval; a destroy that fails frees nothing, and the next offender is taken.
-When pressure stays over the threshold for 4 intervals and the share rule finds too little,
+The rule, every --interval: pressure > --threshold starts an episode, which lasts until
+pressure stayed at or under --low-water for --drain-window. While pressure in an episode is over
+the low line, an offender is a socket whose charged send-side memory (sk_wmem_queued) is more
+than its fair share and that either made no forward progress for --stall or, over the whole
+--drain-window, was acknowledged too slowly to drain within --max-drain. Offenders are destroyed
+worst evidence first (bytes over the share times how long they have offended) until the
+projected pressure is back at the low line, at most --max-kills per interval; a destroy that
+fails frees nothing, and the next offender is taken.
+When an episode has spent --drain-window over the threshold and the share rule finds too little,
 sockets stalled for --stall become candidates whatever their share (reason
 stalled_under_share); a socket that makes progress never does. A repeat offender's new
 connections are judged after one interval (reason repeat_offender). Protected sockets are

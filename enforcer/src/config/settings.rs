@@ -40,6 +40,10 @@ pub const DEFAULT_ORPHAN_AFTER: Duration = Duration::from_secs(10);
 /// connection instead of megabytes.
 pub const DEFAULT_CONTAIN_SNDBUF: u64 = 32 << 10;
 
+fn default_low_water() -> u64 {
+    policy::DEFAULT_LOW_WATER_PERCENT
+}
+
 /// Several seconds, and never fewer than four snapshots: one interval's ACKs say nothing about
 /// a reader whose ACKs come in bursts.
 pub fn default_drain_window_ms(interval_ms: u64) -> u64 {
@@ -59,6 +63,10 @@ pub struct Settings {
     pub dry_run: bool,
     pub interval_ms: u64,
     pub threshold: u64,
+    /// `--low-water`, a percentage of the threshold; absent in the settings an older agent
+    /// pinned.
+    #[serde(default = "default_low_water")]
+    pub low_water_percent: u64,
     pub pressure: pressure::Source,
     #[serde(serialize_with = "as_text", deserialize_with = "from_text")]
     pub fairness: Fairness,
@@ -219,6 +227,7 @@ impl Settings {
             dry_run: args.dry_run || file.dry_run,
             interval_ms,
             threshold,
+            low_water_percent: args.low_water.or(file.low_water).unwrap_or(policy::DEFAULT_LOW_WATER_PERCENT),
             pressure: args.pressure.or(file.pressure).unwrap_or(pressure::Source::Tracked),
             fairness: args.fairness.or(file.fairness).unwrap_or(Fairness::Connection),
             stall_ms: ms(args.stall.or(file.stall).unwrap_or(DEFAULT_STALL)),
@@ -281,6 +290,7 @@ impl Settings {
     pub fn policy(&self, protected_cgroups: HashSet<u64>) -> policy::Policy {
         policy::Policy {
             threshold: self.threshold,
+            low_water: policy::low_water(self.threshold, self.low_water_percent),
             stall_ms: self.stall_ms,
             max_drain_ms: self.max_drain_ms,
             drain_window_ms: self.drain_window_ms,
@@ -316,6 +326,7 @@ mod tests {
             dry_run: true,
             interval_ms: 250,
             threshold: 1 << 20,
+            low_water_percent: 80,
             pressure: pressure::Source::Cgroup,
             fairness: Fairness::RemotePrefix { v4: 24, v6: 48 },
             stall_ms: 3000,

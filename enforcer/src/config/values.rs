@@ -7,11 +7,27 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::model::{
     fairness::{Fairness, parse_fairness},
-    units::{check_threshold, parse_cidr, parse_duration, parse_size},
+    units::{check_threshold, parse_cidr, parse_duration, parse_low_water, parse_size},
 };
 
 pub(super) fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     size(d)?.map(check_threshold).transpose().map_err(D::Error::custom)
+}
+
+/// `75` or `"75%"`.
+pub(super) fn low_water<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Percent {
+        Number(u64),
+        Text(String),
+    }
+    let text = match Percent::deserialize(d) {
+        Ok(Percent::Number(n)) => n.to_string(),
+        Ok(Percent::Text(s)) => s,
+        Err(_) => return Err(D::Error::custom("expected a percentage of the threshold (75 or \"75%\")")),
+    };
+    parse_low_water(&text).map(Some).map_err(D::Error::custom)
 }
 
 pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -76,6 +76,16 @@ pub fn check_threshold(bytes: u64) -> Result<u64, String> {
     }
 }
 
+/// `--low-water`: a percentage of the threshold (`75%` or `75`), from 50 to 100. Not under 50:
+/// below half the threshold the agent reads a summary only and judges nothing.
+pub fn parse_low_water(s: &str) -> Result<u64, String> {
+    let digits = s.trim().strip_suffix('%').unwrap_or(s.trim());
+    match digits.parse::<u64>() {
+        Ok(n @ 50..=100) => Ok(n),
+        _ => Err(format!("`{s}` is not a percentage of the threshold from 50% to 100% (e.g. 75%)")),
+    }
+}
+
 /// `1.5MiB`-style size for tables (JSON always has exact bytes).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -124,6 +134,15 @@ pub fn unfixed(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn low_water() {
+        assert_eq!(parse_low_water("75%"), Ok(75));
+        assert_eq!(parse_low_water("100"), Ok(100));
+        for bad in ["49%", "101%", "0.75", "", "%", "-75%"] {
+            assert!(parse_low_water(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -10,6 +10,7 @@ use crate::{
     model::units::{fixed, human_bytes, human_ms},
     policy::{
         Decision, Reason,
+        episode::Change,
         repeat::{Flagged, Why},
     },
 };
@@ -124,6 +125,41 @@ pub fn log_repeat_offender(f: &Flagged, contained: Option<u64>) {
             None => "its stalled connections go whatever their share".to_owned(),
         }
     );
+}
+
+/// An episode of pressure that started or ended, as one line.
+pub fn log_episode(change: &Change, pressure: u64, threshold: u64, low_water: u64) {
+    match *change {
+        Change::None => {}
+        Change::Started => tracing::warn!(
+            event = "episode_started",
+            pressure,
+            threshold,
+            low_water,
+            "episode_started: pressure {} is over the threshold {}; the rule acts until it is back under {}",
+            human_bytes(pressure),
+            human_bytes(threshold),
+            human_bytes(low_water)
+        ),
+        Change::Ended { episode: e, ended_ms } => {
+            let lasted_ms = ended_ms.saturating_sub(e.started_ms);
+            tracing::info!(
+                event = "episode_ended",
+                pressure,
+                threshold,
+                low_water,
+                lasted_ms,
+                over_intervals = e.over,
+                peak = e.peak,
+                decisions = e.decisions,
+                "episode_ended after {}: pressure stayed under {}; peak {}, {} decisions",
+                human_ms(lasted_ms),
+                human_bytes(low_water),
+                human_bytes(e.peak),
+                e.decisions
+            );
+        }
+    }
 }
 
 /// The ring's record of a decision, for `Journal::write`.

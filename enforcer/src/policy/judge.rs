@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use super::{
     Assessment, Decision, ESCALATE_AFTER_INTERVALS, Policy, Population, Reason,
+    episode::{Change, Episode, Episodes},
     history::{OverShare, remember},
     plan::Plan,
     quiet,
@@ -29,8 +30,8 @@ pub struct Judge {
     over: HashMap<u64, OverShare>,
     /// Last interval's map, cleared, so steady state allocates nothing.
     spare: HashMap<u64, OverShare>,
-    /// Consecutive snapshots with pressure over the threshold.
-    over_streak: u32,
+    /// The episode of pressure the rule is in, if any.
+    episodes: Episodes,
     repeat: RepeatOffenders,
     /// What each remote holds and whether any of its connections progresses.
     remotes: RemoteEvidence,
@@ -45,7 +46,7 @@ impl Judge {
             policy,
             over: HashMap::new(),
             spare: HashMap::new(),
-            over_streak: 0,
+            episodes: Episodes::default(),
             repeat,
             remotes: RemoteEvidence::default(),
             relays: RelayMemory::default(),
@@ -68,6 +69,7 @@ impl Judge {
     /// a repeat offender, if it does. A destroy that is not the remote's doing (a per-remote
     /// cap's, a stall a lossy path explains) counts for nothing.
     pub fn record_destroy(&mut self, d: &Decision, now_ms: u64) -> Option<Flagged> {
+        self.episodes.count_decision();
         if !d.blames_the_remote() {
             return None;
         }
@@ -79,15 +81,34 @@ impl Judge {
         self.repeat.flagged_count()
     }
 
+    /// The episode of pressure the rule is in, if any.
+    pub fn episode(&self) -> Option<&Episode> {
+        self.episodes.current()
+    }
+
     /// An interval the agent did not judge: pressure so far below the threshold that its scan
     /// read a summary only. Nothing can be chosen, no socket is over its share for long enough
     /// to matter, and over-share histories start afresh next time; repeat offenders still
-    /// expire. Returns the remotes released.
-    pub fn rest(&mut self, now_ms: u64) -> Vec<IpNet> {
-        self.over_streak = 0;
+    /// expire, and an episode settles as under the low line. Returns the remotes released and
+    /// what became of the episode.
+    pub fn rest(&mut self, now_ms: u64, pressure: u64) -> (Vec<IpNet>, Change) {
+        let change = self.step_episode(pressure, now_ms);
         self.over.clear();
         self.remotes.clear();
-        self.repeat.expire(now_ms)
+        (self.repeat.expire(now_ms), change)
+    }
+
+    /// Judgements an escalation waits for, and an episode's calm lasts: four intervals, or the
+    /// drain window if longer (a slow reader over its share would have been found by then).
+    fn settle_intervals(&self) -> u32 {
+        let p = &self.policy;
+        ESCALATE_AFTER_INTERVALS.max(p.drain_window_ms.div_ceil(p.interval_ms.max(1)) as u32)
+    }
+
+    fn step_episode(&mut self, pressure: u64, now_ms: u64) -> Change {
+        let settle = self.settle_intervals();
+        let p = &self.policy;
+        self.episodes.step(pressure, p.threshold, p.low_water, settle, now_ms)
     }
 
     /// Judges the sockets of one snapshot taken at `now_ms` (the caller's monotonic clock) under
@@ -95,20 +116,25 @@ impl Judge {
     /// connections that hold nothing (the agent's scan does): `population` counts them all.
     pub fn judge(&mut self, sockets: &[Socket], population: &Population, now_ms: u64, pressure: u64) -> Plan {
         let released = self.repeat.expire(now_ms);
+        let change = self.step_episode(pressure, now_ms);
+        let settle = self.settle_intervals();
         let p = &self.policy;
-        let over = pressure > p.threshold;
+        // The rule acts within an episode while pressure is over the low line, and aims for it.
+        let episode = self.episodes.current();
+        let acting = episode.is_some() && pressure > p.low_water;
+        let target = if episode.is_some() { p.low_water } else { p.threshold };
         // Quiet pressure keeps no history: the same as an interval the agent did not judge
         // (`rest`), so reading a summary only changes nothing.
         let keep = !quiet(pressure, p.threshold);
-        self.over_streak = if over { self.over_streak.saturating_add(1) } else { 0 };
         // Stalled sockets under their share are taken only once the fair-share rule and the drain
-        // window had their chance.
-        let escalate_after = ESCALATE_AFTER_INTERVALS.max(p.drain_window_ms.div_ceil(p.interval_ms.max(1)) as u32);
-        let mut plan = Plan::new(pressure, p.threshold, p.kind, self.over_streak >= escalate_after);
+        // window had their chance: the episode spent that long over the threshold.
+        let escalate = episode.is_some_and(|e| e.over >= settle);
+        let mut plan = Plan::new(pressure, p.threshold, target, p.kind, escalate);
         plan.released = released;
-        // Remotes: the evidence builds while pressure is over the threshold, and a remote stuck
-        // for --stall is flagged (contained) whether or not any connection of it is destroyed.
-        if over {
+        plan.episode = change;
+        // Remotes: the evidence builds while the rule acts, and a remote stuck for --stall is
+        // flagged (contained) whether or not any connection of it is destroyed.
+        if acting {
             plan.flagged = self.remotes.flag_stuck(p, sockets, &mut self.repeat, now_ms);
         } else {
             self.remotes.clear();
@@ -128,7 +154,7 @@ impl Judge {
                 stall_needed_ms: stall_needed_ms(p, s),
                 drain_estimate_ms: drain,
             };
-            if over && !p.protect.covers(s) {
+            if acting && !p.protect.covers(s) {
                 self.classify(&mut plan, s, &a, h.as_ref().map(|o| o.since_ms), now_ms);
             }
             plan.assessments.push(a);
@@ -349,12 +375,52 @@ mod tests {
         let d = chosen(&j.judge_all(&sockets, u64::from(after) * 250, pressure));
         assert!(!d.is_empty() && d.iter().all(|d| d.reason == Reason::StalledUnderShare), "{d:?}");
         assert!(!cookies(&d).contains(&11), "a progressing socket is never a candidate");
-        // Only as many as bring the pressure back: 5 MiB over, 700 KiB each.
-        assert_eq!(d.len(), 8);
-        // Pressure back under the threshold ends the streak.
+        // As many as bring the pressure back to the low line (6 MiB): 7 MiB over it, 700 KiB
+        // each, more than there are.
+        assert_eq!(d.len(), 10);
+        // Pressure at the threshold, still over the low line: the episode goes on, and the
+        // stalled sockets are still taken (the reader's queue moving pressure across the
+        // threshold does not reset the rule).
         let t = u64::from(after) * 250;
-        assert!(chosen(&j.judge_all(&sockets, t + 250, 8 << 20)).is_empty());
-        assert!(chosen(&j.judge_all(&sockets, t + 500, pressure)).is_empty());
+        let d = chosen(&j.judge_all(&sockets, t + 250, 8 << 20));
+        assert_eq!(d.len(), 3, "2 MiB over the low line: {d:?}");
+        // Under the low line for the drain window: the episode ends, and a new one must earn
+        // its escalation again.
+        for i in 0..after {
+            sockets[10].bytes_acked += 2 << 20;
+            assert!(chosen(&j.judge_all(&sockets, t + 500 + u64::from(i) * 250, 6 << 20)).is_empty());
+        }
+        assert!(j.episode().is_none());
+        sockets[10].bytes_acked += 2 << 20;
+        assert!(chosen(&j.judge_all(&sockets, t + 500 + u64::from(after) * 250, pressure)).is_empty());
+        assert!(j.episode().is_some());
+    }
+
+    #[test]
+    fn an_episode_keeps_taking_stalled_offenders_while_pressure_hovers() {
+        // Two stalled offenders over their share; pressure crosses the threshold, then hovers
+        // just under it. Before episodes the second one was kept for as long as pressure stayed
+        // at the threshold.
+        let mut sockets = vec![sock(1, "192.0.2.1:1", 5 << 20, 5000, 0), sock(2, "192.0.2.2:1", 4 << 20, 5000, 0)];
+        // Six harmless connections: a share of 1 MiB.
+        sockets.extend((3..=8).map(|c| sock(c, "192.0.2.9:1", 1000, 0, 0)));
+        let mut p = policy(8 << 20);
+        p.kind = Kind::Budget;
+        let mut j = Judge::new(p);
+        // 9 MiB: 1 MiB over the threshold, 3 MiB over the low line: the worst goes.
+        assert_eq!(cookies(&chosen(&j.judge_all(&sockets, 0, 9 << 20))), [1]);
+        // The application refilled the others: pressure at the threshold, over the low line.
+        let rest = &sockets[1..];
+        assert_eq!(cookies(&chosen(&j.judge_all(rest, 250, 8 << 20))), [2]);
+        // Under the low line nothing goes, episode or not.
+        assert!(chosen(&j.judge_all(rest, 500, 6 << 20)).is_empty());
+        // Without an episode, pressure at the threshold is no pressure.
+        assert!(chosen(&Judge::new(policy(8 << 20)).judge_all(rest, 250, 8 << 20)).is_empty());
+        // Progressing sockets are never taken however long the episode.
+        let progressing = vec![sock(3, "192.0.2.3:1", 8 << 20, 0, 0)];
+        for i in 0..100 {
+            assert!(chosen(&j.judge_all(&progressing, 750 + i * 250, 7 << 20)).is_empty());
+        }
     }
 
     #[test]
@@ -364,9 +430,12 @@ mod tests {
             sock(2, "192.0.2.2:1", 5 << 20, 5000, 0),
             sock(3, "192.0.2.3:1", 4 << 20, 5000, 0),
         ];
-        // Pressure 12 MiB, threshold 8 MiB: destroying the 5 MiB one is enough.
-        assert_eq!(cookies(&chosen(&Judge::new(policy(8 << 20)).judge_all(&sockets, 1000, 12 << 20))), [2]);
+        // Pressure 12 MiB, aiming for the low line at 6 MiB: the 5 MiB and the 4 MiB ones.
+        assert_eq!(cookies(&chosen(&Judge::new(policy(8 << 20)).judge_all(&sockets, 1000, 12 << 20))), [2, 3]);
+        // A low line at the threshold: destroying the 5 MiB one is enough.
         let mut p = policy(8 << 20);
+        p.low_water = p.threshold;
+        assert_eq!(cookies(&chosen(&Judge::new(p.clone()).judge_all(&sockets, 1000, 12 << 20))), [2]);
         p.kind = Kind::Heffner;
         assert_eq!(cookies(&chosen(&Judge::new(p.clone()).judge_all(&sockets, 1000, 12 << 20))), [1, 2, 3]);
         let out = Judge::new(p).judge_all(&sockets, 1000, 12 << 20).carry_out(2, |_| Taken::Done);

@@ -17,6 +17,7 @@
 //!   become candidates regardless of share (never a progressing one);
 //! - a destroy that failed frees nothing: the next candidate is taken ([`plan`]).
 pub mod decision;
+pub mod episode;
 pub mod history;
 pub mod judge;
 pub mod plan;
@@ -50,7 +51,7 @@ use crate::model::socket::Socket;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
-    /// Destroy the worst offenders until the projected pressure is back at the threshold.
+    /// Destroy the worst offenders until the projected pressure is back at the low line.
     Budget,
     /// Destroy every offender, as the 2006 script did.
     Heffner,
@@ -99,6 +100,9 @@ pub struct RepeatRule {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub threshold: u64,
+    /// The low line (`--low-water`): an episode of pressure ends once pressure stayed at or
+    /// under it for a while, and within an episode the budget aims for it ([`episode`]).
+    pub low_water: u64,
     pub stall_ms: u64,
     pub max_drain_ms: u64,
     /// The drain rate is measured over this long, and a socket must have been over its share
@@ -120,16 +124,25 @@ pub struct Policy {
     pub repeat: RepeatRule,
 }
 
-/// Consecutive intervals over the threshold after which stalled sockets under their share
+/// Intervals of an episode over the threshold after which stalled sockets under their share
 /// become candidates: long enough that the fair-share rule had its chance, short enough that a
 /// spread attack cannot hold memory for long.
 pub const ESCALATE_AFTER_INTERVALS: u32 = 4;
+
+/// `--low-water` by default, as a percentage of the threshold: where the kernel leaves its own
+/// TCP memory pressure mode (`tcp_mem[0]`, 3/4 of `tcp_mem[1]`).
+pub const DEFAULT_LOW_WATER_PERCENT: u64 = 75;
 
 /// Pressure under this percentage of the threshold is quiet: nothing can be chosen for memory,
 /// and the rule keeps no over-share history (a slow drain is measured from the moment pressure
 /// reaches this line). The agent then reads a summary of the sockets, or nothing at all: pressure
 /// would have to double within one interval to cross the threshold unseen.
 pub const QUIET_BELOW_PERCENT: u64 = 50;
+
+/// The low line at `percent` of `threshold`.
+pub fn low_water(threshold: u64, percent: u64) -> u64 {
+    (u128::from(threshold) * u128::from(percent) / 100) as u64
+}
 
 /// Whether `pressure` is quiet against `threshold` ([`QUIET_BELOW_PERCENT`]).
 pub fn quiet(pressure: u64, threshold: u64) -> bool {

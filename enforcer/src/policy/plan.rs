@@ -3,7 +3,7 @@
 //! after a failure the next candidate is taken in the same interval.
 use ipnet::IpNet;
 
-use super::{Assessment, Decision, Kind, repeat::Flagged};
+use super::{Assessment, Decision, Kind, episode::Change, repeat::Flagged};
 
 /// Failed destroys tried in one interval before giving up on the rest: a kernel that refuses
 /// every destroy must not make the agent spin through the whole candidate list.
@@ -14,9 +14,14 @@ pub const MAX_FAILURES_PER_INTERVAL: usize = 256;
 pub struct Plan {
     pub pressure: u64,
     pub threshold: u64,
+    /// What the budget aims for: the low line within an episode of pressure, the threshold
+    /// otherwise.
+    pub target: u64,
     kind: Kind,
-    /// Pressure has stayed over the threshold long enough to take `escalation` candidates.
+    /// The episode spent long enough over the threshold to take `escalation` candidates.
     pub escalate: bool,
+    /// What this judgement did to the episode of pressure.
+    pub episode: Change,
     /// Stalled connections of repeat offenders: all of them go while pressure is over the
     /// threshold, whatever the budget, in order of evidence among the offenders.
     pub sweep: Vec<Decision>,
@@ -74,12 +79,14 @@ pub struct Outcome {
 }
 
 impl Plan {
-    pub(super) fn new(pressure: u64, threshold: u64, kind: Kind, escalate: bool) -> Self {
+    pub(super) fn new(pressure: u64, threshold: u64, target: u64, kind: Kind, escalate: bool) -> Self {
         Self {
             pressure,
             threshold,
+            target,
             kind,
             escalate,
+            episode: Change::None,
             sweep: Vec::new(),
             offenders: Vec::new(),
             escalation: Vec::new(),
@@ -123,7 +130,7 @@ impl Plan {
         let mut out = Outcome::default();
         let mut projected = self.pressure;
         let mut done = std::collections::HashSet::new();
-        let threshold = self.threshold;
+        let target = self.target;
         let waiting = self.waiting;
         // What the pressure rules want now or soon: when the budget cannot cover it, it is kept
         // for the memory.
@@ -143,7 +150,7 @@ impl Plan {
             let cheap = for_memory
                 && left < pending
                 && waiting.largest / 4 > d.socket.charged
-                && u128::from(d.socket.charged) * 4 * (left as u128) < u128::from(projected.saturating_sub(threshold));
+                && u128::from(d.socket.charged) * 4 * (left as u128) < u128::from(projected.saturating_sub(target));
             if left == 0 || cheap {
                 // Counted as if it went, so the count says how many the rule wanted.
                 out.held_back += 1;
@@ -159,7 +166,7 @@ impl Plan {
                 Taken::Failed => out.failed += 1,
             }
         };
-        if self.pressure > self.threshold {
+        if self.pressure > target {
             // The memory first: a repeat offender's stalled connections and the offenders in one
             // order of evidence (bytes held over the share × how long), so a capped budget is
             // spent on what holds the most, never on a flagged remote's cheap connections while a
@@ -173,14 +180,14 @@ impl Plan {
                 .collect();
             first.sort_by_key(|(_, d)| (std::cmp::Reverse(d.evidence), d.socket.cookie));
             for (swept, d) in first {
-                if !swept && self.kind == Kind::Budget && projected <= self.threshold {
+                if !swept && self.kind == Kind::Budget && projected <= target {
                     continue;
                 }
                 take(d, &mut out, &mut projected, true);
             }
             if self.escalate {
                 for d in self.escalation {
-                    if projected <= self.threshold {
+                    if projected <= target {
                         break;
                     }
                     take(d, &mut out, &mut projected, true);
@@ -210,7 +217,9 @@ mod tests {
             sock(2, "192.0.2.2:1", 5 << 20, 5000, 0),
             sock(3, "192.0.2.3:1", 4 << 20, 5000, 0),
         ];
-        let plan = Judge::new(policy(8 << 20)).judge_all(&sockets, 1000, 12 << 20);
+        let mut p = policy(8 << 20);
+        p.low_water = p.threshold;
+        let plan = Judge::new(p).judge_all(&sockets, 1000, 12 << 20);
         let mut tried = Vec::new();
         let out = plan.carry_out(100, |d| {
             tried.push(d.socket.cookie);

@@ -120,7 +120,7 @@ fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> Jud
     let p = j.policy_mut().clone();
     let full = p.max_per_remote.is_some();
     if !full && quiet(pressure, p.threshold) {
-        return (Vec::new(), j.rest(now), Vec::new());
+        return (Vec::new(), j.rest(now, pressure).0, Vec::new());
     }
     let groups = if full { None } else { p.fairness.scan_groups() };
     let (group_v4, group_v6) = groups.unwrap_or_default();

@@ -39,6 +39,7 @@ pub fn sock(cookie: u64, remote: &str, charged: u64, stalled_ms: u64, bytes_acke
 pub fn policy(threshold: u64) -> Policy {
     Policy {
         threshold,
+        low_water: low_water(threshold, DEFAULT_LOW_WATER_PERCENT),
         stall_ms: 1000,
         max_drain_ms: 30_000,
         drain_window_ms: 5000,

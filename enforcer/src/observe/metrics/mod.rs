@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Remotes that became repeat offenders, and how many are flagged now.
     pub repeat_offenders: Counter,
     pub repeat_offenders_flagged: Gauge,
+    /// 1 while an episode of pressure lasts (over --threshold until settled under --low-water).
+    pub episode: Gauge,
     pub scan_seconds: Histogram,
     pub policy_seconds: Histogram,
     /// 1 in a dry run.
@@ -76,6 +78,7 @@ impl Metrics {
             held_back: Counter::default(),
             repeat_offenders: Counter::default(),
             repeat_offenders_flagged: Gauge::default(),
+            episode: Gauge::default(),
             scan_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             policy_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
             dry_run: Gauge::default(),
@@ -126,6 +129,11 @@ impl Metrics {
             "repeat_offenders_flagged",
             "Remotes flagged as repeat offenders now",
             m.repeat_offenders_flagged.clone(),
+        );
+        r.register(
+            "episode",
+            "1 while an episode of pressure lasts: from over --threshold until it settled under --low-water",
+            m.episode.clone(),
         );
         r.register_with_unit("scan_duration", "Time to take a snapshot", Unit::Seconds, m.scan_seconds.clone());
         r.register_with_unit("policy_duration", "Time to apply the rule", Unit::Seconds, m.policy_seconds.clone());
