@@ -147,7 +147,7 @@ impl Judge {
         for s in sockets {
             let share = population.share(p.fairness, p.threshold, s);
             let h = remember(s, prev.remove(&s.cookie), share, now_ms, p.drain_window_ms).filter(|_| keep);
-            let drain = h.as_ref().and_then(|o| o.drain_estimate_ms(s, now_ms, p.drain_window_ms));
+            let drain = h.as_ref().and_then(|o| o.drain_estimate_ms(s, now_ms, p.drain_window_ms, p.interval_ms));
             let a = Assessment {
                 fair_share: share,
                 stalled_ms: s.stalled_ms,
@@ -308,6 +308,42 @@ mod tests {
                 // the window started with.
                 let d = plan.assessments[0].drain_estimate_ms;
                 assert!(d.is_none_or(|d| d < 30_000), "estimate {d:?} at {t}ms");
+            }
+        }
+    }
+
+    #[test]
+    fn a_trickle_is_slow_in_seconds_a_pause_or_a_burst_is_not() {
+        // A slow reader (slowhttptest -X): 8 KiB every 200 ms, 4 MB queued, at 250 ms and 1 s
+        // intervals: an ACK in every interval, far too slow. Slow before a drain window.
+        for interval in [250, 1000] {
+            let mut p = policy(1 << 20);
+            p.interval_ms = interval;
+            let mut j = Judge::new(p);
+            let plans = run_for(&mut j, 8000, interval, 100 << 20, |t| {
+                vec![sock(1, "192.0.2.1:1", 4_000_000, t % 200, (t / 200) * 8192)]
+            });
+            let (t, d) = plans.iter().find(|(_, p)| !chosen(p).is_empty()).map(|(t, p)| (*t, chosen(p))).expect("slow");
+            assert_eq!(d[0].reason, Reason::SlowDrain);
+            assert!(t <= 2000, "interval {interval}: slow only at {t}ms");
+            assert!(d[0].offending_ms <= 2000, "{d:?}");
+        }
+        // A reader that keeps up but pauses for 2 s just as it goes over its share, and one that
+        // reads 256 KiB every 600 ms: intervals without an ACK, so no trickle; over the window
+        // both keep up.
+        let pausing = |t: u64| if t < 2100 { 64 << 10 } else { (64 << 10) * (1 + (t - 2100) / 100) };
+        let bursty = |t: u64| (t / 600) * (256 << 10);
+        for (name, acked) in [("pausing", &pausing as &dyn Fn(u64) -> u64), ("bursty", &bursty)] {
+            for interval in [250, 1000] {
+                let mut p = policy(1 << 20);
+                p.interval_ms = interval;
+                let mut j = Judge::new(p);
+                let plans = run_for(&mut j, 30_000, interval, 100 << 20, |t| {
+                    vec![sock(1, "192.0.2.1:1", 4_000_000, 0, acked(t))]
+                });
+                for (t, plan) in plans {
+                    assert!(chosen(&plan).is_empty(), "{name} at {interval}ms destroyed at {t}ms: {plan:?}");
+                }
             }
         }
     }

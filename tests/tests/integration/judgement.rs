@@ -65,6 +65,37 @@ fn bursty_and_rate_limited_readers_are_not_destroyed() {
 }
 
 #[test]
+fn slow_readers_are_recognised_in_seconds_bursty_readers_are_not() {
+    let mut s = Setup::new();
+    let agent = s.agent(&["--interval", "250ms", "--threshold", "4MiB"]);
+    // Readers that take 8 KiB every 200 ms (slowhttptest -X) while the server writes as fast as
+    // it can: an ACK in every interval, each queue draining in minutes.
+    let slow: Vec<Conn> = (10..16).map(|i| reader(&mut s, &format!("127.0.0.{i}"), 8 << 10, 200)).collect();
+    let steady = reader(&mut s, "127.0.0.3", 64 << 10, 100);
+    let limited = reader(&mut s, "127.0.0.4", 2 << 20, 1000);
+    let slow_remotes: HashSet<String> = slow.iter().map(|c| c.remote.clone()).collect();
+    wait_for("every slow reader destroyed", Duration::from_secs(30), || {
+        remotes(&agent.events_of("destroyed")).is_superset(&slow_remotes).then_some(())
+    });
+    // Two more seconds for anything else to follow.
+    thread::sleep(Duration::from_secs(2));
+    let destroyed = agent.events_of("destroyed");
+    assert_eq!(remotes(&destroyed), slow_remotes, "{destroyed:?}");
+    // How long each was watched over its share before the rule called it slow: a trickle is
+    // slow in seconds, not a drain window (5 s).
+    let watched: Vec<u64> = destroyed.iter().map(|e| field(e, "offending_ms")).collect();
+    eprintln!("slow readers watched for {watched:?} ms before they were destroyed");
+    for e in &destroyed {
+        assert_eq!(e["reason"], "slow_drain", "{e}");
+        assert!(field(e, "offending_ms") <= 2000, "recognised only after {}ms: {e}", field(e, "offending_ms"));
+    }
+    for c in [&steady, &limited] {
+        assert!(agent.tracks_remote(&c.remote), "{} is gone", c.remote);
+        assert_eq!(s.server.num(&format!("soerror {}", c.server_id)), 0);
+    }
+}
+
+#[test]
 fn stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not() {
     let mut s = Setup::new();
     // 11 remotes under remote-ip fairness: a 6 MiB threshold gives each 572 KiB.
