@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 15;
+pub const LAYOUT_VERSION: u32 = 16;
 
 /// `aya::Pod` for each type (user space only), which must derive `bytemuck::Pod`: invoked beside
 /// each type, with its size assert. Defined before the modules, which see it in textual scope.
@@ -54,6 +54,6 @@ pub use self::{
     scan::{
         REMOTE_COUNTS_CAPACITY, RemoteCount, RemoteKey, ScanParams, ScanSummary, is_connection, remote_key, scan_mode,
     },
-    snapshot::SnapshotEntry,
+    snapshot::{ENTRY_OUT_OF_ORDER, SnapshotEntry},
     watch::{FAULT_HOLDERS, FAULT_SOCKOPS, WatchConfig},
 };

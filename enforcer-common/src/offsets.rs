@@ -52,10 +52,14 @@ pub struct KernelOffsets {
     /// socket's own path gives, which a stall is measured against.
     pub tp_srtt_us: u32,
     pub tp_rttvar_us: u32,
-    pub _pad: u32,
+    /// `sock.sk_backlog.rmem_alloc` (`sk_rmem_alloc`): receive memory charged to the socket, the
+    /// out-of-order queue included.
+    pub sk_rmem_alloc: u32,
+    /// `tcp_sock.out_of_order_queue` (an `rb_root`: its first word is NULL when empty).
+    pub tp_ofo_queue: u32,
 }
 
-// 33 offsets of 4 bytes and padding.
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
+// 35 offsets of 4 bytes.
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 35 * 4);
 
 user_pod!(KernelOffsets);

@@ -49,12 +49,12 @@ impl ScanParams {
     /// when it holds something, so what is left out would never be chosen nor remembered
     /// (enforcer's property test `filtered_scan_decides_like_the_full_snapshot` holds it to that).
     ///
-    /// It decides on `sk_wmem_queued` alone, so that a walk loads the rest of an entry (counters,
-    /// cgroup, namespace) only for the sockets it writes out.
-    pub fn emits(&self, wmem_queued: u32) -> bool {
+    /// It decides on charged memory alone (`sk_wmem_queued` + `sk_rmem_alloc`), so that a walk
+    /// loads the rest of an entry (counters, cgroup, namespace) only for the sockets it writes out.
+    pub fn emits(&self, charged: u32) -> bool {
         match self.mode {
             scan_mode::ALL => true,
-            scan_mode::CANDIDATES => wmem_queued > 0,
+            scan_mode::CANDIDATES => charged > 0,
             _ => false,
         }
     }
@@ -67,7 +67,7 @@ impl ScanParams {
 pub struct ScanSummary {
     /// Tracked connections (states that can hold data).
     pub sockets: u64,
-    /// Their `sk_wmem_queued`, summed: the `tracked` pressure.
+    /// Their charged memory (`sk_wmem_queued` + `sk_rmem_alloc`), summed: the `tracked` pressure.
     pub charged: u64,
     /// Their unacknowledged bytes, summed.
     pub send_queue: u64,

@@ -29,7 +29,8 @@ pub struct SnapshotEntry {
     pub total_rto: u16,
     /// `TCP_ESTABLISHED` = 1 … as in `include/net/tcp_states.h`.
     pub state: u8,
-    pub _pad0: u8,
+    /// `ENTRY_*` bits.
+    pub flags: u8,
     /// `sk_bound_dev_if`: the interface index the socket is bound to (SO_BINDTODEVICE, or
     /// inherited from a bound listener), 0 if none. The kernel's lookup for SOCK_DESTROY only
     /// finds a bound socket when the request names this interface.
@@ -40,12 +41,23 @@ pub struct SnapshotEntry {
     /// own retransmission timeout is made of. 0 before the first RTT sample.
     pub srtt_us: u32,
     pub rttvar_us: u32,
-    pub _pad2: u32,
+    /// `sk_rmem_alloc`: receive memory charged to the socket, in order or not.
+    pub rmem_alloc: u32,
     /// Proxy mode: where this socket's bytes were relayed last (`RELAYS`); zero otherwise.
     pub relay: RelayOut,
 }
 
+/// The kernel holds out-of-order data for the socket: segments beyond a hole the peer has not
+/// filled, which no read can free.
+pub const ENTRY_OUT_OF_ORDER: u8 = 1;
+
 impl SnapshotEntry {
+    /// Memory the kernel charges the socket: its send side (`sk_wmem_queued`) and its receive
+    /// side (`sk_rmem_alloc`).
+    pub fn charged(&self) -> u64 {
+        u64::from(self.wmem_queued) + u64::from(self.rmem_alloc)
+    }
+
     /// Bytes the application queued that the peer has not acknowledged (what SIOCOUTQ says).
     pub fn send_queue(&self) -> u32 {
         self.write_seq.wrapping_sub(self.snd_una)

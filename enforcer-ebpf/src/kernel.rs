@@ -39,7 +39,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_comm: 0,
     tp_srtt_us: 0,
     tp_rttvar_us: 0,
-    _pad: 0,
+    sk_rmem_alloc: 0,
+    tp_ofo_queue: 0,
 };
 
 /// Overridden by the loader: the watched cgroup (see `WatchConfig`).

@@ -24,8 +24,8 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
 use aya_log_ebpf::error;
 use enforcer_common::{
-    FAULT_SOCKOPS, OFFSET_ABSENT, RECORD_FIRST_SEEN, RemoteCount, ScanParams, ScanSummary, SnapshotEntry, SockRecord,
-    is_connection, names, remote_key, scan_mode, stats,
+    ENTRY_OUT_OF_ORDER, FAULT_SOCKOPS, OFFSET_ABSENT, RECORD_FIRST_SEEN, RemoteCount, ScanParams, ScanSummary,
+    SnapshotEntry, SockRecord, is_connection, names, remote_key, scan_mode, stats,
 };
 
 use crate::{
@@ -189,6 +189,10 @@ unsafe fn visit(
         return Ok(());
     }
     let wmem_queued: u32 = unsafe { load(tp, off!(sk_wmem_queued)) };
+    // An atomic_t: never negative once the kernel's accounting settles.
+    let rmem: i32 = unsafe { load(tp, off!(sk_rmem_alloc)) };
+    let rmem_alloc = rmem.max(0) as u32;
+    let charged = wmem_queued.saturating_add(rmem_alloc);
     let write_seq: u32 = unsafe { load(tp, off!(tp_write_seq)) };
     let snd_una: u32 = unsafe { load(tp, off!(tp_snd_una)) };
     let rcv_nxt: u32 = unsafe { load(tp, off!(tp_rcv_nxt)) };
@@ -205,7 +209,7 @@ unsafe fn visit(
         rec.outstanding_since_ns = clock.now();
     }
 
-    let emit = params.emits(wmem_queued);
+    let emit = params.emits(charged);
     if emit {
         let cookie: u64 = unsafe { load(tp, off!(sk_cookie)) };
         let e = SnapshotEntry {
@@ -218,6 +222,9 @@ unsafe fn visit(
             copied_seq: unsafe { load(tp, off!(tp_copied_seq)) },
             snd_wnd,
             wmem_queued,
+            rmem_alloc,
+            // The queue's root pointer, compared only: NULL when no segment waits beyond a hole.
+            flags: if unsafe { load::<u64>(tp, off!(tp_ofo_queue)) } != 0 { ENTRY_OUT_OF_ORDER } else { 0 },
             total_retrans: unsafe { load(tp, off!(tp_total_retrans)) },
             // A constant after load: the verifier drops the branch the kernel does not need.
             total_rto: if off!(tp_total_rto) == OFFSET_ABSENT { 0 } else { unsafe { load(tp, off!(tp_total_rto)) } },
@@ -252,7 +259,7 @@ unsafe fn visit(
     }
     if let Some(s) = summary {
         s.sockets += 1;
-        s.charged += u64::from(wmem_queued);
+        s.charged += u64::from(charged);
         s.send_queue += u64::from(write_seq.wrapping_sub(snd_una));
         s.emitted += u64::from(emit);
         if params.count_remotes != 0 {

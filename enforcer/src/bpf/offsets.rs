@@ -62,7 +62,8 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets> {
         task_comm: field("task_struct", "comm", 16)?,
         tp_srtt_us: field("tcp_sock", "srtt_us", 4)?,
         tp_rttvar_us: field("tcp_sock", "rttvar_us", 4)?,
-        _pad: 0,
+        sk_rmem_alloc: field("sock", "sk_backlog.rmem_alloc", 4)?,
+        tp_ofo_queue: field("tcp_sock", "out_of_order_queue", 8)?,
     })
 }
 

@@ -43,9 +43,11 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// List tracked sockets from a fresh, exact snapshot.
     ///
-    /// Columns: SEND-Q is what the peer has not acknowledged (as SIOCOUTQ), CHARGED the
-    /// send-side memory the kernel charges for it (sk_wmem_queued: what pressure and fair
-    /// shares count, many times SEND-Q when a peer's window is tiny), UNSENT what is queued but
+    /// Columns: SEND-Q is what the peer has not acknowledged (as SIOCOUTQ), CHARGED the memory
+    /// the kernel charges the socket, both sides (sk_wmem_queued + sk_rmem_alloc: what pressure
+    /// counts; the send side is many times SEND-Q when a peer's window is tiny), RECV-MEM its
+    /// receive side (`ooo`: segments wait beyond a hole the peer has not filled, memory no read
+    /// can free), UNSENT what is queued but
     /// not yet sent, RECV-Q what the application has not read, PEER-WND the peer's
     /// advertised window, STALLED how long `snd_una` has not moved while data is outstanding.
     Sockets(SocketsArgs),

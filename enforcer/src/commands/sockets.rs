@@ -251,12 +251,13 @@ fn print_table(
     let relay = |s: &Socket| relays.map_or_else(String::new, |r| format!("{:<15}  ", relay_cell(r, s)));
     let relay_head = if relays.is_some() { format!("{:<15}  ", "RELAY") } else { String::new() };
     let head = format!(
-        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {relay_head}{:<cw$}  {process_head}",
+        "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>12}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {relay_head}{:<cw$}  {process_head}",
         "LOCAL",
         "REMOTE",
         "STATE",
         "SEND-Q",
         "CHARGED",
+        "RECV-MEM",
         "UNSENT",
         "RECV-Q",
         "PEER-WND",
@@ -270,12 +271,13 @@ fn print_table(
     for (s, a) in rows {
         let process = if processes { process(a) } else { String::new() };
         let line = format!(
-            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {}{:<cw$}  {process}",
+            "{:<lw$}  {:<rw$}  {:<11}  {:>9}  {:>9}  {:>12}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>7}  {:>10}  {}{:<cw$}  {process}",
             s.local.to_string(),
             s.remote.to_string(),
             s.state,
             human_bytes(s.send_queue),
             human_bytes(s.charged),
+            recv_cell(s),
             human_bytes(s.unsent),
             human_bytes(s.recv_queue),
             human_bytes(s.peer_window),
@@ -292,6 +294,11 @@ fn print_table(
         writeln!(out, "(no tracked sockets)")?;
     }
     Ok(())
+}
+
+/// Receive memory, marked `ooo` while segments wait beyond a hole.
+fn recv_cell(s: &Socket) -> String {
+    if s.out_of_order { format!("{} ooo", human_bytes(s.recv_charged)) } else { human_bytes(s.recv_charged) }
 }
 
 #[cfg(test)]

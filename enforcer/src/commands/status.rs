@@ -36,6 +36,8 @@ pub fn run(args: StatusArgs) -> Result<()> {
     // Repeat offenders whose new connections the kernel gives a small send buffer.
     let contained = contained::read(&pins)?;
     let recv_queue: u64 = snapshot.iter().map(|s| s.recv_queue).sum();
+    let recv_charged: u64 = snapshot.iter().map(|s| s.recv_charged).sum();
+    let out_of_order: u64 = snapshot.iter().filter(|s| s.out_of_order).map(|s| s.recv_charged).sum();
     let counters = pins.stats()?;
     let kc = journal::counters(&pins)?;
     let counter_map: serde_json::Map<String, Value> =
@@ -70,7 +72,13 @@ pub fn run(args: StatusArgs) -> Result<()> {
             // started (adoption tries again), not the connections untracked now.
             "untracked_no_memory": counters[stats::ERR_STORAGE as usize],
         },
-        "queued": { "send_queue_bytes": send_queue, "charged_bytes": charged, "recv_queue_bytes": recv_queue },
+        "queued": {
+            "send_queue_bytes": send_queue,
+            "charged_bytes": charged,
+            "recv_queue_bytes": recv_queue,
+            "recv_charged_bytes": recv_charged,
+            "out_of_order_bytes": out_of_order,
+        },
         "contained": contained
             .iter()
             .map(|(net, sndbuf)| json!({ "remote": net.to_string(), "sndbuf": sndbuf }))
@@ -141,10 +149,12 @@ pub fn run(args: StatusArgs) -> Result<()> {
     writeln!(out, "sockets    {} tracked, in {} network namespace{plural}", snapshot.len(), namespaces.len())?;
     writeln!(
         out,
-        "queued     {} send ({} charged), {} receive",
+        "queued     {} send, {} receive; {} charged, {} of it receive ({} beyond holes)",
         human_bytes(send_queue),
+        human_bytes(recv_queue),
         human_bytes(charged),
-        human_bytes(recv_queue)
+        human_bytes(recv_charged),
+        human_bytes(out_of_order)
     )?;
     let repeat: Vec<String> =
         contained.iter().map(|(net, sndbuf)| format!("{net} ({})", human_bytes(u64::from(*sndbuf)))).collect();

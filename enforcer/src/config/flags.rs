@@ -67,7 +67,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_low_water, value_name = "PERCENT")]
     #[serde(deserialize_with = "values::low_water")]
     pub low_water: Option<u64>,
-    /// What pressure is: `tracked` (sum of tracked send queues), `kernel` (TCP memory in
+    /// What pressure is: `tracked` (memory charged to the tracked sockets, both sides), `kernel` (TCP memory in
     /// /proc/net/sockstat), `cgroup` (socket memory in the cgroup's memory.stat) [default: tracked].
     #[arg(long, value_enum, value_name = "SOURCE")]
     pub pressure: Option<pressure::Source>,
@@ -177,8 +177,9 @@ pub struct RunArgs {
 const RUN_HELP: &str = "\
 The rule, every --interval: pressure > --threshold starts an episode, which lasts until
 pressure stayed at or under --low-water for --drain-window. While pressure in an episode is over
-the low line, an offender is a socket whose charged send-side memory (sk_wmem_queued) is more
-than its fair share and that either made no forward progress for --stall or, over the whole
+the low line, an offender is a socket holding more than its fair share for its peer (the
+memory charged to its send side, sk_wmem_queued, and its receive side while segments wait
+beyond a hole) and that either made no forward progress for --stall or, over the whole
 --drain-window, was acknowledged too slowly to drain within --max-drain. Offenders are destroyed
 worst evidence first (bytes over the share times how long they have offended) until the
 projected pressure is back at the low line, at most --max-kills per interval; a destroy that

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
-    /// Send-side memory the kernel charges the tracked sockets (`sk_wmem_queued`).
+    /// Memory the kernel charges the tracked sockets, both sides (`sk_wmem_queued` +
+    /// `sk_rmem_alloc`).
     Tracked,
     /// The kernel's TCP memory (`/proc/net/sockstat`, `TCP: … mem PAGES`).
     Kernel,
@@ -73,7 +74,7 @@ impl Meter {
 
     /// Pressure known without walking the sockets, or a bound above it. `kernel` and `cgroup`
     /// are read as they are. `tracked` is bounded by the kernel's TCP memory: every byte a TCP
-    /// socket queues (`sk_wmem_queued`) is charged to `tcp_memory_allocated` (sockstat's `mem`,
+    /// socket queues or receives (`sk_wmem_queued`, `sk_rmem_alloc`) is charged to `tcp_memory_allocated` (sockstat's `mem`,
     /// global, whatever the namespace), which lags behind by at most each CPU's reserve
     /// (`net.core.mem_pcpu_rsv` pages, 1 MiB where the sysctl is absent). `None` when the bound
     /// cannot be read: the caller walks the sockets.

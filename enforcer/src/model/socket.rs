@@ -3,7 +3,7 @@
 //! and the kill journal need.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use enforcer_common::{AF_INET, RECORD_ADOPTED, RECORD_FIRST_SEEN, RECORD_OUTBOUND, SnapshotEntry};
+use enforcer_common::{AF_INET, ENTRY_OUT_OF_ORDER, RECORD_ADOPTED, RECORD_FIRST_SEEN, RECORD_OUTBOUND, SnapshotEntry};
 use serde::Serialize;
 
 /// One tracked socket. Byte counts are bytes; durations milliseconds.
@@ -21,9 +21,14 @@ pub struct Socket {
     pub unsent: u64,
     /// Received and not yet read by the application.
     pub recv_queue: u64,
-    /// Send-side memory the kernel charges the socket: queued skbs with their overhead
-    /// (`sk_wmem_queued`). A peer with a tiny window makes it many times `send_queue`.
+    /// Memory the kernel charges the socket, both sides: queued skbs with their overhead
+    /// (`sk_wmem_queued`; a peer with a tiny window makes it many times `send_queue`) and what it
+    /// received (`sk_rmem_alloc`, out-of-order segments included).
     pub charged: u64,
+    /// The receive side of `charged` (`sk_rmem_alloc`).
+    pub recv_charged: u64,
+    /// The kernel holds segments beyond a hole the peer has not filled: memory no read can free.
+    pub out_of_order: bool,
     /// The peer's advertised window.
     pub peer_window: u64,
     /// How long the peer's window has been zero; 0 while open.
@@ -181,6 +186,14 @@ pub fn state_name(state: u8) -> &'static str {
 }
 
 impl Socket {
+    /// What the peer makes the kernel hold for this socket, and the rule judges it by: the send
+    /// side (what the peer has not acknowledged, with its overhead) and, while segments wait
+    /// beyond a hole the peer has not filled, the receive side. Data received in order that the
+    /// application has not read yet is the application's to free, never the peer's doing.
+    pub fn held_by_peer(&self) -> u64 {
+        if self.out_of_order { self.charged } else { self.charged.saturating_sub(self.recv_charged) }
+    }
+
     pub fn new(e: &SnapshotEntry) -> Self {
         let r = &e.record;
         let send_queue = u64::from(e.send_queue());
@@ -192,7 +205,9 @@ impl Socket {
             send_queue,
             unsent: e.unsent().into(),
             recv_queue: e.recv_queue().into(),
-            charged: e.wmem_queued.into(),
+            charged: e.charged(),
+            recv_charged: e.rmem_alloc.into(),
+            out_of_order: e.flags & ENTRY_OUT_OF_ORDER != 0,
             peer_window: e.snd_wnd.into(),
             zero_window_ms: if r.zero_window_since_ns == 0 { 0 } else { ms_since(e.now_ns, r.zero_window_since_ns) },
             stalled_ms: if send_queue == 0 { 0 } else { ms_since(e.now_ns, e.stalled_since_ns()) },

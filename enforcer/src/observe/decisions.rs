@@ -18,7 +18,17 @@ use crate::{
 /// Why the rule chose it, in words.
 fn why(d: &Decision) -> String {
     let s = &d.socket;
-    let held = format!("holds {} charged ({} queued)", human_bytes(s.charged), human_bytes(s.send_queue));
+    let held = if s.recv_charged == 0 {
+        format!("holds {} charged ({} queued)", human_bytes(s.charged), human_bytes(s.send_queue))
+    } else {
+        format!(
+            "holds {} charged ({} queued to send, {} received{})",
+            human_bytes(s.charged),
+            human_bytes(s.send_queue),
+            human_bytes(s.recv_charged),
+            if s.out_of_order { " beyond a hole" } else { "" }
+        )
+    };
     match d.reason {
         Reason::Stalled => {
             format!("{held}, share {}, no progress for {}", human_bytes(d.fair_share), human_ms(s.stalled_ms))
@@ -44,8 +54,13 @@ fn why(d: &Decision) -> String {
             human_ms(s.stalled_ms)
         ),
         Reason::RepeatOffender => {
-            format!("{held}, a repeat offender's connection with no progress for {}", human_ms(s.stalled_ms))
+            format!("{held}, a repeat offender's connection with no progress for {}", human_ms(d.offending_ms))
         }
+        Reason::OutOfOrder => format!(
+            "{held}, share {}, segments wait beyond a hole the peer has not filled and nothing arrived in order for {}",
+            human_bytes(d.fair_share),
+            human_ms(d.offending_ms)
+        ),
     }
 }
 
@@ -72,7 +87,7 @@ pub fn log(
         ($level:ident) => {
             tracing::$level!(
                 event = event.as_str(), cookie = s.cookie, local = %s.local, remote = %s.remote,
-                send_queue = s.send_queue, charged = s.charged, fair_share = d.fair_share,
+                send_queue = s.send_queue, charged = s.charged, recv_charged = s.recv_charged, fair_share = d.fair_share,
                 stalled_ms = s.stalled_ms, drain_estimate_ms = d.drain_estimate_ms,
                 offending_ms = d.offending_ms, evidence = d.evidence, pressure, threshold,
                 reason = d.reason.as_str(), error = error.map(|e| e.to_string()), errno,

@@ -22,22 +22,27 @@ pub enum Reason {
     /// Proxy mode, beyond `--max-per-remote` connections of its remote: it relays for nobody
     /// (the socket its bytes went to closed) and relayed nothing for `--orphan-after`.
     Orphan,
+    /// Over its share on the receive side: segments wait beyond a hole the peer has not filled
+    /// (no read can free them) and nothing arrived in order for `--stall`.
+    OutOfOrder,
 }
 
 /// Each reason's code in the kill journal's ring (0 is "unknown") and its name in logs, JSON,
 /// metrics and filters: one table, so they never disagree. Codes are what earlier agents wrote:
 /// never renumber.
-const REASONS: [(Reason, u8, &str); 6] = [
+const REASONS: [(Reason, u8, &str); 7] = [
     (Reason::Stalled, 1, "stalled"),
     (Reason::SlowDrain, 2, "slow_drain"),
     (Reason::RemoteCap, 3, "remote_cap"),
     (Reason::StalledUnderShare, 4, "stalled_under_share"),
     (Reason::RepeatOffender, 5, "repeat_offender"),
     (Reason::Orphan, 6, "orphan"),
+    (Reason::OutOfOrder, 7, "out_of_order"),
 ];
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [REASONS[0].0, REASONS[1].0, REASONS[2].0, REASONS[3].0, REASONS[4].0, REASONS[5].0];
+    pub const ALL: [Reason; 7] =
+        [REASONS[0].0, REASONS[1].0, REASONS[2].0, REASONS[3].0, REASONS[4].0, REASONS[5].0, REASONS[6].0];
 
     /// Whether it says the remote misbehaved (what makes repeat offenders): a connection the
     /// per-remote cap evicts is the host holding too much for one remote, not the remote
@@ -111,6 +116,10 @@ pub struct Assessment {
     pub stalled_ms: u64,
     /// How long it must stall to be stalled (`--stall`, or longer on a slow path).
     pub stall_needed_ms: u64,
+    /// How long nothing has arrived in order while segments wait beyond a hole; 0 without any.
+    pub rx_stalled_ms: u64,
+    /// How long that must last to be stuck on the receive side.
+    pub rx_stall_needed_ms: u64,
     /// At the rate acknowledged over the drain window; None until the socket has been over its
     /// share for a whole window, or when the peer drained what the window started with.
     pub drain_estimate_ms: Option<u64>,

@@ -1,8 +1,9 @@
 //! What the rule remembers of a socket across snapshots: samples of what the peer acknowledged,
 //! kept only while it holds more than its share, and the drain rate measured over them.
 //!
-//! Two estimates, both of charged memory over the rate the peer acknowledged (a tiny window makes
-//! the kernel charge several times the bytes queued: memory, not bytes, is what the peer holds):
+//! Two estimates, both of the memory the peer holds (`Socket::held_by_peer`) over the rate it
+//! acknowledged (a tiny window makes the kernel charge several times the bytes queued: memory,
+//! not bytes, is what the peer holds):
 //! - over `drain_window_ms` of samples: intervals without an ACK count as zero, and a socket
 //!   that has not been over its share for the whole window gets no such estimate. A reader whose
 //!   ACKs arrive in bursts (a client that reads 64 KiB every 100 ms, or 2 MiB every second) is
@@ -61,7 +62,7 @@ impl OverShare {
             return None;
         }
         let generous = acked.saturating_add(self.largest_burst).max(1);
-        Some((u128::from(s.charged) * u128::from(span) / u128::from(generous)).min(u128::from(u64::MAX)) as u64)
+        Some((u128::from(s.held_by_peer()) * u128::from(span) / u128::from(generous)).min(u128::from(u64::MAX)) as u64)
     }
 
     fn window_estimate_ms(&self, s: &Socket, now_ms: u64, window_ms: u64) -> Option<u64> {
@@ -82,7 +83,7 @@ impl OverShare {
         if acked == 0 {
             return Some(u64::MAX);
         }
-        Some((u128::from(s.charged) * u128::from(span) / u128::from(acked)).min(u128::from(u64::MAX)) as u64)
+        Some((u128::from(s.held_by_peer()) * u128::from(span) / u128::from(acked)).min(u128::from(u64::MAX)) as u64)
     }
 }
 
@@ -94,7 +95,7 @@ pub(super) fn remember(
     now_ms: u64,
     window_ms: u64,
 ) -> Option<OverShare> {
-    (s.charged > share).then(|| {
+    (s.held_by_peer() > share).then(|| {
         let now = Sample { at_ms: now_ms, bytes_acked: s.bytes_acked, send_queue: s.send_queue };
         let mut o = before.unwrap_or_else(|| OverShare {
             since_ms: now_ms,

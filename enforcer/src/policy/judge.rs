@@ -19,7 +19,7 @@ use super::{
     remote::RemoteEvidence,
     remote_cap::remote_cap,
     repeat::{Flagged, RepeatOffenders},
-    stall::stall_needed_ms,
+    stall::{rx_stall_needed_ms, stall_needed_ms},
 };
 use crate::model::socket::Socket;
 
@@ -152,6 +152,8 @@ impl Judge {
                 fair_share: share,
                 stalled_ms: s.stalled_ms,
                 stall_needed_ms: stall_needed_ms(p, s),
+                rx_stalled_ms: if s.out_of_order { s.rx_idle_ms } else { 0 },
+                rx_stall_needed_ms: rx_stall_needed_ms(p, s),
                 drain_estimate_ms: drain,
             };
             if acting && !p.protect.covers(s) {
@@ -192,15 +194,21 @@ impl Judge {
         // explains (`stall_needed_ms`): a repeat offender's stalled connections all go, whatever
         // their share (taking only what the budget needs would leave the remote holding the
         // threshold), but after the same stall as anyone's, so a reader behind a shared address
-        // that pauses is judged on its own.
+        // that pauses is judged on its own. The receive side stalls when nothing arrives in order
+        // while segments wait beyond a hole: memory only the peer can free.
         let stalled = a.stalled_ms >= a.stall_needed_ms;
+        let rx_stuck = a.rx_stalled_ms > 0 && a.rx_stalled_ms >= a.rx_stall_needed_ms;
+        // What the peer holds: data received in order and not read is the application's.
+        let held = s.held_by_peer();
         let flagged = self.repeat.flagged_since(&p.fairness.remote(s.remote.ip())).is_some();
-        if flagged && stalled && s.charged > 0 {
-            plan.sweep.push(decision(Reason::RepeatOffender, a.stalled_ms, s.charged));
-        } else if s.charged > a.fair_share {
-            let over_bytes = s.charged - a.fair_share;
+        if flagged && (stalled || rx_stuck) && held > 0 {
+            plan.sweep.push(decision(Reason::RepeatOffender, a.stalled_ms.max(a.rx_stalled_ms), held));
+        } else if held > a.fair_share {
+            let over_bytes = held - a.fair_share;
             if stalled {
                 plan.offenders.push(decision(Reason::Stalled, a.stalled_ms, over_bytes));
+            } else if rx_stuck {
+                plan.offenders.push(decision(Reason::OutOfOrder, a.rx_stalled_ms, over_bytes));
             } else if a.drain_estimate_ms.is_some_and(|d| d > p.max_drain_ms) {
                 let slow_for = now_ms.saturating_sub(over_since.unwrap_or(now_ms));
                 plan.offenders.push(decision(Reason::SlowDrain, slow_for, over_bytes));
@@ -209,10 +217,10 @@ impl Judge {
                 // which a capped budget keeps a destroy for (`Plan::carry_out`).
                 plan.waiting.note(s.charged);
             }
-        } else if stalled && s.charged.saturating_mul(NEGLIGIBLE_FRACTION) >= a.fair_share && s.charged > 0 {
+        } else if (stalled || rx_stuck) && held.saturating_mul(NEGLIGIBLE_FRACTION) >= a.fair_share && held > 0 {
             // Not a socket whose destroy frees a negligible part of its share (an idle keep-alive
             // whose small response a slow path has not acknowledged yet).
-            plan.escalation.push(decision(Reason::StalledUnderShare, a.stalled_ms, s.charged));
+            plan.escalation.push(decision(Reason::StalledUnderShare, a.stalled_ms.max(a.rx_stalled_ms), held));
         }
     }
 }
@@ -278,6 +286,36 @@ mod tests {
         let normal = sock(2, "192.0.2.2:1", 2 << 20, 5000, 0);
         let d = chosen(&Judge::new(policy(8 << 20)).judge_all(&[tiny, normal], 1000, 10 << 20));
         assert_eq!(cookies(&d), [1]);
+    }
+
+    #[test]
+    fn data_beyond_a_hole_is_the_peers_doing_unread_data_is_the_applications() {
+        // Receive memory only, 3.6 MiB each, nothing in order for 5 s. Threshold 8 MiB over 12
+        // connections: a share of 680 KiB.
+        let recv = |cookie, out_of_order, rx_idle_ms| {
+            let mut s = sock(cookie, &format!("192.0.2.{cookie}:1"), 3_600_000, 0, 0);
+            (s.send_queue, s.recv_charged, s.out_of_order, s.rx_idle_ms) = (0, 3_600_000, out_of_order, rx_idle_ms);
+            s
+        };
+        let mut sockets = vec![
+            recv(1, true, 5000),  // segments beyond a hole the peer never fills
+            recv(2, false, 5000), // an application that does not read what arrived in order
+            recv(3, true, 200),   // a hole a lossy path is filling
+        ];
+        sockets.extend((4..=12).map(|c| sock(c, "192.0.2.99:1", 1000, 0, 0)));
+        let mut p = policy(8 << 20);
+        p.kind = Kind::Heffner;
+        let mut j = Judge::new(p);
+        // Over the threshold for long enough to escalate: only the hole held for --stall goes.
+        for i in 0..40 {
+            let d = chosen(&j.judge_all(&sockets, i * 250, 12 << 20));
+            assert_eq!(cookies(&d), [1], "interval {i}: {d:?}");
+            assert_eq!(d[0].reason, Reason::OutOfOrder);
+            assert_eq!(d[0].offending_ms, 5000);
+        }
+        // Unread data counts in the pressure, never in the peer's share or stall.
+        assert_eq!(sockets[1].held_by_peer(), 0);
+        assert_eq!(sockets[0].held_by_peer(), 3_600_000);
     }
 
     /// Feeds snapshots every `step` ms; `at(t)` gives the socket at time t.

@@ -5,9 +5,11 @@
 //! The rule is John Heffner's (tcpm, 2006): when memory is over a threshold, kill the
 //! connections that hold more than their fair share (threshold / connections) and made no
 //! forward progress. Made to hold under real and adversarial traffic:
-//! - memory is what the kernel *charges* for the send side (`sk_wmem_queued`), not unacknowledged
+//! - memory is what the kernel *charges* (`sk_wmem_queued`, `sk_rmem_alloc`), not unacknowledged
 //!   bytes: a peer with a tiny window makes the kernel cut the queue into tiny skbs and pay many
-//!   times the SEND-Q;
+//!   times the SEND-Q. A socket is judged on what its peer makes the kernel hold (the send side,
+//!   and the receive side while segments wait beyond a hole); data received in order and not
+//!   read is the application's;
 //! - a slow reader is judged on its drain rate over a window of several seconds, never one
 //!   interval, so ACKs that arrive in bursts are not mistaken for a trickle ([`judge`]);
 //! - offenders are ranked by evidence (byte-milliseconds over the share), worst first;

@@ -89,12 +89,16 @@ fn step(rng: &mut Rng, s: &mut Socket, dt: u64) {
         6 => s.charged = s.charged.saturating_add(rng.below(1 << 20)),
         _ => {}
     }
-    s.send_queue = s.charged;
-    s.raw.wmem_queued = s.charged as u32;
+    // Some of it received: in order (the application's to read) or behind a hole.
+    s.recv_charged = if rng.chance(30) { rng.below(s.charged + 1) } else { 0 };
+    s.out_of_order = s.recv_charged > 0 && rng.chance(50);
+    s.send_queue = s.charged - s.recv_charged;
+    s.raw.wmem_queued = s.send_queue as u32;
+    s.raw.rmem_alloc = s.recv_charged as u32;
     if rng.chance(50) {
         s.bytes_acked += rng.below(512 << 10);
     }
-    s.stalled_ms = match (s.charged, rng.below(3)) {
+    s.stalled_ms = match (s.send_queue, rng.below(3)) {
         (0, _) => 0,
         (_, 0) => 0,
         _ => s.stalled_ms + dt,
@@ -139,7 +143,7 @@ fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> Jud
         if params.count_remotes != 0 {
             *counts.entry(key(s)).or_default() += 1;
         }
-        if params.emits(s.raw.wmem_queued) {
+        if params.emits(s.raw.charged() as u32) {
             emitted.push(s.clone());
         }
     }

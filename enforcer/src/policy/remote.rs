@@ -8,8 +8,9 @@
 //! agent contains it (its new connections get a small send buffer). Protected connections count
 //! for nothing here, as everywhere.
 //!
-//! A remote's share is the threshold over the remotes that hold memory now. Progress is its
-//! connections being acknowledged, together and over the streak so far, fast enough to drain
+//! A remote's share is the threshold over the remotes that hold memory now (what its peers make
+//! the kernel hold: `Socket::held_by_peer`). Progress is its connections moving bytes (being
+//! acknowledged, or sending in order), together and over the streak so far, fast enough to drain
 //! what the remote holds within `--max-drain` (a connection that drained its queue leaves the scan
 //! and says nothing): a download behind a shared address (NAT) keeps the address from being stuck,
 //! a trickle beside a churn does not. A remote with one connection holding memory is the
@@ -32,8 +33,8 @@ struct Held {
     /// Since when (the first snapshot of the streak) it has held more than its share without
     /// progress.
     stuck_since_ms: u64,
-    /// Its connections' acknowledged bytes when the streak began (or when a connection was first
-    /// seen in it), by cookie.
+    /// Its connections' bytes moved (acknowledged, and received in order) when the streak began
+    /// (or when a connection was first seen in it), by cookie.
     base: HashMap<u64, u64>,
 }
 
@@ -46,7 +47,7 @@ pub struct RemoteEvidence {
 /// A remote's standing in one snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Standing {
-    /// Memory its connections are charged, in all.
+    /// Memory its connections are charged for what it did, in all (`Socket::held_by_peer`).
     pub charged: u64,
     /// The threshold over the remotes holding memory now.
     pub share: u64,
@@ -73,14 +74,14 @@ impl RemoteEvidence {
         now_ms: u64,
     ) -> HashMap<IpNet, Standing> {
         let mut by_remote: HashMap<IpNet, Vec<&Socket>> = HashMap::new();
-        for s in sockets.filter(|s| s.charged > 0) {
+        for s in sockets.filter(|s| s.held_by_peer() > 0) {
             by_remote.entry(fairness.remote(s.remote.ip())).or_default().push(s);
         }
         let share = threshold / (by_remote.len() as u64).max(1);
         let mut prev = std::mem::take(&mut self.held);
         let mut out = HashMap::with_capacity(by_remote.len());
         for (remote, conns) in by_remote {
-            let charged: u64 = conns.iter().map(|s| s.charged).sum();
+            let charged: u64 = conns.iter().map(|s| s.held_by_peer()).sum();
             if charged <= share {
                 out.insert(remote, Standing { charged, share, stuck_ms: 0 });
                 continue;
@@ -93,7 +94,7 @@ impl RemoteEvidence {
             // not on the last interval alone.
             let progressed = before.as_ref().is_some_and(|h| {
                 let acked: u64 =
-                    conns.iter().filter_map(|s| h.base.get(&s.cookie).map(|&a| s.bytes_acked.saturating_sub(a))).sum();
+                    conns.iter().filter_map(|s| h.base.get(&s.cookie).map(|&a| moved(s).saturating_sub(a))).sum();
                 let elapsed = now_ms.saturating_sub(h.stuck_since_ms).max(1);
                 u128::from(acked) * u128::from(drain_ms) >= u128::from(charged) * u128::from(elapsed)
             });
@@ -101,11 +102,11 @@ impl RemoteEvidence {
                 Some(mut h) if !progressed => {
                     // Connections new to the streak count from now.
                     for s in &conns {
-                        h.base.entry(s.cookie).or_insert(s.bytes_acked);
+                        h.base.entry(s.cookie).or_insert(moved(s));
                     }
                     h
                 }
-                _ => Held { stuck_since_ms: now_ms, base: conns.iter().map(|s| (s.cookie, s.bytes_acked)).collect() },
+                _ => Held { stuck_since_ms: now_ms, base: conns.iter().map(|s| (s.cookie, moved(s))).collect() },
             };
             let stuck_since_ms = held.stuck_since_ms;
             self.held.insert(remote, held);
@@ -138,12 +139,13 @@ impl RemoteEvidence {
         // connection holding the most explains (`stall_needed_ms`: a satellite download's loss
         // recovery is not a remote holding memory, a zero-window churn gets `--stall`).
         let mut said: HashMap<IpNet, Said> = HashMap::new();
-        for s in sockets.iter().filter(|s| !p.protect.covers(s) && s.charged > 0) {
+        for s in sockets.iter().filter(|s| !p.protect.covers(s) && s.held_by_peer() > 0) {
             let e = said.entry(p.fairness.remote(s.remote.ip())).or_default();
             e.holding += 1;
-            e.longest_stall_ms = e.longest_stall_ms.max(s.stalled_ms);
-            if s.charged > e.largest {
-                (e.largest, e.needed_ms) = (s.charged, stall_needed_ms(p, s));
+            let rx_stalled_ms = if s.out_of_order { s.rx_idle_ms } else { 0 };
+            e.longest_stall_ms = e.longest_stall_ms.max(s.stalled_ms).max(rx_stalled_ms);
+            if s.held_by_peer() > e.largest {
+                (e.largest, e.needed_ms) = (s.held_by_peer(), stall_needed_ms(p, s));
             }
         }
         let mut stuck: Vec<_> = standings
@@ -164,6 +166,12 @@ impl RemoteEvidence {
             })
             .collect()
     }
+}
+
+/// A connection's progress both ways: bytes the peer acknowledged, and bytes it sent in order
+/// (what fills a hole on the receive side).
+fn moved(s: &Socket) -> u64 {
+    s.bytes_acked.saturating_add(s.bytes_received)
 }
 
 /// What a remote's connections say for it in one snapshot ([`RemoteEvidence::flag_stuck`]).

@@ -25,6 +25,14 @@ pub fn stall_needed_ms(p: &Policy, s: &Socket) -> u64 {
     p.stall_ms.max((PATH_RTOS * s.rto_ms).min(PATH_STALL_CAP * p.stall_ms))
 }
 
+/// How long a socket must receive nothing in order, while segments wait beyond a hole, to be
+/// stuck on its receive side: `--stall`, or as long as loss recovery on its path takes (the peer
+/// fills a hole with its own retransmissions, on its own clock), up to `PATH_STALL_CAP` ×
+/// `--stall`.
+pub fn rx_stall_needed_ms(p: &Policy, s: &Socket) -> u64 {
+    p.stall_ms.max((PATH_RTOS * s.rto_ms).min(PATH_STALL_CAP * p.stall_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,8 @@ pub fn sock(cookie: u64, remote: &str, charged: u64, stalled_ms: u64, bytes_acke
         unsent: 0,
         recv_queue: 0,
         charged,
+        recv_charged: 0,
+        out_of_order: false,
         peer_window: 0,
         zero_window_ms: 0,
         stalled_ms,

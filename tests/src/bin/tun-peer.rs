@@ -21,6 +21,8 @@
 //!                            in order, data segments seen (retransmissions too), and one of
 //!                            syn_sent, established, closed (the server sent FIN), reset
 //!   send ID BYTES            send up to BYTES of payload within the server's window; `ok SENT`
+//!   hole ID BYTES            never send the next BYTES: what `send` sends from now on lies
+//!                            beyond a hole, and the server holds it out of order
 //!   rst ID                   send an RST and forget the connection
 //!
 //! It stores no payload: it keeps the next in-order sequence number and counts. Whatever the ACK
@@ -650,6 +652,13 @@ fn command(shared: &Shared, words: &[&str]) -> Result<String, String> {
             Ok(format!("{} {} {} {}", c.acked(), c.received(), c.segments, c.state.name()))
         }
         "send" => send(shared, arg(words, 1)?, arg(words, 2)?),
+        "hole" => {
+            let mut peer = shared.lock();
+            let conn = peer.conn(arg(words, 1)?)?;
+            let bytes: u32 = arg(words, 2)?;
+            conn.snd_nxt = conn.snd_nxt.wrapping_add(bytes);
+            Ok(String::new())
+        }
         "rst" => {
             let mut peer = shared.lock();
             let id: usize = arg(words, 1)?;

@@ -18,6 +18,7 @@ mod metrics;
 mod operators;
 mod paths;
 mod proxy;
+mod receive;
 mod reliability;
 mod remotes;
 mod scripted_peer;
