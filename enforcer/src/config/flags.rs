@@ -84,7 +84,9 @@ pub struct RunArgs {
     #[serde(deserialize_with = "values::duration")]
     pub stall: Option<Duration>,
     /// ...or its queue would take longer than this to drain at the rate the peer acknowledged
-    /// over --drain-window [default: 30s].
+    /// over --drain-window. Within an episode it tightens, to half at the least, as pressure
+    /// rises over the threshold (threshold / pressure) and as the episode ages (by half over
+    /// this long), so a reader cannot hold memory by draining just within it [default: 30s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(deserialize_with = "values::duration")]
     pub max_drain: Option<Duration>,

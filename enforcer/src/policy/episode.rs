@@ -78,9 +78,34 @@ impl Episodes {
     }
 }
 
+/// `--max-drain` as it stands within an episode: scaled down as pressure rises over the threshold
+/// (threshold / pressure) and as the episode ages (by half over `--max-drain` of it), whichever
+/// is lower, to half of `--max-drain` at the least. Envoy's overload manager scales its timeouts
+/// the same way. An attacker that keeps its queues draining just within `--max-drain` while the
+/// application refills them holds memory for as long as it likes; under sustained pressure it
+/// must drain twice as fast. Half, not less: a reader that keeps up (640 KB/s with 7.7 MB queued
+/// drains in 12 s) is no attacker, and a progressing socket under its share is never taken.
+pub fn max_drain_now(max_drain_ms: u64, threshold: u64, pressure: u64, age_ms: u64) -> u64 {
+    let by_pressure = u128::from(max_drain_ms) * u128::from(threshold) / u128::from(pressure.max(1));
+    let by_age = u128::from(max_drain_ms).saturating_sub(u128::from(age_ms.min(max_drain_ms)) / 2);
+    (by_pressure.min(by_age).min(u128::from(max_drain_ms)) as u64).max(max_drain_ms / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bar_rises_with_pressure_and_age_to_half() {
+        // Not over the threshold, a new episode: --max-drain.
+        assert_eq!(max_drain_now(30_000, 100, 100, 0), 30_000);
+        // Pressure 1.5 × the threshold: 20 s; twice and more: 15 s.
+        assert_eq!(max_drain_now(30_000, 100, 150, 0), 20_000);
+        assert_eq!(max_drain_now(30_000, 100, 1000, 0), 15_000);
+        // An episode 10 s old: 25 s; one as old as --max-drain or older: 15 s.
+        assert_eq!(max_drain_now(30_000, 100, 101, 10_000), 25_000);
+        assert_eq!(max_drain_now(30_000, 100, 101, 3_600_000), 15_000);
+    }
 
     #[test]
     fn an_episode_lasts_until_pressure_settles_under_the_low_line() {

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::{
     Assessment, Decision, ESCALATE_AFTER_INTERVALS, Policy, Population, Reason,
-    episode::{Change, Episode, Episodes},
+    episode::{Change, Episode, Episodes, max_drain_now},
     history::{OverShare, remember},
     plan::Plan,
     quiet,
@@ -209,7 +209,7 @@ impl Judge {
                 plan.offenders.push(decision(Reason::Stalled, a.stalled_ms, over_bytes));
             } else if rx_stuck {
                 plan.offenders.push(decision(Reason::OutOfOrder, a.rx_stalled_ms, over_bytes));
-            } else if a.drain_estimate_ms.is_some_and(|d| d > p.max_drain_ms) {
+            } else if a.drain_estimate_ms.is_some_and(|d| d > self.max_drain_now(plan.pressure, now_ms)) {
                 let slow_for = now_ms.saturating_sub(over_since.unwrap_or(now_ms));
                 plan.offenders.push(decision(Reason::SlowDrain, slow_for, over_bytes));
             } else if a.stalled_ms >= p.interval_ms {
@@ -222,6 +222,15 @@ impl Judge {
             // whose small response a slow path has not acknowledged yet).
             plan.escalation.push(decision(Reason::StalledUnderShare, a.stalled_ms.max(a.rx_stalled_ms), held));
         }
+    }
+}
+
+impl Judge {
+    /// `--max-drain` as it stands now: it tightens while an episode lasts ([`max_drain_now`]).
+    fn max_drain_now(&self, pressure: u64, now_ms: u64) -> u64 {
+        let p = &self.policy;
+        let age_ms = self.episodes.current().map_or(0, |e| now_ms.saturating_sub(e.started_ms));
+        max_drain_now(p.max_drain_ms, p.threshold, pressure, age_ms)
     }
 }
 
@@ -384,6 +393,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_reader_gaming_max_drain_is_slow_once_the_bar_rises() {
+        // Four readers acknowledging 410 KB/s each while the application refills their 7.5 MB
+        // queues: 18 s to drain, under --max-drain (30 s), for as long as they like. A reader
+        // that keeps up (640 KB/s, 12 s) is never slow.
+        let run = |pressure: u64, rate: u64| {
+            let mut j = Judge::new(policy(8 << 20));
+            let plans = run_for(&mut j, 40_000, 250, pressure, |t| {
+                (1..=4).map(|c| sock(c, &format!("192.0.2.{c}:1"), 7_500_000, 0, t * rate / 1000)).collect()
+            });
+            plans.iter().find(|(_, p)| !chosen(p).is_empty()).map(|(t, p)| (*t, chosen(p)[0].reason))
+        };
+        // Pressure over twice the threshold: the bar is 15 s at once.
+        let (t, reason) = run(30 << 20, 410_000).expect("never slow");
+        assert!(t <= 5000 && reason == Reason::SlowDrain, "{t} {reason:?}");
+        // Just over the threshold: the bar falls as the episode ages, to 18 s within 24 s.
+        let (t, _) = run(9 << 20, 410_000).expect("never slow");
+        assert!((5000..=30_000).contains(&t), "{t}");
+        // A reader that keeps up, however long the episode and high the pressure.
+        assert_eq!(run(30 << 20, 640_000), None);
     }
 
     #[test]
