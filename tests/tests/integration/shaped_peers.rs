@@ -92,7 +92,8 @@ fn tiny_window_peers_are_judged_by_the_memory_they_cost() {
 fn one_byte_window_peers_are_destroyed_as_slow() {
     // Three peers advertising a 1-byte window without scaling: the server sends a byte per
     // probe and the peer acknowledges it, so they are never stalled; 256 KiB queued each is
-    // charged ~18x. A byte per probe is slow: destroyed after one drain window (3 s here).
+    // charged ~18x. A byte per probe in every interval is a trickle: slow after 1.5 s, before
+    // a drain window (3 s here) has passed.
     let mut s = TunSetup::new();
     let threshold = 8 * MIB;
     let agent = s.agent(&["--threshold", "8MiB", "--drain-window", "3s"]);
@@ -106,9 +107,11 @@ fn one_byte_window_peers_are_destroyed_as_slow() {
     back_at_threshold(&agent, threshold);
     let destroyed = agent.events_of("destroyed");
     assert!(!destroyed.is_empty() && destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
-    for e in &destroyed {
-        assert!(field(e, "offending_ms") >= 3000, "destroyed before one drain window: {e}");
-    }
+    // Watched for 1.5 s at least; as a trickle, before the window (a probe backed off past an
+    // interval restarts a trickle, and the window judges it then).
+    let watched: Vec<u64> = destroyed.iter().map(|e| field(e, "offending_ms")).collect();
+    eprintln!("watched for {watched:?} ms");
+    assert!(watched.iter().all(|&ms| ms >= 1500) && watched.iter().any(|&ms| ms < 3000), "{destroyed:?}");
 }
 
 /// A peer on a slow path: after a twelve-second idle spell, its first ACK of a new response
