@@ -51,7 +51,7 @@ fn why(d: &Decision) -> String {
         Reason::StalledUnderShare => format!(
             "{held}, under its share {} but no progress for {} while pressure stays over the threshold",
             human_bytes(d.fair_share),
-            human_ms(s.stalled_ms)
+            human_ms(d.offending_ms)
         ),
         Reason::RepeatOffender => {
             format!("{held}, a repeat offender's connection with no progress for {}", human_ms(d.offending_ms))

@@ -106,6 +106,41 @@ fn slow_readers_are_recognised_in_seconds_bursty_readers_are_not() {
 }
 
 #[test]
+fn readers_draining_just_within_max_drain_while_refilled_go_as_the_bar_rises() {
+    let mut s = Setup::new();
+    let threshold: u64 = 8 << 20;
+    let agent = s.agent(&["--threshold", "8MiB"]);
+    // Four readers acknowledging ~410 KB/s each while the server keeps 7.5 MB queued for each:
+    // about 18 s to drain, under --max-drain (30 s), for as long as they like; together four
+    // times the threshold.
+    let gamers: Vec<Conn> = (30..34)
+        .map(|i| {
+            let c = s.connect(9000, 0, &format!("127.0.0.{i}"));
+            s.server.cmd(&format!("sndbuf {} 7500000", c.server_id));
+            s.server.cmd(&format!("write-loop {}", c.server_id));
+            s.clients.cmd(&format!("read-loop {} 41000 100", c.client_id));
+            c
+        })
+        .collect();
+    let gamer_remotes: HashSet<String> = gamers.iter().map(|c| c.remote.clone()).collect();
+    wait_for("pressure over the threshold", Duration::from_secs(15), || {
+        (charged(&agent, "") > threshold).then_some(())
+    });
+    let over = Instant::now();
+    // Within an episode --max-drain tightens with pressure and age: they go within 30 s.
+    wait_for("the readers gaming --max-drain destroyed", Duration::from_secs(30), || {
+        (remotes(&agent.events_of("destroyed")) == gamer_remotes).then_some(())
+    });
+    eprintln!("destroyed within {:?} of pressure going over", over.elapsed());
+    let destroyed = agent.events_of("destroyed");
+    let estimates: Vec<u64> = destroyed.iter().map(|e| field(e, "drain_estimate_ms")).collect();
+    eprintln!("their drain estimates: {estimates:?} ms");
+    assert!(destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
+    // Under --max-drain itself: the risen bar, not the old one, took them.
+    assert!(estimates.iter().any(|&ms| ms < 30_000), "{destroyed:?}");
+}
+
+#[test]
 fn stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not() {
     let mut s = Setup::new();
     // 11 remotes under remote-ip fairness: a 6 MiB threshold gives each 572 KiB.

@@ -95,10 +95,13 @@ fn data_held_beyond_a_hole_goes_unread_data_and_downloads_stay() {
     assert!(under * 10 >= samples.len() * 9, "the attack came back: {samples:?}");
     let destroyed = agent.events_of("destroyed");
     assert!(!destroyed.is_empty() && remotes(&destroyed).is_subset(&attack), "{destroyed:?}");
+    // Over their share, as `out_of_order`; the last ones, once few are left holding under their
+    // share while the episode goes on, by escalation.
     for e in &destroyed {
-        assert_eq!(e["reason"], "out_of_order", "{e}");
+        assert!(["out_of_order", "stalled_under_share"].contains(&e["reason"].as_str().unwrap_or("")), "{e}");
         assert!(field(e, "recv_charged") > 0, "{e}");
     }
+    assert!(destroyed.iter().any(|e| e["reason"] == "out_of_order"), "{destroyed:?}");
     // The application's unread data and the download are no peer's doing.
     for (remote, server) in [(&unread.remote, unread.server), (&download, download_server)] {
         assert!(agent.tracks_remote(remote), "{remote} is gone: {destroyed:?}");

@@ -316,7 +316,16 @@ fn a_flagged_address_keeps_its_paused_reader_and_its_downloads_earn_their_buffer
     assert!(reference_got > 0, "the control received nothing");
     assert_eq!(earned, 1, "the contained download did not earn its buffer back");
     assert!(sndbuf > 2 * 32 * 1024, "the contained download's SO_SNDBUF is {sndbuf}");
-    assert!(2 * got >= reference_got, "the contained download got {got} B, the control {reference_got} B");
+    // The buffer it earns is the most SO_SNDBUF may give (twice net.core.wmem_max). Where that is
+    // less than the control's autotuned buffer (Debian's default wmem_max, 212,992, on the 6.1
+    // guest: 416 KiB against 4 MiB), the kernel, not enforcer, caps the download on a long path:
+    // the throughputs are not comparable, and the buffer must be the cap.
+    if sndbuf >= reference_sndbuf {
+        assert!(2 * got >= reference_got, "the contained download got {got} B, the control {reference_got} B");
+    } else {
+        let wmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/wmem_max").unwrap().trim().parse().unwrap();
+        assert_eq!(sndbuf, 2 * wmem_max, "earned less than the kernel allows");
+    }
     for c in [&bulk, &reference] {
         server.peer.cmd(&format!("close {}", c.server_id));
     }
