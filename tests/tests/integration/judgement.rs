@@ -110,15 +110,15 @@ fn readers_draining_just_within_max_drain_while_refilled_go_as_the_bar_rises() {
     let mut s = Setup::new();
     let threshold: u64 = 8 << 20;
     let agent = s.agent(&["--threshold", "8MiB"]);
-    // Four readers acknowledging ~410 KB/s each while the server keeps 7.5 MB queued for each:
-    // about 18 s to drain, under --max-drain (30 s), for as long as they like; together four
-    // times the threshold.
+    // Four readers acknowledging ~350 KB/s each while the server keeps 7.5 MB queued for each
+    // (SO_SNDBUFFORCE 3.75 MB, which the kernel doubles): about 21 s to drain, under --max-drain
+    // (30 s), for as long as they like; together over three times the threshold.
     let gamers: Vec<Conn> = (30..34)
         .map(|i| {
             let c = s.connect(9000, 0, &format!("127.0.0.{i}"));
-            s.server.cmd(&format!("sndbuf {} 7500000", c.server_id));
+            s.server.cmd(&format!("sndbuf {} 3750000", c.server_id));
             s.server.cmd(&format!("write-loop {}", c.server_id));
-            s.clients.cmd(&format!("read-loop {} 41000 100", c.client_id));
+            s.clients.cmd(&format!("read-loop {} 35000 100", c.client_id));
             c
         })
         .collect();
@@ -127,12 +127,15 @@ fn readers_draining_just_within_max_drain_while_refilled_go_as_the_bar_rises() {
         (charged(&agent, "") > threshold).then_some(())
     });
     let over = Instant::now();
-    // Within an episode --max-drain tightens with pressure and age: they go within 30 s.
-    wait_for("the readers gaming --max-drain destroyed", Duration::from_secs(30), || {
-        (remotes(&agent.events_of("destroyed")) == gamer_remotes).then_some(())
+    // Within an episode --max-drain tightens with pressure and age: pressure is back at the
+    // threshold within 30 s. (The last reader left holds under its share, the whole threshold:
+    // it is no offender however slow.)
+    wait_for("pressure back at the threshold", Duration::from_secs(30), || {
+        (!agent.events_of("destroyed").is_empty() && charged(&agent, "") <= threshold).then_some(())
     });
-    eprintln!("destroyed within {:?} of pressure going over", over.elapsed());
+    eprintln!("back at the threshold {:?} after it went over", over.elapsed());
     let destroyed = agent.events_of("destroyed");
+    assert!(remotes(&destroyed).is_subset(&gamer_remotes), "{destroyed:?}");
     let estimates: Vec<u64> = destroyed.iter().map(|e| field(e, "drain_estimate_ms")).collect();
     eprintln!("their drain estimates: {estimates:?} ms");
     assert!(destroyed.iter().all(|e| e["reason"] == "slow_drain"), "{destroyed:?}");
