@@ -116,8 +116,9 @@ pub fn bpf_linker(tc: &Toolchain) -> Result<PathBuf> {
 /// `promtool` (Prometheus's linter, run on a real scrape), and for `deploy`: `systemd-analyze`
 /// (the unit's score and verify), `man` (verify looks the unit's man page up), the kernel's
 /// system call numbers (the unit's filter, applied by the tests' `seccomp-exec`), `skopeo` and
-/// `umoci` (the OCI image of `cargo xtask dist`, read as a runtime would) and `tmux` (a
-/// terminal for `top`).
+/// `umoci` (the OCI image of `cargo xtask dist`, read as a runtime would), `tmux` (a
+/// terminal for `top`), and the real programs of the real-software cases: `squid` (`proxy`),
+/// `nginx`, `slowhttptest` and `curl` (`real_software`).
 pub fn test_packages() -> Result<()> {
     packages(&[
         ("ip", "iproute2"),
@@ -130,6 +131,9 @@ pub fn test_packages() -> Result<()> {
         ("umoci", "umoci"),
         ("tmux", "tmux"),
         ("squid", "squid"),
+        ("nginx", "nginx"),
+        ("slowhttptest", "slowhttptest"),
+        ("curl", "curl"),
         ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "linux-libc-dev"),
     ])
 }

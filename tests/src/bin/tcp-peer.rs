@@ -25,6 +25,8 @@
 //!   write-range FIRST N BYTES    `write` on N connections from FIRST; `ok TOTAL_WRITTEN`
 //!   write ID BYTES               non-blocking write of up to BYTES; `ok WRITTEN`
 //!   write-loop ID                write forever in the background (blocking)
+//!   http-get ID PATH             send `GET PATH HTTP/1.1` (keep-alive, Host: the remote
+//!                                address) and nothing else: a request to a real HTTP server
 //!   read-loop ID BYTES MS [RUN_MS PAUSE_MS]
 //!                                read up to BYTES every MS milliseconds in the background; with
 //!                                RUN_MS and PAUSE_MS, reading for RUN_MS, then not at all for
@@ -304,6 +306,14 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
                 let buf = vec![b'x'; 64 * 1024];
                 while (&*s).write_all(&buf).is_ok() {}
             });
+            Ok(String::new())
+        }
+        "http-get" => {
+            let s = get(conns, arg(words, 1)?)?;
+            let path: String = arg(words, 2)?;
+            let host = s.peer_addr().map_err(err)?;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            (&*s).write_all(request.as_bytes()).map_err(err)?;
             Ok(String::new())
         }
         "read-loop" => {

@@ -18,6 +18,7 @@ mod metrics;
 mod operators;
 mod paths;
 mod proxy;
+mod real_software;
 mod receive;
 mod reliability;
 mod remotes;

@@ -34,7 +34,7 @@ struct Skip {
     why: &'static str,
 }
 
-const SKIPS: [Skip; 7] = [
+const SKIPS: [Skip; 8] = [
     Skip {
         topic: "judgement",
         name: "stalled_peers_spread_under_their_shares_are_destroyed_and_the_reader_is_not",
@@ -55,6 +55,13 @@ const SKIPS: [Skip; 7] = [
         series: &[],
         why: "squid, its helpers and data files are not in the guest image, and the run takes 80 s of wall clock; \
               the relay programs are the same with any proxy (proxy::a_one_thread_relay… runs here)",
+    },
+    Skip {
+        topic: "real_software",
+        name: "nginx_under_slowhttptest_is_relieved_and_no_curl_transfer_is_cut",
+        series: &[],
+        why: "nginx, slowhttptest and curl are not in the guest image; the slow readers and zero windows they make \
+              are the peers of judgement:: and shaped_peers::, which run here",
     },
     Skip {
         topic: "remotes",
