@@ -170,6 +170,9 @@ fn apt_install(missing: &[&str]) -> Result<()> {
         bail!("these Debian packages are needed; install them as root: apt-get install {}", missing.join(" "));
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    // Debian starts a daemon's service when its package is installed: squid on the host's port
+    // 3128, nginx on its port 80. The tests run their own, in a namespace; none may start here.
+    let _no_services = NoServiceStarts::arm()?;
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
     run_cmd(
         Command::new("apt-get")
@@ -178,6 +181,36 @@ fn apt_install(missing: &[&str]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("could not install {}", missing.join(" ")))
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("action forbidden") while it lives, as Debian's own
+/// container images ship it: `invoke-rc.d` then starts no service a package installs. Left alone
+/// when the host already has one (removed on drop only if made here).
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    fn arm() -> Result<Self> {
+        let path = Path::new("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# enforcer's xtask: no service starts while it installs test packages.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// kubernetes-validate, pinned: the Kubernetes JSON schemas ship inside the package, so the
