@@ -16,7 +16,7 @@
 //! a trickle beside a churn does not. A remote with one connection holding memory is the
 //! connection rules' alone, and a remote is given as long as its largest connection's path
 //! explains (`stall_needed_ms`).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ipnet::IpNet;
 
@@ -36,6 +36,8 @@ struct Held {
     /// Its connections' bytes moved (acknowledged, and received in order) when the streak began
     /// (or when a connection was first seen in it), by cookie.
     base: HashMap<u64, u64>,
+    /// The connections it had when the streak began.
+    founders: HashSet<u64>,
 }
 
 /// The remotes over their share, and for how long without progress.
@@ -54,6 +56,8 @@ pub struct Standing {
     /// How long it has held more than its share with none of its connections progressing; 0
     /// when it holds no more than its share or a connection of it progressed.
     pub stuck_ms: u64,
+    /// What the connections it had when the streak began hold now.
+    pub founders_hold: u64,
 }
 
 impl RemoteEvidence {
@@ -83,7 +87,7 @@ impl RemoteEvidence {
         for (remote, conns) in by_remote {
             let charged: u64 = conns.iter().map(|s| s.held_by_peer()).sum();
             if charged <= share {
-                out.insert(remote, Standing { charged, share, stuck_ms: 0 });
+                out.insert(remote, Standing { charged, share, stuck_ms: 0, founders_hold: 0 });
                 continue;
             }
             let before = prev.remove(&remote);
@@ -106,11 +110,17 @@ impl RemoteEvidence {
                     }
                     h
                 }
-                _ => Held { stuck_since_ms: now_ms, base: conns.iter().map(|s| (s.cookie, moved(s))).collect() },
+                _ => Held {
+                    stuck_since_ms: now_ms,
+                    base: conns.iter().map(|s| (s.cookie, moved(s))).collect(),
+                    founders: conns.iter().map(|s| s.cookie).collect(),
+                },
             };
             let stuck_since_ms = held.stuck_since_ms;
+            let founders_hold =
+                conns.iter().filter(|s| held.founders.contains(&s.cookie)).map(|s| s.held_by_peer()).sum();
             self.held.insert(remote, held);
-            out.insert(remote, Standing { charged, share, stuck_ms: now_ms - stuck_since_ms });
+            out.insert(remote, Standing { charged, share, stuck_ms: now_ms - stuck_since_ms, founders_hold });
         }
         out
     }
@@ -131,10 +141,11 @@ impl RemoteEvidence {
     ) -> Vec<Flagged> {
         let judged = sockets.iter().filter(|s| !p.protect.covers(s));
         let standings = self.update(p.fairness, judged, p.threshold, p.max_drain_ms, now_ms);
-        // What each remote's connections say for it. A remote is stuck as a remote only when it
-        // has been stuck an interval longer than any of its connections has been stalled (the
-        // walks date the two up to an interval apart): no single connection explains it, so the
-        // connection rules cannot take it. It has two connections holding memory at least (one
+        // What each remote's connections say for it. A remote is stuck as a remote only when the
+        // connections it had when the streak began hold no more than its share (what it holds
+        // beyond is in connections that came since: a churn), and it has been stuck an interval
+        // longer than any of them has been stalled (the walks date the two up to an interval
+        // apart): no single connection explains it, so the connection rules cannot take it. It has two connections holding memory at least (one
         // is the connection rules' to judge), and is stuck for as long as the path of the
         // connection holding the most explains (`stall_needed_ms`: a satellite download's loss
         // recovery is not a remote holding memory, a zero-window churn gets `--stall`).
@@ -153,6 +164,7 @@ impl RemoteEvidence {
             .filter(|(remote, s)| {
                 said.get(remote).is_some_and(|c| {
                     c.holding >= 2
+                        && s.founders_hold <= s.share
                         && s.stuck_ms >= p.stall_ms.max(c.needed_ms)
                         && s.stuck_ms > c.longest_stall_ms + p.interval_ms
                 })
@@ -316,5 +328,28 @@ mod tests {
         assert_eq!(flagged_at(&p, 2, 65535, 2000), Some(6));
         // One connection holding it all is the connection rules' to judge.
         assert_eq!(flagged_at(&p, 1, 0, 200), None);
+    }
+
+    #[test]
+    fn a_remote_whose_connections_are_stalled_long_enough_is_left_to_the_connection_rules() {
+        // Two zero-window connections of one address, their stalls dated by a walk 400 ms after
+        // the remote's streak began (a slow walk under load, as on 6.1 under emulation): from 3 s
+        // the remote reads stuck an interval longer than either has stalled, yet the two it had
+        // from the start hold it all, and the connection rule takes them once stalled for
+        // --stall. No flag: a flag is for memory that churning connections hold.
+        let mut p = policy(8 << 20);
+        (p.stall_ms, p.interval_ms) = (3000, 250);
+        let mut j = Judge::new(p);
+        for t in (0..=3400u64).step_by(200) {
+            let stalled = t.saturating_sub(400);
+            let sockets: Vec<Socket> =
+                (1..=2).map(|c| sock(c, &format!("192.0.2.66:{c}"), 5 << 20, stalled, 4096)).collect();
+            let plan = j.judge_all(&sockets, 10_000 + t, 16 << 20);
+            assert!(plan.flagged.is_empty(), "flagged at {t} ms: {:?}", plan.flagged);
+            if stalled >= 3000 {
+                let d = crate::policy::testing::chosen(&plan);
+                assert!(d.len() == 2 && d.iter().all(|d| d.reason == crate::policy::Reason::Stalled), "{d:?}");
+            }
+        }
     }
 }
