@@ -49,12 +49,15 @@ impl ScanParams {
     /// when it holds something, so what is left out would never be chosen nor remembered
     /// (enforcer's property test `filtered_scan_decides_like_the_full_snapshot` holds it to that).
     ///
-    /// It decides on charged memory alone (`sk_wmem_queued` + `sk_rmem_alloc`), so that a walk
-    /// loads the rest of an entry (counters, cgroup, namespace) only for the sockets it writes out.
-    pub fn emits(&self, charged: u32) -> bool {
+    /// It decides on what the peer makes the kernel hold: send-side memory (`sk_wmem_queued`),
+    /// or segments beyond a hole on the receive side. Data received in order and not read is
+    /// never the peer's doing, so a socket holding only that is never chosen, and is summed in
+    /// the pressure without being written out. The rest of an entry (counters, cgroup,
+    /// namespace) is loaded only for the sockets written out.
+    pub fn emits(&self, wmem_queued: u32, out_of_order: bool) -> bool {
         match self.mode {
             scan_mode::ALL => true,
-            scan_mode::CANDIDATES => charged > 0,
+            scan_mode::CANDIDATES => wmem_queued > 0 || out_of_order,
             _ => false,
         }
     }

@@ -209,7 +209,10 @@ unsafe fn visit(
         rec.outstanding_since_ns = clock.now();
     }
 
-    let emit = params.emits(charged);
+    // The out-of-order queue's root pointer, compared only: NULL when no segment waits beyond a
+    // hole. Read only when something was received and not freed.
+    let out_of_order = rmem_alloc > 0 && unsafe { load::<u64>(tp, off!(tp_ofo_queue)) } != 0;
+    let emit = params.emits(wmem_queued, out_of_order);
     if emit {
         let cookie: u64 = unsafe { load(tp, off!(sk_cookie)) };
         let mut e = SnapshotEntry {
@@ -223,8 +226,7 @@ unsafe fn visit(
             snd_wnd,
             wmem_queued,
             rmem_alloc,
-            // The queue's root pointer, compared only: NULL when no segment waits beyond a hole.
-            flags: if unsafe { load::<u64>(tp, off!(tp_ofo_queue)) } != 0 { ENTRY_OUT_OF_ORDER } else { 0 },
+            flags: if out_of_order { ENTRY_OUT_OF_ORDER } else { 0 },
             total_retrans: unsafe { load(tp, off!(tp_total_retrans)) },
             // A constant after load: the verifier drops the branch the kernel does not need.
             total_rto: if off!(tp_total_rto) == OFFSET_ABSENT { 0 } else { unsafe { load(tp, off!(tp_total_rto)) } },

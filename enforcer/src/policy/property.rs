@@ -14,7 +14,9 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use enforcer_common::{AF_INET, AF_INET6, RemoteKey, ScanParams, is_connection, remote_key, scan_mode};
+use enforcer_common::{
+    AF_INET, AF_INET6, ENTRY_OUT_OF_ORDER, RemoteKey, ScanParams, is_connection, remote_key, scan_mode,
+};
 
 use super::{
     Fairness, Judge, Kind, Plan, Population, Reason, Taken, quiet,
@@ -95,6 +97,7 @@ fn step(rng: &mut Rng, s: &mut Socket, dt: u64) {
     s.send_queue = s.charged - s.recv_charged;
     s.raw.wmem_queued = s.send_queue as u32;
     s.raw.rmem_alloc = s.recv_charged as u32;
+    s.raw.flags = if s.out_of_order { ENTRY_OUT_OF_ORDER } else { 0 };
     if rng.chance(50) {
         s.bytes_acked += rng.below(512 << 10);
     }
@@ -143,7 +146,7 @@ fn agent_interval(j: &mut Judge, all: &[Socket], now: u64, pressure: u64) -> Jud
         if params.count_remotes != 0 {
             *counts.entry(key(s)).or_default() += 1;
         }
-        if params.emits(s.raw.charged() as u32) {
+        if params.emits(s.raw.wmem_queued, s.raw.flags & ENTRY_OUT_OF_ORDER != 0) {
             emitted.push(s.clone());
         }
     }
