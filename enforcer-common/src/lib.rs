@@ -55,5 +55,5 @@ pub use self::{
         REMOTE_COUNTS_CAPACITY, RemoteCount, RemoteKey, ScanParams, ScanSummary, is_connection, remote_key, scan_mode,
     },
     snapshot::{ENTRY_OUT_OF_ORDER, SnapshotEntry},
-    watch::{FAULT_HOLDERS, FAULT_SOCKOPS, WatchConfig},
+    watch::{FAULT_HOLDERS, FAULT_RECORDS, FAULT_SOCKOPS, WatchConfig},
 };

@@ -24,6 +24,9 @@ pub struct WatchConfig {
 pub const FAULT_SOCKOPS: u32 = 1;
 /// The loader skips the holders walk as if the kernel had refused it (attribution reads /proc).
 pub const FAULT_HOLDERS: u32 = 2;
+/// The loader skips the records walk as if the kernel had refused map-element iterators: the
+/// walks go through `iter/tcp`, as on kernels without them (to compare the two on one kernel).
+pub const FAULT_RECORDS: u32 = 4;
 
 // One u64 and four u32.
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 24);

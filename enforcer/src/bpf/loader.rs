@@ -144,7 +144,7 @@ impl Loaded {
         let cgroup = opts.cgroup;
         let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         self.adopt_link = Some(self.iterator(btf, names::PROG_ADOPT, names::ITER_TCP, None)?);
-        self.attach_walks(btf)?;
+        self.attach_walks(btf, opts.fault)?;
         self.attach_holders(btf, opts.fault);
         if opts.proxy {
             self.attach_relays(btf)?;
@@ -243,15 +243,20 @@ impl Loaded {
 
     /// The snapshot and the scan: they walk the records map where the kernel allows it, each
     /// namespace's sockets otherwise. The snapshot's link is pinned for the CLI.
-    fn attach_walks(&mut self, btf: &aya::Btf) -> Result<()> {
+    /// `--inject-fault records` takes the second way on any kernel.
+    fn attach_walks(&mut self, btf: &aya::Btf, fault: u32) -> Result<()> {
         let records = self.ebpf.map(names::MAP_RECORDS).context("eBPF object has no records map")?;
         let Map::SkStorage(records) = records else { bail!("{} is not a socket storage map", names::MAP_RECORDS) };
         let records = records.fd().as_fd().try_clone_to_owned().context("duplicating the records map's fd")?;
-        let by_records = self
-            .iterator(btf, names::PROG_SNAPSHOT, names::ITER_SK_STORAGE, Some(records.as_fd()))
-            .and_then(|snapshot| {
-                Ok((snapshot, self.iterator(btf, names::PROG_SCAN, names::ITER_SK_STORAGE, Some(records.as_fd()))?))
-            });
+        let by_records = if fault & enforcer_common::FAULT_RECORDS != 0 {
+            Err(anyhow::anyhow!("injected fault (--inject-fault records)"))
+        } else {
+            self.iterator(btf, names::PROG_SNAPSHOT, names::ITER_SK_STORAGE, Some(records.as_fd())).and_then(
+                |snapshot| {
+                    Ok((snapshot, self.iterator(btf, names::PROG_SCAN, names::ITER_SK_STORAGE, Some(records.as_fd()))?))
+                },
+            )
+        };
         let (walk, snapshot, scan) = match by_records {
             Ok((snapshot, scan)) => (Walk::Records, snapshot, scan),
             Err(e) => {

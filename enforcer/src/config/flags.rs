@@ -149,7 +149,7 @@ pub struct RunArgs {
     #[serde(deserialize_with = "values::address")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Test only: make these kernel programs fail (sockops), or act as if the kernel refused
-    /// them (holders), to show errors fail open.
+    /// them (holders, records: the walks go through iter/tcp), to show errors fail open.
     #[arg(long, hide = true, value_delimiter = ',', value_enum)]
     #[serde(skip)]
     pub inject_fault: Vec<Fault>,
@@ -207,6 +207,7 @@ Examples:
 pub enum Fault {
     Sockops,
     Holders,
+    Records,
 }
 
 impl Fault {
@@ -215,6 +216,7 @@ impl Fault {
         match self {
             Self::Sockops => enforcer_common::FAULT_SOCKOPS,
             Self::Holders => enforcer_common::FAULT_HOLDERS,
+            Self::Records => enforcer_common::FAULT_RECORDS,
         }
     }
 }

@@ -26,4 +26,5 @@ mod scripted_peer;
 mod shaped_peers;
 mod top;
 mod tracking;
+mod walks;
 mod wan;

@@ -122,8 +122,16 @@ fn one_byte_window_peers_are_destroyed_as_slow() {
 /// zero-window peer that pushes pressure over the threshold at the same moment is destroyed.
 #[test]
 fn a_slow_path_peer_after_an_idle_spell_is_not_taken_as_stalled() {
+    // The kernel's TCP memory is the machine's, and `--pressure kernel` reads it: it must be low
+    // enough that 16 MiB keeps the idle spell quiet (under half) and the slow peer's 12 MiB over
+    // its share (a half). Earlier tests' sockets may still be going away.
+    let baseline = wait_for("the kernel's TCP memory to settle under 4 MiB", Duration::from_secs(60), || {
+        let mem = sockstat_tcp_mem();
+        (mem <= 4 * MIB).then_some(mem)
+    });
+    eprintln!("TCP memory before the test: {baseline} bytes");
+    let threshold = 16 * MIB;
     let mut s = TunSetup::new();
-    let threshold = (4 * sockstat_tcp_mem()).max(16 * MIB);
     let addr = "127.0.0.1:9468";
     let agent = s.agent(&[
         "--pressure",
