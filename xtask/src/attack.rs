@@ -10,8 +10,6 @@ use std::{
 use anyhow::{Context, Result, bail};
 use enforcer_tests::{Agent, Cgroup, Netns, Peer};
 
-use crate::root;
-
 const PORT: u16 = 9000;
 const IDLE: usize = 10_000;
 const ATTACKERS: usize = 2_000;
@@ -21,7 +19,8 @@ const QUEUED: u64 = 128 * 1024;
 const THRESHOLD: u64 = 64 << 10;
 
 fn peer_bin() -> PathBuf {
-    root().join("target/release/tcp-peer")
+    // Checked fresh by `bench::run` before any part runs.
+    crate::target_dir().join("release/tcp-peer")
 }
 
 /// A namespace with IDLE idle connections and ATTACKERS zero-window ones to a server in `cg`;
@@ -155,6 +154,9 @@ pub fn ss_script(batch: usize, limit: Duration) -> Result<Outcome> {
     attack(&mut server)?;
     let mut prev: HashMap<String, u64> = HashMap::new();
     let mut destroyed = 0;
+    // When the last `ss -K` returned: the relief is dated from the destroy that brought it, as
+    // enforcer's is from its last destroy, not from the next poll that sees it (up to 1 s later).
+    let mut last_destroy = None;
     loop {
         let poll_start = Instant::now();
         let entries = ss_poll(&ns)?;
@@ -181,15 +183,18 @@ pub fn ss_script(batch: usize, limit: Duration) -> Result<Outcome> {
                     .output()
                     .context("running ss -K")?;
                 destroyed += String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("ESTAB")).count();
+                last_destroy = Some(Instant::now());
             }
         }
         prev = entries.into_iter().map(|(p, _, a)| (p, a)).collect();
         std::thread::sleep(Duration::from_secs(1).saturating_sub(poll_start.elapsed()));
     }
+    let stopped = started.elapsed() > limit;
+    let ended = if stopped { Instant::now() } else { last_destroy.unwrap_or_else(Instant::now) };
     Ok(Outcome {
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: ended.duration_since(started).as_secs_f64(),
         after_queued: None,
-        stopped: started.elapsed() > limit,
+        stopped,
         destroyed,
         cpu_ms_per_interval: None,
     })

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use enforcer_tests::{Agent, Cgroup, Netns};
 use serde_json::Value;
 
-use crate::{ebpf, is_root, root, run_cmd, setup};
+use crate::{ebpf, is_root, root, run_cmd, setup, target_dir};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -35,13 +35,47 @@ struct Sample {
     bulk: f64,
 }
 
+/// A binary of the release build (`CARGO_TARGET_DIR` honoured), refused if any source it is
+/// built from (the crates' `src/` and the eBPF object) is newer: a figure must be the code's.
+pub(crate) fn release_bin(name: &str) -> Result<std::path::PathBuf> {
+    let bin = target_dir().join("release").join(name);
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("{} is missing: the benchmark builds it first", bin.display()))?;
+    let mut newest = None;
+    for dir in ["enforcer/src", "enforcer-common/src", "enforcer-ebpf/src", "tests/src"] {
+        newest_under(&root().join(dir), &mut newest);
+    }
+    if let Some((when, path)) = newest
+        && when > built
+    {
+        bail!("{} is older than {}: rebuild before benchmarking", bin.display(), path.display());
+    }
+    Ok(bin)
+}
+
+/// The newest modification under `dir`, with its path.
+fn newest_under(dir: &Path, newest: &mut Option<(std::time::SystemTime, std::path::PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            newest_under(&path, newest);
+        } else if let Ok(when) = e.metadata().and_then(|m| m.modified())
+            && newest.as_ref().is_none_or(|(n, _)| when > *n)
+        {
+            *newest = Some((when, path));
+        }
+    }
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 fn loadgen(ns: &Netns, cg: &Cgroup, args: &[String]) -> Result<Value> {
-    let bin = root().join("target/release/loadgen");
+    let bin = release_bin("loadgen")?;
     let out = ns
         .command("sh")
         .arg("-c")
@@ -56,7 +90,7 @@ fn loadgen(ns: &Netns, cg: &Cgroup, args: &[String]) -> Result<Value> {
 
 /// A `loadgen serve` in the cgroup for the duration of one client run outside it.
 fn served(ns: &Netns, cg: &Cgroup, serve: &str, client: &[String]) -> Result<Value> {
-    let bin = root().join("target/release/loadgen");
+    let bin = release_bin("loadgen")?;
     let mut server = ns
         .command("sh")
         .arg("-c")
@@ -112,6 +146,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         "enforcer-tests",
         "--bins",
     ]))?;
+    // The agent the benchmarks start (enforcer_tests::enforcer_bin) is this build's, wherever
+    // cargo put it, and no older than the sources.
+    for peer in ["tcp-peer", "loadgen", "proxy-peer"] {
+        release_bin(peer)?;
+    }
+    let agent = release_bin("enforcer")?;
+    // SAFETY: single-threaded here, before any benchmark starts a thread.
+    unsafe { std::env::set_var("ENFORCER_BIN", &agent) };
     let only = a.only.as_deref();
     if only.is_none() || only == Some("overhead") {
         overhead(a)?;

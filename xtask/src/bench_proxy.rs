@@ -10,10 +10,7 @@ use anyhow::{Context, Result, bail};
 use enforcer_tests::{Agent, Cgroup, Netns};
 use serde_json::Value;
 
-use crate::{
-    bench::{median, program_stats, spread},
-    root,
-};
+use crate::bench::{median, program_stats, spread};
 
 /// Bytes per relayed run, and the relay's read size in each: a proxy's usual reads (64 KiB), and
 /// small ones (1 KiB) where the programs' cost per byte is highest.
@@ -24,7 +21,7 @@ const UNWATCHED: u64 = 4 << 30;
 const CRR: u64 = 20_000;
 
 fn bin(name: &str) -> std::path::PathBuf {
-    root().join("target/release").join(name)
+    crate::target_dir().join("release").join(name)
 }
 
 /// `program` started in the namespace, in `cg` if given, its stdout piped.

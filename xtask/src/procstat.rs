@@ -30,6 +30,37 @@ pub fn cpu_ms_per_interval(pid: u32, window: Duration, interval: Duration) -> f6
     ms / (t.elapsed().as_secs_f64() / interval.as_secs_f64())
 }
 
+/// CPU time of every thread of process `pid` so far, from the scheduler's own count
+/// (`/proc/PID/task/*/schedstat`, nanoseconds) where `stat` rounds to clock ticks; zero if it
+/// cannot be read. A thread that exited meanwhile no longer counts.
+pub fn cpu_time_exact(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+/// The mean and the worst milliseconds of CPU process `pid` spends per `interval` over `window`
+/// (sampled each interval): a walk every minute shows in the worst, not in a mean whose value
+/// depends on the window's length.
+pub fn cpu_ms_mean_and_worst(pid: u32, window: Duration, interval: Duration) -> (f64, f64) {
+    let start = std::time::Instant::now();
+    let first = cpu_time_exact(pid);
+    let (mut last, mut worst) = (first, 0f64);
+    while start.elapsed() < window {
+        std::thread::sleep(interval);
+        let now = cpu_time_exact(pid);
+        worst = worst.max(now.saturating_sub(last).as_secs_f64() * 1000.0);
+        last = now;
+    }
+    let mean =
+        last.saturating_sub(first).as_secs_f64() * 1000.0 / (start.elapsed().as_secs_f64() / interval.as_secs_f64());
+    (mean, worst)
+}
+
 /// Resident set size of process `pid` in MiB; zero if it cannot be read.
 pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
