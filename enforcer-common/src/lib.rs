@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 16;
+pub const LAYOUT_VERSION: u32 = 17;
 
 /// `aya::Pod` for each type (user space only), which must derive `bytemuck::Pod`: invoked beside
 /// each type, with its size assert. Defined before the modules, which see it in textual scope.
@@ -38,6 +38,7 @@ pub mod names;
 pub mod offsets;
 pub mod record;
 pub mod relay;
+pub mod revisit;
 pub mod scan;
 pub mod snapshot;
 pub mod stats;
@@ -51,6 +52,7 @@ pub use self::{
     offsets::{KernelOffsets, OFFSET_ABSENT},
     record::{AF_INET, AF_INET6, RECORD_ADOPTED, RECORD_FIRST_SEEN, RECORD_OUTBOUND, SockRecord},
     relay::{LAST_RECV_CAPACITY, LastRecv, RELAY_WINDOW_NS, RELAYS_CAPACITY, RelayOut},
+    revisit::{REVISIT_CAPACITY, REVISIT_NEXT, RevisitKey},
     scan::{
         REMOTE_COUNTS_CAPACITY, RemoteCount, RemoteKey, ScanParams, ScanSummary, is_connection, remote_key, scan_mode,
     },

@@ -16,6 +16,9 @@ pub const MAP_CONTAINED: &str = "CONTAINED";
 pub const MAP_RELAYS: &str = "RELAYS";
 /// Proxy mode: each thread's last read from a tracked socket.
 pub const MAP_LAST_RECV: &str = "LAST_RECV";
+pub const MAP_REVISIT_KEYS: &str = "REVISIT_KEYS";
+pub const MAP_REVISIT_OUT: &str = "REVISIT_OUT";
+pub const MAP_REVISIT_CURSOR: &str = "REVISIT_CURSOR";
 pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
 pub const GLOBAL_WATCH: &str = "WATCH";
 
@@ -30,6 +33,9 @@ pub const PROG_SNAPSHOT_TCP: &str = "enforcer_snapshot_tcp";
 pub const PROG_SCAN_TCP: &str = "enforcer_scan_tcp";
 /// Gives connections that predate the agent a record (`iter/tcp`, run once per namespace).
 pub const PROG_ADOPT: &str = "enforcer_adopt";
+/// Looks up the last walk's candidates by 4-tuple between walks of every socket; never attached,
+/// run by the agent with `BPF_PROG_TEST_RUN`.
+pub const PROG_REVISIT: &str = "enforcer_revisit";
 /// Which process holds each tracked socket (`iter/task_file`), for attribution.
 pub const PROG_HOLDERS: &str = "enforcer_holders";
 /// Proxy mode: a thread's reads from (`tp_btf/sock_recv_length`) and writes to

@@ -19,8 +19,26 @@ pub const CONTAINED: u32 = 5;
 pub const ERR_CONTAIN: u32 = 6;
 /// Contained connections that earned a full send buffer back by progress.
 pub const EARNED: u32 = 7;
-pub const COUNT: u32 = 8;
+/// Recorded connections that ended (left the states `is_connection` counts), seen by sock_ops'
+/// state callback, which a walk asks for when it records a connection at first sight. Between
+/// two walks of every socket, the last walk's count less these is a lower bound of the
+/// connections the fair shares divide the threshold among.
+pub const ENDED: u32 = 8;
+/// Recorded connections whose end could not be asked for (a kernel without
+/// `TCP_BPF_SOCK_OPS_CB_FLAGS`, 6.10 and older): the agent then walks every socket each time.
+pub const ERR_ENDS: u32 = 9;
+pub const COUNT: u32 = 10;
 
 /// Names for display, indexed by slot.
-pub const NAMES: [&str; COUNT as usize] =
-    ["tracked", "err_storage", "err_sockops", "err_snapshot", "adopted", "contained", "err_contain", "earned"];
+pub const NAMES: [&str; COUNT as usize] = [
+    "tracked",
+    "err_storage",
+    "err_sockops",
+    "err_snapshot",
+    "adopted",
+    "contained",
+    "err_contain",
+    "earned",
+    "ended",
+    "err_ends",
+];

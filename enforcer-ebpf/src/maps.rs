@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING, KillRecord, LAST_RECV_CAPACITY, LastRecv,
-    RELAYS_CAPACITY, REMOTE_COUNTS_CAPACITY, RelayOut, RemoteCount, RemoteKey, ScanParams, ScanSummary, SettingsChunk,
-    SockRecord, kill_counters, stats,
+    RELAYS_CAPACITY, REMOTE_COUNTS_CAPACITY, REVISIT_CAPACITY, RelayOut, RemoteCount, RemoteKey, RevisitKey,
+    ScanParams, ScanSummary, SettingsChunk, SnapshotEntry, SockRecord, kill_counters, stats,
 };
 
 /// The tracked sockets' records, in socket-local storage: a record lives in its socket, so the
@@ -67,6 +67,19 @@ pub static REMOTE_COUNTS: LruHashMap<RemoteKey, RemoteCount> = LruHashMap::with_
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+/// The revisit's candidates (the last walk's, grouped by namespace), written by the agent when
+/// a walk of every socket chose them.
+#[map]
+pub static REVISIT_KEYS: Array<RevisitKey> = Array::with_max_entries(REVISIT_CAPACITY, 0);
+/// What the revisit found, at its candidate's index: the entry as a walk would write it, or a
+/// zero cookie for a candidate that is gone.
+#[map]
+pub static REVISIT_OUT: Array<SnapshotEntry> = Array::with_max_entries(REVISIT_CAPACITY, 0);
+/// `REVISIT_NEXT`: the candidate the next run looks up. The agent sets it before each test run;
+/// the runs of one test run follow each other on one CPU.
+#[map]
+pub static REVISIT_CURSOR: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Written by user space only (who runs, with which settings); no program reads them. The
 /// loader sizes `AGENT_SETTINGS` to the agent's settings.

@@ -9,13 +9,16 @@
 //! leaves recording to them (`RECORD_AT_FIRST_SIGHT`).
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use aya_ebpf::{
+    bindings::BPF_SOCK_OPS_STATE_CB_FLAG,
+    helpers::generated::{bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt, bpf_skc_to_tcp_sock},
+};
 use aya_log_ebpf::{error, info};
 use enforcer_common::{AF_INET, AF_INET6, RECORD_ADOPTED, SockRecord, is_connection, names, stats};
 
 use crate::{
     kernel::{Clock, ipv6, load, off, read_bytes, watch},
-    maps::{count_rare, record},
+    maps::{RECORD_AT_FIRST_SIGHT, count, count_rare, record},
 };
 
 /// The target of this program's log lines in the agent's log.
@@ -98,6 +101,10 @@ pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, clock: &mut Clock, flags: u
     // walks need too. (The helper would return NULL to the loser of such a race.)
     // SAFETY: `tp` is a BTF `struct tcp_sock *`, which begins with a `struct sock`.
     let rec = unsafe { record(tp as *mut c_void, Some(&fresh)) };
+    if rec.is_some() && RECORD_AT_FIRST_SIGHT.get(0).is_some_and(|v| *v != 0) {
+        // SAFETY: as above; the iteration holds the socket's lock.
+        unsafe { ask_for_end(tp as *mut c_void) };
+    }
     if rec.is_none() {
         // Counted with sock_ops' failures: the agent adopts again at its next interval. Besides
         // no memory, the kernel refuses (EAGAIN) while the socket's storage is being torn down,
@@ -113,6 +120,36 @@ pub unsafe fn adopt(ctx: *mut c_void, tp: *const u8, clock: &mut Clock, flags: u
         }
     }
     rec
+}
+
+/// `TCP_BPF_SOCK_OPS_CB_FLAGS` (Linux 6.12+): a socket's sock_ops callbacks, read and set by
+/// `bpf_{g,s}etsockopt` outside sock_ops.
+const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
+/// `SOL_TCP` (`IPPROTO_TCP`).
+const SOL_TCP: i32 = 6;
+
+/// Asks sock_ops for the state changes of a connection a walk has just recorded, so that its end
+/// is counted (`stats::ENDED`): between two walks of every socket, the agent's count of
+/// connections less those ended is a lower bound, which can only make a fair share larger. Keeps
+/// the callbacks already asked for (a contained connection's RTT samples). Where sock_ops
+/// records at establishment, the walks visit the records and need no count; here a kernel
+/// without the option (6.11 and older) counts `ERR_ENDS`, and the agent then walks every socket.
+///
+/// # Safety
+/// `sk` is a BTF `struct sock *` the iteration holds locked.
+#[inline(always)]
+unsafe fn ask_for_end(sk: *mut c_void) {
+    let mut flags: i32 = 0;
+    // SAFETY: a locked full socket; a 4-byte value on our stack.
+    let mut rc = unsafe { bpf_getsockopt(sk, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, (&raw mut flags).cast(), 4) };
+    if rc == 0 {
+        let mut wanted = flags | BPF_SOCK_OPS_STATE_CB_FLAG as i32;
+        // SAFETY: as above.
+        rc = unsafe { bpf_setsockopt(sk, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, (&raw mut wanted).cast(), 4) };
+    }
+    if rc != 0 {
+        count(stats::ERR_ENDS);
+    }
 }
 
 #[unsafe(no_mangle)]

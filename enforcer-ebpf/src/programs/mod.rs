@@ -1,5 +1,6 @@
 mod adopt;
 mod holders;
 mod relay;
+mod revisit;
 mod snapshot;
 mod sockops;

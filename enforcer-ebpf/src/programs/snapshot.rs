@@ -103,8 +103,9 @@ unsafe fn from_records(ctx: *mut c_void, params: &ScanParams, summary: Option<&m
     if tp.is_null() {
         return Ok(());
     }
-    // SAFETY: the value of a records-map element is a `SockRecord`, writable by iterators.
-    unsafe { visit(meta, tp, &mut *value.cast::<SockRecord>(), params, summary) }
+    // SAFETY: the value of a records-map element is a `SockRecord`, writable by iterators;
+    // `meta` is this iteration's.
+    unsafe { visit(tp, &mut *value.cast::<SockRecord>(), params, summary, |e| seq_write(meta, e)) }
 }
 
 /// One TCP socket of the reader's namespace: a connection of the watched cgroup that has no
@@ -140,8 +141,8 @@ unsafe fn from_tcp(ctx: *mut c_void, params: &ScanParams, summary: Option<&mut S
             None => return Ok(()),
         },
     };
-    // SAFETY: as above.
-    unsafe { visit(meta, tp, rec, params, summary) }
+    // SAFETY: as above; `meta` is this iteration's.
+    unsafe { visit(tp, rec, params, summary, |e| seq_write(meta, e)) }
 }
 
 // Inlined: as a BPF subprogram, `Ok(())` would pass an uninitialised register for the errno,
@@ -163,22 +164,22 @@ fn report(ctx: *mut c_void, rc: Result<(), i64>) {
 }
 
 /// One tracked socket `tp` with its record: reconciles the record, sums the socket into
-/// `summary` and writes its entry if `params` asks for it. `Err(negative errno)` of
-/// `bpf_seq_write` when the entry could not be written.
+/// `summary` and writes its entry with `write` if `params` asks for it. `Err(negative errno)`
+/// when `write` (`bpf_seq_write` for a walk) could not write the entry.
 ///
 /// What every visit needs (state, queue, sequence numbers, window) is loaded first; the rest of
 /// an entry only for a socket written out. Most of a walk is idle connections that are not, and
 /// each field left unread is a cache line of their `tcp_sock` a walk does not touch.
 ///
 /// # Safety
-/// `meta` is the iteration's `bpf_iter_meta`, `tp` a BTF `struct tcp_sock *`.
+/// `tp` is a BTF `struct tcp_sock *`.
 #[inline(always)]
-unsafe fn visit(
-    meta: *mut u8,
+pub(crate) unsafe fn visit(
     tp: *const u8,
     rec: &mut SockRecord,
     params: &ScanParams,
     summary: Option<&mut ScanSummary>,
+    write: impl FnOnce(&SnapshotEntry) -> i64,
 ) -> Result<(), i64> {
     // SAFETY (all loads): `tp` is a BTF `struct tcp_sock *`; offsets of fields of the named
     // type, found in BTF by the loader.
@@ -253,8 +254,7 @@ unsafe fn visit(
             e.relay.at_ns = r.at_ns;
             e.relay.bytes = r.bytes;
         }
-        // SAFETY: `meta` is this iteration's.
-        match unsafe { seq_write(meta, &e) } {
+        match write(&e) {
             0 => {}
             // EOVERFLOW: the kernel's buffer for this read() is full; it drops this call's
             // output and runs it again for the same socket at the start of the next read().

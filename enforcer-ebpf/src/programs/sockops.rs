@@ -18,7 +18,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
-        BPF_SOCK_OPS_RTT_CB_FLAG, SO_SNDBUF, SOL_SOCKET,
+        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, SO_SNDBUF, SOL_SOCKET,
     },
     helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt},
     macros::sock_ops,
@@ -27,7 +27,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{error, warn};
 use enforcer_common::{
-    AF_INET, AF_INET6, CONTAIN_EARNED_AFTER, FAULT_SOCKOPS, RECORD_OUTBOUND, SockRecord, names, stats, v4_mapped,
+    AF_INET, AF_INET6, CONTAIN_EARNED_AFTER, FAULT_SOCKOPS, RECORD_OUTBOUND, SockRecord, is_connection, names, stats,
+    v4_mapped,
 };
 
 use crate::{
@@ -89,6 +90,15 @@ fn try_enforcer_sockops(ctx: &SockOpsContext) -> Result<(), i32> {
     if op == BPF_SOCK_OPS_RTT_CB {
         // Only a contained connection asks for this callback (`contain`).
         earn(ctx);
+        return Ok(());
+    }
+    if op == BPF_SOCK_OPS_STATE_CB {
+        // Only a connection a walk recorded asks for this one (`adopt::ask_for_end`): its end
+        // is counted, once, when it leaves the states the walks count.
+        let (old, new) = (ctx.arg(0) as u8, ctx.arg(1) as u8);
+        if is_connection(old) && !is_connection(new) {
+            count(stats::ENDED);
+        }
         return Ok(());
     }
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
@@ -207,7 +217,7 @@ fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
         // Its buffer is earned back by progress (`earn`): an innocent behind a contained
         // address pays a slow start, an attacker that never acknowledges keeps the small
         // buffer. This connection alone gets a callback per RTT sample; nobody else pays.
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_RTT_CB_FLAG as i32);
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
     } else if let Some(n) = count_rare(stats::ERR_CONTAIN) {
         warn!(
             ctx,
@@ -240,5 +250,6 @@ fn earn(ctx: &SockOpsContext) {
     if rc == 0 {
         count(stats::EARNED);
     }
-    let _ = ctx.set_cb_flags(0);
+    // No more RTT samples; a walk's request for the connection's end stays.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
 }

@@ -8,6 +8,7 @@ mod adopt;
 pub mod backoff;
 mod reload;
 mod report;
+mod revisit;
 mod sense;
 
 use std::{
@@ -28,6 +29,7 @@ use crate::{
         contained::Containment,
         journal::Journal,
         loader::{LoadOptions, Loaded},
+        revisit::Revisit,
         scan::Scanner,
     },
     config::{Settings, flags::RunArgs},
@@ -142,6 +144,15 @@ impl Agent {
             loaded.take_map(names::MAP_SCAN_SUMMARY)?,
             loaded.take_map(names::MAP_REMOTE_COUNTS)?,
         )?;
+        let revisits = match loaded.take_revisit() {
+            Some(prog) => Some(revisit::Revisits::new(Revisit::new(
+                prog,
+                loaded.take_map(names::MAP_REVISIT_KEYS)?,
+                loaded.take_map(names::MAP_REVISIT_OUT)?,
+                loaded.take_map(names::MAP_REVISIT_CURSOR)?,
+            )?)),
+            None => None,
+        };
         let mut namespaces = Namespaces::of(settings.cgroup.clone());
         // Connections established before sock_ops was attached get their records now; every later
         // one gets it from sock_ops or from the first walk to see it, whatever namespace it is in.
@@ -171,7 +182,7 @@ impl Agent {
                 attribution,
                 reported: HashSet::new(),
             },
-            sense: Sense::new(scanner, meter),
+            sense: Sense::new(scanner, meter, revisits),
             adoption: Adoption::new(),
             settings,
             loaded,
@@ -190,7 +201,7 @@ impl Agent {
         if let Ok(k) = &counters {
             self.adopt_unrecorded(k);
         }
-        let Some((pressure, judged)) = self.sense() else { return };
+        let Some((mut pressure, judged)) = self.sense(false) else { return };
         if !self.metrics.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
             // Attached, and a scan works: ready for /readyz and for systemd.
             notify::notify("READY=1");
@@ -198,7 +209,7 @@ impl Agent {
         let scanned = started.elapsed();
         self.update_gauges(counters);
         let now_ms = started.duration_since(self.epoch).as_millis() as u64;
-        let Some((population, sockets)) = judged else {
+        let Some(mut judged) = judged else {
             // Well below the threshold: nothing to judge.
             let (released, episode) = self.judge.rest(now_ms, pressure);
             for remote in released {
@@ -209,7 +220,25 @@ impl Agent {
             return;
         };
         self.refresh_protected_cgroups();
-        let plan = self.judge.judge(&sockets, &population, now_ms, pressure);
+        let plan = if judged.revisited {
+            let mut probe = self.judge.clone();
+            let plan = probe.judge(&judged.sockets, &judged.population, now_ms, pressure);
+            if self.would_act(&plan) {
+                // Decisions are an exact walk's: walk every socket now, and judge that.
+                let Some((exact_pressure, Some(exact))) = self.sense(true) else { return };
+                (pressure, judged) = (exact_pressure, exact);
+                self.judge.judge(&judged.sockets, &judged.population, now_ms, pressure)
+            } else {
+                // Nothing to carry out: the copy's memory is the rule's (each candidate keeps a
+                // sample every interval, as with a walk), less what it said of remotes, which saw
+                // the candidates only.
+                probe.forget_remotes();
+                self.judge = probe;
+                plan
+            }
+        } else {
+            self.judge.judge(&judged.sockets, &judged.population, now_ms, pressure)
+        };
         self.report_episode(&plan.episode, pressure);
         for remote in &plan.released {
             self.release(*remote);
@@ -220,7 +249,7 @@ impl Agent {
         }
         let timing = report::Timing { started, scanned, decided: started.elapsed() };
         let acted = self.act(plan, started);
-        self.report_interval(sockets.len(), &acted, &timing);
+        self.report_interval(judged.sockets.len(), &acted, &timing);
     }
 }
 

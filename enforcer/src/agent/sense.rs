@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use enforcer_common::{ScanSummary, scan_mode};
 
-use super::Agent;
+use super::{Agent, revisit::Revisits};
 use crate::{
     bpf::{scan::Scanner, snapshot::Walk},
     host::{netns::Namespace, pressure},
@@ -21,6 +21,9 @@ const WALK_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(
 /// The scan and what the last one found.
 pub(super) struct Sense {
     scanner: Scanner,
+    /// Where the walks visit every TCP socket: the last walk's candidates, looked at alone
+    /// between walks (`revisit`).
+    pub revisits: Option<Revisits>,
     /// Where pressure is read.
     pub meter: pressure::Meter,
     /// The pressure the last interval read, which chooses what the next scan writes out.
@@ -30,19 +33,25 @@ pub(super) struct Sense {
 }
 
 /// The sockets to judge, with the population they share the threshold with.
-pub(super) type Judged = (Population, Vec<Socket>);
+pub(super) struct Judged {
+    pub population: Population,
+    pub sockets: Vec<Socket>,
+    /// From a revisit: the rule's judgement says only whether a walk must decide (`revisit`).
+    pub revisited: bool,
+}
 
 impl Sense {
-    pub fn new(scanner: Scanner, meter: pressure::Meter) -> Self {
-        Self { scanner, meter, last_pressure: None, last_walk: None }
+    pub fn new(scanner: Scanner, meter: pressure::Meter, revisits: Option<Revisits>) -> Self {
+        Self { scanner, revisits, meter, last_pressure: None, last_walk: None }
     }
 }
 
 impl Agent {
     /// The scan, in the mode the last pressure calls for: the pressure, and — unless pressure
     /// is well below the threshold — the sockets to judge with the population they share the
-    /// threshold with. `None` when the scan or the pressure could not be read.
-    pub(super) fn sense(&mut self) -> Option<(u64, Option<Judged>)> {
+    /// threshold with. `None` when the scan or the pressure could not be read. Over half the
+    /// threshold an interval revisits the last walk's candidates where it can, unless `exact`.
+    pub(super) fn sense(&mut self, exact: bool) -> Option<(u64, Option<Judged>)> {
         let s = &self.settings;
         // A per-remote cap judges idle connections, which hold nothing: it needs them all.
         let full = s.max_per_remote.is_some();
@@ -74,6 +83,13 @@ impl Agent {
         // A full scan's population is counted here; otherwise the kernel counts per remote group.
         let groups = if full { None } else { s.fairness.scan_groups() };
         loop {
+            if mode == scan_mode::CANDIDATES
+                && !exact
+                && let Some((pressure, judged)) = self.revisited()
+            {
+                self.sense.last_pressure = Some(pressure);
+                return Some((pressure, Some(judged)));
+            }
             let summary = self.walk(mode, groups.filter(|_| mode != scan_mode::SUMMARY))?;
             let pressure = match self.sense.meter.read(summary.charged) {
                 Ok(p) => p,
@@ -91,13 +107,15 @@ impl Agent {
                 mode = scan_mode::CANDIDATES;
                 continue;
             }
-            return Some((pressure, Some(self.population(mode, groups, &summary))));
+            let (population, sockets) = self.population(mode, groups, &summary);
+            return Some((pressure, Some(Judged { population, sockets, revisited: false })));
         }
     }
 
     /// One walk in `mode` (in each namespace of the cgroup for the `iter/tcp` walk), counted in
     /// the metrics. `None` when it failed.
     fn walk(&mut self, mode: u32, groups: Option<(u32, u32)>) -> Option<ScanSummary> {
+        let ended = self.ended();
         let namespaces: &[Namespace] = match self.sense.scanner.walk() {
             Walk::Records => &[],
             Walk::Tcp => self.namespaces.list(),
@@ -116,6 +134,11 @@ impl Agent {
             _ => "all",
         };
         self.metrics.scans.get_or_create(&vec![("kind", kind)]).inc();
+        // Only a walk that wrote out the candidates, no more, is a basis for revisits.
+        let basis = if mode == scan_mode::CANDIDATES && groups.is_none() { ended } else { None };
+        if let Some(r) = self.sense.revisits.as_mut() {
+            r.note_walk(summary.sockets, basis, self.sense.scanner.entries());
+        }
         self.metrics.tracked.set(summary.sockets as i64);
         self.metrics.scanned_out.set(summary.emitted as i64);
         Some(summary)
@@ -123,7 +146,7 @@ impl Agent {
 
     /// The sockets the walk wrote out, with the population they share the threshold with: the
     /// kernel's counts over every connection, or, when the walk wrote out every one, their own.
-    fn population(&self, mode: u32, groups: Option<(u32, u32)>, summary: &ScanSummary) -> Judged {
+    fn population(&self, mode: u32, groups: Option<(u32, u32)>, summary: &ScanSummary) -> (Population, Vec<Socket>) {
         let fairness = self.settings.fairness;
         let scanner = &self.sense.scanner;
         let sockets: Vec<Socket> = scanner.entries().iter().map(Socket::new).collect();

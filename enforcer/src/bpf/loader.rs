@@ -4,7 +4,7 @@
 //! exits (or fails half-way through start-up) leaves nothing behind.
 use std::{
     fs::File,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -47,6 +47,8 @@ pub struct Loaded {
     /// Attribution's holders walk (pinned too, for `sockets -p`); `None` where the kernel
     /// refused it.
     holders_link: Option<IterLink>,
+    /// The revisit program's fd, where the walks visit every socket and record at first sight.
+    revisit: Option<OwnedFd>,
     /// Which walk the snapshot and scan links make.
     walk: Walk,
     /// The programs loaded, by name (`names::PROG_*`), for their statistics.
@@ -65,7 +67,7 @@ impl Loaded {
         if OBJECT.is_empty() {
             bail!("this enforcer binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild");
         }
-        let lock = prepare_pin_dir(opts.pin_dir)?;
+        let lock = pins::prepare_pin_dir(opts.pin_dir)?;
         let kernel_btf = btf::Btf::from_file(Path::new(sys::VMLINUX)).context("reading kernel BTF")?;
         let offsets = offsets::from_btf(&kernel_btf)?;
         if let Some(line) = offsets::lacking(&offsets) {
@@ -95,6 +97,7 @@ impl Loaded {
             scan_link: None,
             adopt_link: None,
             holders_link: None,
+            revisit: None,
             walk: Walk::Records,
             programs: Vec::new(),
             ebpf,
@@ -150,8 +153,32 @@ impl Loaded {
             self.attach_relays(btf)?;
         } else {
             self.record_at_first_sight()?;
+            self.load_revisit();
         }
         self.attach_sockops(&cgroup_fd, cgroup)
+    }
+
+    /// The revisit: only where the walks visit every socket and record what they first see,
+    /// which also asks sock_ops for each recorded connection's end. A refusal costs a log line:
+    /// the agent then walks every socket each interval, as before.
+    fn load_revisit(&mut self) {
+        if self.walk != Walk::Tcp {
+            return;
+        }
+        match super::revisit::load(program(&mut self.ebpf, names::PROG_REVISIT)) {
+            Ok(fd) => {
+                self.programs.push(names::PROG_REVISIT);
+                self.revisit = Some(fd);
+            }
+            Err(e) => {
+                tracing::info!(error = refusal(&e), "the revisit program did not load: every walk visits every socket")
+            }
+        }
+    }
+
+    /// Hands the revisit program over to the agent's `Scanner` (once); `None` where there is none.
+    pub fn take_revisit(&mut self) -> Option<OwnedFd> {
+        self.revisit.take()
     }
 
     /// Proxy mode: the programs that pair a thread's reads and writes into relays, on the
@@ -404,33 +431,4 @@ impl Drop for Loaded {
         // Only succeeds when empty: whatever else someone keeps there stays.
         let _ = std::fs::remove_dir(&self.pin_dir);
     }
-}
-
-/// Creates and locks the pin directory; refuses one a live agent holds and clears the pins of
-/// an agent that died (of any version: nobody holds the lock).
-fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
-    sys::check_pin_dir_name(dir)?;
-    sys::ensure_bpffs(dir)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
-    // Root only: the maps say which connections exist and who owns them. (Pinned objects are
-    // 0600 already.)
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .with_context(|| format!("restricting pin directory {} to root", dir.display()))?;
-    let Some(lock) = sys::lock_dir(dir, true)? else {
-        let pid = pins::PinDir::open(dir).map(|p| p.info().pid.to_string());
-        bail!(
-            "another enforcer agent (pid {}) is running with pins in {}: stop it or choose another --pin-dir",
-            pid.unwrap_or_else(|_| "unknown".into()),
-            dir.display()
-        )
-    };
-    let stale: Vec<PathBuf> =
-        names::ALL_PINS.iter().map(|n| pins::PinDir::path(dir, n)).filter(|p| p.exists()).collect();
-    if !stale.is_empty() {
-        tracing::warn!(dir = %dir.display(), "removing stale pins of an agent that is no longer running");
-        for p in stale {
-            std::fs::remove_file(&p).with_context(|| format!("removing stale pin {}", p.display()))?;
-        }
-    }
-    Ok(lock)
 }

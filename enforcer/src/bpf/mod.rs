@@ -13,5 +13,6 @@ pub mod kernel_log;
 pub mod loader;
 pub mod offsets;
 pub mod pins;
+pub mod revisit;
 pub mod scan;
 pub mod snapshot;

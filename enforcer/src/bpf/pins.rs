@@ -185,3 +185,31 @@ fn version_bytes() -> [u8; 24] {
 pub(super) fn settings_chunks(settings: &str) -> u32 {
     (2 * settings.len().div_ceil(SETTINGS_CHUNK)).max(2) as u32
 }
+
+/// Creates and locks the pin directory; refuses one a live agent holds and clears the pins of
+/// an agent that died (of any version: nobody holds the lock).
+pub fn prepare_pin_dir(dir: &Path) -> Result<std::fs::File> {
+    sys::check_pin_dir_name(dir)?;
+    sys::ensure_bpffs(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    // Root only: the maps say which connections exist and who owns them. (Pinned objects are
+    // 0600 already.)
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting pin directory {} to root", dir.display()))?;
+    let Some(lock) = sys::lock_dir(dir, true)? else {
+        let pid = PinDir::open(dir).map(|p| p.info().pid.to_string());
+        bail!(
+            "another enforcer agent (pid {}) is running with pins in {}: stop it or choose another --pin-dir",
+            pid.unwrap_or_else(|_| "unknown".into()),
+            dir.display()
+        )
+    };
+    let stale: Vec<PathBuf> = names::ALL_PINS.iter().map(|n| PinDir::path(dir, n)).filter(|p| p.exists()).collect();
+    if !stale.is_empty() {
+        tracing::warn!(dir = %dir.display(), "removing stale pins of an agent that is no longer running");
+        for p in stale {
+            std::fs::remove_file(&p).with_context(|| format!("removing stale pin {}", p.display()))?;
+        }
+    }
+    Ok(lock)
+}

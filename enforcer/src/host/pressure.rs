@@ -80,19 +80,28 @@ impl Meter {
     /// cannot be read: the caller walks the sockets.
     pub fn without_scan(&self) -> Option<u64> {
         match self.source {
-            Source::Tracked => {
-                let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
-                let pages = sockstat_tcp_pages(&text)?;
-                let reserve = std::fs::read_to_string("/proc/sys/net/core/mem_pcpu_rsv")
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u64>().ok())
-                    .map_or(1 << 20, |p| p * page_size());
-                let cpus = possible_cpus(&std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?)?;
-                Some(pages * page_size() + cpus * reserve)
-            }
+            Source::Tracked => Some(kernel_tcp_memory()? + counter_lag()?),
             Source::Kernel | Source::Cgroup => self.read(0).ok(),
         }
     }
+}
+
+/// The kernel's TCP memory (sockstat's `mem`, every namespace), in bytes; `None` if unreadable.
+pub fn kernel_tcp_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    Some(sockstat_tcp_pages(&text)? * page_size())
+}
+
+/// How far the kernel's TCP memory may lag behind what the sockets are charged: each CPU's
+/// reserve (`net.core.mem_pcpu_rsv` pages, 1 MiB where the sysctl is absent); `None` if
+/// unreadable.
+pub fn counter_lag() -> Option<u64> {
+    let reserve = std::fs::read_to_string("/proc/sys/net/core/mem_pcpu_rsv")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map_or(1 << 20, |p| p * page_size());
+    let cpus = possible_cpus(&std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?)?;
+    Some(cpus * reserve)
 }
 
 /// CPUs in a kernel CPU list (`0-3,8-11`).

@@ -26,6 +26,8 @@ pub mod plan;
 pub mod population;
 #[cfg(test)]
 mod property;
+#[cfg(test)]
+mod property_revisit;
 pub mod relay;
 pub mod remote;
 pub mod remote_cap;

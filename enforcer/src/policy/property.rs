@@ -25,19 +25,19 @@ use super::{
 use crate::model::socket::{Socket, state_name};
 
 /// xorshift64*: deterministic, so a failure names its seed.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(super) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }
@@ -62,7 +62,7 @@ const STATES: [u8; 10] = [1, 4, 5, 8, 9, 11, 7, 10, 2, 3];
 
 /// One generated socket; the raw entry holds what the kernel's scan reads (state, remote
 /// address as the record keeps it).
-fn socket(rng: &mut Rng, cookie: u64) -> Socket {
+pub(super) fn socket(rng: &mut Rng, cookie: u64) -> Socket {
     let ip: IpAddr = REMOTES[rng.below(REMOTES.len() as u64) as usize].parse().expect("remote");
     let mut s = sock(cookie, &SocketAddr::new(ip.to_canonical(), (1000 + cookie) as u16).to_string(), 0, 0, 0);
     (s.raw.record.family, s.raw.record.remote_addr) = match ip {
@@ -84,7 +84,7 @@ fn set_state(s: &mut Socket, state: u8) {
 }
 
 /// One interval later: queues grow, drain or empty; stalls lengthen or end; peers go idle.
-fn step(rng: &mut Rng, s: &mut Socket, dt: u64) {
+pub(super) fn step(rng: &mut Rng, s: &mut Socket, dt: u64) {
     match rng.below(10) {
         0..=2 => s.charged = 0,
         3..=5 => s.charged = rng.below(4 << 20),
@@ -115,7 +115,7 @@ fn step(rng: &mut Rng, s: &mut Socket, dt: u64) {
 }
 
 /// What a plan carries out with every destroy succeeding, in order.
-fn chosen(plan: &Plan) -> Vec<(u64, Reason)> {
+pub(super) fn chosen(plan: &Plan) -> Vec<(u64, Reason)> {
     plan.clone().carry_out(usize::MAX, |_| Taken::Done).acted.iter().map(|d| (d.socket.cookie, d.reason)).collect()
 }
 

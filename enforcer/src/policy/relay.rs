@@ -98,7 +98,7 @@ impl RelayIndex {
 /// What the cap saw of relays in the last judgement: a socket is taken as an orphan only when two
 /// judgements in a row found it one, and never when the last one found it live (a walk can miss
 /// a socket, which then looks closed for an interval).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RelayMemory {
     pub live: HashSet<u64>,
     pub orphans: HashSet<u64>,

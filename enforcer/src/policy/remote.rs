@@ -28,7 +28,7 @@ use super::{
 use crate::model::{fairness::Fairness, socket::Socket};
 
 /// What is kept of a remote between snapshots, while it holds more than its share.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Held {
     /// Since when (the first snapshot of the streak) it has held more than its share without
     /// progress.
@@ -41,7 +41,7 @@ struct Held {
 }
 
 /// The remotes over their share, and for how long without progress.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RemoteEvidence {
     held: HashMap<IpNet, Held>,
 }

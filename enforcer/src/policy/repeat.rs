@@ -31,7 +31,7 @@ pub enum Why {
     Stuck { charged: u64, share: u64, stuck_ms: u64 },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RepeatOffenders {
     rule: RepeatRule,
     /// Times of recent destroys per remote, oldest first, none older than the window.

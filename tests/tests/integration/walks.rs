@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, io::Read, time::Duration};
 
 use enforcer_common::SnapshotEntry;
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, kernel, wait_for};
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, agent_scrape, field, kernel, sample, wait_for};
 
 /// Every tracked connection as `sockets --json` lists it: (local, remote) → (state, send_queue).
 fn listing(agent: &Agent) -> BTreeMap<(String, String), (String, u64)> {
@@ -151,4 +151,52 @@ fn walk_costs_per_tracked_and_untracked_socket() {
              untracked socket ({N} connections, median of {READS} reads)"
         );
     }
+}
+
+/// Where the walks visit every TCP socket, offenders held over the threshold are revisited alone
+/// between walks, and every decision is still an exact walk's: a dry run reports each held
+/// offender once, no idle connection, and a new offender is found by a later walk. Where the
+/// walks visit the records, nothing is revisited.
+#[test]
+fn held_offenders_are_revisited_and_decisions_come_from_walks() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let (mut server, listen) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
+    let mut clients = Peer::start(&ns, None);
+    clients.cmd(&format!("connect-many {listen} 200 4096"));
+    server.cmd("wait-accepted 200");
+    let addr = "127.0.0.1:9471";
+    let agent = Agent::start_json(
+        &ns,
+        &cg,
+        &["--dry-run", "--threshold", "64KiB", "--stall", "1s", "--policy", "heffner", "--metrics-addr", addr],
+    );
+    // Twenty readers that never read: each holds far more than its share.
+    assert!(server.num("write-range 0 20 262144") > 20 * 16384);
+    let reported = || agent.events_of("would_destroy");
+    wait_for("the 20 held offenders to be reported", Duration::from_secs(30), || {
+        (reported().len() >= 20).then_some(())
+    });
+    let scans = |kind: &str| {
+        sample(&agent_scrape(&ns, addr), &format!("enforcer_scans_total{{kind=\"{kind}\"}}")).unwrap_or(0.0)
+    };
+    let revisits = if walk_of(&agent) == "tcp" {
+        wait_for("revisits", Duration::from_secs(30), || (scans("revisit") >= 8.0).then_some(scans("revisit")))
+    } else {
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(scans("revisit"), 0.0, "the records walk has nothing to revisit");
+        0.0
+    };
+    eprintln!("revisits: {revisits}, walks of the candidates: {}", scans("candidates"));
+    // One report each, all of them offenders: a dry run reports a socket once per episode.
+    let held: Vec<u64> = reported().iter().map(|e| field(e, "send_queue")).collect();
+    assert_eq!(held.len(), 20, "{:?}", reported());
+    assert!(held.iter().all(|&q| q > 0), "an idle connection was reported: {held:?}");
+
+    // A new offender, whose few hundred KiB the kernel's memory counter may not show: a later walk
+    // of every socket finds it.
+    assert!(server.num("write 100 262144") > 16384);
+    wait_for("the new offender to be reported", Duration::from_secs(40), || (reported().len() >= 21).then_some(()));
+    let all = reported();
+    assert_eq!(all.len(), 21, "{all:?}");
+    assert!(all.iter().all(|e| field(e, "send_queue") > 0), "{all:?}");
 }

@@ -23,7 +23,9 @@ use super::{
 };
 use crate::model::socket::Socket;
 
-/// The rule with its memory: one per agent (and one per `enforcer top`).
+/// The rule with its memory: one per agent (and one per `enforcer top`). A clone judges what
+/// a revisit found without committing the agent's own memory to it.
+#[derive(Clone)]
 pub struct Judge {
     policy: Policy,
     /// The sockets over their share, by cookie.
@@ -172,6 +174,14 @@ impl Judge {
         }
         plan.rank();
         plan
+    }
+
+    /// Forgets what each remote's connections said so far: after judging a revisit, which sees
+    /// the last walk's candidates and not a connection of the same remote that started holding
+    /// data since (its progress would have kept the remote from being stuck), a remote's streak
+    /// starts again at the next walk of every socket.
+    pub fn forget_remotes(&mut self) {
+        self.remotes.clear();
     }
 
     /// Judges a full snapshot: every tracked connection is in `sockets` (`enforcer top`).
