@@ -19,8 +19,9 @@ const OFFENDERS: usize = 1_000;
 const HELD: usize = 2_000;
 const INTERVAL_S: f64 = 1.0;
 const STALL_S: f64 = 1.0;
-/// Seconds of steady state each CPU figure is taken over.
-const STEADY_S: u64 = 10;
+/// Seconds of steady state the held phase's CPU figure is taken over: three of the walks of every
+/// socket that revisits come between (one every 10 s), so the mean holds them.
+const STEADY_S: u64 = 30;
 /// The quiet phase's: while pressure is quiet the agent walks the sockets once a minute, so the
 /// window holds one walk and the skipped intervals around it.
 const QUIET_S: u64 = 65;

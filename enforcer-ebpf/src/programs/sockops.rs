@@ -8,8 +8,11 @@
 //! visit every TCP socket anyway, sock_ops leaves the record to the first walk that sees the
 //! connection, and a short connection never has one.
 //!
-//! Nothing runs after establishment: progress is dated by the walks (the agent's scan and the
-//! snapshot), which reconcile the record with the socket's `snd_una` and `rcv_nxt`. A
+//! Nothing runs after establishment but two callbacks a few connections ask for: a contained
+//! connection's RTT samples (`earn`), and the state changes of a connection a walk recorded at
+//! first sight, whose end is counted (`stats::ENDED`, for the agent's revisits). Progress is
+//! dated by the walks (the agent's scan and the snapshot), which reconcile the record with the
+//! socket's `snd_una` and `rcv_nxt`. A
 //! per-socket `BPF_SOCK_OPS_RTT_CB` dated each ACK exactly, but it cost about 225 ns per ACK of
 //! new data (a cold storage lookup and a clock read; 37 % of a short connection's BPF time, and
 //! the only BPF time of a bulk transfer), and bought at most one interval of precision on a

@@ -62,6 +62,16 @@ const STATES: [u8; 10] = [1, 4, 5, 8, 9, 11, 7, 10, 2, 3];
 
 /// One generated socket; the raw entry holds what the kernel's scan reads (state, remote
 /// address as the record keeps it).
+/// Up to 40 generated sockets, their cookies counted on from `next_cookie`.
+pub(super) fn population(rng: &mut Rng, next_cookie: &mut u64) -> Vec<Socket> {
+    (0..1 + rng.below(40))
+        .map(|_| {
+            *next_cookie += 1;
+            socket(rng, *next_cookie)
+        })
+        .collect()
+}
+
 pub(super) fn socket(rng: &mut Rng, cookie: u64) -> Socket {
     let ip: IpAddr = REMOTES[rng.below(REMOTES.len() as u64) as usize].parse().expect("remote");
     let mut s = sock(cookie, &SocketAddr::new(ip.to_canonical(), (1000 + cookie) as u16).to_string(), 0, 0, 0);
@@ -191,12 +201,7 @@ fn filtered_scan_decides_like_the_full_snapshot() {
         let threshold = p.threshold;
         let (mut full, mut agent) = (Judge::new(p.clone()), Judge::new(p));
         let mut next_cookie = 1;
-        let mut sockets: Vec<Socket> = (0..1 + rng.below(40))
-            .map(|_| {
-                next_cookie += 1;
-                socket(&mut rng, next_cookie)
-            })
-            .collect();
+        let mut sockets = population(&mut rng, &mut next_cookie);
         let dt = 250;
         for i in 0..60u64 {
             let now = 10_000 + i * dt;

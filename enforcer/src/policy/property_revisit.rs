@@ -19,7 +19,7 @@ use enforcer_common::{ENTRY_OUT_OF_ORDER, is_connection};
 use super::{
     Fairness, Judge, Kind, Plan, Population,
     episode::Change,
-    property::{Rng, chosen, socket, step},
+    property::{Rng, chosen, population, socket, step},
     quiet,
     testing::policy,
 };
@@ -77,12 +77,7 @@ fn revisits_never_destroy_what_walks_every_interval_would_not() {
         let mut basis: Option<Basis> = None;
         let mut ended = 0u64;
         let mut next_cookie = 1;
-        let mut sockets: Vec<Socket> = (0..1 + rng.below(40))
-            .map(|_| {
-                next_cookie += 1;
-                socket(&mut rng, next_cookie)
-            })
-            .collect();
+        let mut sockets = population(&mut rng, &mut next_cookie);
         let dt = 250;
         for i in 0..80u64 {
             let now = 10_000 + i * dt;

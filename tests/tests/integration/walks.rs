@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, io::Read, time::Duration};
 
 use enforcer_common::SnapshotEntry;
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, agent_scrape, field, kernel, sample, wait_for};
+use enforcer_tests::{Agent, Cgroup, Netns, Peer, agent_scrape, connected_many, field, kernel, sample, wait_for};
 
 /// Every tracked connection as `sockets --json` lists it: (local, remote) → (state, send_queue).
 fn listing(agent: &Agent) -> BTreeMap<(String, String), (String, u64)> {
@@ -34,10 +34,7 @@ fn walk_of(agent: &Agent) -> &'static str {
 #[test]
 fn both_walks_list_the_same_connections_and_queues() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
-    let (mut server, listen) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
-    let mut clients = Peer::start(&ns, None);
-    clients.cmd(&format!("connect-many {listen} 20 4096"));
-    server.cmd("wait-accepted 20");
+    let (mut server, _clients) = connected_many(&ns, &cg, "127.0.0.1:9000", 20, 4096);
     // A response its reader never takes: the window closes on a queue.
     assert!(server.num("write 0 262144") > 0);
     let queued = wait_for("the queue to settle", Duration::from_secs(10), || {
@@ -160,10 +157,7 @@ fn walk_costs_per_tracked_and_untracked_socket() {
 #[test]
 fn held_offenders_are_revisited_and_decisions_come_from_walks() {
     let (ns, cg) = (Netns::new(), Cgroup::new());
-    let (mut server, listen) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
-    let mut clients = Peer::start(&ns, None);
-    clients.cmd(&format!("connect-many {listen} 200 4096"));
-    server.cmd("wait-accepted 200");
+    let (mut server, _clients) = connected_many(&ns, &cg, "127.0.0.1:9000", 200, 4096);
     let addr = "127.0.0.1:9471";
     let agent = Agent::start_json(
         &ns,

@@ -116,7 +116,7 @@ impl Metrics {
         r.register("decisions", "Enforcement decisions by event and reason", m.decisions.clone());
         r.register(
             "scans",
-            "Intervals by what was read: skipped (the kernel's TCP memory bounds pressure under half the threshold), summary, candidates, all",
+            "Intervals by what was read: skipped (the kernel's TCP memory bounds pressure under half the threshold), summary, candidates, all, revisit (the last walk's candidates alone, where walks visit every socket)",
             m.scans.clone(),
         );
         r.register("held_back", "Decisions held back by --max-kills or --max-kills-per-minute", m.held_back.clone());
