@@ -44,11 +44,10 @@ pub fn enforcer_revisit(ctx: TcContext) -> i32 {
     let out = unsafe { &mut *out };
     // Gone, unless found below.
     out.cookie = 0;
-    let mut tuple = tuple_of(key);
-    let size = if key.family == AF_INET { 12 } else { 36 };
     if key.family != AF_INET && key.family != AF_INET6 {
         return OK;
     }
+    let (mut tuple, size) = tuple_of(key);
     // As a segment from the remote would find it, in the namespace of the thread that runs the
     // test (the test run's skb is its loopback device's).
     // SAFETY: the context is this run's skb; `tuple` is `size` readable bytes on the stack.
@@ -64,12 +63,26 @@ pub fn enforcer_revisit(ctx: TcContext) -> i32 {
     OK
 }
 
-/// The candidate's 4-tuple as a segment from its remote carries it.
+/// Whether an IPv6 address (as `SockRecord` keeps it) is an IPv4-mapped one (`::ffff:a.b.c.d`).
 #[inline(always)]
-fn tuple_of(key: &RevisitKey) -> bpf_sock_tuple {
+fn mapped(a: &[u32; 4]) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == 0x0000_ffff_u32.to_be()
+}
+
+/// The candidate's 4-tuple as a segment from its remote carries it, and its size. A dual-stack
+/// socket's IPv4 peer is found in the IPv4 table, where the kernel keeps it.
+#[inline(always)]
+fn tuple_of(key: &RevisitKey) -> (bpf_sock_tuple, u32) {
     // SAFETY: plain old data; every byte is written below or stays zero.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let (sport, dport) = (key.remote_port.to_be(), key.local_port.to_be());
+    if key.family == AF_INET6 && mapped(&key.remote_addr) && mapped(&key.local_addr) {
+        t.__bindgen_anon_1.ipv4.saddr = key.remote_addr[3];
+        t.__bindgen_anon_1.ipv4.daddr = key.local_addr[3];
+        t.__bindgen_anon_1.ipv4.sport = sport;
+        t.__bindgen_anon_1.ipv4.dport = dport;
+        return (t, 12);
+    }
     if key.family == AF_INET {
         t.__bindgen_anon_1.ipv4.saddr = key.remote_addr[0];
         t.__bindgen_anon_1.ipv4.daddr = key.local_addr[0];
@@ -81,7 +94,7 @@ fn tuple_of(key: &RevisitKey) -> bpf_sock_tuple {
         t.__bindgen_anon_1.ipv6.sport = sport;
         t.__bindgen_anon_1.ipv6.dport = dport;
     }
-    t
+    (t, if key.family == AF_INET { 12 } else { 36 })
 }
 
 /// The socket the lookup found: when it is still the candidate, with its record, visited into

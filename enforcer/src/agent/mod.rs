@@ -6,6 +6,7 @@
 mod act;
 mod adopt;
 pub mod backoff;
+mod judged;
 mod reload;
 mod report;
 mod revisit;

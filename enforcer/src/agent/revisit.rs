@@ -9,9 +9,10 @@
 //! copy's memory becomes the rule's: each candidate keeps its sample every interval, as with a
 //! walk (judged on walks alone, a queue that drained and refilled between two walks would look
 //! like a slow drain). What it said of remotes is forgotten: it did not see a connection that
-//! started holding data since the walk, whose progress keeps its remote from being stuck. So every decision is an exact walk's, and `policy::property_revisit`
-//! holds it, over generated socket sets, to never destroying a socket that a walk of every socket
-//! each interval would spare.
+//! started holding data since the walk, whose progress keeps its remote from being stuck. So
+//! every decision is an exact walk's, and `policy::property_revisit` holds it, over generated
+//! socket sets, to never destroying a socket that a walk of every socket each interval would
+//! spare.
 //!
 //! The interval walks every socket instead when:
 //! - the last walk is older than `WALK_AT_LEAST_EVERY` (a socket that started holding data
@@ -19,6 +20,8 @@
 //! - the kernel's TCP memory grew by more than the candidates' charged memory did, beyond what the
 //!   kernel's counter may lag (`pressure::counter_lag`): a socket outside the candidates holds
 //!   more than it did;
+//! - a candidate was not found that did not end (more are missing than `stats::ENDED` counted
+//!   since the walk): one the revisit cannot see;
 //! - the fairness is per remote (the kernel counts per remote group only in a walk), a
 //!   per-remote cap is set (it judges idle connections), or the kernel could not count the
 //!   ends of recorded connections (`stats::ERR_ENDS`, kernels before 6.12).
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use enforcer_common::{SnapshotEntry, stats};
 
-use super::{Agent, sense::Judged};
+use super::{Agent, judged::Judged};
 use crate::{
     bpf::revisit::Revisit,
     host::pressure,
@@ -51,6 +54,8 @@ struct Basis {
     /// The kernel's TCP memory read right after it, and its candidates' charged memory.
     kernel_memory: u64,
     candidates_charged: u64,
+    /// How many candidates it wrote out.
+    candidates: usize,
 }
 
 /// The revisit and its basis.
@@ -78,6 +83,7 @@ impl Revisits {
                     ended,
                     kernel_memory,
                     candidates_charged: charged(entries),
+                    candidates: entries.len(),
                 });
             }
             Ok(false) => {}
@@ -114,6 +120,12 @@ impl Agent {
             tracing::debug!(error = %format!("{e:#}"), "revisit failed; this interval walks");
             return None;
         }
+        // A candidate not found that did not end (a namespace no longer reached, a socket the
+        // lookup cannot find) is one the rule no longer sees: walk.
+        let ended_since = ended.saturating_sub(basis.ended);
+        if (basis.candidates.saturating_sub(r.entries.len()) as u64) > ended_since {
+            return None;
+        }
         let now = charged(&r.entries);
         // Memory outside the candidates grew: something else may hold data now.
         let kernel = pressure::kernel_tcp_memory()?;
@@ -124,8 +136,7 @@ impl Agent {
         }
         // Every connection counted at the walk that ended since is subtracted; one opened since
         // is not added: the count can only be lower than the truth, each share only larger.
-        let connections =
-            basis.connections.saturating_sub(ended.saturating_sub(basis.ended)).max(r.entries.len() as u64);
+        let connections = basis.connections.saturating_sub(ended_since).max(r.entries.len() as u64);
         let sockets: Vec<Socket> = r.entries.iter().map(Socket::new).collect();
         let count = r.entries.len();
         // The sources read without a walk are exact; the summed one has only the candidates' part.

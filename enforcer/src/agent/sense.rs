@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use enforcer_common::{ScanSummary, scan_mode};
 
-use super::{Agent, revisit::Revisits};
+use super::{Agent, judged::Judged, revisit::Revisits};
 use crate::{
     bpf::{scan::Scanner, snapshot::Walk},
     host::{netns::Namespace, pressure},
@@ -30,14 +30,6 @@ pub(super) struct Sense {
     last_pressure: Option<u64>,
     /// When the sockets were last walked.
     last_walk: Option<Instant>,
-}
-
-/// The sockets to judge, with the population they share the threshold with.
-pub(super) struct Judged {
-    pub population: Population,
-    pub sockets: Vec<Socket>,
-    /// From a revisit: the rule's judgement says only whether a walk must decide (`revisit`).
-    pub revisited: bool,
 }
 
 impl Sense {

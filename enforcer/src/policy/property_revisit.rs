@@ -12,7 +12,7 @@
 //! unseen. 4,000 seeds pass by hand (`--release`); 600 run here. The property: in every interval, each socket the
 //! agent destroys is one the rule condemns with a walk of every socket each interval (destroyed,
 //! or held back by the budget only), so a revisit can delay a decision but never add one.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use enforcer_common::{ENTRY_OUT_OF_ORDER, is_connection};
 
