@@ -21,11 +21,16 @@ fn listing(agent: &Agent) -> BTreeMap<(String, String), (String, u64)> {
         .collect()
 }
 
-/// The walk the agent's start line names.
+/// The walk the agent's start line names, in either log format.
 fn walk_of(agent: &Agent) -> &'static str {
     let log = agent.log_text();
     let attached = log.lines().find(|l| l.contains("enforcer attached")).unwrap_or_else(|| panic!("{log}"));
-    if attached.contains("walk=\"records\"") { "records" } else { "tcp" }
+    if attached.contains("walk=\"records\"") || attached.contains("\"walk\":\"records\"") {
+        "records"
+    } else {
+        assert!(attached.contains("walk=\"tcp\"") || attached.contains("\"walk\":\"tcp\""), "{attached}");
+        "tcp"
+    }
 }
 
 /// Both walks list the same connections, states and queues: idle ones, and one whose peer
