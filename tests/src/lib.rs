@@ -78,6 +78,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new() -> Self {
+        sweep_dead_namespaces();
         let name = unique("enf-test");
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
@@ -142,6 +143,24 @@ impl Default for Netns {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Deletes, once per test process, the namespaces of earlier test processes that are gone
+/// (`enf-test-PID-N` whose PID no longer runs): a process killed by a signal (a CI run stopped
+/// mid-test) never runs its guards' drops. Only names this crate makes, only of dead processes.
+fn sweep_dead_namespaces() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("enf-test-").and_then(|r| r.split('-').next()) else { continue };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                stderr_note(&format!("removing {name}, left by test process {pid}, which is gone"));
+                drop(Netns { name });
+            }
+        }
+    });
 }
 
 impl Drop for Netns {
