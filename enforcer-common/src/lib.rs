@@ -7,7 +7,7 @@
 
 /// Bumped whenever a layout below changes: a CLI must not read pins of an agent built with
 /// another layout.
-pub const LAYOUT_VERSION: u32 = 17;
+pub const LAYOUT_VERSION: u32 = 18;
 
 /// `aya::Pod` for each type (user space only), which must derive `bytemuck::Pod`: invoked beside
 /// each type, with its size assert. Defined before the modules, which see it in textual scope.
@@ -46,7 +46,10 @@ pub mod watch;
 
 pub use self::{
     agent::{AGENT_INFO_MAGIC, AgentInfo, SETTINGS_CHUNK, SettingsChunk},
-    contained::{CONTAIN_EARNED_AFTER, CONTAINED_CAPACITY, ContainedAddr, Containment, V4_MAPPED_PREFIX, v4_mapped},
+    contained::{
+        CONTAIN_EARNED_AFTER, CONTAINED_BY_CROWDSEC, CONTAINED_BY_REPEAT, CONTAINED_CAPACITY, CONTAINED_LABEL_CAPACITY,
+        CONTAINED_LABEL_LEN, ContainedAddr, ContainedLabel, Containment, V4_MAPPED_PREFIX, v4_mapped,
+    },
     holders::Holder,
     kills::{KILL_CGROUP_LEN, KILL_RING, KillRecord, kill_counters},
     offsets::{KernelOffsets, OFFSET_ABSENT},

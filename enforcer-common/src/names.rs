@@ -12,6 +12,7 @@ pub const MAP_AGENT_SETTINGS: &str = "AGENT_SETTINGS";
 pub const MAP_KILLS: &str = "KILLS";
 pub const MAP_KILL_COUNTERS: &str = "KILL_COUNTERS";
 pub const MAP_CONTAINED: &str = "CONTAINED";
+pub const MAP_CONTAINED_LABELS: &str = "CONTAINED_LABELS";
 /// Proxy mode: where each socket's bytes were relayed last, by cookie.
 pub const MAP_RELAYS: &str = "RELAYS";
 /// Proxy mode: each thread's last read from a tracked socket.
@@ -65,6 +66,7 @@ pub const PIN_SETTINGS: &str = "settings";
 pub const PIN_KILLS: &str = "kills";
 pub const PIN_KILL_COUNTERS: &str = "kill_counters";
 pub const PIN_CONTAINED: &str = "contained";
+pub const PIN_CONTAINED_LABELS: &str = "contained_labels";
 /// The pinned snapshot link: reading this file runs the snapshot (every namespace at once).
 pub const PIN_SNAPSHOT: &str = "snapshot";
 /// Instead of `snapshot` on kernels that refuse map-element iterators: reading this file
@@ -73,7 +75,7 @@ pub const PIN_SNAPSHOT_TCP: &str = "snapshot_tcp";
 /// The pinned holders link: reading it lists `Holder`s (`enforcer sockets -p`).
 pub const PIN_HOLDERS: &str = "holders";
 /// Every pin the agent makes, for cleaning up after an agent that died.
-pub const ALL_PINS: [&str; 10] = [
+pub const ALL_PINS: [&str; 11] = [
     PIN_SNAPSHOT,
     PIN_SNAPSHOT_TCP,
     PIN_HOLDERS,
@@ -84,4 +86,5 @@ pub const ALL_PINS: [&str; 10] = [
     PIN_KILLS,
     PIN_KILL_COUNTERS,
     PIN_CONTAINED,
+    PIN_CONTAINED_LABELS,
 ];

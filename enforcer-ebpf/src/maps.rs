@@ -8,9 +8,10 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use enforcer_common::{
-    AgentInfo, CONTAINED_CAPACITY, ContainedAddr, Containment, KILL_RING, KillRecord, LAST_RECV_CAPACITY, LastRecv,
-    RELAYS_CAPACITY, REMOTE_COUNTS_CAPACITY, REVISIT_CAPACITY, RelayOut, RemoteCount, RemoteKey, RevisitKey,
-    ScanParams, ScanSummary, SettingsChunk, SnapshotEntry, SockRecord, kill_counters, stats,
+    AgentInfo, CONTAINED_CAPACITY, CONTAINED_LABEL_CAPACITY, ContainedAddr, ContainedLabel, Containment, KILL_RING,
+    KillRecord, LAST_RECV_CAPACITY, LastRecv, RELAYS_CAPACITY, REMOTE_COUNTS_CAPACITY, REVISIT_CAPACITY, RelayOut,
+    RemoteCount, RemoteKey, RevisitKey, ScanParams, ScanSummary, SettingsChunk, SnapshotEntry, SockRecord,
+    kill_counters, stats,
 };
 
 /// The tracked sockets' records, in socket-local storage: a record lives in its socket, so the
@@ -100,6 +101,10 @@ pub static KILL_COUNTERS: Array<u64> = Array::with_max_entries(kill_counters::CO
 /// preallocated (aya-ebpf adds `BPF_F_NO_PREALLOC`).
 #[map]
 pub static CONTAINED: LpmTrie<ContainedAddr, Containment> = LpmTrie::with_max_entries(CONTAINED_CAPACITY, 0);
+/// Why fleet decisions contain their networks ("origin/scenario"), indexed by
+/// `Containment::label`; written and read by user space only, pinned beside the trie.
+#[map]
+pub static CONTAINED_LABELS: Array<ContainedLabel> = Array::with_max_entries(CONTAINED_LABEL_CAPACITY, 0);
 
 /// Proxy mode: where each tracked socket's bytes were relayed last, by cookie. A hash, not the
 /// record, because the relay is seen when the bytes are written to the other socket, where the

@@ -4,7 +4,8 @@
 //!
 //! Layers, lowest first; a module imports only from layers below its own (ARCHITECTURE.md, and
 //! `cargo xtask lint` checks it):
-//! `model` → `policy` → `host` → `bpf` → `config` → `observe` → `agent` → `commands` → `cli`.
+//! `model` → `policy` → `host` → `bpf` → `config` → `observe` → `fleet` → `agent` → `commands` →
+//! `cli`.
 pub mod model;
 
 pub mod policy;
@@ -16,6 +17,8 @@ pub mod bpf;
 pub mod config;
 
 pub mod observe;
+
+pub mod fleet;
 
 pub mod agent;
 

@@ -1,6 +1,6 @@
 //! sock_ops on the watched cgroup: start tracking a socket when it becomes established (where
 //! the walks need it, see `RECORD_AT_FIRST_SIGHT`), and give a new connection of a contained
-//! remote its small send buffer.
+//! remote its small send buffer and user timeout.
 //!
 //! The record costs more than the program: the kernel allocates socket storage at establishment
 //! and frees it with the socket, outside any program's run time. A tracked connect/request/close
@@ -23,7 +23,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, SO_SNDBUF, SOL_SOCKET,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt},
+    helpers::generated::{bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt},
     macros::sock_ops,
     maps::lpm_trie::Key,
     programs::SockOpsContext,
@@ -197,8 +197,9 @@ unsafe fn rv_sk(ops: *mut aya_ebpf::bindings::bpf_sock_ops) -> *mut core::ffi::c
 }
 
 /// Gives a new connection of a contained remote the remote's small send buffer, before the
-/// application can queue anything on it. One trie lookup per established connection; nothing
-/// runs per segment. Fails open: a connection whose buffer cannot be set carries on as it is.
+/// application can queue anything on it, and the remote's `TCP_USER_TIMEOUT`. One trie lookup
+/// per established connection; nothing runs per segment. Fails open: a connection whose buffer
+/// cannot be set carries on as it is.
 ///
 /// The kernel's `SO_SNDBUF` doubles the value, caps it at `net.core.wmem_max` and locks the
 /// buffer (`SOCK_SNDBUF_LOCK`), so `tcp_init_buffer_space`, which runs right after this
@@ -209,8 +210,13 @@ fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
     let Some(c) = CONTAINED.get(Key::new(128, addr)) else {
         return;
     };
+    let (sndbuf, user_timeout_ms) = (c.sndbuf, c.user_timeout_ms);
+    if sndbuf == 0 {
+        // A protected network inside a contained one.
+        return;
+    }
     // A copy on the stack for the helper, which reads `optlen` bytes of it.
-    let mut sndbuf = c.sndbuf as i32;
+    let mut sndbuf = sndbuf as i32;
     // SAFETY: the sock_ops context of an established (full, locked) socket; a 4-byte option
     // value that lives on our stack.
     let rc =
@@ -232,16 +238,63 @@ fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
             n
         );
     }
+    if user_timeout_ms == 0 {
+        return;
+    }
+    // An application's own shorter timeout (a listener's is inherited) stands.
+    let mut current: i32 = 0;
+    // SAFETY: as above; a 4-byte option value on our stack.
+    let got = unsafe { bpf_getsockopt(ctx.ops.cast(), SOL_TCP, TCP_USER_TIMEOUT, (&raw mut current).cast(), 4) };
+    let mut timeout = user_timeout_ms.min(i32::MAX as u32) as i32;
+    if got == 0 && current > 0 && current <= timeout {
+        return;
+    }
+    // SAFETY: as above.
+    let rc = unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_TCP, TCP_USER_TIMEOUT, (&raw mut timeout).cast(), 4) };
+    if rc != 0
+        && let Some(n) = count_rare(stats::ERR_CONTAIN)
+    {
+        warn!(
+            ctx,
+            target: LOG,
+            "could not give a connection of contained remote {:i} its TCP_USER_TIMEOUT (errno {}): only the agent \
+             can end its stall (count on this CPU: {})",
+            ipv6(addr),
+            -rc,
+            n
+        );
+    }
 }
+
+/// `SOL_TCP` (`IPPROTO_TCP`) and `TCP_USER_TIMEOUT` (linux/tcp.h), which `bpf_setsockopt`
+/// accepts since Linux 6.0.
+const SOL_TCP: i32 = 6;
+const TCP_USER_TIMEOUT: i32 = 18;
 
 /// A contained connection's RTT sample: once its peer has acknowledged `CONTAIN_EARNED_AFTER`
 /// bytes, it gets a send buffer as large as `net.core.wmem_max` allows (the kernel caps the
-/// value there; the buffer stays locked, where an uncontained one would be autotuned), and asks
+/// value there; the buffer stays locked, where an uncontained one would be autotuned), loses the
+/// user timeout `contain` gave it (a reader that proved itself may pause like anyone), and asks
 /// for no more callbacks. Fails open: a buffer that cannot be set stays small.
 #[inline(always)]
 fn earn(ctx: &SockOpsContext) {
-    // SAFETY: a plain read of a context field at a constant offset.
-    let acked = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).bytes_acked) };
+    let ops = ctx.ops;
+    // SAFETY: plain reads of context fields at constant offsets, all unconditional (see
+    // `try_enforcer_sockops`).
+    let (acked, family, ip4, ip6) = unsafe {
+        use core::ptr::read_volatile as rv;
+        (
+            rv(&raw const (*ops).bytes_acked),
+            rv(&raw const (*ops).family) as u16,
+            rv(&raw const (*ops).remote_ip4),
+            [
+                rv(&raw const (*ops).remote_ip6[0]),
+                rv(&raw const (*ops).remote_ip6[1]),
+                rv(&raw const (*ops).remote_ip6[2]),
+                rv(&raw const (*ops).remote_ip6[3]),
+            ],
+        )
+    };
     if acked < CONTAIN_EARNED_AFTER {
         return;
     }
@@ -252,6 +305,20 @@ fn earn(ctx: &SockOpsContext) {
         unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_SOCKET as i32, SO_SNDBUF as i32, (&raw mut sndbuf).cast(), 4) };
     if rc == 0 {
         count(stats::EARNED);
+    }
+    // The timeout `contain` gave it, if the remote is still contained with it (an application's
+    // own value is left alone; one given by a containment since released stays).
+    let addr = if family == AF_INET { v4_mapped(ip4) } else { ip6 };
+    if let Some(c) = CONTAINED.get(Key::new(128, addr)) {
+        let given = c.user_timeout_ms.min(i32::MAX as u32) as i32;
+        let mut current: i32 = 0;
+        // SAFETY: as above.
+        let got = unsafe { bpf_getsockopt(ctx.ops.cast(), SOL_TCP, TCP_USER_TIMEOUT, (&raw mut current).cast(), 4) };
+        if got == 0 && given != 0 && current == given {
+            let mut none: i32 = 0;
+            // SAFETY: as above.
+            let _ = unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_TCP, TCP_USER_TIMEOUT, (&raw mut none).cast(), 4) };
+        }
     }
     // No more RTT samples; a walk's request for the connection's end stays.
     let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);

@@ -2,6 +2,7 @@
 //! and journal record, and containing or releasing repeat offenders.
 use std::{
     collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -10,7 +11,7 @@ use ipnet::IpNet;
 use super::Agent;
 use crate::{
     bpf::{
-        contained::Containment,
+        contained::{Containment, Source},
         journal::{Event, Journal},
     },
     host::{
@@ -25,7 +26,8 @@ use crate::{
 /// What acting needs beyond the rule: where decisions go, and the caps and memory of acting.
 pub(super) struct Act {
     pub journal: Journal,
-    pub containment: Containment,
+    /// Shared with the fleet's bouncer, which writes CrowdSec's decisions to the same trie.
+    pub containment: Arc<Mutex<Containment>>,
     pub storm: StormGuard,
     /// One netlink socket per network namespace it destroys in, by namespace inode.
     pub destroyers: HashMap<u64, Netlink>,
@@ -132,15 +134,26 @@ impl Agent {
         err.is_none()
     }
 
-    /// A new repeat offender: say so, and have the kernel give its new connections a small
-    /// send buffer (not in a dry run: a dry run changes nothing).
+    /// A new repeat offender: say so, have the kernel give its new connections a small send
+    /// buffer and a user timeout, and tell the fleet (not in a dry run: a dry run changes
+    /// nothing, here or on other hosts).
     pub(super) fn flag(&mut self, f: &Flagged) {
         self.metrics.repeat_offenders.inc();
         let sndbuf = self.settings.contain_sndbuf;
         let contained = !self.settings.dry_run && sndbuf > 0;
         decisions::log_repeat_offender(f, contained.then_some(sndbuf));
-        if contained && let Err(e) = self.act.containment.contain(f.remote, sndbuf as u32) {
-            tracing::warn!(remote = %f.remote, error = %format!("{e:#}"), "could not contain the repeat offender");
+        if contained {
+            let mut c = self.act.containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if c.is_protected(f.remote) {
+                tracing::info!(remote = %f.remote, "a repeat offender inside a protected network is not contained");
+            } else if let Err(e) = c.hold(f.remote, Source::Repeat, None, 0) {
+                tracing::warn!(remote = %f.remote, error = %format!("{e:#}"), "could not contain the repeat offender");
+            }
+        }
+        if !self.settings.dry_run
+            && let Some(fleet) = &self.fleet
+        {
+            fleet.share(f);
         }
     }
 
@@ -148,7 +161,8 @@ impl Agent {
     pub(super) fn release(&mut self, remote: IpNet) {
         tracing::info!(remote = %remote, "repeat offender released: no destroy for a whole --repeat-window");
         // Whatever the mode now: a reload into a dry run must not leave a containment behind.
-        if let Err(e) = self.act.containment.release(remote) {
+        let mut c = self.act.containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = c.release(remote, Source::Repeat) {
             tracing::warn!(remote = %remote, error = %format!("{e:#}"), "could not release the repeat offender");
         }
     }

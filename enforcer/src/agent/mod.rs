@@ -15,7 +15,7 @@ mod sense;
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,13 +27,14 @@ use self::{act::Act, adopt::Adoption, sense::Sense};
 use crate::{
     bpf::{
         attached,
-        contained::Containment,
+        contained::{Containment, Limits},
         journal::Journal,
         loader::{LoadOptions, Loaded},
         revisit::Revisit,
         scan::Scanner,
     },
     config::{Settings, flags::RunArgs},
+    fleet::Fleet,
     host::{
         cgroup,
         netns::{self, Namespace},
@@ -75,6 +76,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// How contained networks' new connections are limited.
+fn limits(s: &Settings) -> Limits {
+    Limits {
+        sndbuf: s.contain_sndbuf.min(i32::MAX as u64) as u32,
+        user_timeout_ms: s.contain_user_timeout_ms.min(i32::MAX as u64) as u32,
+    }
+}
+
 /// Every `interval_ms`; an interval that overran skips the ticks it missed.
 fn every(interval_ms: u64) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
@@ -96,6 +105,8 @@ struct Agent {
     sense: Sense,
     act: Act,
     adoption: Adoption,
+    /// The CrowdSec fleet this host is a member of (`--crowdsec-*`), if any.
+    fleet: Option<Fleet>,
 }
 
 impl Agent {
@@ -163,7 +174,17 @@ impl Agent {
             }
         }
         namespaces.forget();
-        let containment = Containment::new(loaded.take_map(names::MAP_CONTAINED)?)?;
+        let mut containment = Containment::new(
+            loaded.take_map(names::MAP_CONTAINED)?,
+            loaded.take_map(names::MAP_CONTAINED_LABELS)?,
+            limits(&settings),
+        )?;
+        containment.exempt(&settings.protect_cidrs)?;
+        let containment = Arc::new(Mutex::new(containment));
+        let fleet = match &settings.crowdsec {
+            Some(c) => Some(Fleet::start(c, containment.clone(), metrics.clone(), settings.dry_run, sys::hostname())?),
+            None => None,
+        };
         tracing::info!(
             cgroup = %settings.cgroup.display(), cgroup_id = settings.cgroup_id, pin_dir = %settings.pin_dir.display(),
             threshold = settings.threshold, pressure = meter.name(), fairness = %settings.fairness,
@@ -185,6 +206,7 @@ impl Agent {
             },
             sense: Sense::new(scanner, meter, revisits),
             adoption: Adoption::new(),
+            fleet,
             settings,
             loaded,
             epoch: Instant::now(),
@@ -197,6 +219,9 @@ impl Agent {
     fn interval(&mut self) {
         let started = Instant::now();
         self.namespaces.forget();
+        if let Some(nets) = self.fleet.as_mut().and_then(Fleet::nets) {
+            self.judge.set_fleet(nets);
+        }
         // Read once: adoption and the gauges both use them.
         let counters = self.loaded.stats();
         if let Ok(k) = &counters {

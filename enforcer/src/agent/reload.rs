@@ -39,6 +39,11 @@ impl Agent {
         if let Err(e) = self.loaded.record_settings(&serde_json::to_string(&new).context("serialising settings")?) {
             tracing::warn!(error = %format!("{e:#}"), "the reloaded settings apply, but `enforcer status` shows the old ones");
         }
+        {
+            let mut c = self.act.containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.set_limits(super::limits(&new))?;
+            c.exempt(&new.protect_cidrs)?;
+        }
         self.judge.set_policy(new.policy(protected));
         self.act.storm.per_minute = new.max_kills_per_minute;
         self.sense.meter = meter;

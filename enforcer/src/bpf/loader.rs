@@ -124,6 +124,7 @@ impl Loaded {
             (names::MAP_KILLS, names::PIN_KILLS),
             (names::MAP_KILL_COUNTERS, names::PIN_KILL_COUNTERS),
             (names::MAP_CONTAINED, names::PIN_CONTAINED),
+            (names::MAP_CONTAINED_LABELS, names::PIN_CONTAINED_LABELS),
         ] {
             let path = pins::PinDir::path(&self.pin_dir, pin);
             self.ebpf

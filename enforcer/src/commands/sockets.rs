@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{PinDirArg, any};
 use crate::{
-    bpf::{pins::PinDir, snapshot::Snapshot},
+    bpf::{contained, pins::PinDir, snapshot::Snapshot},
     config::Settings,
     host::{netns::parse_netns, sys},
     model::{
@@ -109,6 +109,10 @@ struct Row<'a> {
     /// Proxy mode: `live` (relays for an open connection), `orphan` (relayed, for nobody now),
     /// `null` when never seen relaying.
     relay_state: Option<&'static str>,
+    /// What contains its remote (a repeat offender, a CrowdSec decision), as `enforcer status`
+    /// says it; `null` when nothing does. Connections older than the containment keep the
+    /// buffers they had.
+    contained: Option<&'a contained::Contained>,
 }
 
 pub fn run(args: SocketsArgs) -> Result<()> {
@@ -163,10 +167,12 @@ pub fn run(args: SocketsArgs) -> Result<()> {
     // each made `sockets --json` take 2.5 s at 100,000 sockets).
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
+        let index = contained::Index::of(contained::read(&pins)?);
         let rows: Vec<Row> = rows
             .into_iter()
             .map(|(socket, a)| Row {
                 relay_state: relays.as_ref().and_then(|r| r.state(socket).name()),
+                contained: index.lookup(socket.remote.ip()),
                 socket,
                 cgroup: a.cgroup,
                 pid: a.process.as_ref().map(|p| p.pid),

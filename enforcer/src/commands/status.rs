@@ -79,10 +79,9 @@ pub fn run(args: StatusArgs) -> Result<()> {
             "recv_charged_bytes": recv_charged,
             "out_of_order_bytes": out_of_order,
         },
-        "contained": contained
-            .iter()
-            .map(|(net, sndbuf)| json!({ "remote": net.to_string(), "sndbuf": sndbuf }))
-            .collect::<Vec<_>>(),
+        // Who is contained and why: this host's repeat offenders, CrowdSec decisions (with
+        // their origin/scenario and end), or both.
+        "contained": contained,
         "counters": counter_map,
         "kills": {
             "destroyed": kc[kill_counters::DESTROYED as usize],
@@ -156,13 +155,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
         human_bytes(recv_charged),
         human_bytes(out_of_order)
     )?;
-    let repeat: Vec<String> =
-        contained.iter().map(|(net, sndbuf)| format!("{net} ({})", human_bytes(u64::from(*sndbuf)))).collect();
-    writeln!(
-        out,
-        "contained  {}",
-        if repeat.is_empty() { "none (no repeat offender)".to_owned() } else { repeat.join(", ") }
-    )?;
+    write_contained(&mut out, &contained, now_ms)?;
     writeln!(
         out,
         "lifetime   {} tracked as they came (at establishment, or at a walk's first sight), {} adopted",
@@ -177,5 +170,42 @@ pub fn run(args: StatusArgs) -> Result<()> {
         kc[kill_counters::DESTROY_FAILED as usize]
     )?;
     writeln!(out, "errors     {}", errors.join(", "))?;
+    Ok(())
+}
+
+/// Lines shown of each source's contained networks (`--json` lists them all).
+const SHOWN: usize = 10;
+
+/// The contained networks in text: repeat offenders, then CrowdSec decisions, a few of each.
+fn write_contained(out: &mut impl Write, contained: &[contained::Contained], now_ms: u64) -> Result<()> {
+    if contained.is_empty() {
+        writeln!(out, "contained  none (no repeat offender, no CrowdSec decision)")?;
+        return Ok(());
+    }
+    let limits = |c: &contained::Contained| {
+        let timeout = if c.user_timeout_ms == 0 {
+            String::new()
+        } else {
+            format!(", user timeout {}", human_ms(u64::from(c.user_timeout_ms)))
+        };
+        format!("sndbuf {}{timeout}", human_bytes(u64::from(c.sndbuf)))
+    };
+    let repeat: Vec<&contained::Contained> = contained.iter().filter(|c| c.repeat_offender).collect();
+    let fleet: Vec<&contained::Contained> = contained.iter().filter(|c| c.crowdsec.is_some()).collect();
+    writeln!(out, "contained  {} repeat offenders, {} networks by CrowdSec decisions", repeat.len(), fleet.len())?;
+    for c in repeat.iter().take(SHOWN) {
+        writeln!(out, "           {} repeat offender ({})", c.remote, limits(c))?;
+    }
+    for c in fleet.iter().take(SHOWN) {
+        let ends = c
+            .crowdsec_until_unix_ms
+            .map_or_else(String::new, |u| format!(", ends in {}", human_ms(u.saturating_sub(now_ms))));
+        let label = c.crowdsec.as_deref().filter(|l| !l.is_empty()).unwrap_or("a decision");
+        writeln!(out, "           {} CrowdSec {label} ({}{ends})", c.remote, limits(c))?;
+    }
+    let more = repeat.len().saturating_sub(SHOWN) + fleet.len().saturating_sub(SHOWN);
+    if more > 0 {
+        writeln!(out, "           and {more} more (enforcer status --json lists them all)")?;
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::{
     host::pressure,
     model::{
         fairness::{Fairness, parse_fairness},
-        units::{parse_cidr, parse_duration, parse_low_water, parse_size, parse_threshold},
+        units::{parse_cidr, parse_duration, parse_duration_or_off, parse_low_water, parse_size, parse_threshold},
     },
     policy::Kind,
 };
@@ -113,6 +113,39 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     #[serde(deserialize_with = "values::size")]
     pub contain_sndbuf: Option<u64>,
+    /// TCP_USER_TIMEOUT the kernel gives the same connections: data left unacknowledged this
+    /// long, zero-window probes included, makes the kernel itself abort the connection, also
+    /// while the agent is stopped or restarting. A connection that earns its send buffer back
+    /// loses it. 0: none [default: 60s, the send timeout nginx and Apache give every client].
+    #[arg(long, value_parser = parse_duration_or_off, value_name = "DURATION")]
+    #[serde(deserialize_with = "values::duration_or_off")]
+    pub contain_user_timeout: Option<Duration>,
+    /// Fleets: the URL of a CrowdSec Local API (http://HOST:PORT) whose decisions this host
+    /// enforces, as a bouncer: a decision's IP or range is contained (--contain-sndbuf,
+    /// --contain-user-timeout) for the decision's duration, and while pressure is over the
+    /// threshold its stalled connections go (reason contained_by_crowdsec). Needs
+    /// --crowdsec-key-file [default: off].
+    #[arg(long, value_name = "URL")]
+    pub crowdsec_url: Option<String>,
+    /// File holding the bouncer's API key (`cscli bouncers add NAME -o raw`); read at start and
+    /// on SIGHUP, never logged or recorded.
+    #[arg(long, value_name = "FILE")]
+    pub crowdsec_key_file: Option<PathBuf>,
+    /// Decision types this host acts on (repeatable or comma-separated) [default: contain; add
+    /// `ban` to contain what firewalls ban too].
+    #[arg(long, value_name = "TYPE", value_delimiter = ',')]
+    pub crowdsec_type: Vec<String>,
+    /// How often the decision stream is polled [default: 10s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "values::duration")]
+    pub crowdsec_poll: Option<Duration>,
+    /// Share this host's repeat offenders with the fleet, as a CrowdSec machine: a file in
+    /// CrowdSec's `local_api_credentials.yaml` form (url, login, password; `cscli machines add
+    /// NAME --password P -f FILE`). Each flag is pushed as an alert of scenario
+    /// enforcer/repeat-offender, which a profile turns into a `contain` decision
+    /// (deploy/crowdsec/profiles.yaml) [default: off].
+    #[arg(long, value_name = "FILE")]
+    pub crowdsec_machine_credentials: Option<PathBuf>,
     /// `budget`: destroy the worst offenders until the projected pressure is at --low-water;
     /// `heffner`: destroy every offender, as the 2006 proposal did [default: budget].
     #[arg(long, value_enum, value_name = "POLICY")]

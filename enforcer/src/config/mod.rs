@@ -3,6 +3,7 @@
 //! value read with its flag's parser (`values`), and the settings they resolve to
 //! (`settings`), which the agent records in its pins and the CLI reads back. One setting is one
 //! field. Imports `policy`, `bpf::pins`, `host`, `model`.
+pub mod crowdsec;
 pub mod file;
 pub mod flags;
 pub mod settings;

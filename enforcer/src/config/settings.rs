@@ -39,6 +39,11 @@ pub const DEFAULT_ORPHAN_AFTER: Duration = Duration::from_secs(10);
 /// SO_SNDBUF for a repeat offender's new connections (the kernel doubles it): 64 KiB a
 /// connection instead of megabytes.
 pub const DEFAULT_CONTAIN_SNDBUF: u64 = 32 << 10;
+/// TCP_USER_TIMEOUT for the same connections: the send timeout nginx (`send_timeout`) and Apache
+/// (`Timeout`) give every client by default, so a contained connection gets no more patience
+/// from the kernel than a web server gives anyone, and a reader that pauses for less loses
+/// nothing. It bounds a contained stall while no agent runs.
+pub const DEFAULT_CONTAIN_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn default_low_water() -> u64 {
     policy::DEFAULT_LOW_WATER_PERCENT
@@ -76,6 +81,9 @@ pub struct Settings {
     pub repeat_kills: usize,
     pub repeat_window_ms: u64,
     pub contain_sndbuf: u64,
+    /// `TCP_USER_TIMEOUT` for contained connections, ms; 0: none. Absent in older records.
+    #[serde(default)]
+    pub contain_user_timeout_ms: u64,
     pub policy: Kind,
     pub max_kills: usize,
     pub max_kills_per_minute: usize,
@@ -91,6 +99,9 @@ pub struct Settings {
     #[serde(default = "default_orphan_after_ms")]
     pub orphan_after_ms: u64,
     pub metrics_addr: Option<SocketAddr>,
+    /// The fleet (`--crowdsec-*`), if any.
+    #[serde(default)]
+    pub crowdsec: Option<super::crowdsec::Crowdsec>,
     /// `FAULT_*` bits (tests only); not recorded.
     #[serde(skip)]
     pub fault: u32,
@@ -142,7 +153,7 @@ fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
     if flag.is_empty() { file } else { flag }
 }
 
-fn ms(d: Duration) -> u64 {
+pub(super) fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
@@ -161,6 +172,7 @@ impl Settings {
             }
             None => RunArgs::default(),
         };
+        let crowdsec = super::crowdsec::resolve(&args, &file)?;
         let from_file = args.cgroup.is_none() && file.cgroup.is_some();
         let cgroup = match args.cgroup.or(file.cgroup) {
             Some(p) => p,
@@ -185,6 +197,11 @@ impl Settings {
         // SO_SNDBUF takes an int.
         if contain_sndbuf > i32::MAX as u64 {
             return Err(usage(format!("--contain-sndbuf {contain_sndbuf} is out of range (under 2GiB)")));
+        }
+        let contain_user_timeout_ms =
+            ms(args.contain_user_timeout.or(file.contain_user_timeout).unwrap_or(DEFAULT_CONTAIN_USER_TIMEOUT));
+        if contain_user_timeout_ms > i32::MAX as u64 {
+            return Err(usage(format!("--contain-user-timeout {contain_user_timeout_ms}ms is out of range")));
         }
         let max_per_remote = args.max_per_remote.or(file.max_per_remote);
         if max_per_remote == Some(0) {
@@ -236,6 +253,7 @@ impl Settings {
             repeat_kills: args.repeat_kills.or(file.repeat_kills).unwrap_or(DEFAULT_REPEAT_KILLS),
             repeat_window_ms: args.repeat_window.or(file.repeat_window).map(ms).unwrap_or(DEFAULT_REPEAT_WINDOW_MS),
             contain_sndbuf,
+            contain_user_timeout_ms,
             policy: args.policy.or(file.policy).unwrap_or(Kind::Budget),
             max_kills: args.max_kills.or(file.max_kills).unwrap_or(DEFAULT_MAX_KILLS),
             max_kills_per_minute: args
@@ -251,6 +269,7 @@ impl Settings {
             proxy,
             orphan_after_ms: ms(args.orphan_after.or(file.orphan_after).unwrap_or(DEFAULT_ORPHAN_AFTER)),
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            crowdsec,
             fault: args.inject_fault.iter().fold(0, |bits, f| bits | f.bit()),
         })
     }
@@ -266,6 +285,8 @@ impl Settings {
             ("metrics-addr", self.metrics_addr != new.metrics_addr),
             // Its programs are attached at start, and records are then made at establishment.
             ("proxy", self.proxy != new.proxy),
+            // The fleet's threads are started once, with their credentials.
+            ("crowdsec", self.crowdsec != new.crowdsec),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -335,6 +356,7 @@ mod tests {
             repeat_kills: 3,
             repeat_window_ms: 60_000,
             contain_sndbuf: 32 << 10,
+            contain_user_timeout_ms: 60_000,
             policy: Kind::Heffner,
             max_kills: 5,
             max_kills_per_minute: 50,
@@ -347,6 +369,13 @@ mod tests {
             proxy: true,
             orphan_after_ms: 10_000,
             metrics_addr: Some("127.0.0.1:9465".parse().expect("addr")),
+            crowdsec: Some(super::super::crowdsec::Crowdsec {
+                url: Some("http://127.0.0.1:8080".into()),
+                key_file: Some("/etc/enforcer/crowdsec.key".into()),
+                types: vec!["contain".into()],
+                poll_ms: 10_000,
+                machine_credentials: None,
+            }),
             fault: 0,
         };
         let json = serde_json::to_string(&s).expect("serialise");

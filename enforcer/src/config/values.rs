@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::model::{
     fairness::{Fairness, parse_fairness},
-    units::{check_threshold, parse_cidr, parse_duration, parse_low_water, parse_size},
+    units::{check_threshold, parse_cidr, parse_duration, parse_duration_or_off, parse_low_water, parse_size},
 };
 
 pub(super) fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -33,6 +33,21 @@ pub(super) fn low_water<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, 
 pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d).map_err(|_| D::Error::custom("expected a duration string (\"3s\", \"250ms\")"))?;
     parse_duration(&s).map(Some).map_err(D::Error::custom)
+}
+
+/// A duration, or `0`/`"off"` for none.
+pub(super) fn duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Number(u64),
+        Text(String),
+    }
+    match Value::deserialize(d) {
+        Ok(Value::Number(0)) => Ok(Some(Duration::ZERO)),
+        Ok(Value::Text(s)) => parse_duration_or_off(&s).map(Some).map_err(D::Error::custom),
+        _ => Err(D::Error::custom("expected a duration string (\"60s\") or 0 for none")),
+    }
 }
 
 pub(super) fn address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {

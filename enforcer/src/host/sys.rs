@@ -118,6 +118,15 @@ pub fn raise_memlock() {
 
 /// The wall clock in milliseconds since the Unix epoch (0 before 1970), for records an operator
 /// reads; intervals and stalls use the monotonic clock.
+/// This host's name (for what it tells a fleet); "unknown" if the kernel will not say.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

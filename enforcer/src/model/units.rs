@@ -39,6 +39,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// A duration, or `0`/`off` for none (`Duration::ZERO`).
+pub fn parse_duration_or_off(s: &str) -> Result<Duration, String> {
+    if matches!(s.trim(), "0" | "off") { Ok(Duration::ZERO) } else { parse_duration(s) }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim_start().starts_with('-') {
         return Err(format!("`{s}`: a duration cannot be negative"));

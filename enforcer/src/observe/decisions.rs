@@ -56,6 +56,10 @@ fn why(d: &Decision) -> String {
         Reason::RepeatOffender => {
             format!("{held}, a repeat offender's connection with no progress for {}", human_ms(d.offending_ms))
         }
+        Reason::ContainedByCrowdsec => format!(
+            "{held}, a connection of a remote the fleet contains (a CrowdSec decision) with no progress for {}",
+            human_ms(d.offending_ms)
+        ),
         Reason::OutOfOrder => format!(
             "{held}, share {}, segments wait beyond a hole the peer has not filled and nothing arrived in order for {}",
             human_bytes(d.fair_share),

@@ -17,8 +17,10 @@ pub enum Reason {
     /// Pressure stayed over the threshold with no socket over its share: no progress for
     /// `--stall`, whatever its share.
     StalledUnderShare,
-    /// A new connection of a repeat offender, stalled for an interval.
+    /// A stalled connection of a repeat offender.
     RepeatOffender,
+    /// A stalled connection of a remote the fleet contains (a CrowdSec decision).
+    ContainedByCrowdsec,
     /// Proxy mode, beyond `--max-per-remote` connections of its remote: it relays for nobody
     /// (the socket its bytes went to closed) and relayed nothing for `--orphan-after`.
     Orphan,
@@ -30,7 +32,7 @@ pub enum Reason {
 /// Each reason's code in the kill journal's ring (0 is "unknown") and its name in logs, JSON,
 /// metrics and filters: one table, so they never disagree. Codes are what earlier agents wrote:
 /// never renumber.
-const REASONS: [(Reason, u8, &str); 7] = [
+const REASONS: [(Reason, u8, &str); 8] = [
     (Reason::Stalled, 1, "stalled"),
     (Reason::SlowDrain, 2, "slow_drain"),
     (Reason::RemoteCap, 3, "remote_cap"),
@@ -38,11 +40,20 @@ const REASONS: [(Reason, u8, &str); 7] = [
     (Reason::RepeatOffender, 5, "repeat_offender"),
     (Reason::Orphan, 6, "orphan"),
     (Reason::OutOfOrder, 7, "out_of_order"),
+    (Reason::ContainedByCrowdsec, 8, "contained_by_crowdsec"),
 ];
 
 impl Reason {
-    pub const ALL: [Reason; 7] =
-        [REASONS[0].0, REASONS[1].0, REASONS[2].0, REASONS[3].0, REASONS[4].0, REASONS[5].0, REASONS[6].0];
+    pub const ALL: [Reason; 8] = [
+        REASONS[0].0,
+        REASONS[1].0,
+        REASONS[2].0,
+        REASONS[3].0,
+        REASONS[4].0,
+        REASONS[5].0,
+        REASONS[6].0,
+        REASONS[7].0,
+    ];
 
     /// Whether it says the remote misbehaved (what makes repeat offenders): a connection the
     /// per-remote cap evicts is the host holding too much for one remote, not the remote
@@ -92,7 +103,10 @@ impl Decision {
         let path_explains = s.peer_window > 0 && s.rtos > 0;
         self.reason.blames_the_remote()
             && !(path_explains
-                && matches!(self.reason, Reason::Stalled | Reason::StalledUnderShare | Reason::RepeatOffender))
+                && matches!(
+                    self.reason,
+                    Reason::Stalled | Reason::StalledUnderShare | Reason::RepeatOffender | Reason::ContainedByCrowdsec
+                ))
     }
 }
 

@@ -15,11 +15,13 @@
 //! - offenders are ranked by evidence (byte-milliseconds over the share), worst first;
 //! - a remote whose connections were destroyed again and again is a repeat offender: its new
 //!   connections get no grace ([`repeat`]), and the kernel gives them a small send buffer;
+//!   a remote the fleet contains (a CrowdSec decision, [`fleet`]) is judged the same way;
 //! - when pressure stays over the threshold and nothing is over its share, stalled sockets
 //!   become candidates regardless of share (never a progressing one);
 //! - a destroy that failed frees nothing: the next candidate is taken ([`plan`]).
 pub mod decision;
 pub mod episode;
+pub mod fleet;
 pub mod history;
 pub mod judge;
 pub mod plan;

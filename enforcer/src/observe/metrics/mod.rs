@@ -47,6 +47,19 @@ pub struct Metrics {
     pub policy_seconds: Histogram,
     /// 1 in a dry run.
     pub dry_run: Gauge,
+    /// Networks contained now, by `source` (repeat_offender, crowdsec).
+    pub contained: Family<Labels, Gauge>,
+    /// The fleet (`--crowdsec-*`): decisions by `outcome` (received, applied, released,
+    /// ignored, rejected) and `why` (for rejected and ignored).
+    pub crowdsec_decisions: Family<Labels, Counter>,
+    /// Failed calls to the Local API by `kind` (unreachable, auth, status, garbage).
+    pub crowdsec_errors: Family<Labels, Counter>,
+    /// 1 while the last poll of the decision stream answered.
+    pub crowdsec_up: Gauge,
+    /// Networks CrowdSec decisions contain now.
+    pub crowdsec_contained: Gauge,
+    /// Repeat offenders shared as alerts, by `outcome` (sent, dropped).
+    pub crowdsec_alerts: Family<Labels, Counter>,
     /// Mirrors of the kernel programs' counters (`STATS`): events by `event`, errors by `error`.
     kernel: Family<Labels, Counter>,
     kernel_errors: Family<Labels, Counter>,
@@ -82,6 +95,12 @@ impl Metrics {
             scan_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             policy_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
             dry_run: Gauge::default(),
+            contained: Family::default(),
+            crowdsec_decisions: Family::default(),
+            crowdsec_errors: Family::default(),
+            crowdsec_up: Gauge::default(),
+            crowdsec_contained: Gauge::default(),
+            crowdsec_alerts: Family::default(),
             kernel: Family::default(),
             kernel_errors: Family::default(),
             process: process::Process::default(),
@@ -129,6 +148,33 @@ impl Metrics {
             "repeat_offenders_flagged",
             "Remotes flagged as repeat offenders now",
             m.repeat_offenders_flagged.clone(),
+        );
+        r.register(
+            "contained_remotes",
+            "Networks contained now, by source (repeat_offender, crowdsec)",
+            m.contained.clone(),
+        );
+        r.register(
+            "crowdsec_decisions",
+            "CrowdSec decisions from the Local API by outcome (received, applied, released, ignored: a type not acted \
+             on, rejected) and why (malformed, scope, too_wide, protected, capacity)",
+            m.crowdsec_decisions.clone(),
+        );
+        r.register(
+            "crowdsec_errors",
+            "Failed calls to the CrowdSec Local API by kind (unreachable, auth, status, garbage)",
+            m.crowdsec_errors.clone(),
+        );
+        r.register(
+            "crowdsec_up",
+            "1 while the last poll of the CrowdSec decision stream answered",
+            m.crowdsec_up.clone(),
+        );
+        r.register("crowdsec_contained", "Networks CrowdSec decisions contain now", m.crowdsec_contained.clone());
+        r.register(
+            "crowdsec_alerts",
+            "Repeat offenders shared with CrowdSec as alerts, by outcome (sent, dropped)",
+            m.crowdsec_alerts.clone(),
         );
         r.register(
             "episode",

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use super::{
     Assessment, Decision, ESCALATE_AFTER_INTERVALS, Policy, Population, Reason,
     episode::{Change, Episode, Episodes, max_drain_now},
+    fleet::FleetNets,
     history::{OverShare, remember},
     plan::Plan,
     quiet,
@@ -39,6 +40,8 @@ pub struct Judge {
     remotes: RemoteEvidence,
     /// What the per-remote cap saw of relays last time (proxy mode).
     relays: RelayMemory,
+    /// The networks the fleet contains (CrowdSec decisions), judged as repeat offenders are.
+    fleet: std::sync::Arc<FleetNets>,
 }
 
 impl Judge {
@@ -52,7 +55,13 @@ impl Judge {
             repeat,
             remotes: RemoteEvidence::default(),
             relays: RelayMemory::default(),
+            fleet: Default::default(),
         }
+    }
+
+    /// The networks the fleet contains from now on (the bouncer's latest set).
+    pub fn set_fleet(&mut self, fleet: std::sync::Arc<FleetNets>) {
+        self.fleet = fleet;
     }
 
     /// For what the agent re-reads every interval (the protected cgroups' ids).
@@ -210,9 +219,17 @@ impl Judge {
         let rx_stuck = a.rx_stalled_ms > 0 && a.rx_stalled_ms >= a.rx_stall_needed_ms;
         // What the peer holds: data received in order and not read is the application's.
         let held = s.held_by_peer();
-        let flagged = self.repeat.flagged_since(&p.fairness.remote(s.remote.ip())).is_some();
-        if flagged && (stalled || rx_stuck) && held > 0 {
-            plan.sweep.push(decision(Reason::RepeatOffender, a.stalled_ms.max(a.rx_stalled_ms), held));
+        // Contained: by this host's rule, or by the fleet (a CrowdSec decision).
+        let contained = if self.repeat.flagged_since(&p.fairness.remote(s.remote.ip())).is_some() {
+            Some(Reason::RepeatOffender)
+        } else {
+            self.fleet.lookup(s.remote.ip()).map(|_| Reason::ContainedByCrowdsec)
+        };
+        if let Some(reason) = contained
+            && (stalled || rx_stuck)
+            && held > 0
+        {
+            plan.sweep.push(decision(reason, a.stalled_ms.max(a.rx_stalled_ms), held));
         } else if held > a.fair_share {
             let over_bytes = held - a.fair_share;
             if stalled {
