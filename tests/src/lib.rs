@@ -36,6 +36,8 @@ pub use tun::{TUN_KERNEL_ADDR, TunConn, TunPeer, TunSetup, TunStats};
 pub const ECONNABORTED: u64 = libc::ECONNABORTED as u64;
 /// What the peer's socket reports after the RST a destroy sends.
 pub const ECONNRESET: u64 = libc::ECONNRESET as u64;
+/// What an application sees when the kernel gives up on a connection (`TCP_USER_TIMEOUT`).
+pub const ETIMEDOUT: u64 = libc::ETIMEDOUT as u64;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

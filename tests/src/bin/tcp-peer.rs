@@ -403,6 +403,20 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             }
             Ok(n.to_string())
         }
+        "usertimeout" => {
+            // TCP_USER_TIMEOUT in ms (0: the kernel's retries decide).
+            let s = get(conns, arg(words, 1)?)?;
+            let mut n: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: TCP_USER_TIMEOUT writes one int of the stated length.
+            let rc = unsafe {
+                libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, (&raw mut n).cast(), &mut len)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(n.to_string())
+        }
         "soerror" => {
             let s = get(conns, arg(words, 1)?)?;
             Ok(s.take_error().map_err(err)?.and_then(|e| e.raw_os_error()).unwrap_or(0).to_string())

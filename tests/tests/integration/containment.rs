@@ -5,8 +5,8 @@
 use std::{thread, time::Duration};
 
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
-use enforcer_common::{ContainedAddr, Containment, names, v4_mapped};
-use enforcer_tests::{Agent, Cgroup, Netns, Peer, field, ss};
+use enforcer_common::{CONTAINED_BY_REPEAT, ContainedAddr, Containment, names, v4_mapped};
+use enforcer_tests::{Agent, Cgroup, ETIMEDOUT, Netns, Peer, TunSetup, field, ss, wait_for};
 
 /// What the agent would be asked to contain: 32 KiB, which the kernel doubles.
 const SNDBUF: u32 = 32 * 1024;
@@ -15,6 +15,11 @@ const SNDBUF_EFFECTIVE: u64 = 2 * SNDBUF as u64;
 /// The trie key sock_ops looks up for an IPv4 remote: `::ffff:a.b.c.d/128`.
 fn host_key(ip: [u8; 4]) -> Key<ContainedAddr> {
     Key::new(128, v4_mapped(u32::from_ne_bytes(ip)))
+}
+
+/// A trie entry as the agent writes a repeat offender's.
+fn contained(user_timeout_ms: u32) -> Containment {
+    Containment { sndbuf: SNDBUF, user_timeout_ms, sources: CONTAINED_BY_REPEAT, label: 0, until_unix_ms: 0 }
 }
 
 fn contained_map(agent: &Agent) -> LpmTrie<MapData, ContainedAddr, Containment> {
@@ -33,7 +38,7 @@ fn a_contained_remote_gets_a_small_send_buffer_on_new_connections() {
     // Dry run: the flood below must stay in place to be measured.
     let agent = Agent::start(&ns, &cg, &["--dry-run"]);
     let mut trie = contained_map(&agent);
-    trie.insert(&host_key([127, 0, 0, 5]), Containment { sndbuf: SNDBUF, _pad: 0 }, 0).unwrap();
+    trie.insert(&host_key([127, 0, 0, 5]), contained(0), 0).unwrap();
     let before = contained_count(&agent);
 
     let (mut server, listen) = Peer::listening(&ns, &cg, "127.0.0.1:9000");
@@ -90,4 +95,55 @@ fn a_contained_remote_gets_a_small_send_buffer_on_new_connections() {
     let after = server.num("sndbuf 3");
     assert!(after > SNDBUF_EFFECTIVE, "a released remote gets the kernel's buffer again, got {after}");
     assert_eq!(contained_count(&agent), before + 2);
+}
+
+/// A user timeout short enough for a test; the default is 60 s.
+const USER_TIMEOUT_MS: u32 = 2000;
+
+#[test]
+fn the_kernel_aborts_a_contained_stall_within_its_user_timeout_with_no_agent_running() {
+    let mut s = TunSetup::new();
+    let mut agent = s.agent(&["--dry-run"]);
+    let mut trie = contained_map(&agent);
+    for ip in [[10, 77, 0, 2], [10, 77, 0, 3]] {
+        trie.insert(&host_key(ip), contained(USER_TIMEOUT_MS), 0).unwrap();
+    }
+    // A zero-window peer and a peer that never acknowledges, both contained; a zero-window peer
+    // that is not.
+    let zero = s.connect("10.77.0.2", 65535, None);
+    let silent = s.connect("10.77.0.3", 65535, Some(7));
+    let free = s.connect("10.77.0.4", 65535, None);
+    let timeout = |s: &mut TunSetup, id: usize| s.server.num(&format!("usertimeout {id}"));
+    assert_eq!(timeout(&mut s, zero.server), u64::from(USER_TIMEOUT_MS), "TCP_USER_TIMEOUT of a contained connection");
+    assert_eq!(timeout(&mut s, silent.server), u64::from(USER_TIMEOUT_MS));
+    assert_eq!(timeout(&mut s, free.server), 0, "an uncontained connection keeps the kernel's retries");
+
+    // No agent from here on: what follows is the kernel's alone.
+    drop(trie);
+    assert!(agent.stop().success());
+    for c in [&zero, &free] {
+        s.tun.cmd(&format!("window {} 0", c.tun));
+    }
+    s.tun.cmd(&format!("ack {} none", silent.tun));
+    for c in [&zero, &free] {
+        wait_for("the server to see a zero window", Duration::from_secs(5), || {
+            (s.ss_established(c).info("snd_wnd").unwrap_or(0) == 0).then_some(())
+        });
+    }
+    for c in [&zero, &silent, &free] {
+        assert!(s.write(c, 1 << 20, 256 << 10) > 0);
+    }
+    let written = std::time::Instant::now();
+    let mut aborted = Vec::new();
+    for (name, c) in [("zero-window probes unanswered by a window", &zero), ("never acknowledged", &silent)] {
+        wait_for(&format!("the kernel to abort the contained connection ({name})"), Duration::from_secs(30), || {
+            (s.server.num(&format!("soerror {}", c.server)) == ETIMEDOUT).then_some(())
+        });
+        aborted.push(format!("{name}: {} ms", written.elapsed().as_millis()));
+        assert!(s.ss(c).is_none(), "an aborted connection is gone");
+    }
+    eprintln!("user timeout {USER_TIMEOUT_MS} ms; aborted after writing: {}", aborted.join(", "));
+    // The uncontained zero-window connection is probed on, as the kernel does for anyone.
+    assert_eq!(s.server.num(&format!("soerror {}", free.server)), 0);
+    assert!(s.ss(&free).is_some());
 }
