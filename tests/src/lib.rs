@@ -17,6 +17,7 @@ use serde_json::Value;
 
 mod agent;
 mod config;
+pub mod crowdsec;
 pub mod kernel;
 mod path;
 mod peer;
@@ -42,6 +43,11 @@ pub const ETIMEDOUT: u64 = libc::ETIMEDOUT as u64;
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call.
+/// The source tree (the shipped files the tests read: `deploy/`).
+pub fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
@@ -189,7 +195,7 @@ const HTTP_LIMIT: Duration = Duration::from_secs(30);
 /// is a closed pipe (`cargo test … | head`); a panic inside a drop that runs while the test is
 /// already panicking aborts the process, and every guard not yet dropped (namespace, cgroup)
 /// is left behind.
-fn stderr_note(text: &str) {
+pub(crate) fn stderr_note(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 

@@ -121,7 +121,12 @@ impl Server {
     /// Connects `client` to `to` with receive buffer `rcvbuf` (0: default) and waits until this
     /// server accepted it.
     pub fn connect(&mut self, client: &mut Peer, to: &str, rcvbuf: u32) -> Conn {
-        let reply = client.cmd(&format!("connect {to} {rcvbuf}"));
+        self.connect_from(client, to, rcvbuf, None)
+    }
+
+    /// Like `connect`, from source address `src` (a loopback address other than 127.0.0.1).
+    pub fn connect_from(&mut self, client: &mut Peer, to: &str, rcvbuf: u32, src: Option<&str>) -> Conn {
+        let reply = client.cmd(&format!("connect {to} {rcvbuf} {}", src.unwrap_or_default()).trim_end().to_owned());
         let mut words = reply.split(' ');
         let client_id = words.next().unwrap().parse().unwrap();
         let remote = words.next().unwrap().to_owned();
@@ -132,7 +137,12 @@ impl Server {
 
     /// A zero-window client: a tiny receive buffer, never read, `bytes` queued here.
     pub fn zero_window(&mut self, client: &mut Peer, to: &str, bytes: u64) -> Conn {
-        let c = self.connect(client, to, 4096);
+        self.zero_window_from(client, to, bytes, None)
+    }
+
+    /// Like `zero_window`, from source address `src`.
+    pub fn zero_window_from(&mut self, client: &mut Peer, to: &str, bytes: u64, src: Option<&str>) -> Conn {
+        let c = self.connect_from(client, to, 4096, src);
         self.peer.cmd(&format!("sndbuf {} {bytes}", c.server_id));
         assert_eq!(self.peer.num(&format!("write {} {bytes}", c.server_id)), bytes, "could not queue {bytes} bytes");
         c

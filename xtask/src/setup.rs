@@ -213,6 +213,47 @@ impl Drop for NoServiceStarts {
     }
 }
 
+/// Where the `fleet` tests find CrowdSec: Debian's `crowdsec` package unpacked under the target
+/// directory (`usr/bin/crowdsec`, `usr/bin/cscli`, `etc/crowdsec/`).
+pub fn crowdsec_root() -> PathBuf {
+    crate::target_dir().join("tools/crowdsec")
+}
+
+/// Unpacks Debian's `crowdsec` into [`crowdsec_root`] unless it is there. Not `apt-get install`:
+/// its post-install script registers with CrowdSec's Central API, which fails offline, and
+/// would start a Local API on the host's port 8080. The tests run their own, in a namespace.
+pub fn test_crowdsec() -> Result<()> {
+    let root = crowdsec_root();
+    if root.join("usr/bin/crowdsec").is_file() && root.join("usr/bin/cscli").is_file() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!("the fleet tests need Debian's crowdsec package, and apt-get is not here to fetch it");
+    }
+    packages(&[("dpkg-deb", "dpkg")])?;
+    let debs = crate::target_dir().join("tools/debs");
+    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    eprintln!("xtask: fetching Debian's crowdsec package (unpacked, not installed) into {}", root.display());
+    let download = || run_cmd(Command::new("apt-get").current_dir(&debs).args(["download", "-qq", "crowdsec"]));
+    if download().is_err() {
+        run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+        download().context("could not download Debian's crowdsec package")?;
+    }
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("crowdsec_") && n.ends_with(".deb"))
+        })
+        .max()
+        .context("apt-get download left no crowdsec_*.deb")?;
+    let unpacking = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&unpacking);
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacking))?;
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&unpacking, &root).with_context(|| format!("moving {} into place", unpacking.display()))?;
+    Ok(())
+}
+
 /// kubernetes-validate, pinned: the Kubernetes JSON schemas ship inside the package, so the
 /// manifests are validated offline (the `deploy` tests).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";

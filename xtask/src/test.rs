@@ -31,6 +31,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     setup::test_packages()?;
     setup::test_python_tools()?;
+    setup::test_crowdsec()?;
     // The binary users run, with the object embedded.
     run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "enforcer"]))?;
     let bin = root().join("target/release/enforcer");
@@ -43,7 +44,8 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(["test", "-p", "enforcer-tests", "--tests", "--", "--test-threads=1"])
             .args(args)
             .env("ENFORCER_BIN", bin)
-            .env("ENFORCER_PYTHON_TOOLS", setup::python_tools()),
+            .env("ENFORCER_PYTHON_TOOLS", setup::python_tools())
+            .env("ENFORCER_CROWDSEC_ROOT", setup::crowdsec_root()),
         LIMIT,
     )
 }

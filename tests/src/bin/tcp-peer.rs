@@ -410,7 +410,13 @@ fn command(conns: &Conns, words: &[&str]) -> Result<String, String> {
             let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
             // SAFETY: TCP_USER_TIMEOUT writes one int of the stated length.
             let rc = unsafe {
-                libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, (&raw mut n).cast(), &mut len)
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_USER_TIMEOUT,
+                    (&raw mut n).cast(),
+                    &mut len,
+                )
             };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error().to_string());

@@ -3,8 +3,8 @@
 //! topic. Test names are `topic::name`, so `cargo xtask test -- tracking::` runs one topic.
 //! Run as root, one at a time (`cargo xtask test`): the tests share the kernel.
 //!
-//! `deploy` checks the files that ship (unit, manifests, artifacts) and runs on the host only;
-//! every other topic also runs in the VM legs (`cargo xtask test --kernel 6.1`).
+//! `deploy` checks the files that ship (unit, manifests, artifacts) and `fleet` runs a real
+//! CrowdSec: both run on the host only; every other topic also runs in the VM legs (`cargo xtask test --kernel 6.1`).
 #![allow(clippy::unwrap_used, reason = "tests panic with context")]
 
 mod config_parity;
@@ -12,6 +12,7 @@ mod containers;
 mod containment;
 mod deploy;
 mod enforcement;
+mod fleet;
 mod judgement;
 mod lifecycle;
 mod metrics;
