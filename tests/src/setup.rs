@@ -126,7 +126,7 @@ impl Server {
 
     /// Like `connect`, from source address `src` (a loopback address other than 127.0.0.1).
     pub fn connect_from(&mut self, client: &mut Peer, to: &str, rcvbuf: u32, src: Option<&str>) -> Conn {
-        let reply = client.cmd(&format!("connect {to} {rcvbuf} {}", src.unwrap_or_default()).trim_end().to_owned());
+        let reply = client.cmd(format!("connect {to} {rcvbuf} {}", src.unwrap_or_default()).trim_end());
         let mut words = reply.split(' ');
         let client_id = words.next().unwrap().parse().unwrap();
         let remote = words.next().unwrap().to_owned();

@@ -98,7 +98,9 @@ impl Bouncer {
     }
 
     fn poll(&mut self, in_force: &mut InForce, startup: bool) -> Result<(), LapiError> {
+        let asked = Instant::now();
         let body = self.lapi.stream(&self.key, startup)?;
+        let (answered, bytes) = (asked.elapsed(), body.len());
         let now = sys::unix_ms();
         let delta = stream::parse(&body, &self.settings.types, now).map_err(LapiError::Garbage)?;
         drop(body);
@@ -136,7 +138,22 @@ impl Bouncer {
             }
             changes
         };
+        let (received, changed) = (delta.received, changes.len());
+        let parsed = asked.elapsed();
         self.apply(changes);
+        if startup || changed >= CHUNK {
+            tracing::info!(
+                startup,
+                received,
+                changed,
+                in_force = in_force.len(),
+                bytes,
+                answer_ms = answered.as_millis() as u64,
+                parse_ms = (parsed - answered).as_millis() as u64,
+                apply_ms = (asked.elapsed() - parsed).as_millis() as u64,
+                "CrowdSec decisions applied"
+            );
+        }
         Ok(())
     }
 

@@ -71,12 +71,8 @@ impl Lapi {
     /// `POST /v1/watchers/login`: a machine's token.
     pub fn login(&self, login: &str, password: &str, scenarios: &[&str]) -> Result<String, LapiError> {
         let req = self.agent.post(&format!("{}/v1/watchers/login", self.base));
-        let sent = send_json(
-            req,
-            &serde_json::json!({
-                "machine_id": login, "password": password, "scenarios": scenarios,
-            }),
-        );
+        let login_json = serde_json::json!({ "machine_id": login, "password": password, "scenarios": scenarios });
+        let sent = req.set("Content-Type", "application/json").send_string(&login_json.to_string());
         let raw = body(sent)?;
         let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| LapiError::Garbage(e.to_string()))?;
         v.get("token")
@@ -88,12 +84,8 @@ impl Lapi {
     /// `POST /v1/alerts` with a machine's token; the body (the alerts' ids).
     pub fn alerts(&self, token: &str, alerts: &serde_json::Value) -> Result<Vec<u8>, LapiError> {
         let req = self.agent.post(&format!("{}/v1/alerts", self.base)).set("Authorization", &format!("Bearer {token}"));
-        body(send_json(req, alerts))
+        body(req.set("Content-Type", "application/json").send_string(&alerts.to_string()))
     }
-}
-
-fn send_json(req: ureq::Request, v: &serde_json::Value) -> Result<ureq::Response, ureq::Error> {
-    req.set("Content-Type", "application/json").send_string(&v.to_string())
 }
 
 /// A call's body, or what went wrong.

@@ -219,3 +219,45 @@ fn with_the_local_api_gone_agents_enforce_locally_say_so_once_and_catch_up_when_
         assert!(!gone.contains(&c.remote), "an innocent was destroyed: {}", c.remote);
     }
 }
+
+/// A measurement (BENCHMARKS.md): `cargo xtask test -- fleet::a_stream --include-ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a measurement: 100,000 decisions take a minute to import"]
+fn a_stream_of_100000_decisions_is_applied_without_stalling_an_interval() {
+    const N: usize = 100_000;
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let lapi = Lapi::start(&ns, "127.0.0.1:18084");
+    let key = lapi.bouncer_key_file("host-a");
+    let csv = lapi.dir.join("decisions.csv");
+    let mut text = String::from("duration,scope,value,type,reason\n");
+    for i in 0..N {
+        text.push_str(&format!("4h,ip,10.{}.{}.{},contain,bulk\n", i >> 16, (i >> 8) & 255, i & 255));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let imported = Instant::now();
+    lapi.cscli(&["decisions", "import", "-i", &csv.to_string_lossy()]);
+    eprintln!("cscli imported {N} decisions in {:?}", imported.elapsed());
+    let agent = start(&ns, &cg, &fleet_flags(&lapi, &key, None), &["--metrics-addr", "127.0.0.1:19466"]);
+    let scans = |agent_ns: &Netns| -> u64 {
+        agent_metrics(agent_ns, "127.0.0.1:19466")
+            .lines()
+            .filter(|l| l.starts_with("enforcer_scans_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (started, scans_before) = (Instant::now(), scans(&ns));
+    let line = wait_for("the startup answer applied", Duration::from_secs(120), || {
+        agent.log_text().lines().find(|l| l.contains("CrowdSec decisions applied")).map(str::to_owned)
+    });
+    let took = started.elapsed();
+    let intervals = scans(&ns) - scans_before;
+    let status = agent.status();
+    let contained = status["contained"].as_array().map_or(0, Vec::len);
+    eprintln!(
+        "{N} decisions: {line}\n  {took:?} from the agent's start; {intervals} intervals of 250 ms ran meanwhile"
+    );
+    assert_eq!(contained, N, "every decision contained");
+    // The intervals went on: at least half of those due (the agent's own start included).
+    assert!(intervals as u128 * 250 * 2 >= took.as_millis().saturating_sub(2000), "{intervals} intervals in {took:?}");
+}
