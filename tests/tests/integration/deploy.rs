@@ -8,6 +8,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 mod dist;
 mod kubernetes;
+mod monitoring;
 mod systemd;
 
 /// The capabilities the agent uses (see deploy/systemd/enforcer.service for why each).

@@ -201,7 +201,31 @@ impl Metrics {
             Unit::Seconds,
             m.program_run_seconds.clone(),
         );
+        m.zero_series();
         Self { registry: root, ..m }
+    }
+
+    /// Every series a rule or dashboard may name exists from the start, at 0: a family with no
+    /// series is not exported at all, and `increase()` needs the 0 before the first event.
+    fn zero_series(&self) {
+        use crate::{bpf::journal::Event, policy::Reason};
+        for event in [Event::Destroyed, Event::WouldDestroy, Event::DestroyFailed] {
+            for reason in Reason::ALL {
+                drop(self.decisions.get_or_create(&vec![("event", event.as_str()), ("reason", reason.as_str())]));
+            }
+        }
+        for kind in ["unreachable", "auth", "status", "garbage"] {
+            drop(self.crowdsec_errors.get_or_create(&vec![("kind", kind)]));
+        }
+        for (outcome, why) in [("received", ""), ("applied", ""), ("released", ""), ("ignored", "type")] {
+            drop(self.crowdsec_decisions.get_or_create(&vec![("outcome", outcome), ("why", why)]));
+        }
+        for why in ["malformed", "scope", "too_wide", "protected", "capacity"] {
+            drop(self.crowdsec_decisions.get_or_create(&vec![("outcome", "rejected"), ("why", why)]));
+        }
+        for outcome in ["sent", "dropped"] {
+            drop(self.crowdsec_alerts.get_or_create(&vec![("outcome", outcome)]));
+        }
     }
 
     /// Brings the mirrors of the kernel counters up to date (counters only ever grow).
