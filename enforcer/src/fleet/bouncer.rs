@@ -29,6 +29,10 @@ const CHUNK: usize = 2000;
 /// is longer.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
+/// A startup answer is asked for again this often: the Local API's flush of old alerts
+/// (`db_config.flush.max_items`) deletes their decisions, active ones included, without them
+/// ever appearing among a delta's deletions.
+const RESYNC: Duration = Duration::from_secs(600);
 
 pub(super) struct Bouncer {
     pub lapi: Lapi,
@@ -48,9 +52,16 @@ impl Bouncer {
         let mut failures: u32 = 0;
         let mut startup = true;
         let mut published = None;
+        let mut synced = Instant::now();
         let poll = Duration::from_millis(self.settings.poll_ms.max(1));
         loop {
             let polled = Instant::now();
+            if synced.elapsed() >= RESYNC {
+                startup = true;
+            }
+            if startup {
+                synced = polled;
+            }
             match self.poll(&mut in_force, startup) {
                 Ok(()) => {
                     if failures > 0 {

@@ -105,6 +105,15 @@ fn the_kubernetes_manifests_fit_the_agent() {
         "the config volume is the ConfigMap"
     );
 
+    // The CrowdSec key comes from a Secret (optional: no fleet, no Secret), read-only, and the
+    // ConfigMap's fleet keys point into it.
+    let secret = volumes.iter().find(|v| v["secret"]["secretName"].as_str() == Some("enforcer-crowdsec")).unwrap();
+    assert_eq!(secret["secret"]["optional"].as_bool(), Some(true));
+    let secret_mount = c["volumeMounts"].as_vec().unwrap().iter().find(|m| m["name"] == secret["name"]).unwrap();
+    assert_eq!(secret_mount["readOnly"].as_bool(), Some(true));
+    let key_file = config.lines().find_map(|l| l.strip_prefix("# crowdsec-key-file = ")).unwrap();
+    assert!(key_file.trim_matches('"').starts_with(secret_mount["mountPath"].as_str().unwrap()), "{key_file}");
+
     // Capabilities: exactly what the agent uses, nothing else.
     let sc = &c["securityContext"];
     let add: Vec<&str> = sc["capabilities"]["add"].as_vec().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
