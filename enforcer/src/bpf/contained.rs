@@ -20,6 +20,7 @@ use enforcer_common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::pins::{PinDir, PinError};
+use crate::model::prefixes::PrefixMap;
 
 /// Who holds a network contained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,30 +226,16 @@ pub struct Contained {
 }
 
 /// Contained networks looked up by the longest prefix holding an address, as sock_ops does.
-pub struct Index {
-    /// By (IPv6, prefix length), longest first.
-    by_len: Vec<((bool, u8), HashMap<IpNet, usize>)>,
-    list: Vec<Contained>,
-}
+pub struct Index(PrefixMap<Contained>);
 
 impl Index {
     pub fn of(list: Vec<Contained>) -> Self {
-        let mut by_len: HashMap<(bool, u8), HashMap<IpNet, usize>> = HashMap::new();
-        for (i, c) in list.iter().enumerate() {
-            by_len.entry((c.remote.addr().is_ipv6(), c.remote.prefix_len())).or_default().insert(c.remote, i);
-        }
-        let mut by_len: Vec<_> = by_len.into_iter().collect();
-        by_len.sort_by_key(|((_, len), _)| std::cmp::Reverse(*len));
-        Self { by_len, list }
+        Self(PrefixMap::new(list.into_iter().map(|c| (c.remote, c))))
     }
 
     /// What contains `ip` (an IPv4-mapped address is IPv4), if anything.
     pub fn lookup(&self, ip: std::net::IpAddr) -> Option<&Contained> {
-        let ip = ip.to_canonical();
-        self.by_len.iter().filter(|((v6, _), _)| *v6 == ip.is_ipv6()).find_map(|((_, len), nets)| {
-            let net = IpNet::new(ip, *len).ok()?.trunc();
-            nets.get(&net).map(|i| &self.list[*i])
-        })
+        self.0.lookup(ip).map(|(_, c)| c)
     }
 }
 

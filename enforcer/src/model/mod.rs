@@ -3,5 +3,6 @@
 //! modes) and the forms tables print. Imports only enforcer-common.
 pub mod endpoint;
 pub mod fairness;
+pub mod prefixes;
 pub mod socket;
 pub mod units;

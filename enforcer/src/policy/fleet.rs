@@ -6,12 +6,7 @@
 //!
 //! Immutable once built: the bouncer builds a new set after each poll and the agent hands the
 //! rule an `Arc` of it, so a revisit's copy of the rule clones a pointer, not the set.
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
-
-use ipnet::IpNet;
+use crate::model::prefixes::PrefixMap;
 
 /// Why the fleet contains a network: the decision's origin (`crowdsec`, `cscli`, `CAPI`, …) and
 /// scenario (`enforcer/repeat-offender`, `crowdsecurity/http-probing`, an operator's reason).
@@ -35,57 +30,12 @@ impl FleetDecision {
 }
 
 /// The networks the fleet contains, looked up by the longest prefix that holds an address.
-#[derive(Debug, Clone, Default)]
-pub struct FleetNets {
-    /// By prefix length, longest first; IPv4 and IPv6 apart (`IpNet` keeps the family).
-    by_len: BTreeMap<std::cmp::Reverse<(bool, u8)>, HashMap<IpNet, FleetDecision>>,
-    len: usize,
-}
-
-impl FleetNets {
-    pub fn new(decisions: impl IntoIterator<Item = (IpNet, FleetDecision)>) -> Self {
-        let mut set = Self::default();
-        for (net, d) in decisions {
-            let net = net.trunc();
-            let slot = set.by_len.entry(std::cmp::Reverse((net.addr().is_ipv6(), net.prefix_len()))).or_default();
-            if slot.insert(net, d).is_none() {
-                set.len += 1;
-            }
-        }
-        set
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The decision whose network holds `ip` (an IPv4-mapped IPv6 address is IPv4), the
-    /// longest prefix first.
-    pub fn lookup(&self, ip: IpAddr) -> Option<(IpNet, &FleetDecision)> {
-        if self.len == 0 {
-            return None;
-        }
-        let ip = ip.to_canonical();
-        for (std::cmp::Reverse((v6, len)), nets) in &self.by_len {
-            if *v6 != ip.is_ipv6() {
-                continue;
-            }
-            let Ok(net) = IpNet::new(ip, *len) else { continue };
-            let net = net.trunc();
-            if let Some(d) = nets.get(&net) {
-                return Some((net, d));
-            }
-        }
-        None
-    }
-}
+pub type FleetNets = PrefixMap<FleetDecision>;
 
 #[cfg(test)]
 mod tests {
+    use ipnet::IpNet;
+
     use super::*;
 
     fn d(id: i64) -> FleetDecision {
@@ -100,21 +50,6 @@ mod tests {
 
     fn n(s: &str) -> IpNet {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
-    #[test]
-    fn the_longest_prefix_answers_and_families_stay_apart() {
-        let set = FleetNets::new([(n("10.0.0.0/8"), d(1)), (n("10.1.2.3/32"), d(2)), (n("2001:db8::/32"), d(3))]);
-        assert_eq!(set.len(), 3);
-        let id = |ip: &str| set.lookup(ip.parse().unwrap_or_else(|e| panic!("{e}"))).map(|(_, d)| d.id);
-        assert_eq!(id("10.1.2.3"), Some(2));
-        assert_eq!(id("10.9.9.9"), Some(1));
-        // A dual-stack socket's IPv4 peer.
-        assert_eq!(id("::ffff:10.1.2.3"), Some(2));
-        assert_eq!(id("11.0.0.1"), None);
-        assert_eq!(id("2001:db8::7"), Some(3));
-        // ::a01:203 is not 10.1.2.3.
-        assert_eq!(id("::a01:203"), None);
     }
 
     #[test]
@@ -144,14 +79,5 @@ mod tests {
         // A decision gone: judged as anyone.
         j.set_fleet(Default::default());
         assert!(chosen(&j.judge_all(&sockets, 10_500, 9 << 20)).is_empty());
-    }
-
-    #[test]
-    fn host_bits_are_cleared() {
-        let set = FleetNets::new([(n("192.0.2.77/24"), d(1))]);
-        assert_eq!(
-            set.lookup("192.0.2.1".parse().unwrap_or_else(|e| panic!("{e}"))).map(|(net, _)| net),
-            Some(n("192.0.2.0/24"))
-        );
     }
 }

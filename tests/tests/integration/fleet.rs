@@ -132,7 +132,13 @@ fn a_remote_flagged_on_one_host_is_contained_on_another_before_its_first_destroy
     let (key_a, key_b) = (lapi.bouncer_key_file("host-a"), lapi.bouncer_key_file("host-b"));
     let machine_a = lapi.machine_credentials("host-a");
     // Two hosts: two agents on two cgroups, each with its own server, one Local API.
-    let host_a = start(&ns, &cg_a, &fleet_flags(&lapi, &key_a, Some(&machine_a)), &["--threshold", "8MiB"]);
+    // Host A lets a flag lapse after 5 s without a destroy, so the remote can be flagged again.
+    let host_a = start(
+        &ns,
+        &cg_a,
+        &fleet_flags(&lapi, &key_a, Some(&machine_a)),
+        &["--threshold", "8MiB", "--repeat-window", "5s"],
+    );
     let host_b = start(&ns, &cg_b, &fleet_flags(&lapi, &key_b, None), &["--threshold", "8MiB"]);
     let (mut server_a, mut server_b) = (Server::start(&ns, &cg_a), Server::start(&ns, &cg_b));
     let (to_a, to_b) = (server_a.listen("127.0.0.1:9000"), server_b.listen("127.0.0.1:9100"));
@@ -169,6 +175,27 @@ fn a_remote_flagged_on_one_host_is_contained_on_another_before_its_first_destroy
     );
     let counters = host_b.status()["counters"].clone();
     assert!(counters["contained"].as_u64().unwrap_or(0) >= 1, "host B's sock_ops contained nothing: {counters}");
+
+    // Flagged again on host A once the first flag lapsed: the shipped profile makes the next
+    // decision last longer (4h, then 8h).
+    wait_for("host A's flag to lapse", ACT_LIMIT, || {
+        host_a.log_text().contains("\"message\":\"repeat offender released").then_some(())
+    });
+    for _ in 0..5 {
+        server_a.zero_window_from(&mut attacker, &to_a, 4 * MIB, Some("127.0.0.7"));
+    }
+    wait_for("127.0.0.7 flagged again on host A", ACT_LIMIT, || {
+        (host_a.log_text().matches(flagged).count() >= 2).then_some(())
+    });
+    let longest = wait_for("a longer decision for the second flag", ACT_LIMIT, || {
+        let hours: Vec<u64> = lapi
+            .decisions_for("127.0.0.7")
+            .iter()
+            .filter_map(|d| d["duration"].as_str()?.split('h').next()?.parse().ok())
+            .collect();
+        hours.iter().copied().max().filter(|h| *h >= 4)
+    });
+    eprintln!("the second flag's decision lasts {longest}h and more");
 }
 
 #[test]
