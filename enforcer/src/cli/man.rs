@@ -49,7 +49,18 @@ fn extra(name: &str, keys: &[String]) -> String {
         if name == "run" {
             p.push(
                 "SIGHUP reloads the file and applies it without detaching, except cgroup, pin-dir, \
-                 metrics-addr and log-format, which need a restart."
+                 metrics-addr, log-format, proxy and the crowdsec-* keys, which need a restart."
+                    .to_owned(),
+            );
+            p.push(
+                "Fleets: with crowdsec-url and crowdsec-key-file the agent is a CrowdSec bouncer: the \
+                 Local API's decisions of crowdsec-type (contain) contain their IPs and ranges for the \
+                 decision's duration (contain-sndbuf, contain-user-timeout; their stalled connections \
+                 go while pressure is over the threshold, reason contained_by_crowdsec). With \
+                 crowdsec-machine-credentials it is also a machine: each repeat offender is pushed as \
+                 an alert of scenario enforcer/repeat-offender, which the profile in \
+                 deploy/crowdsec/profiles.yaml turns into a contain decision for the whole fleet. The \
+                 key and password are read from their files and never logged or recorded."
                     .to_owned(),
             );
         }
@@ -98,6 +109,10 @@ fn extra(name: &str, keys: &[String]) -> String {
             "/sys/fs/bpf/enforcer: the agent's pins (--pin-dir): the snapshot link, the settings, the \
              kill journal and the counters the CLI reads. Removed when the agent detaches; a new agent \
              removes stale ones."
+                .to_owned(),
+            "deploy/crowdsec/profiles.yaml, deploy/prometheus/enforcer-rules.yaml, \
+             deploy/grafana/enforcer.json (in the source tree): the CrowdSec profile for enforcer's \
+             alerts, alerting rules with their promtool tests, a Grafana dashboard."
                 .to_owned(),
             "enforcer.service: the systemd unit (/usr/lib/systemd/system from the Debian package, \
              /etc/systemd/system after the README's steps)."

@@ -127,8 +127,8 @@ pub struct RunArgs {
     /// --crowdsec-key-file [default: off].
     #[arg(long, value_name = "URL")]
     pub crowdsec_url: Option<String>,
-    /// File holding the bouncer's API key (`cscli bouncers add NAME -o raw`); read at start and
-    /// on SIGHUP, never logged or recorded.
+    /// File holding the bouncer's API key (`cscli bouncers add NAME -o raw`); read at start,
+    /// never logged or recorded (a new key needs a restart).
     #[arg(long, value_name = "FILE")]
     pub crowdsec_key_file: Option<PathBuf>,
     /// Decision types this host acts on (repeatable or comma-separated) [default: contain; add

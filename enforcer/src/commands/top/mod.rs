@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::PinDirArg;
 use crate::{
-    bpf::{pins::PinDir, snapshot::Snapshot},
+    bpf::{contained, pins::PinDir, snapshot::Snapshot},
     config::Settings,
     host::{pressure, sys},
     model::{
@@ -25,7 +25,10 @@ use crate::{
         units::{human_bytes, human_ms, parse_duration},
     },
     observe::attribution::Attributor,
-    policy::{Judge, Taken},
+    policy::{
+        Judge, Taken,
+        fleet::{FleetDecision, FleetNets},
+    },
 };
 
 #[derive(Debug, Args)]
@@ -135,6 +138,22 @@ pub struct Observer {
     who: Attributor,
 }
 
+/// The networks CrowdSec decisions contain, from the agent's trie.
+fn fleet_nets(pins: &PinDir) -> Result<FleetNets> {
+    Ok(FleetNets::new(contained::read(pins)?.into_iter().filter_map(|c| {
+        let label = c.crowdsec?;
+        let (origin, scenario) = label.split_once('/').unwrap_or(("", label.as_str()));
+        let d = FleetDecision {
+            id: 0,
+            origin: origin.to_owned(),
+            scenario: scenario.to_owned(),
+            kind: String::new(),
+            until_unix_ms: c.crowdsec_until_unix_ms.unwrap_or(0),
+        };
+        Some((c.remote, d))
+    })))
+}
+
 impl Observer {
     pub fn open(args: &TopArgs) -> Result<Self> {
         let pins = PinDir::open(&args.pins.pin_dir)?;
@@ -149,6 +168,8 @@ impl Observer {
         let snapshot = Snapshot::read(&self.pins, &self.settings.cgroup)?;
         let pressure = self.meter.read(snapshot.charged())?;
         let sockets = snapshot.sockets;
+        // What the fleet contains, as the agent's rule sees it (the agent's trie says which).
+        self.judge.set_fleet(std::sync::Arc::new(fleet_nets(&self.pins)?));
         let plan = self.judge.judge_all(&sockets, self.epoch.elapsed().as_millis() as u64, pressure);
         let assessments = plan.assessments.clone();
         // What the agent would do with these sockets: every destroy succeeding.
