@@ -221,23 +221,26 @@ fn contain(ctx: &SockOpsContext, family: u16, remote: [u32; 4]) {
     // value that lives on our stack.
     let rc =
         unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_SOCKET as i32, SO_SNDBUF as i32, (&raw mut sndbuf).cast(), 4) };
-    if rc == 0 {
-        count(stats::CONTAINED);
-        // Its buffer is earned back by progress (`earn`): an innocent behind a contained
-        // address pays a slow start, an attacker that never acknowledges keeps the small
-        // buffer. This connection alone gets a callback per RTT sample; nobody else pays.
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
-    } else if let Some(n) = count_rare(stats::ERR_CONTAIN) {
-        warn!(
-            ctx,
-            target: LOG,
-            "could not give a connection of contained remote {:i} its small send buffer (errno {}): it carries on \
-             uncontained (count on this CPU: {})",
-            ipv6(addr),
-            -rc,
-            n
-        );
+    if rc != 0 {
+        if let Some(n) = count_rare(stats::ERR_CONTAIN) {
+            warn!(
+                ctx,
+                target: LOG,
+                "could not give a connection of contained remote {:i} its small send buffer (errno {}): it carries \
+                 on uncontained (count on this CPU: {})",
+                ipv6(addr),
+                -rc,
+                n
+            );
+        }
+        // Uncontained, and without the RTT callback that would take a user timeout back.
+        return;
     }
+    count(stats::CONTAINED);
+    // Its buffer is earned back by progress (`earn`): an innocent behind a contained address
+    // pays a slow start, an attacker that never acknowledges keeps the small buffer. This
+    // connection alone gets a callback per RTT sample; nobody else pays.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
     if user_timeout_ms == 0 {
         return;
     }

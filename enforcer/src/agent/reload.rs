@@ -44,6 +44,9 @@ impl Agent {
             c.set_limits(super::limits(&new))?;
             c.exempt(&new.protect_cidrs)?;
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.set_dry_run(new.dry_run, &self.act.containment);
+        }
         self.judge.set_policy(new.policy(protected));
         self.act.storm.per_minute = new.max_kills_per_minute;
         self.sense.meter = meter;

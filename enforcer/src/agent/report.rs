@@ -30,6 +30,10 @@ impl Agent {
         for (name, runs, time) in self.loaded.program_stats() {
             m.program_stats(name, runs, time);
         }
+        // Every interval, quiet ones too: decisions come and go whatever the pressure.
+        let c = self.act.containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.contained.get_or_create(&vec![("source", "repeat_offender")]).set(c.held_by(Source::Repeat).count() as i64);
+        m.contained.get_or_create(&vec![("source", "crowdsec")]).set(c.held_by(Source::Crowdsec).count() as i64);
     }
 
     /// An episode of pressure that started or ended.
@@ -62,9 +66,6 @@ impl Agent {
         m.offenders.set(acted.candidates as i64);
         m.held_back.inc_by(outcome.held_back as u64);
         m.repeat_offenders_flagged.set(self.judge.repeat_offenders() as i64);
-        let c = self.act.containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.contained.get_or_create(&vec![("source", "repeat_offender")]).set(c.held_by(Source::Repeat).count() as i64);
-        m.contained.get_or_create(&vec![("source", "crowdsec")]).set(c.held_by(Source::Crowdsec).count() as i64);
         tracing::debug!(
             sockets,
             pressure,

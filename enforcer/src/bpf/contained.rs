@@ -20,7 +20,7 @@ use enforcer_common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::pins::{PinDir, PinError};
-use crate::model::prefixes::PrefixMap;
+use crate::model::prefixes::{PrefixMap, canonical};
 
 /// Who holds a network contained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,16 +87,23 @@ impl Containment {
     /// Protected networks: never contained, whatever contains a wider network around them.
     /// Replaces the exemptions written before.
     pub fn exempt(&mut self, protected: &[IpNet]) -> Result<()> {
-        for net in std::mem::take(&mut self.exempt) {
-            if !self.held.contains_key(&net) {
-                self.remove(net)?;
+        // The new ones first, each kept once written, so no protected network is ever without
+        // its exemption; then the old ones that are no longer protected go.
+        let old = std::mem::take(&mut self.exempt);
+        for net in protected.iter().map(|n| canonical(*n)) {
+            if !self.held.contains_key(&net) && !old.contains(&net) {
+                if let Err(e) = self.write(net, Value::default()) {
+                    // The old exemptions are all still written: keep knowing them.
+                    let missing: Vec<IpNet> = old.into_iter().filter(|o| !self.exempt.contains(o)).collect();
+                    self.exempt.extend(missing);
+                    return Err(e);
+                }
             }
-        }
-        for net in protected {
-            let net = net.trunc();
             self.exempt.push(net);
-            if !self.held.contains_key(&net) {
-                self.write(net, Value::default())?;
+        }
+        for net in old {
+            if !self.exempt.contains(&net) && !self.held.contains_key(&net) {
+                self.remove(net)?;
             }
         }
         Ok(())
@@ -104,6 +111,7 @@ impl Containment {
 
     /// Whether `net` lies inside a protected network (a decision for it is refused).
     pub fn is_protected(&self, net: IpNet) -> bool {
+        let net = canonical(net);
         self.exempt.iter().any(|p| p.contains(&net))
     }
 
@@ -111,7 +119,7 @@ impl Containment {
     /// can hold only that much before the rule judges it. Connections that already exist keep
     /// theirs. CrowdSec gives the label and end of the decision that speaks for the network.
     pub fn hold(&mut self, net: IpNet, source: Source, label: Option<&str>, until_unix_ms: u64) -> Result<()> {
-        let net = net.trunc();
+        let net = canonical(net);
         let label = match label {
             Some(text) => self.label(text)?,
             None => 0,
@@ -137,7 +145,7 @@ impl Containment {
     /// source does, new connections get the kernel's usual buffers again; existing ones keep what
     /// they have. Releasing what the source does not hold does nothing.
     pub fn release(&mut self, net: IpNet, source: Source) -> Result<()> {
-        let net = net.trunc();
+        let net = canonical(net);
         let Some(mut v) = self.held.get(&net).copied() else { return Ok(()) };
         v.sources &= !source.bit();
         if source == Source::Crowdsec {
@@ -147,12 +155,13 @@ impl Containment {
             self.write(net, v)?;
             self.held.insert(net, v);
         } else {
-            self.held.remove(&net);
+            // The kernel first: an entry it still has stays known, so a later release can reach it.
             if self.exempt.contains(&net) {
                 self.write(net, Value::default())?;
             } else {
                 self.remove(net)?;
             }
+            self.held.remove(&net);
         }
         Ok(())
     }

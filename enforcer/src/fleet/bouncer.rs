@@ -6,7 +6,7 @@
 //! retries with back-off, counts each failure, and asks for a startup answer again once it is
 //! back, so it catches up.
 use std::{
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, atomic::Ordering, mpsc},
     time::{Duration, Instant},
 };
 
@@ -41,8 +41,6 @@ pub(super) struct Bouncer {
     pub containment: Arc<Mutex<Containment>>,
     pub shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
-    /// Decisions are taken but not written to the trie (a dry run changes nothing).
-    pub dry_run: bool,
 }
 
 impl Bouncer {
@@ -56,7 +54,7 @@ impl Bouncer {
         let poll = Duration::from_millis(self.settings.poll_ms.max(1));
         loop {
             let polled = Instant::now();
-            if synced.elapsed() >= RESYNC {
+            if synced.elapsed() >= RESYNC || self.shared.resync.swap(false, Ordering::Relaxed) {
                 startup = true;
             }
             if startup {
@@ -170,12 +168,16 @@ impl Bouncer {
 
     /// Writes changes to the trie, a chunk per hold of the lock.
     fn apply(&mut self, changes: Vec<Change>) {
-        if self.dry_run || changes.is_empty() {
+        if changes.is_empty() {
             return;
         }
         let (mut applied, mut released, mut full) = (0u64, 0u64, 0u64);
         for chunk in changes.chunks(CHUNK) {
             let mut c = self.containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Under the lock: a reload into a dry run releases everything under it too.
+            if self.shared.dry_run.load(Ordering::Relaxed) {
+                return;
+            }
             for change in chunk {
                 let result = match change {
                     Change::Hold(net, d) => {

@@ -15,7 +15,7 @@ pub mod stream;
 
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     mpsc,
 };
 
@@ -23,17 +23,23 @@ use anyhow::{Context, Result};
 
 use self::{bouncer::Bouncer, lapi::Lapi, machine::Machine};
 use crate::{
-    bpf::contained::Containment,
+    bpf::contained::{Containment, Source},
     config::crowdsec::{self, Crowdsec, MachineCredentials},
     observe::metrics::Metrics,
     policy::{fleet::FleetNets, repeat::Flagged},
 };
 
-/// What the bouncer hands the agent: the latest set, and a generation to notice a new one.
+/// What the bouncer and the agent share: the latest set and a generation to notice a new one;
+/// the dry run (a reload may change it), and a request for every decision again.
 #[derive(Default)]
 pub struct Shared {
     nets: Mutex<Arc<FleetNets>>,
     generation: AtomicU64,
+    /// Decisions are taken and judged with, not written to the trie. Changed under the
+    /// containment's lock, which the bouncer holds while it writes.
+    dry_run: AtomicBool,
+    /// Ask the Local API for every decision at the next poll (a dry run ended).
+    resync: AtomicBool,
 }
 
 impl Shared {
@@ -64,6 +70,7 @@ impl Fleet {
         host: String,
     ) -> Result<Self> {
         let shared = Arc::new(Shared::default());
+        shared.dry_run.store(dry_run, Ordering::Relaxed);
         let mut stops = Vec::new();
         if let (Some(url), Some(key_file)) = (&settings.url, &settings.key_file) {
             let key = crowdsec::read_key(key_file).map_err(anyhow::Error::msg)?;
@@ -74,7 +81,6 @@ impl Fleet {
                 containment,
                 shared: shared.clone(),
                 metrics: metrics.clone(),
-                dry_run,
             };
             let (tx, stop) = mpsc::channel::<()>();
             stops.push(tx);
@@ -112,6 +118,25 @@ impl Fleet {
         }
         self.seen = now;
         Some(self.shared.nets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
+    /// A reload changed the dry run: into one, what CrowdSec contains is released (a dry run
+    /// changes nothing); out of one, every decision is asked for again and written.
+    pub fn set_dry_run(&self, dry_run: bool, containment: &Mutex<Containment>) {
+        let mut c = containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.shared.dry_run.swap(dry_run, Ordering::Relaxed) == dry_run {
+            return;
+        }
+        if dry_run {
+            let held: Vec<_> = c.held_by(Source::Crowdsec).collect();
+            for net in held {
+                if let Err(e) = c.release(net, Source::Crowdsec) {
+                    tracing::warn!(remote = %net, error = %format!("{e:#}"), "could not release a CrowdSec decision");
+                }
+            }
+        } else {
+            self.shared.resync.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Shares a repeat offender with the fleet (if this host is a machine); never blocks: with

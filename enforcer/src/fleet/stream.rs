@@ -5,7 +5,10 @@ use std::collections::{BTreeSet, HashMap};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::policy::fleet::{FleetDecision, FleetNets};
+use crate::{
+    model::prefixes::{canonical, covers_mapped_v4},
+    policy::fleet::{FleetDecision, FleetNets},
+};
 
 /// One decision as the Local API gives it (fields it may leave out are optional).
 #[derive(Debug, Deserialize)]
@@ -34,8 +37,9 @@ pub enum Rejected {
     Malformed,
     /// A scope enforcer cannot contain (a country, an AS, a user name).
     Scope,
-    /// A range wider than an IPv4 /8 or an IPv6 /16: a decision that would contain a large part
-    /// of the Internet is taken for a mistake.
+    /// A range wider than an IPv4 /8 or an IPv6 /16, or an IPv6 range that holds IPv4-mapped
+    /// addresses (wider than `::ffff:0:0/96`): a decision that would contain a large part of the
+    /// Internet is taken for a mistake.
     TooWide,
     /// Inside a protected network (`--protect-cidr`).
     Protected,
@@ -113,15 +117,12 @@ fn decision(
         "range" => value.trim().parse::<IpNet>().map_err(|_| Rejected::Malformed)?,
         _ => return Err(Rejected::Scope),
     };
-    let net = match net {
-        // An IPv4-mapped IPv6 address is its IPv4 address.
-        IpNet::V6(n) if n.prefix_len() >= 96 && n.addr().to_ipv4_mapped().is_some() => {
-            let v4 = n.addr().to_ipv4_mapped().ok_or(Rejected::Malformed)?;
-            IpNet::new(v4.into(), n.prefix_len() - 96).map_err(|_| Rejected::Malformed)?
-        }
-        n => n,
+    // An IPv4-mapped IPv6 network is its IPv4 network; a wider IPv6 one that holds them would
+    // hold every IPv4 peer there.
+    if covers_mapped_v4(net) {
+        return Err(Rejected::TooWide);
     }
-    .trunc();
+    let net = canonical(net);
     let widest = if net.addr().is_ipv4() { WIDEST_V4 } else { WIDEST_V6 };
     if net.prefix_len() < widest {
         return Err(Rejected::TooWide);
@@ -252,8 +253,11 @@ impl InForce {
         let before: Vec<IpNet> = self.by_net.keys().copied().collect();
         let generation = self.generation + 1;
         *self = Self { generation, ..Self::default() };
-        let mut changes: Vec<Change> = decisions.into_iter().flat_map(|(net, d)| self.add(net, d)).collect();
-        changes.extend(before.into_iter().filter(|n| !self.by_net.contains_key(n)).map(Change::Release));
+        let holds: Vec<Change> = decisions.into_iter().flat_map(|(net, d)| self.add(net, d)).collect();
+        // Releases first: near the trie's capacity, the slots they free make room for the holds.
+        let mut changes: Vec<Change> =
+            before.into_iter().filter(|n| !self.by_net.contains_key(n)).map(Change::Release).collect();
+        changes.extend(holds);
         changes
     }
 
@@ -304,17 +308,26 @@ mod tests {
             {"id":6,"origin":"cscli","type":"contain","scope":"Range","value":"0.0.0.0/0","duration":"1h","scenario":"z"},
             {"id":7,"origin":"cscli","type":"contain","scope":"Ip","value":"::ffff:192.0.2.9","duration":"1h","scenario":"z"},
             {"id":8,"type":"contain","scope":"Ip","value":"192.0.2.10","duration":"forever"},
+            {"id":10,"origin":"cscli","type":"contain","scope":"Range","value":"::/80","duration":"1h","scenario":"z"},
             "garbage"
         ],"deleted":[{"id":9,"value":"192.0.2.11"},{"value":"no id"}]}"#;
         let d = parse(body, &types(), 1000).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(d.received, 9);
+        assert_eq!(d.received, 10);
         assert_eq!(d.ignored, 1);
         let nets: Vec<String> = d.new.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(nets, ["192.0.2.7/32", "198.51.100.0/24", "192.0.2.9/32"]);
         assert_eq!(d.new[0].1.until_unix_ms, 1000 + 3_599_000);
         assert_eq!(
             d.rejected,
-            [Rejected::Scope, Rejected::Malformed, Rejected::TooWide, Rejected::Malformed, Rejected::Malformed]
+            [
+                Rejected::Scope,
+                Rejected::Malformed,
+                Rejected::TooWide,
+                Rejected::Malformed,
+                // ::/80 holds every IPv4-mapped address.
+                Rejected::TooWide,
+                Rejected::Malformed
+            ]
         );
         assert_eq!(d.deleted, [9]);
         // Empty lists are null.
@@ -342,7 +355,7 @@ mod tests {
         let other: IpNet = "198.51.100.0/24".parse().unwrap_or_else(|e| panic!("{e}"));
         f.add(net, fd(3, 500));
         let changes = f.replace(vec![(other, fd(4, 500))]);
-        assert_eq!(changes, vec![Change::Hold(other, fd(4, 500)), Change::Release(net)]);
+        assert_eq!(changes, vec![Change::Release(net), Change::Hold(other, fd(4, 500))]);
         assert_eq!(f.nets().len(), 1);
     }
 }

@@ -116,8 +116,6 @@ pub fn raise_memlock() {
     }
 }
 
-/// The wall clock in milliseconds since the Unix epoch (0 before 1970), for records an operator
-/// reads; intervals and stalls use the monotonic clock.
 /// This host's name (for what it tells a fleet); "unknown" if the kernel will not say.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -127,6 +125,8 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The wall clock in milliseconds since the Unix epoch (0 before 1970), for records an operator
+/// reads; intervals and stalls use the monotonic clock.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

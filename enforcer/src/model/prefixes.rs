@@ -5,6 +5,28 @@ use std::{collections::HashMap, net::IpAddr};
 
 use ipnet::IpNet;
 
+/// `net` as the kernel's trie keeps it: host bits cleared, an IPv4-mapped IPv6 network of /96 or
+/// longer as its IPv4 network (they are one key there).
+pub fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(v4.into(), n.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+    .trunc()
+}
+
+/// Whether an IPv6 network wider than /96 holds IPv4-mapped addresses: in the kernel's trie it
+/// would hold every IPv4 peer of that part of the space.
+pub fn covers_mapped_v4(net: IpNet) -> bool {
+    match net {
+        IpNet::V6(n) => n.prefix_len() < 96 && n.contains(&std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0)),
+        IpNet::V4(_) => false,
+    }
+}
+
 /// Values by network; a lookup tries the prefix lengths present, longest first.
 #[derive(Debug, Clone)]
 pub struct PrefixMap<T> {
@@ -24,7 +46,7 @@ impl<T> PrefixMap<T> {
     pub fn new(items: impl IntoIterator<Item = (IpNet, T)>) -> Self {
         let mut by_len: HashMap<(bool, u8), HashMap<IpNet, T>> = HashMap::new();
         for (net, v) in items {
-            let net = net.trunc();
+            let net = canonical(net);
             by_len.entry((net.addr().is_ipv6(), net.prefix_len())).or_default().insert(net, v);
         }
         let len = by_len.values().map(HashMap::len).sum();
@@ -79,7 +101,10 @@ mod tests {
         assert_eq!(id("2001:db8::7"), Some(3));
         // ::a01:203 is not 10.1.2.3.
         assert_eq!(id("::a01:203"), None);
-        // Host bits are cleared.
+        // Host bits are cleared; an IPv4-mapped network is IPv4.
+        assert_eq!(canonical(n("::ffff:10.1.2.3/120")), n("10.1.2.0/24"));
+        assert!(covers_mapped_v4(n("::/16")) && covers_mapped_v4(n("::ffff:0:0/95")));
+        assert!(!covers_mapped_v4(n("2001:db8::/32")) && !covers_mapped_v4(n("::ffff:0:0/96")));
         let m = PrefixMap::new([(n("192.0.2.77/24"), ())]);
         assert_eq!(m.lookup(ip("192.0.2.1")).map(|(net, _)| net), Some(n("192.0.2.0/24")));
     }

@@ -109,10 +109,11 @@ fn the_kernel_aborts_a_contained_stall_within_its_user_timeout_with_no_agent_run
         trie.insert(&host_key(ip), contained(USER_TIMEOUT_MS), 0).unwrap();
     }
     // A zero-window peer and a peer that never acknowledges, both contained; a zero-window peer
-    // that is not.
-    let zero = s.connect("10.77.0.2", 65535, None);
+    // that is not. The zero windows are advertised from the handshake on: a later shrink to zero
+    // with nothing new acknowledged is not taken by every kernel (6.1 keeps the old window).
+    let zero = s.connect("10.77.0.2", 0, None);
     let silent = s.connect("10.77.0.3", 65535, Some(7));
-    let free = s.connect("10.77.0.4", 65535, None);
+    let free = s.connect("10.77.0.4", 0, None);
     let timeout = |s: &mut TunSetup, id: usize| s.server.num(&format!("usertimeout {id}"));
     assert_eq!(timeout(&mut s, zero.server), u64::from(USER_TIMEOUT_MS), "TCP_USER_TIMEOUT of a contained connection");
     assert_eq!(timeout(&mut s, silent.server), u64::from(USER_TIMEOUT_MS));
@@ -121,14 +122,9 @@ fn the_kernel_aborts_a_contained_stall_within_its_user_timeout_with_no_agent_run
     // No agent from here on: what follows is the kernel's alone.
     drop(trie);
     assert!(agent.stop().success());
-    for c in [&zero, &free] {
-        s.tun.cmd(&format!("window {} 0", c.tun));
-    }
     s.tun.cmd(&format!("ack {} none", silent.tun));
     for c in [&zero, &free] {
-        wait_for("the server to see a zero window", Duration::from_secs(5), || {
-            (s.ss_established(c).info("snd_wnd").unwrap_or(0) == 0).then_some(())
-        });
+        assert_eq!(s.ss_established(c).info("snd_wnd").unwrap_or(0), 0, "the server's send window");
     }
     for c in [&zero, &silent, &free] {
         assert!(s.write(c, 1 << 20, 256 << 10) > 0);

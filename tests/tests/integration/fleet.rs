@@ -59,7 +59,13 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
     let key = lapi.bouncer_key_file("host-a");
     let flags = fleet_flags(&lapi, &key, None);
     // No pressure: nothing is destroyed, containment alone is seen.
-    let agent = start(&ns, &cg, &flags, &["--protect-cidr", "127.0.2.0/24", "--metrics-addr", "127.0.0.1:19465"]);
+    // 127.0.1.128/25 is protected inside the contained range below.
+    let agent = start(
+        &ns,
+        &cg,
+        &flags,
+        &["--protect-cidr", "127.0.2.0/24", "--protect-cidr", "127.0.1.128/25", "--metrics-addr", "127.0.0.1:19465"],
+    );
     let mut server = Server::start(&ns, &cg);
     let to = server.listen("127.0.0.1:9000");
     let mut clients = Peer::start(&ns, None);
@@ -80,9 +86,9 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
     assert!(contained(&agent, "127.0.2.9/32").is_none(), "a decision inside a protected network is refused");
 
     // The remote's next connection, and one from the range, get the small buffer and the user
-    // timeout; another address and the protected one get the kernel's.
+    // timeout; another address and the protected ones (inside the range too) get the kernel's.
     let mut conns = Vec::new();
-    for src in ["127.0.0.5", "127.0.1.77", "127.0.0.6", "127.0.2.9"] {
+    for src in ["127.0.0.5", "127.0.1.77", "127.0.0.6", "127.0.2.9", "127.0.1.200"] {
         conns.push(server.connect_from(&mut clients, &to, 0, Some(src)));
     }
     let bufs: Vec<u64> = conns.iter().map(|c| sndbuf(&mut server, c)).collect();
@@ -287,4 +293,37 @@ fn a_stream_of_100000_decisions_is_applied_without_stalling_an_interval() {
     assert_eq!(contained, N, "every decision contained");
     // The intervals went on: at least half of those due (the agent's own start included).
     assert!(intervals as u128 * 250 * 2 >= took.as_millis().saturating_sub(2000), "{intervals} intervals in {took:?}");
+}
+
+#[test]
+fn a_reload_into_a_dry_run_releases_what_the_fleet_contains_and_out_of_it_restores_it() {
+    let (ns, cg) = (Netns::new(), Cgroup::new());
+    let lapi = Lapi::start(&ns, "127.0.0.1:18085");
+    let key = lapi.bouncer_key_file("host-a");
+    let keys = format!(
+        "crowdsec-url = \"{}\"\ncrowdsec-key-file = \"{}\"\ncrowdsec-poll = \"{POLL}\"\n",
+        lapi.url,
+        key.display()
+    );
+    let config = enforcer_tests::ConfigFile::new(&keys);
+    let agent = Agent::start_json(&ns, &cg, &["--config", config.path().to_str().unwrap()]);
+    lapi.cscli(&["decisions", "add", "--ip", "127.0.0.5", "--type", "contain", "--duration", "1h"]);
+    wait_for("127.0.0.5 contained", WITHIN_A_POLL, || contained(&agent, "127.0.0.5/32"));
+    let pid = agent.pid().unwrap();
+    let reload = |text: String, n: usize| {
+        config.write(&text);
+        // SAFETY: signalling the agent, a child of this test, by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        wait_for("the reload", WITHIN_A_POLL, || {
+            (agent.log_text().matches("settings reloaded").count() == n).then_some(())
+        });
+    };
+    // A dry run changes nothing: what the fleet contains is released at once.
+    reload(format!("{keys}dry-run = true\n"), 1);
+    assert!(contained(&agent, "127.0.0.5/32").is_none(), "a dry run must leave no containment");
+    thread::sleep(Duration::from_secs(3));
+    assert!(contained(&agent, "127.0.0.5/32").is_none(), "the bouncer wrote the trie in a dry run");
+    // Out of it, every decision is asked for again and written.
+    reload(keys.clone(), 2);
+    wait_for("127.0.0.5 contained again", WITHIN_A_POLL, || contained(&agent, "127.0.0.5/32"));
 }
