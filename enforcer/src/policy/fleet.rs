@@ -6,6 +6,8 @@
 //!
 //! Immutable once built: the bouncer builds a new set after each poll and the agent hands the
 //! rule an `Arc` of it, so a revisit's copy of the rule clones a pointer, not the set.
+use std::sync::Arc;
+
 use crate::model::prefixes::PrefixMap;
 
 /// Why the fleet contains a network: the decision's origin (`crowdsec`, `cscli`, `CAPI`, …) and
@@ -13,11 +15,13 @@ use crate::model::prefixes::PrefixMap;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetDecision {
     pub id: i64,
-    pub origin: String,
-    pub scenario: String,
+    /// Shared: a fleet's decisions have a few origins, scenarios and types between them, and a
+    /// stream can hold 100,000 decisions.
+    pub origin: Arc<str>,
+    pub scenario: Arc<str>,
     /// The decision's type as the Local API gave it (`contain`, or `ban` when the operator asks
     /// for those too).
-    pub kind: String,
+    pub kind: Arc<str>,
     /// When it expires, on the wall clock (Unix ms).
     pub until_unix_ms: u64,
 }

@@ -285,10 +285,16 @@ fn a_stream_of_100000_decisions_is_applied_without_stalling_an_interval() {
     });
     let took = started.elapsed();
     let intervals = scans(&ns) - scans_before;
+    let rss = agent_metrics(&ns, "127.0.0.1:19466")
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let status = agent.status();
     let contained = status["contained"].as_array().map_or(0, Vec::len);
     eprintln!(
-        "{N} decisions: {line}\n  {took:?} from the agent's start; {intervals} intervals of 250 ms ran meanwhile"
+        "{N} decisions: {line}\n  {took:?} from the agent's start; {intervals} intervals of 250 ms ran meanwhile; \
+         agent RSS {:.1} MiB",
+        rss / f64::from(1 << 20)
     );
     assert_eq!(contained, N, "every decision contained");
     // The intervals went on: at least half of those due (the agent's own start included).

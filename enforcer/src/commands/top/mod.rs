@@ -145,9 +145,9 @@ fn fleet_nets(pins: &PinDir) -> Result<FleetNets> {
         let (origin, scenario) = label.split_once('/').unwrap_or(("", label.as_str()));
         let d = FleetDecision {
             id: 0,
-            origin: origin.to_owned(),
-            scenario: scenario.to_owned(),
-            kind: String::new(),
+            origin: origin.into(),
+            scenario: scenario.into(),
+            kind: "".into(),
             until_unix_ms: c.crowdsec_until_unix_ms.unwrap_or(0),
         };
         Some((c.remote, d))
