@@ -91,13 +91,14 @@ impl Containment {
         // its exemption; then the old ones that are no longer protected go.
         let old = std::mem::take(&mut self.exempt);
         for net in protected.iter().map(|n| canonical(*n)) {
-            if !self.held.contains_key(&net) && !old.contains(&net) {
-                if let Err(e) = self.write(net, Value::default()) {
-                    // The old exemptions are all still written: keep knowing them.
-                    let missing: Vec<IpNet> = old.into_iter().filter(|o| !self.exempt.contains(o)).collect();
-                    self.exempt.extend(missing);
-                    return Err(e);
-                }
+            if !self.held.contains_key(&net)
+                && !old.contains(&net)
+                && let Err(e) = self.write(net, Value::default())
+            {
+                // The old exemptions are all still written: keep knowing them.
+                let missing: Vec<IpNet> = old.into_iter().filter(|o| !self.exempt.contains(o)).collect();
+                self.exempt.extend(missing);
+                return Err(e);
             }
             self.exempt.push(net);
         }
