@@ -32,8 +32,8 @@ impl Agent {
         }
         // Every interval, quiet ones too: decisions come and go whatever the pressure.
         let c = self.act.containment.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.contained.get_or_create(&vec![("source", "repeat_offender")]).set(c.held_by(Source::Repeat).count() as i64);
-        m.contained.get_or_create(&vec![("source", "crowdsec")]).set(c.held_by(Source::Crowdsec).count() as i64);
+        m.contained.get_or_create(&vec![("source", "repeat_offender")]).set(c.count(Source::Repeat) as i64);
+        m.contained.get_or_create(&vec![("source", "crowdsec")]).set(c.count(Source::Crowdsec) as i64);
     }
 
     /// An episode of pressure that started or ended.

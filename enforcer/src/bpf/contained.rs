@@ -32,11 +32,17 @@ pub enum Source {
 }
 
 impl Source {
+    const ALL: [Source; 2] = [Source::Repeat, Source::Crowdsec];
+
     fn bit(self) -> u32 {
         match self {
             Self::Repeat => CONTAINED_BY_REPEAT,
             Self::Crowdsec => CONTAINED_BY_CROWDSEC,
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -60,6 +66,9 @@ pub struct Containment {
     exempt: Vec<IpNet>,
     /// Label text → index in `CONTAINED_LABELS` (0 is "no label").
     label_ids: HashMap<String, u32>,
+    /// How many networks each source holds (`Source::index`), kept as they change: the gauges
+    /// read it every interval, and a fleet holds 100,000.
+    counts: [usize; 2],
 }
 
 impl Containment {
@@ -73,6 +82,7 @@ impl Containment {
             held: HashMap::new(),
             exempt: Vec::new(),
             label_ids: HashMap::new(),
+            counts: [0; 2],
         })
     }
 
@@ -133,12 +143,14 @@ impl Containment {
             v.label = label;
             v.until_unix_ms = until_unix_ms;
         }
-        if self.held.get(&net) == Some(&v) {
+        let before = self.held.get(&net).copied();
+        if before == Some(v) {
             // A startup answer repeats what is held: no system call.
             return Ok(());
         }
         self.write(net, v)?;
         self.held.insert(net, v);
+        self.recount(before.map_or(0, |b| b.sources), v.sources);
         Ok(())
     }
 
@@ -148,6 +160,7 @@ impl Containment {
     pub fn release(&mut self, net: IpNet, source: Source) -> Result<()> {
         let net = canonical(net);
         let Some(mut v) = self.held.get(&net).copied() else { return Ok(()) };
+        let before = v.sources;
         v.sources &= !source.bit();
         if source == Source::Crowdsec {
             (v.label, v.until_unix_ms) = (0, 0);
@@ -155,6 +168,7 @@ impl Containment {
         if v.sources != 0 {
             self.write(net, v)?;
             self.held.insert(net, v);
+            self.recount(before, v.sources);
         } else {
             // The kernel first: an entry it still has stays known, so a later release can reach it.
             if self.exempt.contains(&net) {
@@ -163,8 +177,24 @@ impl Containment {
                 self.remove(net)?;
             }
             self.held.remove(&net);
+            self.recount(before, 0);
         }
         Ok(())
+    }
+
+    /// How many networks `source` holds now.
+    pub fn count(&self, source: Source) -> usize {
+        self.counts[source.index()]
+    }
+
+    fn recount(&mut self, before: u32, after: u32) {
+        for s in Source::ALL {
+            match (before & s.bit() != 0, after & s.bit() != 0) {
+                (false, true) => self.counts[s.index()] += 1,
+                (true, false) => self.counts[s.index()] = self.counts[s.index()].saturating_sub(1),
+                _ => {}
+            }
+        }
     }
 
     /// The networks `source` holds now.

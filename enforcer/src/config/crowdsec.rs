@@ -1,7 +1,7 @@
 //! The fleet's settings (`--crowdsec-*`): where the CrowdSec Local API is, which files hold
 //! the credentials, which decisions to act on. Credentials themselves are never settings: the
 //! settings are recorded in the pins and shown by `status`, so they keep the files' paths, and
-//! the fleet reads the files (`crate::fleet`).
+//! the fleet (the `fleet/` folder) reads the files.
 use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
@@ -91,8 +91,13 @@ fn check_url(url: &str) -> Result<(), String> {
         }
         return Err("expected http://HOST:PORT".into());
     };
-    if rest.trim_end_matches('/').is_empty() {
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
         return Err("expected http://HOST:PORT".into());
+    }
+    if authority.contains('@') {
+        // It would be logged with the URL: credentials go in their files.
+        return Err("credentials in the URL are refused: the bouncer's key goes in --crowdsec-key-file".into());
     }
     Ok(())
 }
@@ -165,5 +170,6 @@ mod tests {
         assert!(check_url("https://lapi:8080").is_err_and(|e| e.contains("TLS")));
         assert!(check_url("lapi:8080").is_err());
         assert!(check_url("http://").is_err());
+        assert!(check_url("http://user:secret@lapi:8080").is_err_and(|e| !e.contains("secret")));
     }
 }

@@ -1,6 +1,6 @@
 //! Networks the fleet contains: decisions another host (or an operator) made, taken from
-//! CrowdSec's Local API by the agent's bouncer (`crate::fleet`). The rule treats a remote in one
-//! as it treats its own repeat offenders: while pressure is over the threshold, the remote's
+//! CrowdSec's Local API by the agent's bouncer (the `fleet/` folder). The rule treats a remote
+//! in one as it treats its own repeat offenders: while pressure is over the threshold, the remote's
 //! stalled connections go whatever their share, after the same stall as anyone's (a reader
 //! behind a contained address that pauses is judged on its own), reason `contained_by_crowdsec`.
 //!

@@ -106,6 +106,8 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
         r#"enforcer_crowdsec_decisions_total{outcome="rejected",why="protected"} 1"#,
         "enforcer_crowdsec_up 1",
         "enforcer_crowdsec_contained 2",
+        r#"enforcer_contained_remotes{source="crowdsec"} 2"#,
+        r#"enforcer_contained_remotes{source="repeat_offender"} 0"#,
     ] {
         assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
     }
