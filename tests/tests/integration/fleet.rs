@@ -98,9 +98,8 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
     // `sockets --json` says why.
     let row = agent.socket_to(&conns[0].remote).expect("the contained connection is tracked");
     assert!(row["contained"]["crowdsec"].as_str().is_some_and(|l| l.starts_with("cscli/")), "{row}");
-    // Metrics count what came and what was refused.
-    let metrics = agent_metrics(&ns, "127.0.0.1:19465");
-    for line in [
+    // Metrics count what came and what was refused (the gauges at the agent's next interval).
+    let lines = [
         r#"enforcer_crowdsec_decisions_total{outcome="applied",why=""} 2"#,
         r#"enforcer_crowdsec_decisions_total{outcome="ignored",why="type"} 1"#,
         r#"enforcer_crowdsec_decisions_total{outcome="rejected",why="protected"} 1"#,
@@ -108,8 +107,14 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
         "enforcer_crowdsec_contained 2",
         r#"enforcer_contained_remotes{source="crowdsec"} 2"#,
         r#"enforcer_contained_remotes{source="repeat_offender"} 0"#,
-    ] {
-        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    ];
+    let mut metrics = String::new();
+    let counted = wait_for_or_none(WITHIN_A_POLL, || {
+        metrics = agent_metrics(&ns, "127.0.0.1:19465");
+        lines.iter().all(|l| metrics.contains(l)).then_some(())
+    });
+    for line in lines {
+        assert!(counted.is_some() || metrics.contains(line), "no `{line}` in:\n{metrics}");
     }
 
     // Deleted: released within a poll, and the next connection gets the kernel's buffer.
@@ -123,6 +128,20 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
     let status = agent.cli(&["status", "--json"]);
     for (what, text) in [("log", agent.log_text()), ("status", String::from_utf8_lossy(&status.stdout).into_owned())] {
         assert!(!text.contains(key_text.trim()), "the bouncer's key is in the agent's {what}");
+    }
+}
+
+/// Like `wait_for`, `None` at the limit (the caller says what was missing).
+fn wait_for_or_none<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
     }
 }
 
