@@ -354,3 +354,51 @@ fn a_reload_into_a_dry_run_releases_what_the_fleet_contains_and_out_of_it_restor
     reload(keys.clone(), 2);
     wait_for("127.0.0.5 contained again", WITHIN_A_POLL, || contained(&agent, "127.0.0.5/32"));
 }
+
+/// The value of one sample in `/metrics` text.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).map_or(0, |v| v as u64)
+}
+
+#[test]
+fn a_local_api_that_refuses_the_key_or_answers_an_error_is_counted_said_once_and_enforcing_goes_on() {
+    let ns = Netns::new();
+    let (cg_a, cg_b) = (Cgroup::new(), Cgroup::new());
+    let lapi = Lapi::start(&ns, "127.0.0.1:18086");
+    let key = lapi.bouncer_key_file("host-b");
+    // Host A has a key the Local API does not know (403); host B a URL with a path the Local API
+    // does not serve (404).
+    let wrong = lapi.dir.join("wrong.key");
+    std::fs::write(&wrong, "0123456789abcdef0123456789abcdef").unwrap();
+    let mut flags_a = fleet_flags(&lapi, &wrong, None);
+    flags_a.extend(["--threshold".into(), "8MiB".into(), "--metrics-addr".into(), "127.0.0.1:19468".into()]);
+    let host_a = start(&ns, &cg_a, &flags_a, &[]);
+    let mut flags_b = fleet_flags(&lapi, &key, None);
+    flags_b[1] = format!("{}/not-the-api", lapi.url);
+    let host_b = start(&ns, &cg_b, &flags_b, &["--metrics-addr", "127.0.0.1:19469"]);
+
+    // Retried with back-off (1 s, 2 s, ...), each failure counted, said once.
+    wait_for("host A's refusals counted", Duration::from_secs(20), || {
+        let m = agent_metrics(&ns, "127.0.0.1:19468");
+        (sample(&m, r#"enforcer_crowdsec_errors_total{kind="auth"}"#) >= 3 && sample(&m, "enforcer_crowdsec_up") == 0)
+            .then_some(())
+    });
+    wait_for("host B's errors counted", Duration::from_secs(20), || {
+        let m = agent_metrics(&ns, "127.0.0.1:19469");
+        (sample(&m, r#"enforcer_crowdsec_errors_total{kind="status"}"#) >= 3).then_some(())
+    });
+    for (host, says) in [(&host_a, "refused the credentials (HTTP 403)"), (&host_b, "answered HTTP 404")] {
+        let said = host.log_text().lines().filter(|l| l.contains(says)).count();
+        assert_eq!(said, 1, "`{says}` should be said once");
+    }
+    // Enforcing goes on: host A destroys zero-window attackers over its threshold.
+    let mut server = Server::start(&ns, &cg_a);
+    let to = server.listen("127.0.0.1:9000");
+    let mut clients = Peer::start(&ns, None);
+    let attackers: Vec<Conn> =
+        (0..3).map(|_| server.zero_window_from(&mut clients, &to, 4 * MIB, Some("127.0.0.9"))).collect();
+    wait_for("the attackers destroyed", ACT_LIMIT, || {
+        let gone = remotes(&host_a.events_of("destroyed"));
+        attackers.iter().any(|c| gone.contains(&c.remote)).then_some(())
+    });
+}
