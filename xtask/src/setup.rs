@@ -232,26 +232,51 @@ pub fn test_crowdsec() -> Result<()> {
     }
     packages(&[("dpkg-deb", "dpkg")])?;
     let debs = crate::target_dir().join("tools/debs");
-    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     eprintln!("xtask: fetching Debian's crowdsec package (unpacked, not installed) into {}", root.display());
-    let download = || run_cmd(Command::new("apt-get").current_dir(&debs).args(["download", "-qq", "crowdsec"]));
-    if download().is_err() {
-        run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-        download().context("could not download Debian's crowdsec package")?;
-    }
-    let deb = std::fs::read_dir(&debs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("crowdsec_") && n.ends_with(".deb"))
-        })
-        .max()
-        .context("apt-get download left no crowdsec_*.deb")?;
+    let deb = match download_deb("crowdsec", &debs) {
+        Ok(deb) => deb,
+        Err(_) => {
+            // A fresh machine may never have read its package lists.
+            run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+            download_deb("crowdsec", &debs)?
+        }
+    };
     let unpacking = root.with_extension("partial");
     let _ = std::fs::remove_dir_all(&unpacking);
     run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacking))?;
     let _ = std::fs::remove_dir_all(&root);
     std::fs::rename(&unpacking, &root).with_context(|| format!("moving {} into place", unpacking.display()))?;
     Ok(())
+}
+
+/// The `.deb` of `package` in `debs`, downloaded there (not installed) unless it is there
+/// already: kernels for the VM legs, crowdsec for the fleet tests.
+pub fn download_deb(package: &str, debs: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(debs).with_context(|| format!("creating {}", debs.display()))?;
+    if let Some(deb) = find_deb(debs, package)? {
+        return Ok(deb);
+    }
+    eprintln!("xtask: downloading {package}");
+    run_cmd(
+        Command::new("apt-get")
+            .current_dir(debs)
+            // Root downloads into a directory the `_apt` user cannot write: say so once, here.
+            .args(["-q", "-o", "APT::Sandbox::User=root", "download", package]),
+    )
+    .with_context(|| format!("could not download {package}"))?;
+    find_deb(debs, package)?.with_context(|| format!("apt-get download left no {package}_*.deb"))
+}
+
+fn find_deb(debs: &Path, package: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{package}_");
+    for e in std::fs::read_dir(debs).with_context(|| format!("listing {}", debs.display()))? {
+        let path = e?.path();
+        if path.file_name().map(|n| n.to_string_lossy()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
 }
 
 /// kubernetes-validate, pinned: the Kubernetes JSON schemas ship inside the package, so the

@@ -112,3 +112,20 @@ fn body(result: Result<ureq::Response, ureq::Error>) -> Result<Vec<u8>, LapiErro
         Err(ureq::Error::Transport(t)) => Err(LapiError::Unreachable(t.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_error_has_its_series_from_the_start() {
+        let errors = [
+            LapiError::Unreachable(String::new()),
+            LapiError::Auth(403),
+            LapiError::Status(500, String::new()),
+            LapiError::Garbage(String::new()),
+        ];
+        let kinds: Vec<&str> = errors.iter().map(LapiError::kind).collect();
+        assert_eq!(kinds, crate::observe::metrics::CROWDSEC_ERROR_KINDS);
+    }
+}

@@ -71,6 +71,8 @@ pub enum Rejected {
 }
 
 impl Rejected {
+    pub const ALL: [Rejected; 5] = [Self::Malformed, Self::Scope, Self::TooWide, Self::Protected, Self::Capacity];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
@@ -311,6 +313,12 @@ mod tests {
 
     fn types() -> Vec<String> {
         vec!["contain".into()]
+    }
+
+    #[test]
+    fn every_reason_to_reject_has_its_series_from_the_start() {
+        let names: Vec<&str> = Rejected::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, crate::observe::metrics::CROWDSEC_REJECTED);
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{Agent, Cgroup, Conn, Netns, Peer, Server, crowdsec::Lapi, remotes, wait_for};
+use enforcer_tests::{
+    Agent, Cgroup, Conn, Netns, Peer, Server, agent_scrape, crowdsec::Lapi, remotes, sample, wait_for,
+};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -108,14 +110,10 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
         r#"enforcer_contained_remotes{source="crowdsec"} 2"#,
         r#"enforcer_contained_remotes{source="repeat_offender"} 0"#,
     ];
-    let mut metrics = String::new();
-    let counted = wait_for_or_none(WITHIN_A_POLL, || {
-        metrics = agent_metrics(&ns, "127.0.0.1:19465");
+    wait_for(&format!("the metrics to say {lines:?}"), WITHIN_A_POLL, || {
+        let metrics = agent_scrape(&ns, "127.0.0.1:19465");
         lines.iter().all(|l| metrics.contains(l)).then_some(())
     });
-    for line in lines {
-        assert!(counted.is_some() || metrics.contains(line), "no `{line}` in:\n{metrics}");
-    }
 
     // Deleted: released within a poll, and the next connection gets the kernel's buffer.
     lapi.cscli(&["decisions", "delete", "--ip", "127.0.0.5"]);
@@ -129,26 +127,6 @@ fn an_operators_contain_decision_reaches_the_next_connection_within_a_poll_and_i
     for (what, text) in [("log", agent.log_text()), ("status", String::from_utf8_lossy(&status.stdout).into_owned())] {
         assert!(!text.contains(key_text.trim()), "the bouncer's key is in the agent's {what}");
     }
-}
-
-/// Like `wait_for`, `None` at the limit (the caller says what was missing).
-fn wait_for_or_none<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = cond() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `/metrics` of an agent in `ns`.
-fn agent_metrics(ns: &Netns, addr: &str) -> String {
-    let out = ns.command("curl").args(["-sf", &format!("http://{addr}/metrics")]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -294,7 +272,7 @@ fn a_stream_of_100000_decisions_is_applied_without_stalling_an_interval() {
     eprintln!("cscli imported {N} decisions in {:?}", imported.elapsed());
     let agent = start(&ns, &cg, &fleet_flags(&lapi, &key, None), &["--metrics-addr", "127.0.0.1:19466"]);
     let scans = |agent_ns: &Netns| -> u64 {
-        agent_metrics(agent_ns, "127.0.0.1:19466")
+        agent_scrape(agent_ns, "127.0.0.1:19466")
             .lines()
             .filter(|l| l.starts_with("enforcer_scans_total"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -306,10 +284,7 @@ fn a_stream_of_100000_decisions_is_applied_without_stalling_an_interval() {
     });
     let took = started.elapsed();
     let intervals = scans(&ns) - scans_before;
-    let rss = agent_metrics(&ns, "127.0.0.1:19466")
-        .lines()
-        .find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let rss = sample(&agent_scrape(&ns, "127.0.0.1:19466"), "process_resident_memory_bytes").unwrap_or(0.0);
     let status = agent.status();
     let contained = status["contained"].as_array().map_or(0, Vec::len);
     eprintln!(
@@ -355,11 +330,6 @@ fn a_reload_into_a_dry_run_releases_what_the_fleet_contains_and_out_of_it_restor
     wait_for("127.0.0.5 contained again", WITHIN_A_POLL, || contained(&agent, "127.0.0.5/32"));
 }
 
-/// The value of one sample in `/metrics` text.
-fn sample(metrics: &str, name: &str) -> u64 {
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).map_or(0, |v| v as u64)
-}
-
 #[test]
 fn a_local_api_that_refuses_the_key_or_answers_an_error_is_counted_said_once_and_enforcing_goes_on() {
     let ns = Netns::new();
@@ -379,13 +349,13 @@ fn a_local_api_that_refuses_the_key_or_answers_an_error_is_counted_said_once_and
 
     // Retried with back-off (1 s, 2 s, ...), each failure counted, said once.
     wait_for("host A's refusals counted", Duration::from_secs(20), || {
-        let m = agent_metrics(&ns, "127.0.0.1:19468");
-        (sample(&m, r#"enforcer_crowdsec_errors_total{kind="auth"}"#) >= 3 && sample(&m, "enforcer_crowdsec_up") == 0)
-            .then_some(())
+        let m = agent_scrape(&ns, "127.0.0.1:19468");
+        let n = |series: &str| sample(&m, series).unwrap_or(0.0);
+        (n(r#"enforcer_crowdsec_errors_total{kind="auth"}"#) >= 3.0 && n("enforcer_crowdsec_up") == 0.0).then_some(())
     });
     wait_for("host B's errors counted", Duration::from_secs(20), || {
-        let m = agent_metrics(&ns, "127.0.0.1:19469");
-        (sample(&m, r#"enforcer_crowdsec_errors_total{kind="status"}"#) >= 3).then_some(())
+        let m = agent_scrape(&ns, "127.0.0.1:19469");
+        (sample(&m, r#"enforcer_crowdsec_errors_total{kind="status"}"#).unwrap_or(0.0) >= 3.0).then_some(())
     });
     for (host, says) in [(&host_a, "refused the credentials (HTTP 403)"), (&host_b, "answered HTTP 404")] {
         let said = host.log_text().lines().filter(|l| l.contains(says)).count();

@@ -63,22 +63,7 @@ pub fn fetch(package: &str, cache: &Path) -> Result<Kernel> {
 }
 
 fn unpack(package: &str, cache: &Path, dir: &Path) -> Result<()> {
-    let debs = cache.join("debs");
-    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let deb = match find_deb(&debs, package)? {
-        Some(deb) => deb,
-        None => {
-            eprintln!("xtask: downloading {package}");
-            run_cmd(
-                Command::new("apt-get")
-                    .current_dir(&debs)
-                    // Root downloads into a directory the `_apt` user cannot write: say so once, here.
-                    .args(["-q", "-o", "APT::Sandbox::User=root", "download", package]),
-            )
-            .with_context(|| format!("could not download {package}"))?;
-            find_deb(&debs, package)?.with_context(|| format!("apt-get download left no {package}_*.deb"))?
-        }
-    };
+    let deb = setup::download_deb(package, &cache.join("debs"))?;
     let tree = dir.join("tree");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
@@ -117,13 +102,6 @@ fn unpack(package: &str, cache: &Path, dir: &Path) -> Result<()> {
     }
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     Ok(())
-}
-
-fn find_deb(debs: &Path, package: &str) -> Result<Option<PathBuf>> {
-    let prefix = format!("{package}_");
-    Ok(list(debs)?.into_iter().find(|p| {
-        p.file_name().map(|n| n.to_string_lossy()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-    }))
 }
 
 fn list(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -24,6 +24,12 @@ pub use self::{exposition::Format, http::serve};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// The `kind` labels of `enforcer_crowdsec_errors_total` and the `why` labels of rejected
+/// decisions, each series made at start (the fleet's own types name them; its tests hold them
+/// to these lists).
+pub const CROWDSEC_ERROR_KINDS: [&str; 4] = ["unreachable", "auth", "status", "garbage"];
+pub const CROWDSEC_REJECTED: [&str; 5] = ["malformed", "scope", "too_wide", "protected", "capacity"];
+
 pub struct Metrics {
     registry: Registry,
     /// Set after the first interval that took a snapshot: `/readyz` answers 200 from then on.
@@ -214,13 +220,13 @@ impl Metrics {
                 drop(self.decisions.get_or_create(&vec![("event", event.as_str()), ("reason", reason.as_str())]));
             }
         }
-        for kind in ["unreachable", "auth", "status", "garbage"] {
+        for kind in CROWDSEC_ERROR_KINDS {
             drop(self.crowdsec_errors.get_or_create(&vec![("kind", kind)]));
         }
         for (outcome, why) in [("received", ""), ("applied", ""), ("released", ""), ("ignored", "type")] {
             drop(self.crowdsec_decisions.get_or_create(&vec![("outcome", outcome), ("why", why)]));
         }
-        for why in ["malformed", "scope", "too_wide", "protected", "capacity"] {
+        for why in CROWDSEC_REJECTED {
             drop(self.crowdsec_decisions.get_or_create(&vec![("outcome", "rejected"), ("why", why)]));
         }
         for outcome in ["sent", "dropped"] {

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
-use enforcer_tests::{Agent, Cgroup, Netns};
+use enforcer_tests::{Agent, Cgroup, Netns, agent_scrape};
 
 fn deploy_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -30,12 +30,7 @@ fn named(text: &str) -> BTreeSet<String> {
 /// The sample names a running agent's `/metrics` can have: from each family's `# TYPE` line,
 /// with the suffixes its type gives samples.
 fn exported(ns: &Netns, addr: &str) -> BTreeSet<String> {
-    let out = ns
-        .command("curl")
-        .args(["-sf", "-H", "Accept: text/plain; version=0.0.4", &format!("http://{addr}/metrics")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = agent_scrape(ns, addr);
     let mut names = BTreeSet::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
